@@ -1,0 +1,205 @@
+"""One YAML file, validated into typed models. `configs/default.yaml` documents every field.
+
+A bad value gives a ConfigError naming the field and the value, e.g.
+``policy.veto_threshold = 'high': Input should be a valid number``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from guard.errors import ConfigError
+from guard.types import Verdict
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OpenAIOptions(_Strict):
+    """An OpenAI-compatible server (vLLM, SGLang, ...)."""
+
+    base_url: str = "http://localhost:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(default=10.0, gt=0)
+    temperature: float = Field(default=0.0, ge=0)
+    logprobs: bool = True
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScriptedStep(_Strict):
+    """One scripted answer: a text, a delay, or an exception to raise."""
+
+    text: str = ""
+    delay_ms: float = Field(default=0.0, ge=0)
+    raise_error: str | None = None
+    verdict_probs: dict[str, float] | None = None
+
+
+class ScriptedOptions(_Strict):
+    """The test double: answers from a list, cycling; or by matching the action text."""
+
+    responses: list[ScriptedStep] = Field(
+        default_factory=lambda: [ScriptedStep(text="ALLOW\nrisk: 0.0")]
+    )
+    by_action: dict[str, ScriptedStep] = Field(default_factory=dict)
+
+
+class ModelConfig(_Strict):
+    backend: str = "transformers"
+    id: str | None = None
+    adapter: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    attn_implementation: str | None = None
+    max_new_tokens: int = Field(default=128, ge=1, le=8192)
+    use_processor: Literal["auto", "always", "never"] = "auto"
+    openai: OpenAIOptions = Field(default_factory=OpenAIOptions)
+    scripted: ScriptedOptions = Field(default_factory=ScriptedOptions)
+
+
+class ImageConfig(_Strict):
+    max_pixels: int = Field(default=401_408, ge=784)
+    min_pixels: int = Field(default=3_136, ge=1)
+    max_frames: int = Field(default=1, ge=1, le=16)
+    max_input_pixels: int = Field(default=50_000_000, ge=1)
+    max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> ImageConfig:
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(
+                f"min_pixels ({self.min_pixels}) is larger than max_pixels ({self.max_pixels})"
+            )
+        return self
+
+
+class PromptConfig(_Strict):
+    template: str = "consequence_v1"
+
+
+class RuleMatch(_Strict):
+    """All given fields must match (regular expressions, searched, case-insensitive)."""
+
+    tool: str | None = None
+    text: str | None = None
+    arguments: dict[str, str] = Field(default_factory=dict)
+
+
+class Rule(_Strict):
+    """A deterministic rule. `veto` and `allow` decide without the model; `annotate` adds a
+    warning and still asks the model. When several rules match, the most restrictive wins."""
+
+    name: str
+    match: RuleMatch
+    verdict: Verdict
+    reason: str = ""
+
+
+class PolicyConfig(_Strict):
+    name: str = "default"
+    mode: Literal["enforce", "shadow"] = "enforce"
+    veto_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    annotate_threshold: float = Field(default=0.3, ge=0.0, le=1.0)
+    deadline_ms: float = Field(default=5000.0, gt=0)
+    max_frame_age_ms: float | None = Field(default=1000.0, gt=0)
+    on_failure: Literal["veto", "allow"] = "veto"
+    require_frame: bool = True
+    max_action_chars: int = Field(default=8192, ge=1)
+    max_inflight: int = Field(default=4, ge=1, le=256)
+    rules: list[Rule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> PolicyConfig:
+        if self.annotate_threshold > self.veto_threshold:
+            raise ValueError(
+                f"annotate_threshold ({self.annotate_threshold}) is above "
+                f"veto_threshold ({self.veto_threshold})"
+            )
+        return self
+
+    def fingerprint(self) -> str:
+        """`name@hash`: the policy's identity in every decision."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return f"{self.name}@{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def _default_audit_path() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return os.path.join(base, "embodied-guard", "audit.jsonl")
+
+
+class AuditConfig(_Strict):
+    path: str = Field(default_factory=_default_audit_path)
+    fsync: bool = False
+    include_prompt: bool = False
+
+
+class GuardConfig(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> GuardConfig:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, source)) from None
+
+    def with_overrides(self, **dotted: Any) -> GuardConfig:
+        """A copy with `section.field=value` overrides (None values are skipped)."""
+        data = self.model_dump(mode="json")
+        for key, value in dotted.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+        return GuardConfig.from_dict(data, source="overrides")
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    """One line per problem: where, the value given, what is wrong."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] in ("missing",):
+            lines.append(f"{source}: {where}: {msg}")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"{source}: {where}: unknown field")
+        else:
+            lines.append(f"{source}: {where} = {err.get('input')!r}: {msg}")
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path | None = None) -> GuardConfig:
+    """Load and validate a YAML config; None gives the defaults."""
+    if path is None:
+        return GuardConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{p}: not valid YAML: {first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping, got {type(data).__name__}")
+    return GuardConfig.from_dict(data, source=str(p))

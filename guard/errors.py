@@ -1,0 +1,49 @@
+"""The exception tree, written once.
+
+GuardError
+├── UsageError            the caller's mistake: bad flags, a missing file, a bad config value
+│   └── ConfigError       a config file or value that does not validate
+├── InvalidInputError     an input that cannot be judged (bad image, oversized action text)
+├── MissingExtraError     an optional stack is not installed; names the extra to install
+└── BackendError          the judge failed (load or inference); becomes status=error
+    └── BackendTimeout    the judge did not answer within its deadline; becomes status=timeout
+
+Usage mistakes surface as one line on stderr; runtime failures become fail-closed decisions.
+"""
+
+from __future__ import annotations
+
+
+class GuardError(Exception):
+    """Base of every error the guard raises on purpose."""
+
+
+class UsageError(GuardError):
+    """The caller asked for something that cannot be done as asked."""
+
+
+class ConfigError(UsageError):
+    """A configuration that does not validate. The message names the field and the value."""
+
+
+class InvalidInputError(GuardError):
+    """An input the guard cannot judge: undecodable or absurdly large image, oversized text."""
+
+
+class MissingExtraError(GuardError, ImportError):
+    """An optional dependency is missing."""
+
+    def __init__(self, package: str, extra: str, feature: str) -> None:
+        super().__init__(
+            f"{feature} needs the '{package}' package: pip install 'embodied-guard[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra
+
+
+class BackendError(GuardError):
+    """The judge model failed to load or to answer."""
+
+
+class BackendTimeout(BackendError):
+    """The judge model did not answer within its deadline."""
