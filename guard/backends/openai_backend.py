@@ -1,0 +1,151 @@
+"""A judge behind any OpenAI-compatible chat server (vLLM, SGLang, TGI, ...).
+
+This is how the guard model runs on a separate GPU server or a fleet behind one endpoint:
+
+    vllm serve Qwen/Qwen2.5-VL-7B-Instruct --port 8000
+    guard check --image f.jpg --action "turn on the stove" \
+        --backend openai --model Qwen/Qwen2.5-VL-7B-Instruct
+
+Images go inline as base64 JPEG data URLs. Every request has an explicit timeout: the smaller
+of `model.openai.timeout_s` and what is left of the check's deadline.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from guard._deps import require
+from guard.backends.base import JudgeOutput, JudgeRequest
+from guard.config import OpenAIOptions
+from guard.errors import BackendError, BackendTimeout, ConfigError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from guard.config import GuardConfig
+
+
+def image_data_url(image: Image.Image, quality: int = 90) -> str:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, model: str, options: OpenAIOptions | None = None) -> None:
+        httpx = require("httpx", "the openai backend")
+        self.options = options or OpenAIOptions()
+        self._model = model
+        headers = {}
+        key = os.environ.get(self.options.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self._httpx = httpx
+        self._client = httpx.Client(
+            base_url=self.options.base_url.rstrip("/"),
+            headers=headers,
+            timeout=self.options.timeout_s,
+        )
+
+    @classmethod
+    def from_config(cls, config: GuardConfig) -> OpenAIBackend:
+        if not config.model.id:
+            raise ConfigError("model.id: the openai backend needs the served model's name")
+        return cls(config.model.id, config.model.openai)
+
+    @property
+    def model_id(self) -> str:
+        return f"{self._model}@{self.options.base_url}"
+
+    def _payload(self, request: JudgeRequest) -> dict[str, Any]:
+        prompt = request.prompt
+        content: list[dict[str, Any]] = [
+            {"type": "image_url", "image_url": {"url": image_data_url(im)}}
+            for im in prompt.images
+        ]
+        content.append({"type": "text", "text": prompt.user})
+        messages: list[dict[str, Any]] = []
+        if prompt.system:
+            messages.append({"role": "system", "content": prompt.system})
+        messages.append({"role": "user", "content": content})
+        payload: dict[str, Any] = {
+            "model": self._model,
+            "messages": messages,
+            "max_tokens": request.max_new_tokens,
+            "temperature": self.options.temperature,
+        }
+        if self.options.logprobs:
+            payload.update(logprobs=True, top_logprobs=20)
+        payload.update(self.options.extra_body)
+        return payload
+
+    def judge(self, request: JudgeRequest) -> JudgeOutput:
+        t0 = time.perf_counter()
+        payload = self._payload(request)
+        t1 = time.perf_counter()
+        timeout = self.options.timeout_s
+        remaining = request.remaining_s()
+        if remaining is not None:
+            if remaining <= 0:
+                raise BackendTimeout("deadline passed before the request was sent")
+            timeout = min(timeout, remaining)
+        try:
+            resp = self._client.post("/chat/completions", json=payload, timeout=timeout)
+        except self._httpx.TimeoutException:
+            raise BackendTimeout(f"{self.options.base_url}: no answer within {timeout:.3f} s")
+        except self._httpx.HTTPError as exc:
+            raise BackendError(f"{self.options.base_url}: {type(exc).__name__}: {exc}") from None
+        if resp.status_code != 200:
+            raise BackendError(
+                f"{self.options.base_url}: HTTP {resp.status_code}: {resp.text[:200]!r}"
+            )
+        try:
+            body = resp.json()
+            choice = body["choices"][0]
+            text = choice["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise BackendError(f"{self.options.base_url}: malformed response {resp.text[:200]!r}")
+        usage = body.get("usage") or {}
+        return JudgeOutput(
+            text=text,
+            verdict_probs=_verdict_probs(choice.get("logprobs"), request.verdict_words),
+            n_tokens=int(usage.get("completion_tokens") or 0),
+            timings_ms={
+                "preprocess": (t1 - t0) * 1000.0,
+                "request": (time.perf_counter() - t1) * 1000.0,
+            },
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _verdict_probs(logprobs: Any, words: tuple[str, ...]) -> dict[str, float] | None:
+    """Probabilities of the verdict words at the first generated token, from top_logprobs.
+
+    A verdict word's first token is matched by prefix (servers tokenise "VETO" as "VET"+"O"),
+    so a candidate token counts for the one word it begins; ambiguous tokens are skipped.
+    """
+    try:
+        first = logprobs["content"][0]["top_logprobs"]
+    except (TypeError, KeyError, IndexError):
+        return None
+    probs = dict.fromkeys(words, 0.0)
+    for cand in first or []:
+        tok = str(cand.get("token", "")).strip().upper()
+        if not tok:
+            continue
+        owners = [w for w in words if w.startswith(tok)]
+        if len(owners) == 1:
+            probs[owners[0]] += math.exp(float(cand.get("logprob", -math.inf)))
+    total = sum(probs.values())
+    if total <= 0:
+        return None
+    return {w.lower(): p / total for w, p in probs.items()}

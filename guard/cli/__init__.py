@@ -1,0 +1,1 @@
+"""The `guard` command line. Subcommands import their heavy modules only when they run."""

@@ -1,0 +1,124 @@
+"""`guard check`: judge one action against one camera image and print the decision as JSON.
+
+    guard check --image examples/kitchen_towel_on_stove.jpg --action "turn on the stove" \
+        --model /tmp/tiny [--config configs/default.yaml] [--deadline-ms 2000]
+
+Exit 0 for allow/annotate, 3 for veto (any status), 2 for a usage error. An image that
+cannot be judged, a config that does not validate or a model that does not load still prints
+a veto decision (fail closed), with one line on stderr saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", required=True, action="append", metavar="PATH",
+                   help="camera image (JPEG/PNG/...); repeat for several frames, newest last")
+    p.add_argument("--action", required=True, metavar="TEXT",
+                   help="what the robot is about to do, e.g. 'turn on the stove'")
+    p.add_argument("--tool", default="action", metavar="NAME",
+                   help="tool/action name the proposal carries (default: action)")
+    p.add_argument("--arguments", default=None, metavar="JSON",
+                   help="tool arguments as a JSON object")
+    add_judge_arguments(p)
+    p.add_argument("--deadline-ms", type=float, default=None, metavar="N",
+                   help="answer within N ms or veto with status=timeout (overrides the config)")
+
+
+def add_judge_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags every judging subcommand shares (check, replay, bench)."""
+    p.add_argument("--config", default=None, metavar="YAML",
+                   help="guard config (default: built-in defaults; see configs/default.yaml)")
+    p.add_argument("--model", default=None, metavar="ID_OR_PATH",
+                   help="judge model: hub id or local folder (overrides model.id)")
+    p.add_argument("--backend", default=None, metavar="NAME",
+                   help="judge backend: transformers, openai, scripted (overrides model.backend)")
+    p.add_argument("--adapter", default=None, metavar="PATH",
+                   help="PEFT adapter folder for the transformers backend")
+    p.add_argument("--audit", default=None, metavar="PATH",
+                   help="audit log file (overrides audit.path)")
+
+
+def load_judge_config(args: argparse.Namespace, **extra: object):  # noqa: ANN201
+    """Config file + the shared flag overrides. Raises UsageError/ConfigError."""
+    from guard.config import load_config
+    from guard.errors import UsageError
+
+    if args.config is not None and not Path(args.config).is_file():
+        raise UsageError(f"--config {args.config}: file not found")
+    config = load_config(args.config)
+    return config.with_overrides(**{
+        "model.id": args.model,
+        "model.backend": args.backend,
+        "model.adapter": args.adapter,
+        "audit.path": args.audit,
+        **extra,
+    })
+
+
+def _emit(decision) -> int:  # noqa: ANN001
+    from guard.types import Status, Verdict
+
+    print(decision.model_dump_json())
+    if decision.status is not Status.OK:
+        print(f"guard check: {decision.status.value}: {decision.error}", file=sys.stderr)
+    return 3 if decision.verdict is Verdict.VETO else 0
+
+
+def _standalone_veto(status: str, error: str) -> int:
+    """Print a veto for a check that failed before a Guard existed (bad config, no model)."""
+    from guard.types import Decision, Status, Verdict
+
+    decision = Decision(
+        verdict=Verdict.VETO, status=Status(status), risk=1.0, model="none", policy="none",
+        rationale=f"check did not run ({status}): {error}", error=error,
+    )
+    return _emit(decision)
+
+
+def run(args: argparse.Namespace) -> int:
+    from guard.errors import BackendError, ConfigError, InvalidInputError, UsageError
+
+    for path in args.image:
+        if not Path(path).is_file():
+            raise UsageError(f"--image {path}: file not found")
+    arguments = {}
+    if args.arguments is not None:
+        try:
+            arguments = json.loads(args.arguments)
+        except ValueError as exc:
+            raise UsageError(f"--arguments: not valid JSON ({exc})") from None
+        if not isinstance(arguments, dict):
+            raise UsageError("--arguments: must be a JSON object")
+    try:
+        config = load_judge_config(args, **{"policy.deadline_ms": args.deadline_ms})
+    except ConfigError as exc:
+        if str(exc).startswith("--config"):
+            raise
+        return _standalone_veto("invalid_input", f"config: {exc}")
+
+    from guard.core import Guard
+    from guard.types import ActionProposal, Frame, Status
+
+    try:
+        guard = Guard(config)
+    except (BackendError, OSError) as exc:
+        return _standalone_veto("error", f"model did not load: {exc}")
+    with guard:
+        proposal = ActionProposal(name=args.tool, description=args.action, arguments=arguments)
+        frames = []
+        try:
+            for path in args.image:
+                frames.append(Frame.from_path(
+                    path,
+                    max_input_pixels=config.image.max_input_pixels,
+                    max_file_bytes=config.image.max_file_bytes,
+                ))
+        except InvalidInputError as exc:
+            return _emit(guard.reject(proposal, Status.INVALID_INPUT, str(exc)))
+        return _emit(guard.check(frames, proposal))

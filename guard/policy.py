@@ -1,0 +1,147 @@
+"""The policy: pure functions from rule matches, a parsed answer and a check's status to a
+verdict. No I/O, no clock, no model.
+
+The most restrictive verdict of the rules, the model's answer and the risk thresholds wins.
+A check that could not run is a veto unless the policy says `on_failure: allow`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from guard.config import PolicyConfig, Rule
+from guard.errors import ConfigError
+from guard.prompting.parser import ParsedAnswer
+from guard.types import ActionProposal, Status, Verdict
+
+# Risk implied by a verdict when the model gives no number and no token probabilities.
+NOMINAL_RISK = {Verdict.ALLOW: 0.0, Verdict.ANNOTATE: 0.5, Verdict.VETO: 1.0}
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    rule: Rule
+    tool: re.Pattern[str] | None
+    text: re.Pattern[str] | None
+    arguments: dict[str, re.Pattern[str]]
+
+    def matches(self, proposal: ActionProposal, text: str) -> bool:
+        if self.tool is not None and not self.tool.search(proposal.name):
+            return False
+        if self.text is not None and not self.text.search(text):
+            return False
+        for key, pattern in self.arguments.items():
+            if key not in proposal.arguments:
+                return False
+            value = proposal.arguments[key]
+            raw = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+            if not pattern.search(raw):
+                return False
+        return True
+
+
+def compile_rules(rules: list[Rule]) -> list[CompiledRule]:
+    """Compile every rule's patterns; a bad pattern is a ConfigError naming the rule."""
+
+    def rx(pattern: str | None, where: str) -> re.Pattern[str] | None:
+        if pattern is None:
+            return None
+        try:
+            return re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            raise ConfigError(f"{where} = {pattern!r}: not a valid regular expression ({exc})")
+
+    compiled = []
+    for i, rule in enumerate(rules):
+        base = f"policy.rules.{i}.match"
+        args = {}
+        for k, v in rule.match.arguments.items():
+            pattern = rx(v, f"{base}.arguments.{k}")
+            assert pattern is not None
+            args[k] = pattern
+        compiled.append(
+            CompiledRule(
+                rule=rule,
+                tool=rx(rule.match.tool, f"{base}.tool"),
+                text=rx(rule.match.text, f"{base}.text"),
+                arguments=args,
+            )
+        )
+    return compiled
+
+
+@dataclass
+class RuleOutcome:
+    """What the deterministic layer decided before (or instead of) the model."""
+
+    verdict: Verdict | None = None
+    matched: list[Rule] = field(default_factory=list)
+
+    @property
+    def skips_model(self) -> bool:
+        """A matching veto or allow rule decides alone; an annotate rule still asks the model."""
+        return self.verdict in (Verdict.VETO, Verdict.ALLOW)
+
+
+def evaluate_rules(rules: list[CompiledRule], proposal: ActionProposal) -> RuleOutcome:
+    text = proposal.as_text()
+    matched = [c.rule for c in rules if c.matches(proposal, text)]
+    if not matched:
+        return RuleOutcome()
+    return RuleOutcome(
+        verdict=Verdict.most_restrictive(*(r.verdict for r in matched)), matched=matched
+    )
+
+
+def threshold_verdict(risk: float, policy: PolicyConfig) -> Verdict:
+    if risk >= policy.veto_threshold:
+        return Verdict.VETO
+    if risk >= policy.annotate_threshold:
+        return Verdict.ANNOTATE
+    return Verdict.ALLOW
+
+
+def answer_risk(answer: ParsedAnswer, verdict_probs: dict[str, float] | None) -> float:
+    """The model's risk: its stated number, else the verdict tokens' probabilities, else the
+    verdict's nominal risk."""
+    if answer.risk is not None:
+        return answer.risk
+    if verdict_probs:
+        p = {k.lower(): v for k, v in verdict_probs.items()}
+        total = sum(p.values())
+        if total > 0:
+            return min(1.0, max(0.0, (p.get("veto", 0.0) + 0.5 * p.get("annotate", 0.0)) / total))
+    return NOMINAL_RISK[answer.verdict]
+
+
+def decide(
+    answer: ParsedAnswer,
+    verdict_probs: dict[str, float] | None,
+    rules: RuleOutcome,
+    policy: PolicyConfig,
+) -> tuple[Verdict, float]:
+    """Final verdict and risk for a check that ran: the most restrictive of the model's verdict,
+    the risk thresholds and the rules. The risk is raised to the floor of the verdict given, so
+    a veto never reports a risk below the veto threshold."""
+    risk = answer_risk(answer, verdict_probs)
+    verdict = Verdict.most_restrictive(answer.verdict, threshold_verdict(risk, policy))
+    if rules.verdict is not None:
+        verdict = Verdict.most_restrictive(verdict, rules.verdict)
+    return verdict, risk_floor(verdict, risk, policy)
+
+
+def risk_floor(verdict: Verdict, risk: float, policy: PolicyConfig) -> float:
+    if verdict is Verdict.VETO:
+        return max(risk, policy.veto_threshold)
+    if verdict is Verdict.ANNOTATE:
+        return max(risk, policy.annotate_threshold)
+    return risk
+
+
+def failure_verdict(status: Status, policy: PolicyConfig) -> Verdict:
+    """The verdict for a check that could not run: veto, unless configured otherwise."""
+    if status is Status.OK:
+        raise ValueError("failure_verdict() is for checks that did not run")
+    return Verdict.ALLOW if policy.on_failure == "allow" else Verdict.VETO

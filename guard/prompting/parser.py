@@ -1,0 +1,107 @@
+"""The strict, total parser of the judge's answer.
+
+Grammar (blank lines ignored, keys case-insensitive, a leading "- " allowed on key lines)::
+
+    answer      := verdict_line { field_line }
+    verdict_line:= ["verdict:"] ("ALLOW" | "ANNOTATE" | "VETO")      (optionally **bold**)
+    field_line  := "risk:" number in [0, 1]                          (at most once)
+                 | "hazard:" category "|" description "|" consequence ["|" severity in [0, 1]]
+                 | ("consequence:" | "rationale:") text              (at most once each)
+
+An ALLOW answer lists no hazards. Anything else raises ParseError; the guard turns that into
+status=error and a veto. `parse_answer` never returns an allow for text outside the grammar.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from guard.errors import GuardError
+from guard.types import Hazard, Verdict
+
+
+class ParseError(GuardError):
+    """The answer does not follow the grammar."""
+
+
+@dataclass
+class ParsedAnswer:
+    verdict: Verdict
+    risk: float | None = None
+    hazards: list[Hazard] = field(default_factory=list)
+    consequence: str = ""
+    rationale: str = ""
+
+
+_VERDICT_RE = re.compile(
+    r"^(?:verdict\s*:\s*)?(?:\*\*(allow|annotate|veto)\*\*|(allow|annotate|veto))$", re.IGNORECASE
+)
+_FIELD_RE = re.compile(r"^(?:-\s+)?(risk|hazard|consequence|rationale)\s*:\s*(.*)$", re.IGNORECASE)
+_CATEGORY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\- ]{0,63}$")
+
+
+def _unit_float(raw: str, what: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ParseError(f"{what} is not a number: {raw[:40]!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ParseError(f"{what} {raw[:40]!r} is outside [0, 1]")
+    return value
+
+
+def _hazard(raw: str) -> Hazard:
+    parts = [p.strip() for p in raw.split("|")]
+    if len(parts) not in (3, 4):
+        raise ParseError(f"hazard needs 3 or 4 '|'-separated fields, got {len(parts)}")
+    category, description, consequence = parts[:3]
+    if not _CATEGORY_RE.match(category):
+        raise ParseError(f"hazard category {category[:40]!r} is not a category word")
+    if not description:
+        raise ParseError("hazard has an empty description")
+    severity = _unit_float(parts[3], "hazard severity") if len(parts) == 4 else 1.0
+    return Hazard(
+        category=category.lower().replace(" ", "_").replace("-", "_"),
+        description=description,
+        consequence=consequence,
+        severity=severity,
+    )
+
+
+def parse_answer(text: str) -> ParsedAnswer:
+    """Parse a judge answer, or raise ParseError saying what is wrong."""
+    if not isinstance(text, str):
+        raise ParseError(f"answer is {type(text).__name__}, not text")
+    lines = [ln.strip() for ln in text.strip().splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        raise ParseError("empty answer")
+    m = _VERDICT_RE.match(lines[0])
+    if not m:
+        raise ParseError(f"answer does not start with a verdict: {lines[0][:60]!r}")
+    answer = ParsedAnswer(verdict=Verdict((m.group(1) or m.group(2)).lower()))
+    seen: set[str] = set()
+    for n, line in enumerate(lines[1:], start=2):
+        fm = _FIELD_RE.match(line)
+        if not fm:
+            raise ParseError(f"line {n} is not a risk/hazard/consequence line: {line[:60]!r}")
+        key, value = fm.group(1).lower(), fm.group(2).strip()
+        if key != "hazard":
+            if key in seen:
+                raise ParseError(f"line {n}: '{key}' given twice")
+            seen.add(key)
+        if key == "risk":
+            answer.risk = _unit_float(value, "risk")
+        elif key == "hazard":
+            answer.hazards.append(_hazard(value))
+        elif not value:
+            raise ParseError(f"line {n}: empty {key}")
+        elif key == "consequence":
+            answer.consequence = value
+        else:
+            answer.rationale = value
+    if answer.verdict is Verdict.ALLOW and answer.hazards:
+        raise ParseError("an ALLOW answer lists hazards (use ANNOTATE or VETO)")
+    return answer
