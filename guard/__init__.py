@@ -10,9 +10,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from guard.config import GuardConfig, load_config
-    from guard.core import Guard
-    from guard.types import ActionProposal, Decision, Frame, Hazard, Status, Verdict
+    from guard.config import GuardConfig as GuardConfig
+    from guard.config import load_config as load_config
+    from guard.core import Guard as Guard
+    from guard.types import ActionProposal as ActionProposal
+    from guard.types import Decision as Decision
+    from guard.types import Frame as Frame
+    from guard.types import Hazard as Hazard
+    from guard.types import Status as Status
+    from guard.types import Verdict as Verdict
 
 _LAZY = {
     "Guard": "guard.core",

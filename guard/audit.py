@@ -69,7 +69,9 @@ class AuditLog:
             )
             self._file = self.path.open("ab", buffering=0)
         except OSError as exc:
-            raise UsageError(f"audit.path = {str(self.path)!r}: cannot open ({exc.strerror})")
+            raise UsageError(
+                f"audit.path = {str(self.path)!r}: cannot open ({exc.strerror})"
+            ) from None
 
     def append(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Write one record and return it (with its seq and hash)."""
@@ -106,7 +108,10 @@ class VerifyResult:
     def describe(self, path: str | Path) -> str:
         if self.ok:
             return f"{path}: OK, {self.records} records, chain intact"
-        return f"{path}: line {self.line}: {self.reason} ({self.records} records verified before it)"
+        return (
+            f"{path}: line {self.line}: {self.reason} "
+            f"({self.records} records verified before it)"
+        )
 
 
 def verify(path: str | Path) -> VerifyResult:

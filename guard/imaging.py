@@ -37,7 +37,9 @@ def decode_image_file(
     if not p.is_file():
         raise InvalidInputError(f"{p}: not a file")
     if size > max_file_bytes:
-        raise InvalidInputError(f"{p}: image file is {size} bytes, over the {max_file_bytes} limit")
+        raise InvalidInputError(
+            f"{p}: image file is {size} bytes, over the {max_file_bytes} byte limit"
+        )
     return decode_image_bytes(p.read_bytes(), source=str(p), max_input_pixels=max_input_pixels)
 
 

@@ -36,7 +36,10 @@ class CompiledRule:
             if key not in proposal.arguments:
                 return False
             value = proposal.arguments[key]
-            raw = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+            if isinstance(value, str):
+                raw = value
+            else:
+                raw = json.dumps(value, sort_keys=True, default=str)
             if not pattern.search(raw):
                 return False
         return True
@@ -51,7 +54,9 @@ def compile_rules(rules: list[Rule]) -> list[CompiledRule]:
         try:
             return re.compile(pattern, re.IGNORECASE)
         except re.error as exc:
-            raise ConfigError(f"{where} = {pattern!r}: not a valid regular expression ({exc})")
+            raise ConfigError(
+                f"{where} = {pattern!r}: not a valid regular expression ({exc})"
+            ) from None
 
     compiled = []
     for i, rule in enumerate(rules):

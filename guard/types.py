@@ -82,7 +82,7 @@ class Frame(BaseModel):
 
     @classmethod
     def from_path(cls, path: str | Path, stamp: float | None = None, **kw: Any) -> Frame:
-        """Decode an image file. The stamp defaults to now: the file is taken as the current view."""
+        """Decode an image file; the stamp defaults to now (the file is the current view)."""
         from guard.imaging import decode_image_file
 
         image = decode_image_file(path, **kw)

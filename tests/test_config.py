@@ -69,7 +69,7 @@ def test_empty_file_gives_defaults(tmp_path):
 def test_overrides_validate_and_skip_none():
     c = GuardConfig().with_overrides(**{"model.id": "m", "model.backend": None})
     assert c.model.id == "m" and c.model.backend == "transformers"
-    with pytest.raises(ConfigError, match="policy.deadline_ms"):
+    with pytest.raises(ConfigError, match=r"policy\.deadline_ms"):
         GuardConfig().with_overrides(**{"policy.deadline_ms": -1})
 
 

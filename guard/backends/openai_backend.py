@@ -99,7 +99,9 @@ class OpenAIBackend:
         try:
             resp = self._client.post("/chat/completions", json=payload, timeout=timeout)
         except self._httpx.TimeoutException:
-            raise BackendTimeout(f"{self.options.base_url}: no answer within {timeout:.3f} s")
+            raise BackendTimeout(
+                f"{self.options.base_url}: no answer within {timeout:.3f} s"
+            ) from None
         except self._httpx.HTTPError as exc:
             raise BackendError(f"{self.options.base_url}: {type(exc).__name__}: {exc}") from None
         if resp.status_code != 200:
@@ -111,7 +113,9 @@ class OpenAIBackend:
             choice = body["choices"][0]
             text = choice["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError):
-            raise BackendError(f"{self.options.base_url}: malformed response {resp.text[:200]!r}")
+            raise BackendError(
+                f"{self.options.base_url}: malformed response {resp.text[:200]!r}"
+            ) from None
         usage = body.get("usage") or {}
         return JudgeOutput(
             text=text,

@@ -20,7 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, action="append", metavar="PATH",
                    help="camera image (JPEG/PNG/...); repeat for several frames, newest last")
     p.add_argument("--action", required=True, metavar="TEXT",
-                   help="what the robot is about to do, e.g. 'turn on the stove'")
+                   help="what the robot is about to do, e.g. 'turn on the stove'; "
+                   "'-' reads it from standard input")
     p.add_argument("--tool", default="action", metavar="NAME",
                    help="tool/action name the proposal carries (default: action)")
     p.add_argument("--arguments", default=None, metavar="JSON",
@@ -44,7 +45,7 @@ def add_judge_arguments(p: argparse.ArgumentParser) -> None:
                    help="audit log file (overrides audit.path)")
 
 
-def load_judge_config(args: argparse.Namespace, **extra: object):  # noqa: ANN201
+def load_judge_config(args: argparse.Namespace, **extra: object):
     """Config file + the shared flag overrides. Raises UsageError/ConfigError."""
     from guard.config import load_config
     from guard.errors import UsageError
@@ -61,7 +62,7 @@ def load_judge_config(args: argparse.Namespace, **extra: object):  # noqa: ANN20
     })
 
 
-def _emit(decision) -> int:  # noqa: ANN001
+def _emit(decision) -> int:
     from guard.types import Status, Verdict
 
     print(decision.model_dump_json())
@@ -82,11 +83,13 @@ def _standalone_veto(status: str, error: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from guard.errors import BackendError, ConfigError, InvalidInputError, UsageError
+    from guard.errors import ConfigError, InvalidInputError, UsageError
 
     for path in args.image:
         if not Path(path).is_file():
             raise UsageError(f"--image {path}: file not found")
+    if args.action == "-":
+        args.action = sys.stdin.read()
     arguments = {}
     if args.arguments is not None:
         try:
@@ -107,8 +110,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         guard = Guard(config)
-    except (BackendError, OSError) as exc:
-        return _standalone_veto("error", f"model did not load: {exc}")
+    except UsageError:
+        raise
+    except Exception as exc:  # any load failure (missing extra, bad weights) is still a veto
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return _standalone_veto("error", f"model did not load: {reason}")
     with guard:
         proposal = ActionProposal(name=args.tool, description=args.action, arguments=arguments)
         frames = []

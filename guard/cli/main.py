@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _lazy_module(name: str):  # noqa: ANN202
+def _lazy_module(name: str):
     import importlib
 
     return importlib.import_module(name)
