@@ -19,10 +19,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from guard.audit import AuditLog
-from guard.backends import Backend, JudgeOutput, JudgeRequest, create_backend
 from pydantic import ValidationError
 
+from guard.audit import AuditLog
+from guard.backends import Backend, JudgeOutput, JudgeRequest, create_backend
 from guard.config import GuardConfig, PolicyConfig
 from guard.errors import BackendError, ConfigError, GuardError, InvalidInputError
 from guard.imaging import check_array, fit_max_pixels

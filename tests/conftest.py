@@ -12,13 +12,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The default audit path lives under XDG_STATE_HOME: keep the suite's decisions out of $HOME.
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="guard-test-state-")
 
-import time  # noqa: E402
+import time
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-from guard.config import GuardConfig  # noqa: E402
-from guard.types import Frame  # noqa: E402
+from guard.config import GuardConfig
+from guard.types import Frame
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from typing import TYPE_CHECKING
 
 from guard.backends.base import JudgeOutput, JudgeRequest
