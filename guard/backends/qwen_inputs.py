@@ -1,0 +1,505 @@
+"""Model inputs for Qwen-VL judges (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) from a chat prompt.
+
+Two routes give the same tensors:
+
+- **manual** (always available): the tokenizer's chat template renders the conversation with
+  one ``<|image_pad|>`` per image, the image processor (its PIL backend where torchvision is
+  missing) turns each image into patches and a ``(t, h, w)`` grid, and each placeholder is
+  expanded to ``t * h * w // merge_size**2`` copies, as the stock processor does.
+- **stock processor** (``AutoProcessor``): needs torchvision, whose binary does not import
+  beside a CPU-only torch; ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` cannot even be
+  built without it (they require a video processor).
+
+Both always return ``mm_token_type_ids`` (1 on image tokens): without it Qwen2.5-VL silently
+falls back to 1-D positions (wrong logits) and Qwen3-VL raises.
+
+Training code reuses this module: pass ``completion`` (the assistant's answer) to get
+``labels`` that are ``-100`` on the prompt and the completion's token ids after it. The prompt
+part is tokenized exactly as at inference, so the model is trained on the ids it will see.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from guard.errors import BackendError
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from guard.backends.base import ChatPrompt
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+"""Label value that the loss ignores (prompt and image tokens)."""
+
+TEXT_TOKEN_TYPE, IMAGE_TOKEN_TYPE, VIDEO_TOKEN_TYPE = 0, 1, 2
+"""Values of ``mm_token_type_ids``, as the Qwen-VL models read them."""
+
+UseProcessor = Literal["auto", "always", "never"]
+
+# The Qwen2.5-VL chat template (as shipped with Qwen2.5-VL-7B-Instruct): a default system turn
+# when none is given, each image as <|vision_start|><|image_pad|><|vision_end|>.
+QWEN2_5_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Qwen3-VL's template renders these conversations the same way but adds no default system
+# turn (its tool-call and reasoning branches are left out: the guard uses neither).
+QWEN3_VL_CHAT_TEMPLATE = QWEN2_5_VL_CHAT_TEMPLATE.replace(
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}",
+    "",
+)
+
+
+@functools.cache
+def torchvision_works() -> bool:
+    """True when torchvision actually imports (a present but broken one counts as missing).
+
+    ``importlib.util.find_spec`` is not enough: a CUDA torchvision wheel beside a CPU torch is
+    found but fails on import, and transformers would then pick backends that crash.
+    """
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # ImportError, OSError (missing CUDA libs), RuntimeError (op mismatch)
+        return False
+    return True
+
+
+def image_size_kwargs(
+    image_processor: Any, min_pixels: int | None, max_pixels: int | None
+) -> dict[str, Any]:
+    """Image processor call kwargs bounding the resized image area.
+
+    transformers 5 deprecates ``min_pixels=`` / ``max_pixels=`` at call time in favour of
+    ``size={"shortest_edge": min, "longest_edge": max}`` (both are areas, despite the names),
+    and the processor wants both keys: a bound not given keeps the processor's own.
+    """
+    if min_pixels is None and max_pixels is None:
+        return {}
+    own = getattr(image_processor, "size", None)
+
+    def default(key: str) -> Any:
+        return own.get(key) if isinstance(own, dict) else getattr(own, key, None)
+
+    size = {
+        "shortest_edge": int(min_pixels) if min_pixels is not None else default("shortest_edge"),
+        "longest_edge": int(max_pixels) if max_pixels is not None else default("longest_edge"),
+    }
+    return {"size": {k: v for k, v in size.items() if v is not None}}
+
+
+def expand_image_tokens(
+    input_ids: Sequence[int], image_grid_thw: Any, merge_size: int, image_token_id: int
+) -> list[int]:
+    """Repeat each image placeholder token once per merged visual token of its image.
+
+    Args:
+        input_ids: Token ids with exactly one ``image_token_id`` per image.
+        image_grid_thw: ``(n_images, 3)`` patch grids from the image processor.
+        merge_size: The image processor's ``merge_size`` (patches merged per side).
+        image_token_id: Id of ``<|image_pad|>``.
+
+    Returns:
+        The expanded ids.
+
+    Raises:
+        ValueError: The number of placeholders differs from the number of images.
+    """
+    counts = [int(n) // merge_size**2 for n in image_grid_thw.prod(-1).tolist()]
+    n_placeholders = sum(1 for t in input_ids if t == image_token_id)
+    if n_placeholders != len(counts):
+        raise ValueError(
+            f"the rendered prompt has {n_placeholders} image placeholders for {len(counts)} "
+            "images (does the chat template render {'type': 'image'} content?)"
+        )
+    per_image = iter(counts)
+    out: list[int] = []
+    for t in input_ids:
+        if t == image_token_id:
+            out.extend([t] * next(per_image))
+        else:
+            out.append(t)
+    return out
+
+
+def token_type_ids(
+    input_ids: torch.Tensor, image_token_id: int, video_token_id: int | None = None
+) -> torch.Tensor:
+    """``mm_token_type_ids``: 1 on image tokens, 2 on video tokens, 0 elsewhere."""
+    import torch
+
+    types = torch.zeros_like(input_ids, dtype=torch.int32)
+    types[input_ids == image_token_id] = IMAGE_TOKEN_TYPE
+    if video_token_id is not None:
+        types[input_ids == video_token_id] = VIDEO_TOKEN_TYPE
+    return types
+
+
+def render_chat(
+    renderer: Any,
+    messages: list[dict[str, Any]],
+    completion: str | None = None,
+    chat_template: str | None = None,
+) -> tuple[str, str]:
+    """Render the prompt (with the assistant header) and the completion text after it.
+
+    Args:
+        renderer: A tokenizer or processor (anything with ``apply_chat_template``).
+        messages: Chat messages; the last turn is the user's.
+        completion: The assistant's answer, for training; None at inference.
+        chat_template: Overrides the renderer's own template.
+
+    Returns:
+        ``(prompt_text, completion_text)``. ``completion_text`` is what the template renders
+        after the prompt for an assistant turn holding `completion` (the answer plus the
+        end-of-turn token), or "" when `completion` is None.
+    """
+    kw: dict[str, Any] = {"tokenize": False}
+    if chat_template is not None:
+        kw["chat_template"] = chat_template
+    prompt = renderer.apply_chat_template(messages, add_generation_prompt=True, **kw)
+    if completion is None:
+        return prompt, ""
+    turn = {"role": "assistant", "content": [{"type": "text", "text": completion}]}
+    full = renderer.apply_chat_template([*messages, turn], add_generation_prompt=False, **kw)
+    if not full.startswith(prompt):
+        raise ValueError(
+            "the chat template does not render the assistant turn as a continuation of the "
+            "generation prompt; cannot split prompt and completion for labels"
+        )
+    return prompt, full[len(prompt) :]
+
+
+def _strip_images(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages with image payloads dropped: the template needs only the content types, and
+    PIL objects have no place in a Jinja context."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = [{"type": "image"} if c.get("type") == "image" else c for c in content]
+        out.append({**m, "content": content})
+    return out
+
+
+def build_inputs(
+    tokenizer: Any,
+    image_processor: Any,
+    messages: list[dict[str, Any]],
+    images: Sequence[Image.Image] = (),
+    *,
+    image_token_id: int | None = None,
+    video_token_id: int | None = None,
+    completion: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    chat_template: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Model inputs for one conversation, without the stock processor (no torchvision needed).
+
+    Args:
+        tokenizer: The model's tokenizer (its chat template renders `messages`).
+        image_processor: A ``Qwen2VLImageProcessor`` (PIL or torchvision backend).
+        messages: Chat messages in content-list form; ``{"type": "image"}`` entries mark
+            where the images go, in order.
+        images: The images, in the order of their entries in `messages`.
+        image_token_id: Id of ``<|image_pad|>`` (the model config's ``image_token_id``);
+            looked up in the tokenizer when None.
+        video_token_id: Id of ``<|video_pad|>``, for ``mm_token_type_ids``.
+        completion: The assistant's answer; adds ``labels`` for training.
+        min_pixels: Lower bound on each resized image's area.
+        max_pixels: Upper bound on each resized image's area.
+        chat_template: Overrides the tokenizer's chat template.
+
+    Returns:
+        ``input_ids``, ``attention_mask``, ``mm_token_type_ids`` (each ``(1, L)``), plus
+        ``pixel_values`` and ``image_grid_thw`` when there are images and ``labels`` when a
+        completion is given.
+    """
+    import torch
+
+    if image_token_id is None:
+        image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    prompt_text, completion_text = render_chat(
+        tokenizer, _strip_images(messages), completion, chat_template
+    )
+    # Special tokens come from the template; the Qwen tokenizer adds none of its own.
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+
+    out: dict[str, torch.Tensor] = {}
+    if images:
+        pixels = image_processor(
+            images=list(images),
+            return_tensors="pt",
+            **image_size_kwargs(image_processor, min_pixels, max_pixels),
+        )
+        out["pixel_values"] = pixels["pixel_values"]
+        out["image_grid_thw"] = pixels["image_grid_thw"]
+        # Expanding ids rather than text skips tokenizing thousands of placeholder tokens.
+        prompt_ids = expand_image_tokens(
+            prompt_ids, pixels["image_grid_thw"], image_processor.merge_size, image_token_id
+        )
+    elif image_token_id in prompt_ids:
+        raise ValueError("the prompt has image placeholders but no images were given")
+
+    ids = list(prompt_ids)
+    if completion is not None:
+        completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
+        ids += completion_ids
+        out["labels"] = torch.tensor(
+            [[IGNORE_INDEX] * len(prompt_ids) + list(completion_ids)], dtype=torch.long
+        )
+    input_ids = torch.tensor([ids], dtype=torch.long)
+    out["input_ids"] = input_ids
+    out["attention_mask"] = torch.ones_like(input_ids)
+    out["mm_token_type_ids"] = token_type_ids(input_ids, image_token_id, video_token_id)
+    return out
+
+
+def _processor_inputs(
+    processor: Any,
+    messages: list[dict[str, Any]],
+    images: Sequence[Image.Image],
+    *,
+    image_token_id: int,
+    video_token_id: int | None,
+    completion: str | None,
+    min_pixels: int | None,
+    max_pixels: int | None,
+) -> dict[str, torch.Tensor]:
+    """The same inputs through the stock processor (torchvision installed)."""
+    import torch
+
+    prompt_text, completion_text = render_chat(processor, _strip_images(messages), completion)
+    enc = processor(
+        text=[prompt_text],
+        images=list(images) or None,
+        images_kwargs=image_size_kwargs(processor.image_processor, min_pixels, max_pixels),
+        return_tensors="pt",
+    )
+    out = {
+        k: enc[k]
+        for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+        if k in enc
+    }
+    input_ids = out["input_ids"]
+    if completion is not None:
+        # Completion ids are appended, not re-tokenized with the prompt, so the prompt's ids
+        # match inference exactly (as in the manual route).
+        comp = processor.tokenizer(completion_text, add_special_tokens=False)["input_ids"]
+        comp_t = torch.tensor([comp], dtype=input_ids.dtype)
+        out["labels"] = torch.cat([torch.full_like(input_ids, IGNORE_INDEX), comp_t], dim=1)
+        input_ids = torch.cat([input_ids, comp_t], dim=1)
+        out["input_ids"] = input_ids
+        out["attention_mask"] = torch.ones_like(input_ids)
+    # Recomputed rather than taken from the processor: not every version returns it, and it
+    # must also cover the appended completion.
+    out["mm_token_type_ids"] = token_type_ids(input_ids, image_token_id, video_token_id)
+    return out
+
+
+def _load_chat_template(model_id: str, **hub_kwargs: Any) -> str | None:
+    """The processor's chat template file, for checkpoints whose tokenizer lacks one."""
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        try:
+            path = cached_file(
+                model_id,
+                name,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+                **hub_kwargs,
+            )
+        except OSError:
+            path = None
+        if path is None:
+            continue
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return None
+
+
+@dataclass
+class QwenInputBuilder:
+    """Turns chat prompts into Qwen-VL model inputs; picks the processor route once, at load.
+
+    Attributes:
+        tokenizer: The model's tokenizer.
+        image_processor: The model's image processor.
+        image_token_id: The model config's ``image_token_id``.
+        video_token_id: The model config's ``video_token_id``.
+        processor: The stock processor, or None for the manual route.
+        min_pixels: Lower bound on each resized image's area (None: the processor's default).
+        max_pixels: Upper bound on each resized image's area (None: the processor's default).
+        chat_template: Overrides the tokenizer's template (manual route only).
+    """
+
+    tokenizer: Any
+    image_processor: Any
+    image_token_id: int
+    video_token_id: int | None = None
+    processor: Any = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    chat_template: str | None = None
+
+    @property
+    def uses_processor(self) -> bool:
+        return self.processor is not None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str,
+        *,
+        image_token_id: int,
+        video_token_id: int | None = None,
+        use_processor: UseProcessor = "auto",
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        **hub_kwargs: Any,
+    ) -> QwenInputBuilder:
+        """Load the tokenizer and image processor (and the stock processor where allowed).
+
+        Args:
+            model_id: Hub id or local folder of the model.
+            image_token_id: The model config's ``image_token_id``.
+            video_token_id: The model config's ``video_token_id``.
+            use_processor: "auto" uses ``AutoProcessor`` where torchvision imports and falls
+                back to the manual route if it fails to load; "always" requires it; "never"
+                always takes the manual route.
+            min_pixels: Lower bound on each resized image's area.
+            max_pixels: Upper bound on each resized image's area.
+            **hub_kwargs: Passed to every ``from_pretrained`` (e.g. ``revision``).
+
+        Raises:
+            BackendError: Something could not be loaded.
+        """
+        from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+        processor = None
+        if use_processor != "never" and torchvision_works():
+            try:
+                processor = AutoProcessor.from_pretrained(model_id, **hub_kwargs)
+                if not hasattr(processor, "image_processor"):
+                    raise TypeError(f"{type(processor).__name__} has no image processor")
+            except Exception as exc:
+                if use_processor == "always":
+                    raise BackendError(
+                        f"{model_id}: cannot load the stock processor: {_first_line(exc)}"
+                    ) from exc
+                log.info(
+                    "%s: stock processor unavailable (%s); building inputs manually",
+                    model_id,
+                    _first_line(exc),
+                )
+                processor = None
+        elif use_processor == "always":
+            raise BackendError(
+                "model.use_processor = 'always' needs torchvision (the stock Qwen-VL processor "
+                "cannot be built without it); install a torchvision matching torch or set "
+                "use_processor to 'auto'"
+            )
+        if processor is not None:
+            tokenizer, image_processor = processor.tokenizer, processor.image_processor
+            chat_template = None
+        else:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(model_id, **hub_kwargs)
+                # PIL unless torchvision really imports: transformers only checks that it is
+                # installed, and a broken one would crash at the first image.
+                backend = None if torchvision_works() else "pil"
+                image_processor = AutoImageProcessor.from_pretrained(
+                    model_id, backend=backend, **hub_kwargs
+                )
+            except Exception as exc:
+                raise BackendError(
+                    f"{model_id}: cannot load the tokenizer or image processor: {_first_line(exc)}"
+                ) from exc
+            chat_template = None
+            if getattr(tokenizer, "chat_template", None) is None:
+                chat_template = _load_chat_template(model_id, **hub_kwargs)
+                if chat_template is None:
+                    log.warning("%s: no chat template found; using the Qwen2.5-VL one", model_id)
+                    chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+        return cls(
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            image_token_id=image_token_id,
+            video_token_id=video_token_id,
+            processor=processor,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            chat_template=chat_template,
+        )
+
+    def from_messages(
+        self,
+        messages: list[dict[str, Any]],
+        images: Sequence[Image.Image] = (),
+        completion: str | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Inputs for chat `messages` whose ``{"type": "image"}`` entries match `images`."""
+        if self.processor is not None:
+            return _processor_inputs(
+                self.processor,
+                messages,
+                images,
+                image_token_id=self.image_token_id,
+                video_token_id=self.video_token_id,
+                completion=completion,
+                min_pixels=self.min_pixels,
+                max_pixels=self.max_pixels,
+            )
+        return build_inputs(
+            self.tokenizer,
+            self.image_processor,
+            messages,
+            images,
+            image_token_id=self.image_token_id,
+            video_token_id=self.video_token_id,
+            completion=completion,
+            min_pixels=self.min_pixels,
+            max_pixels=self.max_pixels,
+            chat_template=self.chat_template,
+        )
+
+    def __call__(
+        self, prompt: ChatPrompt, completion: str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Inputs for a guard prompt (system, then the images, then the user text)."""
+        return self.from_messages(prompt.messages(), prompt.images, completion)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
