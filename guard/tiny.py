@@ -27,6 +27,8 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from guard.backends.qwen_inputs import QWEN2_5_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE
+
 Arch = Literal["qwen2_5_vl", "qwen3_vl"]
 ARCHS: tuple[str, ...] = ("qwen2_5_vl", "qwen3_vl")
 
@@ -55,38 +57,6 @@ _PRETOKENIZE_REGEX = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
-# The Qwen2.5-VL chat template (as shipped with Qwen2.5-VL-7B-Instruct): a default system turn
-# when none is given, images as <|vision_start|><|image_pad|><|vision_end|>.
-_QWEN2_5_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}<|im_end|>\n{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-# The Qwen3-VL template differs in having no default system turn (tools and reasoning blocks
-# of the real one are left out: the guard uses neither).
-_QWEN3_VL_CHAT_TEMPLATE = _QWEN2_5_VL_CHAT_TEMPLATE.replace(
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}",
-    "",
-)
-
 # Image normalisation and patch size of the real checkpoints' preprocessor_config.json.
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -96,6 +66,10 @@ _IMAGE_PROCESSOR: dict[str, dict[str, Any]] = {
 }
 
 
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
 def _corpus() -> list[str]:
     """English household / robot / safety text plus the judge's answer format.
 
@@ -103,26 +77,26 @@ def _corpus() -> list[str]:
     seed gives the same tokenizer and weights. The answer keywords are repeated so each
     verdict word becomes a single token.
     """
-    objects = (
+    objects = _words(
         "knife scissors glass cup mug plate bowl pan pot kettle stove oven toaster microwave "
         "fridge sink tap water towel cloth paper candle lamp cable wire socket plug charger "
         "battery bottle bleach cleaner detergent medicine pills chair table shelf ladder stairs "
         "door window floor rug carpet box bag book phone laptop tablet vase plant dog cat child "
         "baby person hand food bread milk juice oil fire flame smoke heater fan iron hair dryer"
-    ).split()
-    places = (
+    )
+    places = _words(
         "kitchen counter table shelf floor sink stove bathroom bedroom hallway stairs garage "
         "living room balcony edge corner drawer cabinet"
-    ).split()
-    verbs = (
+    )
+    verbs = _words(
         "pick up put down place move push pull open close turn on turn off pour carry hand "
         "give throw drop wipe clean cut heat boil plug unplug fill empty stack lift lower "
         "grasp release rotate slide navigate drive stop wait"
-    ).split()
-    hazards = (
+    )
+    hazards = _words(
         "fire burn scald cut shock electric spill slip trip fall collision crush pinch "
         "poison toxic choking drowning break shatter overheat flood damage injury"
-    ).split()
+    )
     phrases = [
         "the robot is about to {v} the {o} near the {p}",
         "proposed action: {v} the {o} on the {p}",
@@ -159,9 +133,8 @@ def _corpus() -> list[str]:
 
 def _train_tokenizer(vocab_size: int) -> Any:
     """A byte-level BPE tokenizer with Qwen's pre-tokenizer, decoder and special tokens."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, trainers
     from tokenizers import pre_tokenizers as pt
-    from tokenizers import trainers
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -290,15 +263,18 @@ def _check_sizes(
     hidden_size: int, num_heads: int, num_kv_heads: int, vision_hidden_size: int, vision_heads: int
 ) -> None:
     if hidden_size % num_heads:
-        raise ValueError(f"hidden_size ({hidden_size}) is not a multiple of num_heads ({num_heads})")
+        raise ValueError(
+            f"hidden_size ({hidden_size}) is not a multiple of num_heads ({num_heads})"
+        )
     head_dim = hidden_size // num_heads
     if head_dim % 2 or head_dim < 8:
         raise ValueError(
             f"head size hidden_size / num_heads = {head_dim} must be even and >= 8 (M-RoPE)"
         )
     if num_heads % num_kv_heads:
-        raise ValueError(f"num_heads ({num_heads}) is not a multiple of num_kv_heads "
-                         f"({num_kv_heads})")
+        raise ValueError(
+            f"num_heads ({num_heads}) is not a multiple of num_kv_heads ({num_kv_heads})"
+        )
     if vision_hidden_size % vision_heads or (vision_hidden_size // vision_heads) % 4:
         raise ValueError(
             f"vision_hidden_size ({vision_hidden_size}) / vision_heads ({vision_heads}) must be "
@@ -373,9 +349,7 @@ def build_tiny_model(
     out.mkdir(parents=True, exist_ok=True)
 
     backend_tok = _train_tokenizer(vocab_size)
-    chat_template = (
-        _QWEN3_VL_CHAT_TEMPLATE if arch == "qwen3_vl" else _QWEN2_5_VL_CHAT_TEMPLATE
-    )
+    chat_template = QWEN3_VL_CHAT_TEMPLATE if arch == "qwen3_vl" else QWEN2_5_VL_CHAT_TEMPLATE
     tokenizer = Qwen2Tokenizer(
         tokenizer_object=backend_tok,
         eos_token="<|im_end|>",
@@ -403,10 +377,11 @@ def build_tiny_model(
         vision_heads=vision_heads,
         max_position_embeddings=max_position_embeddings,
     )
-    if arch == "qwen3_vl":
-        from transformers import Qwen3VLForConditionalGeneration as model_cls
-    else:
-        from transformers import Qwen2_5_VLForConditionalGeneration as model_cls
+    model_cls = (
+        transformers.Qwen3VLForConditionalGeneration
+        if arch == "qwen3_vl"
+        else transformers.Qwen2_5_VLForConditionalGeneration
+    )
 
     # A private RNG stream: the weights depend on `seed` only, and the caller's global torch
     # RNG state is left as it was.
@@ -469,7 +444,9 @@ def build_tiny_model(
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m guard.tiny --arch ARCH --out DIR [--seed N]`."""
-    parser = argparse.ArgumentParser(prog="python -m guard.tiny", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m guard.tiny", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--arch", choices=ARCHS, required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
