@@ -1,0 +1,480 @@
+"""The in-process judge: a Qwen-VL model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) run by transformers.
+
+Loads a hub id or a local folder (``AutoConfig`` tells the architecture), optionally with a
+PEFT adapter and bitsandbytes 8-bit / 4-bit weights, and answers with greedy decoding. The
+probability of each verdict word is read off the first decoding step, and a stopping criterion
+ends generation as soon as the request's deadline passes, so a call the guard has already
+given up on stops using the GPU.
+
+    from guard.config import GuardConfig
+    cfg = GuardConfig().with_overrides(**{"model.id": "Qwen/Qwen2.5-VL-7B-Instruct",
+                                          "model.quantization": "4bit"})
+    backend = TransformersBackend.from_config(cfg)
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from guard._deps import require
+from guard.backends.base import JudgeOutput, JudgeRequest
+from guard.backends.qwen_inputs import QwenInputBuilder, UseProcessor
+from guard.errors import BackendError, BackendTimeout, ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from guard.config import GuardConfig
+
+log = logging.getLogger(__name__)
+
+# model_type (config.json) -> model class in transformers. All three take the same inputs.
+MODEL_CLASSES: dict[str, str] = {
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+}
+
+# Quantization covers the language model only. The vision tower (about 0.6 B of a 7 B model)
+# loses disproportionate accuracy at 4 bits for little memory saved, and the LM head is kept
+# in full precision as transformers does by default. Patterns match from the start of a module
+# name ("model.visual" in transformers 5, "visual" in older layouts).
+_NOT_QUANTIZED = ["model.visual", "visual", "lm_head"]
+
+# The clock deadlines are measured on (`JudgeRequest.deadline` is a time.monotonic() instant).
+_clock = time.monotonic
+
+
+class _QuietBitsandbytes(logging.Filter):
+    """Drops bitsandbytes log lines that say nothing actionable.
+
+    8-bit matmuls log a cast to float16 on every call (a flood at generation time), and the CPU
+    backend reports at import that the optional hub `kernels` package is missing (it would
+    fetch code from a hub; the built-in kernels work).
+    """
+
+    _PREFIXES = ("MatMul8bitLt: inputs will be cast", "Failed to load CPU gemm_4bit_forward")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self._PREFIXES)
+
+
+def _quiet_bitsandbytes() -> None:
+    flt = _QuietBitsandbytes()
+    for name in ("bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietBitsandbytes) for f in logger.filters):
+            logger.addFilter(flt)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _looks_like_path(model_id: str) -> bool:
+    """A local folder rather than a hub id ("name" or "org/name")."""
+    return (
+        model_id.startswith(("/", ".", "~"))
+        or model_id.count("/") > 1
+        or "\\" in model_id
+        or (len(model_id) > 1 and model_id[1] == ":")  # a Windows drive
+    )
+
+
+def _resolve_local(model_id: str, what: str) -> str:
+    """`model_id` itself if it names a hub id; its expanded path if it is a local folder."""
+    path = Path(model_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise BackendError(f"{what} is not a folder: {model_id}")
+        return str(path)
+    if _looks_like_path(model_id):
+        raise BackendError(f"{what} folder not found: {model_id}")
+    return model_id
+
+
+@functools.cache
+def _deadline_criteria_class() -> type:
+    """The StoppingCriteria class, defined on first use so this module imports without
+    transformers."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class DeadlineCriteria(StoppingCriteria):  # type: ignore[misc]
+        """Stops every sequence once the clock reaches the deadline; `fired` tells it did."""
+
+        def __init__(self, deadline: float | None) -> None:
+            self.deadline = deadline
+            self.fired = False
+
+        def __call__(
+            self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any
+        ) -> torch.BoolTensor:
+            if self.deadline is not None and _clock() >= self.deadline:
+                self.fired = True
+            return torch.full(
+                (input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device
+            )
+
+    return DeadlineCriteria
+
+
+def _make_deadline_criteria(deadline: float | None) -> Any:
+    """A StoppingCriteria that ends generation once `deadline` (monotonic) has passed."""
+    return _deadline_criteria_class()(deadline)
+
+
+class _FirstStepLogits:
+    """Forward hook on the LM head that keeps the logits of the first generated position.
+
+    Read from the head itself rather than from ``generate(output_scores=True)``: scores pass
+    through logits processors (a repetition penalty would lower verdict words that appear in
+    the prompt), and ``output_logits=True`` keeps a vocabulary-sized row per generated token
+    (about 80 MB for 128 tokens at Qwen's 152 k vocabulary).
+    """
+
+    def __init__(self) -> None:
+        self.logits: torch.Tensor | None = None
+
+    def __call__(self, module: Any, args: Any, output: Any) -> None:
+        if self.logits is None:
+            self.logits = output[0, -1, :].detach().float()
+
+
+class TransformersBackend:
+    """A Qwen-VL judge run in-process with transformers.
+
+    Calls are serialised (one generation at a time on the model); a call whose deadline passes
+    while it waits does no work.
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        adapter: str | None = None,
+        dtype: str = "auto",
+        device: str = "auto",
+        quantization: str = "none",
+        attn_implementation: str | None = None,
+        max_new_tokens: int = 128,
+        use_processor: UseProcessor = "auto",
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+    ) -> None:
+        """Load the model, tokenizer and image processor.
+
+        Args:
+            model_id: Hub id or local folder.
+            adapter: A PEFT adapter folder or hub id, applied on top of the model.
+            dtype: "auto" (bfloat16 on a CUDA device that supports it, float16 on one that
+                does not, float32 elsewhere), "float32", "bfloat16" or "float16".
+            device: "auto" (cuda when available, else cpu) or a torch device string.
+            quantization: "none", "8bit" or "4bit" (bitsandbytes, NF4 with double
+                quantization; the compute dtype is `dtype`).
+            attn_implementation: Passed to ``from_pretrained`` (e.g. "sdpa",
+                "flash_attention_2"); None lets transformers choose.
+            max_new_tokens: Cap on generated tokens; a request's own cap applies within it.
+            use_processor: "auto", "always" or "never" use the stock ``AutoProcessor``
+                (see ``guard.backends.qwen_inputs``).
+            min_pixels: Lower bound on each resized image's area.
+            max_pixels: Upper bound on each resized image's area.
+
+        Raises:
+            BackendError: The model, adapter or preprocessing could not be loaded.
+            MissingExtraError: torch/transformers, peft or bitsandbytes is not installed.
+        """
+        torch = require("torch", "the transformers backend")
+        transformers = require("transformers", "the transformers backend")
+        self._torch = torch
+        self._model_id = model_id
+        self._adapter = adapter
+        self._max_new_tokens = max_new_tokens
+        self._lock = threading.Lock()
+        self._verdict_ids: dict[tuple[str, ...], dict[str, int] | None] = {}
+
+        path = _resolve_local(model_id, "model")
+        # Adapter problems are found before the (possibly minutes-long) base model load.
+        adapter_path = _resolve_local(adapter, "adapter") if adapter else None
+        peft = require("peft", "model.adapter (LoRA)") if adapter else None
+        try:
+            config = transformers.AutoConfig.from_pretrained(path)
+        except Exception as exc:
+            raise BackendError(f"cannot load model {model_id!r}: {_first_line(exc)}") from exc
+        model_type = getattr(config, "model_type", None)
+        if model_type not in MODEL_CLASSES:
+            raise BackendError(
+                f"model {model_id!r} is a {model_type!r} model; the transformers backend runs "
+                f"{', '.join(MODEL_CLASSES)}"
+            )
+        model_cls = getattr(transformers, MODEL_CLASSES[model_type])
+
+        self.device = self._resolve_device(device)
+        self.dtype = self._resolve_dtype(dtype, self.device)
+        kwargs: dict[str, Any] = {"dtype": self.dtype, "device_map": {"": str(self.device)}}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        if quantization != "none":
+            kwargs["quantization_config"] = self._quantization_config(quantization)
+        try:
+            model = model_cls.from_pretrained(path, **kwargs)
+        except Exception as exc:
+            raise BackendError(f"cannot load model {model_id!r}: {_first_line(exc)}") from exc
+
+        if adapter_path:
+            model = self._load_adapter(peft, model, adapter_path, merge=quantization == "none")
+        model.eval()
+        self.model: Any = model
+        self.quantization = quantization
+
+        self.inputs = QwenInputBuilder.from_pretrained(
+            path,
+            image_token_id=config.image_token_id,
+            video_token_id=getattr(config, "video_token_id", None),
+            use_processor=use_processor,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+        )
+        self.tokenizer = self.inputs.tokenizer
+        self._generation_config = self._greedy_config(model.generation_config)
+        log.info(
+            "loaded %s (%s, %s on %s, quantization %s, inputs via %s)",
+            self.model_id,
+            model_type,
+            str(self.dtype).removeprefix("torch."),
+            self.device,
+            quantization,
+            "processor" if self.inputs.uses_processor else "tokenizer + image processor",
+        )
+
+    @classmethod
+    def from_config(cls, config: GuardConfig) -> TransformersBackend:
+        """Build from `config.model` and `config.image`.
+
+        Raises:
+            ConfigError: ``model.id`` is not set.
+        """
+        m = config.model
+        if not m.id:
+            raise ConfigError(
+                "model.id is not set: the transformers backend needs a hub id or a model folder"
+            )
+        return cls(
+            m.id,
+            adapter=m.adapter,
+            dtype=m.dtype,
+            device=m.device,
+            quantization=m.quantization,
+            attn_implementation=m.attn_implementation,
+            max_new_tokens=m.max_new_tokens,
+            use_processor=m.use_processor,
+            min_pixels=config.image.min_pixels,
+            max_pixels=config.image.max_pixels,
+        )
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _resolve_device(self, device: str) -> torch.device:
+        torch = self._torch
+        if device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise BackendError(f"model.device = {device!r}: {_first_line(exc)}") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise BackendError(f"model.device = {device!r} but CUDA is not available")
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        return dev
+
+    def _resolve_dtype(self, dtype: str, device: torch.device) -> torch.dtype:
+        torch = self._torch
+        if dtype != "auto":
+            return getattr(torch, dtype)
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # CPU half-precision matmuls are slow or unsupported on many CPUs.
+        return torch.float32
+
+    def _quantization_config(self, quantization: str) -> Any:
+        _quiet_bitsandbytes()  # before the import: the CPU backend logs at import time
+        require("bitsandbytes", f"model.quantization = {quantization!r}")
+        from transformers import BitsAndBytesConfig
+
+        if quantization == "8bit":
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=_NOT_QUANTIZED)
+        if quantization == "4bit":
+            return BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=self.dtype,
+                llm_int8_skip_modules=_NOT_QUANTIZED,
+            )
+        raise ConfigError(f"model.quantization = {quantization!r}: expected none, 8bit or 4bit")
+
+    def _load_adapter(self, peft: Any, model: Any, path: str, *, merge: bool) -> Any:
+        try:
+            with warnings.catch_warnings():
+                # peft 0.21 calls an alias that transformers 5 deprecates; nothing to act on.
+                warnings.filterwarnings(
+                    "ignore",
+                    message="`is_gradient_checkpointing` is deprecated",
+                    category=FutureWarning,
+                )
+                model = peft.PeftModel.from_pretrained(model, path, is_trainable=False)
+        except Exception as exc:
+            raise BackendError(f"cannot load adapter {path!r}: {_first_line(exc)}") from exc
+        if merge:
+            # Folding LoRA into the weights removes its extra matmuls from every step; with
+            # quantized weights it stays separate (merging would re-quantize and lose accuracy).
+            model = model.merge_and_unload()
+        return model
+
+    def _greedy_config(self, base: Any) -> Any:
+        """The model's generation config made deterministic: greedy, no sampling knobs."""
+        cfg = base.__class__.from_dict(base.to_dict())
+        cfg.do_sample = False
+        cfg.num_beams = 1
+        cfg.temperature = None
+        cfg.top_p = None
+        cfg.top_k = None
+        if cfg.pad_token_id is None:
+            pad = self.tokenizer.pad_token_id
+            cfg.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+        if cfg.eos_token_id is None:
+            cfg.eos_token_id = self.tokenizer.eos_token_id
+        return cfg
+
+    def _generation_config_for(self, max_new_tokens: int) -> Any:
+        # A copy per call: generate() deprecates mixing a config object with loose arguments,
+        # and calls must not share mutable state.
+        cfg = copy.deepcopy(self._generation_config)
+        cfg.max_new_tokens = max_new_tokens
+        return cfg
+
+    # -- Backend interface -----------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return f"{self._model_id}+{self._adapter}" if self._adapter else self._model_id
+
+    def judge(self, request: JudgeRequest) -> JudgeOutput:
+        """Answer one request with greedy decoding.
+
+        Raises:
+            BackendTimeout: The deadline passed before or during generation.
+            BackendError: Preprocessing or generation failed, or the backend is closed.
+        """
+        torch = self._torch
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+        self._check_deadline(request, "before the call started")
+        max_new = min(request.max_new_tokens, self._max_new_tokens)
+        criteria = _make_deadline_criteria(request.deadline)
+        capture = _FirstStepLogits()
+        # Preprocessing is serialised too: a fast tokenizer shared between threads can fail
+        # with "Already borrowed", and it costs milliseconds next to generation.
+        with self._lock:
+            t_locked = time.perf_counter()
+            timings["queue"] = (t_locked - t_start) * 1000.0
+            if self.model is None:
+                raise BackendError("the transformers backend is closed")
+            self._check_deadline(request, "while queued")
+            try:
+                with torch.inference_mode():
+                    inputs = self._to_device(self.inputs(request.prompt))
+            except Exception as exc:
+                raise BackendError(f"preprocessing failed: {_first_line(exc)}") from exc
+            t_gen = time.perf_counter()
+            timings["preprocess"] = (t_gen - t_locked) * 1000.0
+
+            hook = self.model.get_output_embeddings().register_forward_hook(capture)
+            try:
+                with torch.inference_mode():
+                    sequences = self.model.generate(
+                        **inputs,
+                        generation_config=self._generation_config_for(max_new),
+                        stopping_criteria=[criteria],
+                    )
+            except Exception as exc:
+                raise BackendError(f"generation failed: {_first_line(exc)}") from exc
+            finally:
+                hook.remove()
+            timings["generate"] = (time.perf_counter() - t_gen) * 1000.0
+
+        generated = sequences[0, inputs["input_ids"].shape[1] :]
+        n_tokens = int(generated.shape[0])
+        if criteria.fired:
+            # A truncated answer must not be parsed as a verdict: fail the call instead.
+            raise BackendTimeout(
+                f"deadline passed during generation, stopped after {n_tokens} of at most "
+                f"{max_new} tokens"
+            )
+        t_decode = time.perf_counter()
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        probs = self._verdict_probs(capture.logits, request.verdict_words)
+        timings["decode"] = (time.perf_counter() - t_decode) * 1000.0
+        timings["total"] = (time.perf_counter() - t_start) * 1000.0
+        return JudgeOutput(text=text, verdict_probs=probs, n_tokens=n_tokens, timings_ms=timings)
+
+    def close(self) -> None:
+        """Drop the model and free accelerator memory."""
+        with self._lock:
+            self.model = None
+            if self._torch.cuda.is_available():
+                self._torch.cuda.empty_cache()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _check_deadline(self, request: JudgeRequest, when: str) -> None:
+        if request.deadline is not None and _clock() >= request.deadline:
+            raise BackendTimeout(f"deadline passed {when}")
+
+    def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {k: v.to(self.device) for k, v in inputs.items()}
+        if "pixel_values" in out:
+            # The vision tower runs in the model dtype (never quantized, see _NOT_QUANTIZED).
+            out["pixel_values"] = out["pixel_values"].to(self.dtype)
+        return out
+
+    def verdict_token_ids(self, words: tuple[str, ...]) -> dict[str, int] | None:
+        """First token id of each verdict word, or None if two words share one.
+
+        The answer starts right after the assistant header's newline, so each word is
+        tokenized on its own (no leading space), as it appears there.
+        """
+        if words not in self._verdict_ids:
+            firsts: dict[str, int] = {}
+            for w in words:
+                toks = self.tokenizer(w, add_special_tokens=False)["input_ids"]
+                if toks:
+                    firsts[w] = int(toks[0])
+            distinct = len(firsts) == len(words) == len(set(firsts.values()))
+            if not distinct:
+                log.warning("verdict words %s share a first token; no verdict_probs", words)
+            self._verdict_ids[words] = firsts if distinct else None
+        return self._verdict_ids[words]
+
+    def _verdict_probs(
+        self, logits: torch.Tensor | None, words: tuple[str, ...]
+    ) -> dict[str, float] | None:
+        ids = self.verdict_token_ids(words)
+        if logits is None or ids is None or not ids:
+            return None
+        # A softmax over the verdict tokens' logits equals their vocabulary probabilities
+        # renormalised among themselves, without underflow when all are unlikely.
+        sel = logits[list(ids.values())]
+        probs = self._torch.softmax(sel, dim=-1).tolist()
+        return dict(zip(ids, probs, strict=True))
