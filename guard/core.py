@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from guard.audit import AuditLog
 from guard.backends import Backend, JudgeOutput, JudgeRequest, create_backend
 from guard.config import GuardConfig, PolicyConfig
-from guard.errors import BackendError, ConfigError, GuardError, InvalidInputError
+from guard.errors import BackendError, BackendTimeout, ConfigError, GuardError, InvalidInputError
 from guard.imaging import check_array, fit_max_pixels
 from guard.policy import RuleOutcome, compile_rules, decide, evaluate_rules, failure_verdict
 from guard.prompting import ParseError, load_template, parse_answer
@@ -214,7 +214,7 @@ class Guard:
             record["prompt"] = {"system": request.prompt.system, "user": request.prompt.user}
         try:
             output = self._judge(request, deadline)
-        except TimeoutError:
+        except (TimeoutError, BackendTimeout):
             return self._failed(
                 Status.TIMEOUT,
                 f"no answer within deadline_ms ({policy.deadline_ms:g})",

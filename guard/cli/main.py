@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("guard.cli.check", "judge one action against one camera image; print the decision"),
     "tiny-model": ("guard.cli.tiny_model", "write a tiny random-weight Qwen-VL model (offline)"),
     "audit": ("guard.cli.audit", "inspect audit logs (verify the hash chain)"),
+    "world": ("guard.cli.world", "generate items of the synthetic consequence world"),
 }
 
 
