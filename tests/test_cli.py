@@ -167,3 +167,49 @@ def test_audit_verify_catches_an_edited_record(scripted_config, tmp_path):
     assert r.returncode == 1 and "line 2" in r.stdout
     r = guard("audit", "verify", tmp_path / "nope.jsonl")
     assert r.returncode == 2
+
+
+# -- with real (tiny, random-weight) Qwen-VL models through the transformers backend ---------
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def tiny_model(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param)
+    r = guard("tiny-model", "--arch", request.param, "--out", out, "--seed", "0", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (out / "config.json").is_file()
+    return out
+
+
+def test_check_with_a_tiny_model_prints_a_full_decision(tiny_model, tmp_path):
+    r = guard("check", "--image", EXAMPLE, "--action", "turn on the stove",
+              "--model", tiny_model, "--audit", tmp_path / "a.jsonl", timeout=300)
+    assert r.returncode in (0, 3), r.stderr
+    d = json.loads(r.stdout)
+    from tests.test_types import CONTRACT_FIELDS
+
+    assert CONTRACT_FIELDS <= set(d)
+    assert d["model"] == str(tiny_model)
+    # A random model does not follow the answer format: a fail-closed veto, never an allow.
+    if d["status"] != "ok":
+        assert (r.returncode, d["verdict"]) == (3, "veto")
+    rec = json.loads((tmp_path / "a.jsonl").read_text().splitlines()[0])
+    assert rec["decision"]["id"] == d["id"] and "answer" in rec
+
+
+def test_tiny_model_with_a_1ms_deadline_is_a_prompt_timeout_veto(tiny_model, tmp_path):
+    r = guard("check", "--image", EXAMPLE, "--action", "turn on the stove", "--model", tiny_model,
+              "--deadline-ms", "1", "--audit", tmp_path / "a.jsonl", timeout=300)
+    d = json.loads(r.stdout)
+    assert r.returncode == 3 and (d["verdict"], d["status"]) == ("veto", "timeout")
+    assert d["latency_ms"] < 200
+
+
+def test_truncated_jpeg_with_a_real_model_gives_one_stderr_line(tiny_model, tmp_path):
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(EXAMPLE.read_bytes()[:3000])
+    r = guard("check", "--image", bad, "--action", "turn on the stove", "--model", tiny_model,
+              "--audit", tmp_path / "a.jsonl", timeout=300)
+    d = json.loads(r.stdout)
+    assert r.returncode == 3 and d["status"] == "invalid_input"
+    assert_one_clear_line(r.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -83,6 +84,8 @@ def _standalone_veto(status: str, error: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    # stdout is the decision and stderr one line per problem: no model-loading progress bars.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from guard.errors import ConfigError, InvalidInputError, UsageError
 
     for path in args.image:

@@ -7,6 +7,7 @@ image processor that `--model DIR` loads, for smoke tests and offline developmen
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from guard.tiny import build_tiny_model
 
     out = build_tiny_model(args.arch, args.out, seed=args.seed)
