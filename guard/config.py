@@ -158,11 +158,9 @@ class GuardConfig(_Strict):
             raise ConfigError(_describe(exc, source)) from None
 
     def with_overrides(self, **dotted: Any) -> GuardConfig:
-        """A copy with `section.field=value` overrides (None values are skipped)."""
+        """A copy with `section.field=value` overrides, validated (None sets a field to null)."""
         data = self.model_dump(mode="json")
         for key, value in dotted.items():
-            if value is None:
-                continue
             node = data
             *parents, leaf = key.split(".")
             for p in parents:

@@ -66,9 +66,11 @@ def test_empty_file_gives_defaults(tmp_path):
     assert load_config(write(tmp_path, "")).policy == GuardConfig().policy
 
 
-def test_overrides_validate_and_skip_none():
-    c = GuardConfig().with_overrides(**{"model.id": "m", "model.backend": None})
-    assert c.model.id == "m" and c.model.backend == "transformers"
+def test_overrides_validate_and_can_set_null():
+    c = GuardConfig().with_overrides(**{"model.id": "m", "policy.max_frame_age_ms": None})
+    assert c.model.id == "m" and c.policy.max_frame_age_ms is None
+    with pytest.raises(ConfigError, match=r"model\.backend = None"):
+        GuardConfig().with_overrides(**{"model.backend": None})
     with pytest.raises(ConfigError, match=r"policy\.deadline_ms"):
         GuardConfig().with_overrides(**{"policy.deadline_ms": -1})
 

@@ -54,13 +54,15 @@ def load_judge_config(args: argparse.Namespace, **extra: object):
     if args.config is not None and not Path(args.config).is_file():
         raise UsageError(f"--config {args.config}: file not found")
     config = load_config(args.config)
-    return config.with_overrides(**{
+    overrides = {
         "model.id": args.model,
         "model.backend": args.backend,
         "model.adapter": args.adapter,
         "audit.path": args.audit,
         **extra,
-    })
+    }
+    # A flag left out (None) keeps the config's value.
+    return config.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def _emit(decision) -> int:

@@ -1,0 +1,1 @@
+"""Benchmarks: the consequence benchmark harness and the guard's own performance figures."""
