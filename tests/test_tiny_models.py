@@ -4,7 +4,6 @@ transformers classes, and that it is deterministic and small enough for CPU test
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +118,7 @@ def test_tokenizer_has_verdict_words_and_chat_template(tiny: Path) -> None:
     )
 
 
-def test_generates_fast_from_an_image(tiny: Path) -> None:
+def test_generates_32_tokens_from_an_image_and_stays_tiny(tiny: Path) -> None:
     from guard.backends.qwen_inputs import build_inputs
 
     arch = _arch(tiny)
@@ -129,13 +128,11 @@ def test_generates_fast_from_an_image(tiny: Path) -> None:
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}]
     inputs = build_inputs(tok, image_processor, messages, [_image()])
     with torch.inference_mode():
-        model.generate(**inputs, max_new_tokens=4)  # warm-up
-        t0 = time.perf_counter()
         out = model.generate(**inputs, max_new_tokens=32, min_new_tokens=32, do_sample=False)
-        elapsed = time.perf_counter() - t0
     assert out.shape[1] - inputs["input_ids"].shape[1] == 32
-    # Tens of ms on 2 cores; the bound only catches a default that grew by orders of magnitude.
-    assert elapsed < 2.0
+    # Size, not seconds: a default that grew would slow every test that builds one (speed is
+    # measured by `python -m guard.bench.overhead`, not asserted).
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
 
 
 def test_every_quantizable_linear_is_wide_enough_for_4bit(tiny: Path) -> None:
