@@ -68,7 +68,12 @@ class Guard:
         self.audit = audit if audit is not None else AuditLog(
             self.config.audit.path, fsync=self.config.audit.fsync
         )
-        self.backend = backend if backend is not None else create_backend(self.config)
+        try:
+            self.backend = backend if backend is not None else create_backend(self.config)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self.audit.close()
+            raise
 
     # -- public API ----------------------------------------------------------------------
 

@@ -151,6 +151,8 @@ def test_a_model_that_does_not_load_is_an_error_veto(tmp_path):
     d = json.loads(r.stdout)
     assert (d["verdict"], d["status"]) == ("veto", "error")
     assert_one_clear_line(r.stderr)
+    (rec,) = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert rec["decision"]["id"] == d["id"]  # audited like every decision
 
 
 def test_audit_verify_catches_an_edited_record(scripted_config, tmp_path):

@@ -74,14 +74,23 @@ def _emit(decision) -> int:
     return 3 if decision.verdict is Verdict.VETO else 0
 
 
-def _standalone_veto(status: str, error: str) -> int:
-    """Print a veto for a check that failed before a Guard existed (bad config, no model)."""
+def _standalone_veto(status: str, error: str, audit_path: str | None) -> int:
+    """Print (and audit) a veto for a check that failed before a Guard existed: a config that
+    does not validate, a model that does not load."""
+    from guard.audit import AuditLog
+    from guard.config import AuditConfig
+    from guard.errors import UsageError
     from guard.types import Decision, Status, Verdict
 
     decision = Decision(
         verdict=Verdict.VETO, status=Status(status), risk=1.0, model="none", policy="none",
         rationale=f"check did not run ({status}): {error}", error=error,
     )
+    try:
+        with AuditLog(audit_path or AuditConfig().path) as log:
+            log.append("decision", {"decision": decision.model_dump(mode="json")})
+    except (UsageError, OSError) as exc:
+        print(f"guard check: audit: {exc}", file=sys.stderr)
     return _emit(decision)
 
 
@@ -108,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         if str(exc).startswith("--config"):
             raise
-        return _standalone_veto("invalid_input", f"config: {exc}")
+        return _standalone_veto("invalid_input", f"config: {exc}", args.audit)
 
     from guard.core import Guard
     from guard.types import ActionProposal, Frame, Status
@@ -119,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     except Exception as exc:  # any load failure (missing extra, bad weights) is still a veto
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return _standalone_veto("error", f"model did not load: {reason}")
+        return _standalone_veto("error", f"model did not load: {reason}", config.audit.path)
     with guard:
         proposal = ActionProposal(name=args.tool, description=args.action, arguments=arguments)
         frames = []
