@@ -76,14 +76,15 @@ class AuditLog:
     def append(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Write one record and return it (with its seq and hash)."""
         with self._lock:
-            record = {"seq": self._seq + 1, "ts": time.time(), "kind": kind, "prev": self._prev}
-            record.update(payload)
-            record["hash"] = record_hash(record)
-            line = _canonical(record) + b"\n"
-            self._file.write(line)  # unbuffered: one write per record
+            seq, digest = self._seq + 1, ""
+            # The chain fields are set last so a payload can never overwrite them.
+            record: dict[str, Any] = dict(payload)
+            record.update(seq=seq, ts=time.time(), kind=kind, prev=self._prev)
+            digest = record["hash"] = record_hash(record)
+            self._file.write(_canonical(record) + b"\n")  # unbuffered: one write per record
             if self.fsync:
                 os.fsync(self._file.fileno())
-            self._seq, self._prev = record["seq"], record["hash"]
+            self._seq, self._prev = seq, digest
             return record
 
     def close(self) -> None:

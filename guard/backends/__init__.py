@@ -40,7 +40,8 @@ def create_backend(config: GuardConfig) -> Backend:
         ) from None
     module_name, _, cls_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls.from_config(config)
+    backend: Backend = cls.from_config(config)
+    return backend
 
 
 __all__ = [

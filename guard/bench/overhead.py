@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kitchen_towel_on_stove.jpg"
 
@@ -41,7 +42,7 @@ def summary(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "p95": _pct(xs, 0.95), "min": min(xs)}
 
 
-def run(model: str, reps: int, max_new_tokens: int, image: Path, threads: int) -> dict:
+def run(model: str, reps: int, max_new_tokens: int, image: Path, threads: int) -> dict[str, Any]:
     import torch
 
     from guard.backends.base import JudgeRequest
@@ -58,14 +59,14 @@ def run(model: str, reps: int, max_new_tokens: int, image: Path, threads: int) -
         "policy.deadline_ms": 60_000, "policy.max_frame_age_ms": None,
     })
     guard = Guard(config)
-    backend = guard.backend
+    backend: Any = guard.backend  # the transformers backend: its model and input builder
     frame = Frame.from_path(image)
     proposal = ActionProposal(name="stove_on", description="turn on the stove")
     pil = fit_max_pixels(frame.image, config.image.max_pixels)
     prompt = guard._template.render(proposal.as_text(), (pil,))
     gen_cfg = backend._generation_config_for(max_new_tokens)
 
-    def bare_generate(inputs):
+    def bare_generate(inputs: dict[str, Any]) -> Any:
         with torch.inference_mode():
             return backend.model.generate(**inputs, generation_config=gen_cfg)
 

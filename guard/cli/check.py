@@ -15,6 +15,11 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from guard.config import GuardConfig
+    from guard.types import Decision
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,7 +51,7 @@ def add_judge_arguments(p: argparse.ArgumentParser) -> None:
                    help="audit log file (overrides audit.path)")
 
 
-def load_judge_config(args: argparse.Namespace, **extra: object):
+def load_judge_config(args: argparse.Namespace, **extra: object) -> GuardConfig:
     """Config file + the shared flag overrides. Raises UsageError/ConfigError."""
     from guard.config import load_config
     from guard.errors import UsageError
@@ -65,7 +70,7 @@ def load_judge_config(args: argparse.Namespace, **extra: object):
     return config.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _emit(decision) -> int:
+def _emit(decision: Decision) -> int:
     from guard.types import Status, Verdict
 
     print(decision.model_dump_json())

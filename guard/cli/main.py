@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_VETO = 0, 1, 2, 3
 
@@ -25,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _lazy_module(name: str):
+def _lazy_module(name: str) -> ModuleType:
     import importlib
 
     return importlib.import_module(name)

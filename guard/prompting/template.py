@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import yaml
+from PIL import Image
 
 from guard.backends.base import ChatPrompt
 from guard.errors import ConfigError
@@ -20,7 +21,7 @@ class PromptTemplate:
     system: str
     user: str
 
-    def render(self, action: str, images: tuple = ()) -> ChatPrompt:
+    def render(self, action: str, images: tuple[Image.Image, ...] = ()) -> ChatPrompt:
         fields = {"action": action, "n_frames": len(images)}
         # str.replace, not str.format: action text may hold braces of its own.
         user = self.user
