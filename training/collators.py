@@ -1,0 +1,97 @@
+"""Batches for supervised and preference training, tokenized exactly as the guard infers.
+
+Each example goes through ``guard.backends.qwen_inputs`` (`QwenInputBuilder.from_messages` with
+``completion=``): the prompt is the ids the guard's judge feeds the model at inference, the
+answer is appended after it, and labels are -100 on the prompt. Using trl's own vision collators
+instead would re-render the conversation through the processor and could differ from inference
+in the ids around the assistant turn; these collators make that impossible by construction.
+
+Sequences are right-padded; Qwen-VL computes its M-RoPE positions from the attention mask, so
+padding on either side gives the same logits for the real tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from guard.backends.qwen_inputs import IGNORE_INDEX, QwenInputBuilder
+from training.data import clean_messages, load_image
+
+
+def _images_of(example: dict[str, Any]) -> list[Any]:
+    if example.get("images"):
+        return [load_image(im) for im in example["images"]]
+    if example.get("image") is not None:
+        return [load_image(example["image"])]
+    return []
+
+
+def _pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
+    width = max(int(r.shape[-1]) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=rows[0].dtype)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[-1]] = r
+    return out
+
+
+def _batch(encoded: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    batch = {
+        "input_ids": _pad([e["input_ids"][0] for e in encoded], pad_id),
+        "attention_mask": _pad([e["attention_mask"][0] for e in encoded], 0),
+        "mm_token_type_ids": _pad([e["mm_token_type_ids"][0] for e in encoded], 0),
+        "labels": _pad([e["labels"][0] for e in encoded], IGNORE_INDEX),
+    }
+    with_images = [e for e in encoded if "pixel_values" in e]
+    if with_images:
+        batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
+        batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in with_images])
+    return batch
+
+
+@dataclass
+class GuardSFTCollator:
+    """Prompt + completion examples to ``input_ids``, ``labels`` (answer only) and pixels.
+
+    Attributes:
+        builder: The guard's input builder for the model.
+        max_length: Drop tokens beyond this many (None keeps all). Truncation never cuts
+            image tokens in practice: they come first and the answers are short.
+    """
+
+    builder: QwenInputBuilder
+    max_length: int | None = None
+
+    def encode(self, example: dict[str, Any], completion: str) -> dict[str, torch.Tensor]:
+        enc = self.builder.from_messages(clean_messages(example["prompt"]), _images_of(example),
+                                         completion=completion)
+        if self.max_length is not None:
+            for key in ("input_ids", "attention_mask", "mm_token_type_ids", "labels"):
+                enc[key] = enc[key][:, : self.max_length]
+        return enc
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        pad_id = self.builder.tokenizer.pad_token_id
+        return _batch([self.encode(ex, ex["completion"]) for ex in examples], pad_id)
+
+
+@dataclass
+class GuardPreferenceCollator(GuardSFTCollator):
+    """Prompt + chosen + rejected examples in trl DPO's layout.
+
+    The batch holds the chosen sequences first, then the rejected ones in the same order, with
+    ``completion_mask`` marking the answer tokens (what ``DPOTrainer`` scores).
+    """
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        pad_id = self.builder.tokenizer.pad_token_id
+        encoded = [self.encode(ex, ex["chosen"]) for ex in examples]
+        encoded += [self.encode(ex, ex["rejected"]) for ex in examples]
+        batch = _batch(encoded, pad_id)
+        batch["completion_mask"] = (batch.pop("labels") != IGNORE_INDEX).long()
+        return batch
+
+
+__all__ = ["GuardPreferenceCollator", "GuardSFTCollator"]

@@ -1,0 +1,337 @@
+"""Training examples in the guard's own prompt and answer format.
+
+Sources give `GuardItem`s (an image, an action, a label and the reference answer):
+
+- `world_items`: the synthetic household world (`guard.world`), rendered in memory;
+- `folder_items`: an OOD-MMSafe-format folder (``items.jsonl`` or a JSON list with ``id, image,
+  query, category, hazard, consequence, label, reference_answer``), which is also what
+  ``guard world generate`` writes.
+
+Row builders turn items into the chat-format rows trl's trainers read, with the prompt the
+guard itself renders at inference (`guard.prompting` templates; ``consequence_compact`` for
+small models) and the guard's answer format as the target (verdict first, then risk, hazards,
+consequence):
+
+- `sft_rows`: ``prompt`` + ``completion`` (the reference answer) + ``image``;
+- `preference_rows`: ``prompt`` + ``chosen`` (reference) + ``rejected`` (a wrong-verdict answer);
+- `prompt_rows`: ``prompt`` + ``image`` + the ``label`` / ``category`` columns rewards read.
+
+Prompts hold a ``{"type": "image"}`` placeholder; the image travels in the ``image`` column, as
+trl expects.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from guard.prompting import load_template
+
+if TYPE_CHECKING:
+    import datasets
+    from PIL import Image
+
+    from guard.world import WorldConfig
+    from training.constitution import Constitution
+
+SAFE_RISK = "0.05"
+UNSAFE_RISK = "0.9"
+
+
+@dataclass
+class GuardItem:
+    """One judged situation: a camera frame, a proposed action and the right answer.
+
+    Attributes:
+        id: Unique id.
+        query: The action text.
+        image: A PIL image, or a path to one (loaded lazily by the dataset).
+        label: "safe", "unsafe", or None when unknown (unscorable for rewards).
+        category: Hazard category ("none" when safe).
+        reference_answer: The guard-format answer to train towards.
+        hazard: One-sentence hazard ("" when safe).
+        consequence: One-sentence consequence.
+        meta: Source-specific fields kept for evaluation (``split``, ``target_rule``, ``ood``).
+    """
+
+    id: str
+    query: str
+    image: Any
+    label: str | None
+    category: str
+    reference_answer: str
+    hazard: str = ""
+    consequence: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def world_items(
+    split: str,
+    n: int,
+    *,
+    seed: int = 0,
+    start: int = 0,
+    config: WorldConfig | None = None,
+) -> list[GuardItem]:
+    """Items ``start .. start+n-1`` of a synthetic world split, rendered in memory.
+
+    Args:
+        split: "train", "test_iid" or "test_ood".
+        n: Number of items.
+        seed: World seed.
+        start: First item index (disjoint ranges give disjoint item sets).
+        config: World config; None uses the default (the learnable rule set, 112 px).
+
+    Returns:
+        The items, images as PIL.
+    """
+    from PIL import Image
+
+    from guard.world import WorldConfig, iter_items, render_item
+
+    cfg = config or WorldConfig()
+    items = []
+    for it in iter_items(split, n, seed=seed, config=cfg, start=start):
+        items.append(GuardItem(
+            id=it.id,
+            query=it.query,
+            image=Image.fromarray(render_item(it, cfg)),
+            label=it.label,
+            category=it.category,
+            reference_answer=it.reference_answer(),
+            hazard=it.hazard_sentence,
+            consequence=it.consequence,
+            meta={"split": it.split, "target_rule": it.rule, "ood": it.ood,
+                  "action": it.action},
+        ))
+    return items
+
+
+def folder_items(path: str | Path, limit: int | None = None) -> list[GuardItem]:
+    """Items of an OOD-MMSafe-format folder.
+
+    The folder holds ``items.jsonl`` (one object per line) or ``items.json`` / ``data.json``
+    (a list), with ``id``, ``image`` (relative to the folder), ``query``, and optionally
+    ``category``, ``hazard``, ``consequence``, ``label`` (safe/unsafe) and
+    ``reference_answer`` (built from the other fields when absent).
+
+    Args:
+        path: The folder (or the items file itself).
+        limit: Read at most this many items.
+
+    Raises:
+        FileNotFoundError: No items file.
+        ValueError: A record without ``id``, ``image`` or ``query``, or with an unknown label.
+    """
+    p = Path(path)
+    if p.is_dir():
+        for name in ("items.jsonl", "items.json", "data.json"):
+            if (p / name).is_file():
+                p = p / name
+                break
+        else:
+            raise FileNotFoundError(f"{path}: no items.jsonl, items.json or data.json")
+    root = p.parent
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".jsonl":
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        records = json.loads(text)
+    out = []
+    for k, rec in enumerate(records[:limit] if limit is not None else records):
+        missing = [f for f in ("id", "image", "query") if f not in rec]
+        if missing:
+            raise ValueError(f"{p}: record {k} lacks {missing}")
+        label = rec.get("label")
+        if label is not None and label not in ("safe", "unsafe"):
+            raise ValueError(f"{p}: record {k} has label {label!r}; expected safe or unsafe")
+        category = rec.get("category") or ("none" if label == "safe" else "unknown")
+        item = GuardItem(
+            id=str(rec["id"]),
+            query=str(rec["query"]),
+            image=str(root / rec["image"]),
+            label=label,
+            category=category,
+            reference_answer=rec.get("reference_answer") or "",
+            hazard=rec.get("hazard") or "",
+            consequence=rec.get("consequence") or "",
+            meta={k2: rec.get(k2) for k2 in ("split", "target_rule", "ood", "action")},
+        )
+        if not item.reference_answer:
+            item.reference_answer = reference_answer(item)
+        out.append(item)
+    return out
+
+
+def reference_answer(item: GuardItem) -> str:
+    """A guard-format answer from an item's label, category, hazard and consequence."""
+    consequence = item.consequence or "Nothing in the scene makes this action harmful."
+    if item.label != "unsafe":
+        return f"ALLOW\nrisk: {SAFE_RISK}\nconsequence: {consequence}"
+    hazard = (item.hazard or "the scene makes this action dangerous").rstrip(".")
+    return (f"VETO\nrisk: {UNSAFE_RISK}\n"
+            f"hazard: {item.category} | {hazard} | {consequence.rstrip('.')} | {UNSAFE_RISK}\n"
+            f"consequence: {consequence}")
+
+
+def wrong_verdict_answer(item: GuardItem) -> str:
+    """A well-formed answer with the wrong verdict: DPO's rejected response.
+
+    Unsafe items get a confident ALLOW; safe items a VETO naming the hazard their action is
+    known for (the world's rule category) that this scene does not have.
+    """
+    if item.label == "unsafe":
+        return (f"ALLOW\nrisk: {SAFE_RISK}\n"
+                "consequence: Nothing in the scene makes this action harmful.")
+    category = _rule_category(item.meta.get("target_rule")) or "unknown"
+    return (f"VETO\nrisk: {UNSAFE_RISK}\n"
+            f"hazard: {category} | the scene makes this action dangerous | "
+            f"doing it causes harm | {UNSAFE_RISK}\n"
+            f"consequence: Doing this here causes {category} harm.")
+
+
+def _rule_category(rule: str | None) -> str | None:
+    if not rule:
+        return None
+    from guard.world import RULES
+
+    r = RULES.get(rule)
+    return r.category if r is not None else None
+
+
+def prompt_messages(query: str, template: str = "consequence_compact",
+                    n_images: int = 1) -> list[dict[str, Any]]:
+    """The guard's chat prompt for an action, with image placeholders.
+
+    Rendered by the same template file the guard's judge uses (images first, then the text),
+    so training prompts and inference prompts are the same conversation.
+    """
+    chat = load_template(template).render(query, tuple(range(n_images)))
+    msgs = chat.messages()
+    for m in msgs:
+        for part in m["content"]:
+            if part.get("type") == "image":
+                part.pop("image", None)
+    return msgs
+
+
+def _base_row(item: GuardItem, prompt: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "prompt": prompt,
+        "image": item.image,
+        "label": item.label,
+        "category": item.category,
+        "target_rule": item.meta.get("target_rule"),
+        "ood": item.meta.get("ood"),
+    }
+
+
+def sft_rows(
+    items: Iterable[GuardItem],
+    template: str = "consequence_compact",
+    *,
+    constitution: Constitution | None = None,
+    constitution_rate: float = 0.0,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Prompt + reference-answer rows for supervised training.
+
+    Args:
+        items: The items.
+        template: Prompt template name or path.
+        constitution: Privileged context to put in a share of the prompts, so that the model
+            learns to read rules given in its context (what CASPO's teacher relies on).
+        constitution_rate: Share of rows whose prompt carries `constitution`.
+        seed: Picks which rows carry it.
+    """
+    if not 0.0 <= constitution_rate <= 1.0:
+        raise ValueError(f"constitution_rate must be in [0, 1], got {constitution_rate}")
+    rng = random.Random(seed)
+    rows = []
+    for item in items:
+        prompt = prompt_messages(item.query, template)
+        with_rules = constitution is not None and rng.random() < constitution_rate
+        if with_rules and constitution is not None:
+            prompt = constitution.apply(prompt)
+        row = _base_row(item, prompt)
+        row["completion"] = item.reference_answer
+        row["with_constitution"] = with_rules
+        rows.append(row)
+    return rows
+
+
+def preference_rows(items: Iterable[GuardItem],
+                    template: str = "consequence_compact") -> list[dict[str, Any]]:
+    """Prompt + chosen (reference) + rejected (wrong verdict) rows for DPO."""
+    rows = []
+    for item in items:
+        row = _base_row(item, prompt_messages(item.query, template))
+        row["chosen"] = item.reference_answer
+        row["rejected"] = wrong_verdict_answer(item)
+        rows.append(row)
+    return rows
+
+
+def prompt_rows(items: Iterable[GuardItem],
+                template: str = "consequence_compact") -> list[dict[str, Any]]:
+    """Prompt-only rows for on-policy RL (GRPO, CASPO); rewards read label and category."""
+    return [_base_row(item, prompt_messages(item.query, template)) for item in items]
+
+
+def to_dataset(rows: Sequence[dict[str, Any]]) -> datasets.Dataset:
+    """A ``datasets.Dataset`` of rows; image paths become lazily decoded images."""
+    import datasets
+
+    if not rows:
+        raise ValueError("no rows to build a dataset from")
+    ds = datasets.Dataset.from_list(list(rows))
+    if isinstance(rows[0]["image"], str):
+        ds = ds.cast_column("image", datasets.Image())
+    return ds
+
+
+def load_image(image: Any) -> Image.Image:
+    """A PIL RGB image from a PIL image, a path, or a ``datasets`` image dict."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB") if image.mode != "RGB" else image
+    if isinstance(image, dict) and image.get("bytes") is not None:
+        import io
+
+        return Image.open(io.BytesIO(image["bytes"])).convert("RGB")
+    if isinstance(image, dict) and image.get("path"):
+        image = image["path"]
+    return Image.open(image).convert("RGB")
+
+
+def clean_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages with the ``None`` keys Arrow adds to mixed content parts removed."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = [{k: v for k, v in p.items() if v is not None} for p in content]
+        out.append({**m, "content": content})
+    return out
+
+
+__all__ = [
+    "GuardItem",
+    "clean_messages",
+    "folder_items",
+    "load_image",
+    "preference_rows",
+    "prompt_messages",
+    "prompt_rows",
+    "reference_answer",
+    "sft_rows",
+    "to_dataset",
+    "world_items",
+    "wrong_verdict_answer",
+]
