@@ -1,0 +1,169 @@
+"""A few real steps of SFT, DPO, GRPO and CASPO on tiny models and a few world items.
+
+Each run asserts that trainable weights moved; CASPO's also that its teacher read the
+constitution, the student never did, and the teacher's forward ran without gradient.
+The numbers (accuracy, R0) are the experiment's business, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+pytest.importorskip("cv2")
+
+from training.config import load_run_config  # noqa: E402
+from training.rewards import completion_text  # noqa: E402
+from training.run import build, save, train  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+MARKER = "Safety constitution"  # a phrase of training/constitutions/hazardworld.yaml
+
+
+def _config(method: str, model: Path, **trainer: Any) -> Any:
+    rl = method in ("grpo", "caspo")
+    base: dict[str, Any] = {
+        "use_cpu": True, "bf16": False, "gradient_checkpointing": False, "max_steps": 2,
+        "learning_rate": 1e-3, "logging_steps": 1, "save_strategy": "no",
+        "per_device_train_batch_size": 4, "disable_tqdm": True,
+    }
+    if rl:
+        base.update(num_generations=4, max_completion_length=12)
+    return load_run_config({
+        "method": method, "seed": 0, "num_threads": 2,
+        "model": {"id": str(model), "dtype": "float32"},
+        "data": {"train": {"source": "world", "n": 8, "preset": "easy"}},
+        "trainer": {**base, **trainer},
+    })
+
+
+def _length_reward(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+    """A reward with spread on a random model (the outcome reward is 0 for all its babble)."""
+    return [len(completion_text(c)) / 50.0 for c in completions]
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo"])
+def test_supervised_methods_move_the_weights_and_save_a_loadable_model(
+    method: str, tiny_qwen2_5_vl: Path, tmp_path: Path
+) -> None:
+    summary = train(_config(method, tiny_qwen2_5_vl), tmp_path)
+    assert summary["global_step"] == 2
+    assert summary["trainable_tensors_moved"] == summary["trainable_tensors"] > 0
+    model_dir = tmp_path / "model"
+    assert (model_dir / "run_config.yaml").is_file()
+    assert load_run_config(model_dir / "run_config.yaml").method == method
+    # the guard's own judge loads what training wrote, unchanged
+    from PIL import Image
+
+    from guard.backends.base import JudgeRequest
+    from guard.backends.transformers_backend import TransformersBackend
+    from guard.prompting import load_template
+
+    backend = TransformersBackend(str(model_dir), max_new_tokens=4)
+    out = backend.judge(JudgeRequest(prompt=load_template("consequence_compact").render(
+        "turn on the stove", (Image.new("RGB", (112, 112)),)), max_new_tokens=4))
+    assert out.n_tokens >= 1 and out.verdict_probs is not None
+    log = json.loads((tmp_path / "log_history.json").read_text())
+    assert any("loss" in row for row in log)
+
+
+def test_grpo_moves_the_weights(tiny_qwen2_5_vl: Path, tmp_path: Path) -> None:
+    summary = train(_config("grpo", tiny_qwen2_5_vl), tmp_path, reward_funcs=[_length_reward])
+    assert summary["trainable_tensors_moved"] > 0
+
+
+class _ForwardLog:
+    """Records, for every forward of the model, its input ids and whether grad was on."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[torch.Tensor, bool]] = []
+
+    def __call__(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids")
+        if ids is not None:
+            self.calls.append((ids.detach().cpu(), torch.is_grad_enabled()))
+
+
+def test_caspo_teacher_reads_the_constitution_without_gradient(
+    tiny_qwen2_5_vl: Path, tmp_path: Path
+) -> None:
+    # The outcome reward is the real one and is 0 for every babbling completion of a random
+    # model: whatever moves the weights here is CASPO's token advantage.
+    run = build(_config("caspo", tiny_qwen2_5_vl, caspo_lambda=0.5), tmp_path)
+    trainer = run.trainer
+    tok = run.processor.tokenizer
+    log = _ForwardLog()
+    hook = trainer.model.register_forward_pre_hook(log, with_kwargs=True)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    try:
+        trainer.train()
+    finally:
+        hook.remove()
+    moved = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
+    assert moved
+
+    rows = [(tok.decode(r, skip_special_tokens=False), grad)
+            for ids, grad in log.calls for r in ids]
+    teacher_rows = [text for text, _ in rows if MARKER in text]
+    assert teacher_rows, "no forward carried the constitution"
+    assert all(not grad for text, grad in rows if MARKER in text), "teacher ran with grad"
+    trained = [text for text, grad in rows if grad]
+    assert trained and all(MARKER not in text for text in trained), "student saw it"
+    # what the teacher scored is the student's prompt + completion with the constitution added
+    last = trainer.last_teacher_input_ids
+    assert last is not None and MARKER in tok.decode(last[0])
+    metrics = [row for row in trainer.state.log_history if "caspo/logp_gap" in row]
+    assert metrics and all(abs(m["caspo/logp_gap"]) > 0 for m in metrics)
+    save(run)
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_caspo_snapshot_teacher_is_a_refreshed_lora_adapter(
+    tiny_qwen3_vl: Path, tmp_path: Path
+) -> None:
+    cfg = _config("caspo", tiny_qwen3_vl, teacher="snapshot", teacher_refresh_steps=1,
+                  caspo_lambda=1.0)
+    cfg = load_run_config({**cfg.model_dump(mode="json"),
+                           "model": {"id": str(tiny_qwen3_vl), "dtype": "float32",
+                                     "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}})
+    run = build(cfg, tmp_path)
+    policy = run.trainer.model
+    assert "caspo_teacher" in policy.peft_config
+    lora_before = {n: p.detach().clone() for n, p in policy.named_parameters()
+                   if ".default." in n and "lora_B" in n}
+    run.trainer.train()
+    params = dict(policy.named_parameters())
+    moved = [n for n, old in lora_before.items() if not torch.equal(params[n], old)]
+    assert moved, "the student's LoRA did not move"
+    for n in moved:  # refreshed after the last step: the snapshot equals the student
+        teacher = params[n.replace(".default.", ".caspo_teacher.")]
+        assert torch.equal(teacher, params[n]) and not teacher.requires_grad
+    save(run)
+    saved = json.loads((tmp_path / "model" / "adapter_config.json").read_text())
+    assert saved["r"] == 4
+    assert not (tmp_path / "model" / "caspo_teacher").exists()
+
+
+def test_entry_point_runs_a_recipe(tiny_qwen2_5_vl: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "training.sft", "--config", "configs/train/tiny/sft.yaml",
+           "--out", str(tmp_path), "--set", f"model.id={tiny_qwen2_5_vl}",
+           "--set", "data.train.n=4", "--set", "trainer.max_steps=1",
+           "--set", "trainer.per_device_train_batch_size=2", "--set", "trainer.disable_tqdm=true"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "train_summary.json").read_text())["global_step"] == 1
+    assert (tmp_path / "model" / "run_config.yaml").is_file()
+    bad = subprocess.run([*cmd[:3], "--config", "configs/train/tiny/grpo.yaml", "--out",
+                          str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "trains 'sft'" in bad.stderr

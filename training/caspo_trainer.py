@@ -1,0 +1,436 @@
+"""CASPO on top of trl's GRPO trainer: a constitution-prompted self-teacher scores each token.
+
+`CASPOTrainer` subclasses ``trl.GRPOTrainer``, so rollouts (transformers or vLLM), reward
+functions, accelerate / DeepSpeed / FSDP, PEFT and checkpointing are trl's. It changes two
+things:
+
+1. ``_generate_and_score_completions``: after trl has sampled ``G`` completions per prompt and
+   computed their group-normalised outcome advantages, the **teacher** (the same model; by
+   default its current weights, a "dynamic reference") reads each prompt with the safety
+   constitution added (`training.constitution`; privileged context the student never sees) and
+   scores the student's sampled tokens in one extra forward pass without gradient. The token
+   rewards ``clip(log p_teacher - log p_student, lo, hi) + bonus`` are normalised over each
+   group's tokens and mixed with the outcome advantage by ``caspo_lambda`` (the pure functions
+   of `training.losses`). The advantages handed on are ``(B, T)``, one per token.
+2. ``_compute_loss``: PPO-clip on those token advantages (`training.losses.ppo_clip_loss`) plus
+   the optional k3 KL to trl's reference (``beta``).
+
+Teacher weights (``teacher``):
+
+- ``"current"``: the policy being trained, at the weights that sampled the rollouts. When trl
+  has no sampling-time log-probs (on-policy, no vLLM) the student and teacher rows go through
+  the model in one batched forward.
+- ``"snapshot"``: a frozen copy, refreshed every ``teacher_refresh_steps`` optimizer steps (0:
+  never, i.e. the starting weights). With LoRA the copy is a second adapter on the same base
+  model (cheap); with full fine-tuning, a copy of the model (not under DeepSpeed ZeRO-3).
+
+Unknown in the paper and decided here (see `training/README.md`): λ mixes as
+``(1 - λ) A_outcome + λ A_token``; the teacher is the current weights by default; the token
+reward is clipped to [-3, 5] as in COPSD.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate.utils import is_peft_model
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+from trl.models import prepare_deepspeed, prepare_fsdp
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.callbacks import SyncRefModelCallback
+from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model, use_adapter
+
+from training import losses
+from training.constitution import Constitution, load_constitution
+
+TEACHER_ADAPTER = "caspo_teacher"
+TEACHERS = ("current", "snapshot")
+# trl loss types whose aggregation CASPO reproduces: per sequence, or per token of the batch
+_AGGREGATION = {"grpo": "sequence", "bnpo": "token", "dapo": "token"}
+
+
+@dataclass
+class CASPOConfig(GRPOConfig):
+    """`GRPOConfig` plus CASPO's knobs. Every GRPO field keeps its meaning (``num_generations``
+    is the group size, ``beta`` the KL weight, ``epsilon`` / ``epsilon_high`` the PPO clip).
+
+    Parameters:
+        caspo_lambda: Weight λ of the token advantage: ``(1 - λ) A_outcome + λ A_token``.
+            0 is GRPO; 1 is pure constitution self-distillation.
+        token_reward_clip: ``[lo, hi]`` clip of ``log p_teacher - log p_student`` per token.
+        token_reward_bonus: Constant added to every token reward.
+        token_advantage_eps: Added to the group's token-reward std.
+        teacher: "current" (the policy's current weights) or "snapshot" (a frozen copy).
+        teacher_refresh_steps: For "snapshot": copy the policy into the teacher every this
+            many optimizer steps; 0 never (the teacher stays at the starting weights).
+        constitution: Built-in constitution name (``training/constitutions``) or a YAML path.
+    """
+
+    caspo_lambda: float = field(
+        default=0.5, metadata={"help": "Weight of the token advantage (0 = GRPO)."}
+    )
+    token_reward_clip: list[float] = field(
+        default_factory=lambda: [-3.0, 5.0],
+        metadata={"help": "[lo, hi] clip of log p_teacher - log p_student."},
+    )
+    token_reward_bonus: float = field(default=0.0, metadata={"help": "Added to token rewards."})
+    token_advantage_eps: float = field(default=1e-4, metadata={"help": "Std epsilon."})
+    teacher: str = field(default="current", metadata={"help": "current | snapshot"})
+    teacher_refresh_steps: int = field(
+        default=0, metadata={"help": "Snapshot refresh period in steps (0: never)."}
+    )
+    constitution: str = field(
+        default="hazardworld", metadata={"help": "Constitution name or YAML path."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problems = []
+        if not 0.0 <= self.caspo_lambda <= 1.0:
+            problems.append(f"caspo_lambda = {self.caspo_lambda} is outside [0, 1]")
+        clip = list(self.token_reward_clip)
+        if len(clip) != 2 or clip[0] > clip[1]:
+            problems.append(f"token_reward_clip = {clip} is not [lo, hi] with lo <= hi")
+        if self.teacher not in TEACHERS:
+            problems.append(f"teacher = {self.teacher!r} is not one of {TEACHERS}")
+        if self.teacher_refresh_steps < 0:
+            problems.append(f"teacher_refresh_steps = {self.teacher_refresh_steps} is < 0")
+        if self.teacher_refresh_steps and self.teacher != "snapshot":
+            problems.append("teacher_refresh_steps needs teacher = 'snapshot'")
+        if self.loss_type not in _AGGREGATION:
+            problems.append(
+                f"loss_type = {self.loss_type!r}: CASPO supports {sorted(_AGGREGATION)}"
+            )
+        # trl features whose loss terms CASPO's own loss does not reproduce: refuse them
+        # rather than silently ignore them
+        if self.importance_sampling_level != "token":
+            problems.append("importance_sampling_level must be 'token'")
+        if self.top_entropy_quantile != 1.0:
+            problems.append("top_entropy_quantile must be 1.0")
+        if self.off_policy_mask_threshold is not None:
+            problems.append("off_policy_mask_threshold is not supported")
+        if self.entropy_coef != 0.0 or self.use_adaptive_entropy:
+            problems.append("entropy bonuses are not supported")
+        if problems:
+            raise ValueError("CASPOConfig: " + "; ".join(problems))
+
+
+class _TeacherRefresh(TrainerCallback):
+    """Copies the policy into the snapshot teacher every ``teacher_refresh_steps`` steps."""
+
+    def __init__(self, trainer: CASPOTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        n = self.trainer.args.teacher_refresh_steps
+        if n and state.global_step % n == 0:
+            self.trainer.refresh_teacher()
+
+
+def _left_pad(x: torch.Tensor, length: int, value: int | float) -> torch.Tensor:
+    if x.size(1) >= length:
+        return x
+    pad = x.new_full((x.size(0), length - x.size(1)), value)
+    return torch.cat([pad, x], dim=1)
+
+
+class CASPOTrainer(GRPOTrainer):
+    """GRPO with a constitution-prompted self-teacher's token rewards (see the module doc).
+
+    Args:
+        model: As for ``GRPOTrainer`` (a model, or a hub id / folder).
+        reward_funcs: Outcome reward functions (e.g. `training.rewards.outcome_reward_funcs`).
+        args: A `CASPOConfig`.
+        constitution: Overrides ``args.constitution`` with an already-loaded one.
+        **kwargs: Everything else ``GRPOTrainer`` takes (datasets, processing_class,
+            peft_config, callbacks, ...).
+    """
+
+    _tag_names = ["trl", "caspo", "embodied-guard"]  # noqa: RUF012 - trl's class attribute
+    _name = "CASPO"
+
+    def __init__(self, model: Any, reward_funcs: Any = None, args: CASPOConfig | None = None,
+                 *, constitution: Constitution | None = None, **kwargs: Any) -> None:
+        if not isinstance(args, CASPOConfig):
+            raise TypeError(f"CASPOTrainer needs a CASPOConfig, got {type(args).__name__}")
+        super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
+        self.constitution = constitution or load_constitution(args.constitution)
+        self.teacher_model: Any = None
+        #: The ids of the teacher's last forward (prompt with constitution + completions),
+        #: kept for diagnostics and tests.
+        self.last_teacher_input_ids: torch.Tensor | None = None
+        if args.teacher == "snapshot":
+            self._setup_snapshot_teacher()
+            if args.teacher_refresh_steps:
+                self.add_callback(_TeacherRefresh(self))
+
+    # -- teacher weights -------------------------------------------------------------------
+
+    def _policy(self) -> Any:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _setup_snapshot_teacher(self) -> None:
+        policy = self._policy()
+        if is_peft_model(policy):
+            # A second adapter on the same base model: the snapshot costs the adapter's size.
+            policy.add_adapter(TEACHER_ADAPTER, policy.peft_config[policy.active_adapter])
+            self._copy_adapter(policy)
+            return
+        ds = self.args.deepspeed_plugin
+        if ds is not None and ds.zero_stage == 3:
+            raise ValueError(
+                "teacher='snapshot' with full fine-tuning cannot copy a ZeRO-3 partitioned "
+                "model; use LoRA (the snapshot is then an adapter) or teacher='current'"
+            )
+        teacher = copy.deepcopy(policy)
+        # The copy carries the policy's fused-LM-head forward, still bound to the policy's own
+        # weights through its closure: drop it and patch the copy itself.
+        teacher.__dict__.pop("forward", None)
+        add_fused_lm_head(teacher, temperature=self.temperature,
+                          cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32)
+        teacher.requires_grad_(False)
+        teacher.eval()
+        if self.args.disable_dropout:
+            disable_dropout_in_model(teacher)
+        if self.is_deepspeed_enabled:
+            teacher = prepare_deepspeed(teacher, self.accelerator)
+        elif self.is_fsdp_enabled:
+            teacher = prepare_fsdp(teacher, self.accelerator)
+        else:
+            teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+        self.teacher_model = teacher
+
+    def _copy_adapter(self, policy: Any) -> None:
+        source = f".{policy.active_adapter}."
+        with torch.no_grad():
+            for name, param in policy.named_parameters():
+                if source in name:
+                    target = policy.get_parameter(name.replace(source, f".{TEACHER_ADAPTER}."))
+                    target.data.copy_(param.data)
+        for name, param in policy.named_parameters():
+            if f".{TEACHER_ADAPTER}." in name:
+                param.requires_grad_(False)
+
+    def refresh_teacher(self) -> None:
+        """Copy the policy's current weights into the snapshot teacher."""
+        if self.args.teacher != "snapshot":
+            return
+        policy = self._policy()
+        if is_peft_model(policy):
+            self._copy_adapter(policy)
+        else:
+            SyncRefModelCallback.sync_target_model(
+                policy, self.accelerator.unwrap_model(self.teacher_model), 1.0
+            )
+
+    def drop_teacher(self) -> None:
+        """Remove the snapshot adapter (before saving the final model)."""
+        policy = self._policy()
+        if is_peft_model(policy) and TEACHER_ADAPTER in policy.peft_config:
+            policy.delete_adapter(TEACHER_ADAPTER)
+
+    def _teacher_context(self) -> Any:
+        policy = self._policy()
+        if self.args.teacher == "snapshot" and is_peft_model(policy):
+            return use_adapter(policy, adapter_name=TEACHER_ADAPTER)
+        return nullcontext()
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def _teacher_prompt_inputs(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """The teacher's prompts (constitution added), tokenized and processed like trl's."""
+        prompts = [self.constitution.apply(x["prompt"]) for x in inputs]
+        if "images" in inputs[0]:
+            images = [x.get("images") for x in inputs]
+        elif "image" in inputs[0]:
+            images = [[x["image"]] if x.get("image") is not None else None for x in inputs]
+        else:
+            images = None
+        if images is not None and all(not im for im in images):
+            images = None
+        if images is not None:
+            prompts = [prepare_multimodal_messages(p, images=im)
+                       for p, im in zip(prompts, images, strict=True)]
+        texts = [apply_chat_template({"prompt": p}, self.processing_class,
+                                     **self.chat_template_kwargs)["prompt"] for p in prompts]
+        kwargs: dict[str, Any] = {"text": texts, "padding": True, "padding_side": "left",
+                                  "return_tensors": "pt"}
+        if images is not None:
+            kwargs["images"] = images
+        enc = self.processing_class(**kwargs)
+        device = self.accelerator.device
+        return {k: v.to(device) for k, v in enc.items() if isinstance(v, torch.Tensor)}
+
+    def _rows(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+              type_ids: dict[str, torch.Tensor], completion_ids: torch.Tensor,
+              completion_mask: torch.Tensor, width: int) -> dict[str, torch.Tensor]:
+        """Prompt (left-padded to `width`) + completion rows with their token-type ids."""
+        pad_id = self._tokenizer.pad_token_id
+        rows = {
+            "input_ids": torch.cat([_left_pad(prompt_ids, width, pad_id), completion_ids], 1),
+            "attention_mask": torch.cat([_left_pad(prompt_mask, width, 0), completion_mask], 1),
+        }
+        for key, t in type_ids.items():
+            # token-type ids cover the prompt only, or the prompt and the completion
+            if t.size(1) == prompt_ids.size(1):
+                t = torch.cat([t, torch.zeros_like(completion_ids, dtype=t.dtype)], 1)
+            rows[key] = _left_pad(t, width + completion_ids.size(1), 0)
+        return rows
+
+    def _score_with_teacher(self, inputs: list[dict[str, Any]],
+                            output: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher and student log-probabilities of the sampled completion tokens."""
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        b, n_tok = completion_ids.shape
+        t_enc = self._teacher_prompt_inputs(inputs)
+        types = ("mm_token_type_ids", "token_type_ids")
+        student_logps = output.get("old_per_token_logps")
+        joint = student_logps is None and self.args.teacher == "current"
+        width = t_enc["input_ids"].size(1)
+        if joint:
+            width = max(width, output["prompt_ids"].size(1))
+        teacher_rows = self._rows(t_enc["input_ids"], t_enc["attention_mask"],
+                                  {k: t_enc[k] for k in types if k in t_enc},
+                                  completion_ids, completion_mask, width)
+        t_pixels = {k: t_enc[k] for k in ("pixel_values", "image_grid_thw") if k in t_enc}
+        num_images = output.get("num_images")
+        batch_size = (self.args.per_device_train_batch_size if self.model.training
+                      else self.args.per_device_eval_batch_size)
+
+        def logps(model: Any, rows: dict[str, torch.Tensor], pixels: dict[str, torch.Tensor],
+                  n_images: list[int] | None) -> torch.Tensor:
+            out, _, _ = self._get_per_token_logps_and_entropies(
+                model, rows["input_ids"], rows["attention_mask"], n_tok,
+                batch_size=batch_size, num_images=n_images,
+                pixel_values=pixels.get("pixel_values"),
+                image_grid_thw=pixels.get("image_grid_thw"),
+                mm_token_type_ids=rows.get("mm_token_type_ids"),
+                token_type_ids=rows.get("token_type_ids"),
+            )
+            return out
+
+        with torch.no_grad(), disable_gradient_checkpointing(
+            self.model, self.args.gradient_checkpointing_kwargs
+        ):
+            self.last_teacher_input_ids = teacher_rows["input_ids"].detach().cpu()
+            if joint:
+                # Same weights for both: one forward over student rows then teacher rows.
+                student_rows = self._rows(output["prompt_ids"], output["prompt_mask"],
+                                          {k: output[k] for k in types if k in output},
+                                          completion_ids, completion_mask, width)
+                rows = {k: torch.cat([student_rows[k], teacher_rows[k]], 0)
+                        for k in teacher_rows}
+                pixels = {k: torch.cat([output[k], t_pixels[k]], 0) for k in t_pixels}
+                n_images = None if num_images is None else list(num_images) * 2
+                both = logps(self.model, rows, pixels, n_images)
+                student_logps, teacher_logps = both[:b], both[b:]
+            else:
+                if student_logps is None:
+                    student_rows = self._rows(output["prompt_ids"], output["prompt_mask"],
+                                              {k: output[k] for k in types if k in output},
+                                              completion_ids, completion_mask,
+                                              output["prompt_ids"].size(1))
+                    s_pixels = {k: output[k] for k in ("pixel_values", "image_grid_thw")
+                                if k in output}
+                    student_logps = logps(self.model, student_rows, s_pixels, num_images)
+                teacher = self.teacher_model if self.teacher_model is not None else self.model
+                with self._teacher_context():
+                    teacher_logps = logps(teacher, teacher_rows, t_pixels, num_images)
+        return teacher_logps, student_logps
+
+    def _group_token_advantages(self, rewards: torch.Tensor, mask: torch.Tensor,
+                                group_size: int) -> torch.Tensor:
+        """Token advantages over whole groups, which trl may spread across processes."""
+        eps = self.args.token_advantage_eps
+        if self.accelerator.num_processes == 1:
+            return losses.group_token_advantages(rewards, mask, group_size, eps=eps)
+        b, t = rewards.shape
+        r_all = self.accelerator.gather(
+            self.accelerator.pad_across_processes(rewards, dim=1, pad_index=0.0))
+        m_all = self.accelerator.gather(
+            self.accelerator.pad_across_processes(mask, dim=1, pad_index=0))
+        adv = losses.group_token_advantages(r_all, m_all, group_size, eps=eps)
+        i = self.accelerator.process_index
+        return adv[i * b:(i + 1) * b, :t]
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        group = self.num_generations if mode == "train" else self.num_generations_eval
+        mask = output["completion_mask"]
+        if "tool_mask" in output:
+            mask = mask * output["tool_mask"]
+        teacher_logps, student_logps = self._score_with_teacher(inputs, output)
+        lo, hi = self.args.token_reward_clip
+        rewards = losses.token_rewards(teacher_logps, student_logps, mask, clip=(lo, hi),
+                                       bonus=self.args.token_reward_bonus)
+        token_adv = self._group_token_advantages(rewards, mask, group)
+        outcome_adv = output["advantages"]
+        output["advantages"] = losses.mix_advantages(outcome_adv, token_adv, mask,
+                                                     self.args.caspo_lambda)
+
+        gap = teacher_logps - student_logps
+        stats = torch.stack([
+            (gap * mask).sum(), (rewards * mask).sum(),
+            (((gap < lo) | (gap > hi)).float() * mask).sum(), mask.sum().float(),
+        ])
+        total = self.accelerator.reduce(stats, reduction="sum")
+        n = total[3].clamp(min=1.0)
+        m = self._metrics[mode]
+        m["caspo/logp_gap"].append((total[0] / n).item())
+        m["caspo/token_reward"].append((total[1] / n).item())
+        m["caspo/token_reward_clipped"].append((total[2] / n).item())
+        return output
+
+    # -- loss ------------------------------------------------------------------------------
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        mask = completion_mask
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        per_token_logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True,
+            pixel_values=inputs.get("pixel_values"), image_grid_thw=inputs.get("image_grid_thw"),
+            num_images=inputs.get("num_images"), token_type_ids=inputs.get("token_type_ids"),
+            mm_token_type_ids=inputs.get("mm_token_type_ids"),
+        )
+        old = inputs.get("old_per_token_logps")
+        old = per_token_logps.detach() if old is None else old
+        weights = None
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            weights = inputs["importance_sampling_ratio"]
+        aggregation = _AGGREGATION[self.loss_type]
+        loss, stats = losses.ppo_clip_loss(
+            per_token_logps, old, inputs["advantages"], mask,
+            epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high,
+            aggregation=aggregation, token_weights=weights,  # type: ignore[arg-type]
+        )
+        mode = "train" if self.model.training else "eval"
+        if self.beta != 0.0:
+            kl = losses.kl_k3(per_token_logps, inputs["ref_per_token_logps"])
+            kl_term = (losses.masked_mean(kl, mask) if aggregation == "token"
+                       else losses.masked_mean(kl, mask, dim=1).mean())
+            loss = loss + self.beta * kl_term
+            self._metrics[mode]["kl"].append(
+                self.accelerator.gather(losses.masked_mean(kl.detach(), mask)).mean().item())
+        self._metrics[mode]["entropy"].append(
+            self.accelerator.gather(losses.masked_mean(entropies.detach(), mask)).mean().item())
+        for key, value in stats.items():
+            self._metrics[mode][f"caspo/{key}"].append(
+                self.accelerator.gather(value).mean().item())
+        if mode == "train":
+            loss = loss / self.current_gradient_accumulation_steps
+        return loss
+
+
+__all__ = ["TEACHER_ADAPTER", "CASPOConfig", "CASPOTrainer"]

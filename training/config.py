@@ -1,0 +1,303 @@
+"""The typed configuration of one training run, read from YAML and saved next to its output.
+
+One file says everything about a run::
+
+    method: caspo                    # sft | grpo | dpo | caspo
+    seed: 0
+    model:
+      id: Qwen/Qwen2.5-VL-7B-Instruct   # hub id or folder (a previous run's model/ folder)
+      dtype: bfloat16
+      quantization: none             # none | 8bit | 4bit (QLoRA with lora:)
+      lora: {r: 16, alpha: 32}       # omit for full fine-tuning
+    data:
+      train: {source: world, split: train, n: 2000}
+      template: consequence_compact
+    trainer:                         # the trl config of the method, field by field
+      learning_rate: 1.0e-6
+      num_generations: 8
+      caspo_lambda: 0.5              # CASPO's own knobs live in CASPOConfig (caspo_trainer.py)
+
+``trainer`` is checked by building the method's trl config class (``SFTConfig``, ``GRPOConfig``,
+``DPOConfig`` or `training.caspo_trainer.CASPOConfig`) when the file is loaded, so a typo or a
+bad value fails before any model loads, with the key named. The resolved file is written to
+``OUT/run_config.yaml`` and into every checkpoint and the final model folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from guard.errors import ConfigError
+
+Method = Literal["sft", "grpo", "dpo", "caspo"]
+METHODS: tuple[str, ...] = ("sft", "grpo", "dpo", "caspo")
+
+# Qwen-VL language-model linear layers; the vision tower (``model.visual``) stays frozen.
+DEFAULT_LORA_TARGETS = (
+    r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraSpec(_Strict):
+    """A LoRA adapter on the language model (QLoRA when the model is quantized)."""
+
+    r: int = Field(default=16, ge=1)
+    alpha: float = Field(default=32.0, gt=0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = DEFAULT_LORA_TARGETS
+    modules_to_save: list[str] | None = None
+
+
+class ModelSpec(_Strict):
+    """Which model to train and how to hold it.
+
+    Attributes:
+        id: Hub id or local folder (e.g. the ``model/`` folder a previous run wrote).
+        adapter: A PEFT adapter folder to start from (e.g. an SFT run's LoRA). Merged into the
+            weights when the model is not quantized; trained further when it is (QLoRA).
+        dtype: Weight dtype; "auto" is bfloat16 on CUDA, float32 on CPU.
+        quantization: "none", "8bit" or "4bit" (bitsandbytes NF4, double quantization).
+        lora: LoRA settings; None trains every weight (not allowed with quantization).
+        attn_implementation: Passed to ``from_pretrained`` ("sdpa", "flash_attention_2").
+        use_processor: "auto", "always" or "never" use the stock processor (see
+            `training.processor`).
+    """
+
+    id: str
+    adapter: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    lora: LoraSpec | None = None
+    attn_implementation: str | None = None
+    use_processor: Literal["auto", "always", "never"] = "auto"
+
+    @model_validator(mode="after")
+    def _lora_needed(self) -> ModelSpec:
+        if self.lora is None and self.quantization != "none":
+            raise ValueError("a quantized model trains through LoRA: set model.lora (QLoRA)")
+        return self
+
+
+class WorldSource(_Strict):
+    """Items of the synthetic world, rendered in memory (`training.data.world_items`)."""
+
+    source: Literal["world"] = "world"
+    split: Literal["train", "test_iid", "test_ood"] = "train"
+    n: int = Field(ge=1)
+    seed: int = 0
+    start: int = Field(default=0, ge=0)
+    preset: Literal["default", "easy", "hard"] = "default"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class FolderSource(_Strict):
+    """An OOD-MMSafe-format folder (`training.data.folder_items`)."""
+
+    source: Literal["folder"]
+    path: str
+    limit: int | None = Field(default=None, ge=1)
+
+
+Source = Annotated[WorldSource | FolderSource, Field(discriminator="source")]
+
+
+class DataSpec(_Strict):
+    """Where examples come from and how they are prompted.
+
+    Attributes:
+        train: The training items.
+        eval: Optional evaluation items (trl's ``eval_strategy`` decides when).
+        template: The guard prompt template (name or path), as the judge uses at inference.
+        constitution: Privileged context used by `constitution_rate` (SFT) and, unless the
+            trainer section sets its own, by CASPO's teacher.
+        constitution_rate: SFT only: share of examples whose prompt carries the constitution,
+            so that the model learns to use rules stated in its context.
+    """
+
+    train: Source
+    eval: Source | None = None
+    template: str = "consequence_compact"
+    constitution: str = "hazardworld"
+    constitution_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class RunConfig(_Strict):
+    """One training run: method, model, data and the trainer's own config.
+
+    Attributes:
+        method: "sft", "grpo", "dpo" or "caspo".
+        seed: Seeds weights of new adapters, sampling and data order.
+        num_threads: torch CPU threads (None leaves torch's default).
+        model: The model.
+        data: The data.
+        trainer: Fields of the method's trl config class (validated on load).
+    """
+
+    method: Method
+    seed: int = 0
+    num_threads: int | None = Field(default=None, ge=1)
+    model: ModelSpec
+    data: DataSpec
+    trainer: dict[str, Any] = Field(default_factory=dict)
+
+    def trainer_args(self, output_dir: str | Path) -> Any:
+        """The method's trl config object, writing checkpoints under `output_dir`.
+
+        Raises:
+            ConfigError: A field the config class does not have, or a value it rejects.
+        """
+        cls = trainer_config_class(self.method)
+        kwargs = self._trainer_kwargs(cls, output_dir)
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"trainer ({cls.__name__}): {exc}") from None
+
+    def _trainer_kwargs(self, cls: type, output_dir: str | Path) -> dict[str, Any]:
+        kwargs = {"report_to": "none", "seed": self.seed, **self.trainer,
+                  "output_dir": str(output_dir)}
+        if self.method == "caspo":
+            kwargs.setdefault("constitution", self.data.constitution)
+        unknown = sorted(set(kwargs) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(
+                f"trainer: {cls.__name__} has no field(s) {unknown} (method {self.method!r})"
+            )
+        return kwargs
+
+    def check_trainer_fields(self) -> None:
+        """Check that every ``trainer`` key is a field of the method's config class, without
+        building it (a GPU recipe's ``bf16`` or ``use_vllm`` cannot be built on a CPU box).
+
+        Raises:
+            ConfigError: An unknown field.
+        """
+        self._trainer_kwargs(trainer_config_class(self.method), "unused")
+
+    def to_yaml(self) -> str:
+        """The config as YAML (what `load_run_config` reads back)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def trainer_config_class(method: str) -> type:
+    """The trl config dataclass of a method (imports trl)."""
+    if method == "sft":
+        from trl import SFTConfig
+
+        return SFTConfig
+    if method == "grpo":
+        from trl import GRPOConfig
+
+        return GRPOConfig
+    if method == "dpo":
+        from trl import DPOConfig
+
+        return DPOConfig
+    if method == "caspo":
+        from training.caspo_trainer import CASPOConfig
+
+        return CASPOConfig
+    raise ConfigError(f"method = {method!r}: expected one of {', '.join(METHODS)}")
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {p!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["trainer.max_steps=5", "model.id=/x"]`` to a dict; values are parsed as YAML."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def load_run_config(
+    source: str | Path | dict[str, Any],
+    *,
+    method: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    validate_trainer: bool = True,
+) -> RunConfig:
+    """Read, override and validate a run config.
+
+    Args:
+        source: A YAML file or an already-parsed dict.
+        method: The entry point's method; a file naming another method is an error, a file
+            naming none gets this one.
+        overrides: Dotted keys to set (``{"trainer.max_steps": 5}``).
+        validate_trainer: Build the trl config (imports trl) to check ``trainer``'s values;
+            False only checks that its keys are fields.
+
+    Raises:
+        ConfigError: Unreadable file, unknown keys, bad values, or a method mismatch.
+    """
+    if isinstance(source, dict):
+        data = dict(source)
+        where = "config"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        where = str(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy we may modify
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    if method is not None:
+        if data.get("method", method) != method:
+            raise ConfigError(
+                f"{where}: method is {data['method']!r} but this entry point trains {method!r}"
+            )
+        data["method"] = method
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                 for e in exc.errors()]
+        raise ConfigError(f"{where}: " + "; ".join(lines)) from None
+    if validate_trainer:
+        cfg.trainer_args("unused")
+    else:
+        cfg.check_trainer_fields()
+    return cfg
+
+
+__all__ = [
+    "DEFAULT_LORA_TARGETS",
+    "METHODS",
+    "DataSpec",
+    "FolderSource",
+    "LoraSpec",
+    "ModelSpec",
+    "RunConfig",
+    "WorldSource",
+    "load_run_config",
+    "parse_overrides",
+    "trainer_config_class",
+]
