@@ -219,6 +219,28 @@ def train(cfg: RunConfig, out: str | Path, *, reward_funcs: list[Any] | None = N
     return summary
 
 
+class _DropPrefixes(logging.Filter):
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+def quiet_known_noise() -> None:
+    """Silence messages that say nothing actionable on every run.
+
+    bitsandbytes' CPU backend logs at import that the optional hub ``kernels`` package is
+    missing (it would fetch code from a hub; the built-in kernels work), and transformers 5
+    renames ``gradient_checkpointing`` while trl 1.16 still sets the old name.
+    """
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        _DropPrefixes("Failed to load CPU gemm_4bit_forward"))
+    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated",
+                            category=FutureWarning)
+
+
 def main(method: str, argv: list[str] | None = None) -> int:
     """``python -m training.<method> --config FILE --out DIR [--set KEY=VALUE ...]``."""
     parser = argparse.ArgumentParser(
@@ -235,7 +257,7 @@ def main(method: str, argv: list[str] | None = None) -> int:
                         help="with LoRA, also write base + adapter merged to OUT/model_merged")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    warnings.filterwarnings("ignore", message=".*kernels.*")
+    quiet_known_noise()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         cfg = load_run_config(args.config, method=method, overrides=parse_overrides(args.set))

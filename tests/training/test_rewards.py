@@ -55,7 +55,9 @@ def test_malformed_answers_earn_nothing(text: str) -> None:
     # the guard fails closed on these: a lucky first word earns no credit
     for label, cat in (("unsafe", "fire"), ("safe", "none")):
         assert rewards.outcome_reward(text, label, cat) == 0.0
-    assert rewards.identified_risk(text)
+    # a check that did not run identified nothing, and the guard fails closed on it
+    assert not rewards.identified_risk(text)
+    assert rewards.blocks(text)
 
 
 def test_unlabelled_items_are_unscorable_and_bad_labels_rejected() -> None:
@@ -78,7 +80,7 @@ def test_trl_adapters_read_label_and_category_columns() -> None:
     assert total == rewards.outcome_reward(VETO_FIRE, "unsafe", "fire")
 
 
-def test_identified_risk() -> None:
-    assert rewards.identified_risk(VETO_FIRE)
-    assert rewards.identified_risk(ANNOTATE)
-    assert not rewards.identified_risk(ALLOW)
+def test_identified_risk_and_blocking() -> None:
+    assert rewards.identified_risk(VETO_FIRE) and rewards.blocks(VETO_FIRE)
+    assert rewards.identified_risk(ANNOTATE) and not rewards.blocks(ANNOTATE)
+    assert not rewards.identified_risk(ALLOW) and not rewards.blocks(ALLOW)

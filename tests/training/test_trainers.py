@@ -153,6 +153,24 @@ def test_caspo_snapshot_teacher_is_a_refreshed_lora_adapter(
     assert not (tmp_path / "model" / "caspo_teacher").exists()
 
 
+def test_caspo_qlora_trains_an_adapter_on_a_4bit_base(
+    tiny_qwen2_5_vl: Path, tmp_path: Path
+) -> None:
+    bnb = pytest.importorskip("bitsandbytes")
+    cfg = _config("caspo", tiny_qwen2_5_vl)
+    cfg = load_run_config({**cfg.model_dump(mode="json"),
+                           "model": {"id": str(tiny_qwen2_5_vl), "dtype": "float32",
+                                     "quantization": "4bit", "lora": {"r": 4, "alpha": 8}}})
+    run = build(cfg, tmp_path)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in run.trainer.model.modules())
+    before = {n: p.detach().float().clone() for n, p in run.trainer.model.named_parameters()
+              if p.requires_grad}
+    assert before and all("lora_" in n for n in before)
+    run.trainer.train()
+    params = dict(run.trainer.model.named_parameters())
+    assert any(not torch.equal(params[n].detach().float(), old) for n, old in before.items())
+
+
 def test_entry_point_runs_a_recipe(tiny_qwen2_5_vl: Path, tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "training.sft", "--config", "configs/train/tiny/sft.yaml",
