@@ -1,0 +1,818 @@
+# Copyright 2026 embodied-guard maintainers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""guard_node: the guard on a robot's actuation path, as a ROS 2 lifecycle node.
+
+Run it with ROS installed (colcon workspace) or where only the PyPI wheels exist::
+
+    ros2 run guard_ros guard_node --ros-args --params-file guard_params.yaml
+    python -m guard_ros.guard_node --ros-args -p config:=guard.yaml -p gate_cmd_vel:=true
+    ros2 lifecycle set /guard_node deactivate        # it is a managed (lifecycle) node
+
+Topics are relative and remappable: it subscribes `camera/image_raw` (sensor-data QoS),
+`guard/proposals` and, with `gate_cmd_vel`, `cmd_vel_in`; it publishes `guard/decisions`,
+`guard/approved`, `cmd_vel` and `/diagnostics`, and serves `guard/check`. Every proposal gets
+exactly one decision; a check that could not run is a veto unless the guard config says
+otherwise. See the package README for the parameter table.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+import dataclasses
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Twist
+from guard.config import load_config
+from guard.core import Guard
+from guard.imaging import decode_image_bytes
+from guard.types import ActionProposal, Decision, Frame, Status, Verdict
+from guard_interfaces.msg import ActionProposal as ActionProposalMsg
+from guard_interfaces.msg import Decision as DecisionMsg
+from guard_interfaces.msg import Hazard as HazardMsg
+from guard_interfaces.srv import CheckAction
+from guard_ros.conversions import (
+    image_to_rgb,
+    parse_arguments_json,
+    percentile,
+    seconds_to_stamp,
+    stamp_to_seconds,
+    verdict_code,
+)
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CompressedImage, Image
+
+NODE_NAME = 'guard_node'
+
+# One thread per callback group (camera, proposals, check service, gate + timers, default for
+# lifecycle and parameter services): a model call blocks at most its own group's thread, so
+# camera frames and the cmd_vel watchdog never queue behind it.
+EXECUTOR_THREADS = 5
+
+# Proposals wait in the reader's queue while an earlier one is judged (one at a time, in
+# order). Deep enough that a planner's burst is not dropped; overridable like every topic QoS.
+PROPOSAL_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+CONTROL_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+# Windows for the figures on /diagnostics.
+_RATE_WINDOW_S = 10.0
+_SPIN_TIMEOUT_S = 0.25
+_TIMING_SAMPLES = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterSpec:
+    """One node parameter: its default, what it means, and when it may change."""
+
+    default: Any
+    description: str
+    # False: read on configure, so a change while configured is refused (it would be ignored).
+    live: bool = False
+    read_only: bool = False
+
+
+PARAMETERS: dict[str, ParameterSpec] = {
+    'config': ParameterSpec(
+        '', 'Path to the guard YAML config; empty uses the built-in defaults.'),
+    'model': ParameterSpec(
+        '', 'Model id or folder; overrides model.id of the config (empty keeps it).'),
+    'backend': ParameterSpec(
+        '', 'Judge backend (transformers, openai, scripted); overrides model.backend.'),
+    'mode': ParameterSpec(
+        '', 'enforce or shadow; empty keeps policy.mode of the config. Switchable at runtime.',
+        live=True),
+    'deadline_ms': ParameterSpec(
+        0.0, 'Deadline of each check in ms; 0 keeps policy.deadline_ms of the config.'),
+    'max_frame_age_ms': ParameterSpec(
+        0.0, 'Newest frame older than this is stale (veto, zero cmd_vel); 0 keeps '
+        'policy.max_frame_age_ms of the config.'),
+    'gate_cmd_vel': ParameterSpec(
+        False, 'Relay cmd_vel_in to cmd_vel, zero while the latest decision is a veto or the '
+        'camera is stale.'),
+    'autostart': ParameterSpec(
+        True, 'Configure and activate on start (no lifecycle manager needed).', read_only=True),
+    'image_format': ParameterSpec(
+        'raw', 'raw: camera/image_raw is sensor_msgs/Image; compressed: '
+        'sensor_msgs/CompressedImage on the same topic name.'),
+    'frame_buffer': ParameterSpec(
+        4, 'Camera frames kept (newest last); the judge sees image.max_frames of them.'),
+    'watchdog_period_ms': ParameterSpec(
+        100.0, 'Period of the cmd_vel watchdog that sends zero velocity while blocked.'),
+    'diagnostics_period_s': ParameterSpec(1.0, 'Period of the /diagnostics status.'),
+}
+
+_RANGES: dict[str, tuple[float, float]] = {
+    'deadline_ms': (0.0, 3_600_000.0),
+    'max_frame_age_ms': (0.0, 3_600_000.0),
+    'frame_buffer': (1, 256),
+    'watchdog_period_ms': (1.0, 60_000.0),
+    'diagnostics_period_s': (0.01, 3600.0),
+}
+_CHOICES = {'mode': ('', 'enforce', 'shadow'), 'image_format': ('raw', 'compressed')}
+
+
+def check_parameter(name: str, value: Any) -> str | None:
+    """Validate one guard_node parameter.
+
+    Args:
+        name: the parameter's name (unknown names are not ours and pass).
+        value: the value as rclpy gives it.
+
+    Returns:
+        None when valid, else a one-line reason naming the parameter and the value.
+    """
+    spec = PARAMETERS.get(name)
+    if spec is None:
+        return None
+    if isinstance(spec.default, bool):
+        ok = isinstance(value, bool)
+        want = 'a bool'
+    elif isinstance(spec.default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = 'an integer'
+    elif isinstance(spec.default, float):
+        # Accepted as int too: a params file saying `deadline_ms: 50` means 50.0.
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        want = 'a number'
+    else:
+        ok = isinstance(value, str)
+        want = 'a string'
+    if not ok:
+        return f'{name} = {value!r}: must be {want}'
+    if name in _CHOICES and value not in _CHOICES[name]:
+        allowed = ', '.join(repr(c) for c in _CHOICES[name])
+        return f'{name} = {value!r}: must be one of {allowed}'
+    if name in _RANGES:
+        low, high = _RANGES[name]
+        if not low <= value <= high:
+            return f'{name} = {value!r}: must be within [{low:g}, {high:g}]'
+    return None
+
+
+def config_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """Return the guard config fields that the node's parameters override.
+
+    Args:
+        params: parameter values by name (as declared in `PARAMETERS`).
+
+    Returns:
+        Dotted field names and values for `GuardConfig.with_overrides`; empty or zero
+        parameters keep the config's value.
+    """
+    overrides: dict[str, Any] = {}
+    if params['model']:
+        overrides['model.id'] = params['model']
+    if params['backend']:
+        overrides['model.backend'] = params['backend']
+    if params['mode']:
+        overrides['policy.mode'] = params['mode']
+    if params['deadline_ms'] > 0:
+        overrides['policy.deadline_ms'] = float(params['deadline_ms'])
+    if params['max_frame_age_ms'] > 0:
+        overrides['policy.max_frame_age_ms'] = float(params['max_frame_age_ms'])
+    return overrides
+
+
+class _CameraFrame:
+    """One received camera message, turned into a `Frame` only when a check needs it.
+
+    Converting (or JPEG-decoding) every frame would cost the camera callback milliseconds for
+    images nobody judges; the message is kept instead and converted once, on first use.
+    """
+
+    __slots__ = ('_error', '_frame', 'msg', 'stamp')
+
+    def __init__(self, msg: Image | CompressedImage, stamp: float) -> None:
+        self.msg = msg
+        self.stamp = stamp
+        self._frame: Frame | None = None
+        self._error: str | None = None
+
+    def frame(self, max_input_pixels: int, source: str) -> Frame:
+        """Return the RGB frame; raise ValueError (with the reason) if it cannot be converted."""
+        if self._frame is None and self._error is None:
+            try:
+                self._frame = Frame(
+                    image=_msg_to_rgb(self.msg, max_input_pixels, source),
+                    stamp=self.stamp, source=source)
+            except Exception as exc:  # the reason is kept: every check of it fails the same
+                self._error = str(exc)
+        if self._error is not None:
+            raise ValueError(self._error)
+        assert self._frame is not None
+        return self._frame
+
+
+def _msg_to_rgb(msg: Image | CompressedImage, max_input_pixels: int, source: str) -> Any:
+    if isinstance(msg, CompressedImage):
+        return decode_image_bytes(
+            bytes(msg.data), source=source, max_input_pixels=max_input_pixels)
+    return image_to_rgb(
+        height=msg.height, width=msg.width, encoding=msg.encoding, step=msg.step,
+        data=msg.data, max_pixels=max_input_pixels)
+
+
+def _image_is_empty(image: Image) -> bool:
+    # The CheckAction contract: an empty image asks for the latest camera frame.
+    return image.width == 0 and image.height == 0 and len(image.data) == 0
+
+
+class GuardNode(LifecycleNode):
+    """The guard as a managed node: allocate on configure, serve when active.
+
+    Unconfigured: parameters only. Configure: validates the parameters, builds the `Guard`
+    (loads the model) and the publishers and timers. Activate: subscribes to the camera,
+    proposals and cmd_vel_in and serves `guard/check`. Deactivate: stops taking input (the
+    topics lose their subscriber, so a planner can see that nobody guards) and sends a last
+    zero velocity. Cleanup: releases the model.
+    """
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        """Declare the parameters; nothing heavy happens before configure."""
+        super().__init__(node_name, **kwargs)
+        for name, spec in PARAMETERS.items():
+            descriptor = ParameterDescriptor(
+                description=spec.description, read_only=spec.read_only,
+                dynamic_typing=isinstance(spec.default, float))
+            if name in _RANGES:
+                # Stated for `ros2 param describe`; check_parameter enforces it (rclpy's own
+                # range check would refuse an int given for a float parameter).
+                low, high = _RANGES[name]
+                descriptor.additional_constraints = f'within [{low:g}, {high:g}]'
+            self.declare_parameter(name, spec.default, descriptor)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._lock = threading.Lock()
+        self._frames_lock = threading.Lock()
+        self._guard: Guard | None = None
+        self._config_mode = 'enforce'
+        self._max_frames = 1
+        self._max_frame_age_s: float | None = None
+        self._max_input_pixels = 50_000_000
+        self._gate_enabled = False
+        self._active = False
+        self._frames: deque[_CameraFrame] = deque(maxlen=4)
+        self._zero_stamp_warned = False
+        self._last_verdict: Verdict | None = None
+        self._gate_reason: str | None = None
+        self._inflight = 0
+        self._idle = threading.Condition(self._lock)
+        self._decision_times: deque[float] = deque()
+        self._last_latency_ms: float | None = None
+        self._counts = {'frames': 0, 'proposals': 0, 'checks': 0, 'zero_cmd_vel': 0}
+        self._camera_cb_ms: deque[float] = deque(maxlen=_TIMING_SAMPLES)
+        self._camera_delay_ms: deque[float] = deque(maxlen=_TIMING_SAMPLES)
+
+        self._camera_group = MutuallyExclusiveCallbackGroup()
+        self._judge_group = MutuallyExclusiveCallbackGroup()
+        self._check_group = MutuallyExclusiveCallbackGroup()
+        # The gate's input and its watchdog share a group so a pass-through and a zero never
+        # race each other out of order.
+        self._gate_group = MutuallyExclusiveCallbackGroup()
+
+        self._decision_pub = None
+        self._approved_pub = None
+        self._cmd_vel_pub = None
+        self._diagnostics_pub = None
+        self._watchdog_timer = None
+        self._diagnostics_timer = None
+        self._camera_sub = None
+        self._proposal_sub = None
+        self._cmd_vel_sub = None
+        self._check_srv = None
+
+    # -- parameters ------------------------------------------------------------------------
+
+    def _params(self) -> dict[str, Any]:
+        return {name: self.get_parameter(name).value for name in PARAMETERS}
+
+    def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
+        for param in params:
+            if param.name not in PARAMETERS:
+                continue
+            reason = check_parameter(param.name, param.value)
+            if reason is None and self._guard is not None and not PARAMETERS[param.name].live:
+                reason = (f'{param.name} is read on configure: deactivate and clean up the '
+                          'node, set it, then configure again')
+            if reason is not None:
+                self.get_logger().warning(f'parameter refused: {reason}')
+                return SetParametersResult(successful=False, reason=reason)
+        for param in params:
+            if param.name == 'mode' and self._guard is not None:
+                mode = param.value or self._config_mode
+                self._guard.set_mode(mode)
+                self.get_logger().info(f'mode is now {mode}')
+        return SetParametersResult(successful=True)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Validate the parameters, build the guard (loads the model), publishers, timers."""
+        params = self._params()
+        for name, value in params.items():
+            reason = check_parameter(name, value)
+            if reason is not None:
+                self.get_logger().error(f'cannot configure: {reason}')
+                return TransitionCallbackReturn.FAILURE
+        try:
+            base = load_config(params['config'] or None)
+            overrides = config_overrides(params)
+            config = base.with_overrides(**overrides) if overrides else base
+            guard = Guard(config)
+        except Exception as exc:  # a bad config or a model that does not load
+            self.get_logger().error(f'cannot configure: {exc}')
+            return TransitionCallbackReturn.FAILURE
+
+        policy = config.policy
+        self._config_mode = base.policy.mode
+        self._max_frames = config.image.max_frames
+        self._max_input_pixels = config.image.max_input_pixels
+        self._max_frame_age_s = (
+            None if policy.max_frame_age_ms is None else policy.max_frame_age_ms / 1000.0)
+        self._gate_enabled = bool(params['gate_cmd_vel'])
+        self._frames = deque(maxlen=max(params['frame_buffer'], self._max_frames))
+        if params['frame_buffer'] < self._max_frames:
+            self.get_logger().warning(
+                f"frame_buffer ({params['frame_buffer']}) is below image.max_frames "
+                f'({self._max_frames}): keeping {self._max_frames} frames')
+        self._last_verdict = None
+        self._gate_reason = None
+
+        self._decision_pub = self.create_lifecycle_publisher(
+            DecisionMsg, 'guard/decisions', PROPOSAL_QOS)
+        self._approved_pub = self.create_lifecycle_publisher(
+            ActionProposalMsg, 'guard/approved', PROPOSAL_QOS)
+        if self._gate_enabled:
+            self._cmd_vel_pub = self.create_lifecycle_publisher(Twist, 'cmd_vel', CONTROL_QOS)
+            self._watchdog_timer = self.create_timer(
+                params['watchdog_period_ms'] / 1000.0, self._on_watchdog,
+                callback_group=self._gate_group)
+        # Not a lifecycle publisher: an inactive guard should still say so on /diagnostics.
+        self._diagnostics_pub = self.create_publisher(
+            DiagnosticArray, '/diagnostics', CONTROL_QOS)
+        self._diagnostics_timer = self.create_timer(
+            params['diagnostics_period_s'], self._on_diagnostics,
+            callback_group=self._gate_group)
+        with self._lock:
+            self._guard = guard
+        self.get_logger().info(
+            f'configured: model {guard.backend.model_id}, mode {guard.mode}, deadline '
+            f'{policy.deadline_ms:g} ms, max frame age {policy.max_frame_age_ms} ms, '
+            f"image {params['image_format']}, cmd_vel gate "
+            f"{'on' if self._gate_enabled else 'off'}")
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Subscribe to the camera, proposals and cmd_vel_in; serve guard/check."""
+        params = self._params()
+        image_type = CompressedImage if params['image_format'] == 'compressed' else Image
+        overridable = QoSOverridingOptions.with_default_policies()
+        self._camera_sub = self.create_subscription(
+            image_type, 'camera/image_raw', self._on_image, qos_profile_sensor_data,
+            callback_group=self._camera_group, qos_overriding_options=overridable)
+        self._proposal_sub = self.create_subscription(
+            ActionProposalMsg, 'guard/proposals', self._on_proposal, PROPOSAL_QOS,
+            callback_group=self._judge_group, qos_overriding_options=overridable)
+        if self._gate_enabled:
+            self._cmd_vel_sub = self.create_subscription(
+                Twist, 'cmd_vel_in', self._on_cmd_vel, CONTROL_QOS,
+                callback_group=self._gate_group, qos_overriding_options=overridable)
+        self._check_srv = self.create_service(
+            CheckAction, 'guard/check', self._on_check, callback_group=self._check_group)
+        self._active = True
+        result = super().on_activate(state)
+        self.get_logger().info('active')
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop taking input, finish what is being judged, send a last zero velocity."""
+        self._active = False
+        self._destroy_inputs()
+        self._wait_idle()
+        if self._cmd_vel_pub is not None:
+            # The robot must not keep the last command it was given while nobody guards it.
+            self._cmd_vel_pub.publish(Twist())
+        self.get_logger().info('inactive')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release the model, publishers and timers."""
+        self._release()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release everything from whatever state the node is in."""
+        self._active = False
+        self._destroy_inputs()
+        self._wait_idle()
+        self._release()
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release everything; the node goes back to unconfigured."""
+        self._active = False
+        self._destroy_inputs()
+        self._release()
+        return super().on_error(state)
+
+    def release(self) -> None:
+        """Stop and free everything (for process exit without a lifecycle transition)."""
+        self._active = False
+        self._destroy_inputs()
+        self._release()
+
+    def _destroy_inputs(self) -> None:
+        for sub in (self._camera_sub, self._proposal_sub, self._cmd_vel_sub):
+            if sub is not None:
+                self.destroy_subscription(sub)
+        if self._check_srv is not None:
+            self.destroy_service(self._check_srv)
+        self._camera_sub = self._proposal_sub = self._cmd_vel_sub = self._check_srv = None
+
+    def _wait_idle(self) -> None:
+        # A proposal being judged still gets its decision out before the publishers stop.
+        guard = self._guard
+        limit = 1.0 + (guard.config.policy.deadline_ms / 1000.0 if guard else 0.0)
+        with self._idle:
+            self._idle.wait_for(lambda: self._inflight == 0, timeout=limit)
+
+    def _release(self) -> None:
+        for timer in (self._watchdog_timer, self._diagnostics_timer):
+            if timer is not None:
+                self.destroy_timer(timer)
+        for pub in (self._decision_pub, self._approved_pub, self._cmd_vel_pub):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        if self._diagnostics_pub is not None:
+            self.destroy_publisher(self._diagnostics_pub)
+        self._watchdog_timer = self._diagnostics_timer = None
+        self._decision_pub = self._approved_pub = self._cmd_vel_pub = None
+        self._diagnostics_pub = None
+        with self._lock:
+            guard, self._guard = self._guard, None
+        with self._frames_lock:
+            self._frames.clear()
+        if guard is not None:
+            guard.close()
+
+    # -- camera ----------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        # The node clock: wall time, or the simulation / bag clock with use_sim_time.
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        # Only stores: conversion happens when a check needs the frame, never here.
+        start = time.perf_counter()
+        try:
+            stamp = stamp_to_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec)
+            if stamp == 0.0:
+                # No capture time: the arrival time is the best bound there is.
+                stamp = self._now()
+                if not self._zero_stamp_warned:
+                    self._zero_stamp_warned = True
+                    self.get_logger().warning(
+                        'camera frames have no header stamp: their age is measured from '
+                        'arrival, which hides delays before it')
+            elif not self._uses_sim_time():
+                self._camera_delay_ms.append((time.time() - stamp) * 1000.0)
+            entry = _CameraFrame(msg, stamp)
+            with self._frames_lock:
+                self._frames.append(entry)
+            self._counts['frames'] += 1
+        except Exception as exc:  # a camera callback must never take the node down
+            self.get_logger().error(f'camera frame dropped: {exc!r}', throttle_duration_sec=5.0)
+        finally:
+            self._camera_cb_ms.append((time.perf_counter() - start) * 1000.0)
+
+    def _uses_sim_time(self) -> bool:
+        return bool(self.get_parameter('use_sim_time').value)
+
+    def _camera_stale(self, now: float) -> bool:
+        frames = self._frames
+        if not frames:
+            return True
+        if self._max_frame_age_s is None:
+            return False
+        return now - frames[-1].stamp > self._max_frame_age_s
+
+    # -- judging ---------------------------------------------------------------------------
+
+    def _on_proposal(self, msg: ActionProposalMsg) -> None:
+        self._counts['proposals'] += 1
+        with self._lock:
+            self._inflight += 1
+        try:
+            decision = self._judge(msg, None)
+            self._publish(msg, decision)
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
+    def _on_check(self, request: Any, response: Any) -> Any:
+        with self._lock:
+            self._inflight += 1
+        try:
+            image = None if _image_is_empty(request.image) else request.image
+            decision = self._judge(request.proposal, image)
+            self._counts['checks'] += 1
+            self._record(decision)
+            response.decision = self._decision_msg(request.proposal, decision)
+            return response
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
+    def _judge(self, msg: ActionProposalMsg, image: Image | None) -> Decision:
+        """One decision for one proposal, whatever happens (fail closed)."""
+        guard = self._guard
+        if guard is None:
+            return _unjudged(msg.id, 'the guard is not configured')
+        try:
+            header_stamp = stamp_to_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec)
+            base = {
+                'id': msg.id, 'name': msg.name, 'description': msg.description,
+                'stamp': header_stamp or None,
+            }
+            try:
+                proposal = ActionProposal(**base, arguments=parse_arguments_json(
+                    msg.arguments_json))
+            except ValueError as exc:
+                return guard.reject(ActionProposal(**base), Status.INVALID_INPUT, str(exc))
+
+            now = self._now()
+            if image is not None:
+                stamp = stamp_to_seconds(image.header.stamp.sec, image.header.stamp.nanosec)
+                entries = [_CameraFrame(image, stamp or now)]
+                source = 'guard/check image'
+            else:
+                with self._frames_lock:
+                    entries = list(self._frames)[-self._max_frames:]
+                source = 'camera/image_raw'
+            frames = []
+            for entry in entries:
+                try:
+                    frames.append(entry.frame(self._max_input_pixels, source))
+                except ValueError as exc:
+                    return guard.reject(
+                        proposal, Status.INVALID_INPUT, str(exc), frame_stamp=entry.stamp)
+            return guard.check(frames, proposal, now=now)
+        except Exception as exc:  # a bug here must still answer, and answer veto
+            self.get_logger().error(f'check failed unexpectedly: {exc!r}')
+            try:
+                return guard.reject(
+                    ActionProposal(id=msg.id, name=msg.name), Status.ERROR,
+                    f'internal error: {exc!r}')
+            except Exception:
+                return _unjudged(msg.id, f'internal error: {exc!r}')
+
+    def _publish(self, msg: ActionProposalMsg, decision: Decision) -> None:
+        try:
+            out = self._decision_msg(msg, decision)
+        except Exception as exc:
+            self.get_logger().error(f'decision not convertible: {exc!r}')
+            decision = _unjudged(msg.id, f'internal error: {exc!r}')
+            out = self._decision_msg(msg, decision)
+        self._record(decision)
+        with self._lock:
+            self._last_verdict = decision.verdict
+        if self._decision_pub is not None:
+            self._decision_pub.publish(out)
+        # Shadow mode relays everything (nothing is blocked); enforce relays allow/annotate.
+        if not decision.blocks and self._approved_pub is not None:
+            self._approved_pub.publish(msg)
+        if decision.verdict is Verdict.VETO:
+            self.get_logger().info(
+                f'veto {msg.id!r} ({decision.status.value}, {decision.mode}): '
+                f'{decision.rationale[:200]}')
+        if decision.blocks and self._gate_enabled:
+            self._gate_tick('latest decision is a veto')
+
+    def _record(self, decision: Decision) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._decision_times.append(now)
+            while self._decision_times and self._decision_times[0] < now - _RATE_WINDOW_S:
+                self._decision_times.popleft()
+            self._last_latency_ms = decision.latency_ms
+
+    def _decision_msg(self, proposal: ActionProposalMsg, decision: Decision) -> DecisionMsg:
+        out = DecisionMsg()
+        out.header.stamp = self.get_clock().now().to_msg()
+        out.header.frame_id = proposal.header.frame_id
+        out.proposal_id = proposal.id
+        out.verdict = verdict_code(decision.verdict)
+        out.status = decision.status.value
+        out.risk = float(decision.risk)
+        out.hazards = [
+            HazardMsg(category=h.category, description=h.description,
+                      consequence=h.consequence, severity=float(h.severity))
+            for h in decision.hazards
+        ]
+        out.rationale = decision.rationale
+        out.latency_ms = float(decision.latency_ms)
+        sec, nanosec = seconds_to_stamp(decision.frame_stamp)
+        out.frame_stamp = Time(sec=sec, nanosec=nanosec)
+        out.model = decision.model
+        return out
+
+    # -- cmd_vel gate ----------------------------------------------------------------------
+
+    def _blocked_reason(self) -> str | None:
+        guard = self._guard
+        if guard is None or guard.mode == 'shadow':
+            return None
+        if self._last_verdict is Verdict.VETO:
+            return 'latest decision is a veto'
+        if self._camera_stale(self._now()):
+            return 'camera is stale' if self._frames else 'no camera frame yet'
+        return None
+
+    def _on_cmd_vel(self, msg: Twist) -> None:
+        if not self._active or self._cmd_vel_pub is None:
+            return
+        reason = self._blocked_reason()
+        if reason is None:
+            self._cmd_vel_pub.publish(msg)
+        else:
+            self._gate_tick(reason)
+
+    def _on_watchdog(self) -> None:
+        if not self._active or self._cmd_vel_pub is None:
+            return
+        reason = self._blocked_reason()
+        if reason is not None:
+            self._gate_tick(reason)
+            return
+        with self._lock:
+            was, self._gate_reason = self._gate_reason, None
+        if was is not None:
+            self.get_logger().info(f'cmd_vel gate open (was closed: {was})')
+
+    def _gate_tick(self, reason: str) -> None:
+        pub = self._cmd_vel_pub
+        if pub is None:
+            return
+        pub.publish(Twist())
+        with self._lock:
+            self._counts['zero_cmd_vel'] += 1
+            changed = reason != self._gate_reason
+            self._gate_reason = reason
+        if changed:
+            self.get_logger().warning(f'cmd_vel gate closed: {reason}')
+
+    # -- diagnostics -----------------------------------------------------------------------
+
+    def diagnostics(self) -> DiagnosticStatus:
+        """Return the guard's health as one DiagnosticStatus (as published on /diagnostics)."""
+        guard = self._guard
+        now = self._now()
+        stale = self._camera_stale(now)
+        with self._lock:
+            times = list(self._decision_times)
+            latency = self._last_latency_ms
+        recent = [t for t in times if t >= time.monotonic() - _RATE_WINDOW_S]
+        stats = dict(guard.stats) if guard is not None else {}
+        frame_age_ms = (now - self._frames[-1].stamp) * 1000.0 if self._frames else None
+        cb = list(self._camera_cb_ms)
+        delay = list(self._camera_delay_ms)
+        values = {
+            'model_loaded': guard is not None,
+            'model': guard.backend.model_id if guard is not None else '',
+            'mode': guard.mode if guard is not None else '',
+            'active': self._active,
+            'last_latency_ms': latency,
+            'decisions_per_s': len(recent) / _RATE_WINDOW_S,
+            'decisions': stats.get('checks', 0),
+            'vetoes': stats.get('vetoes', 0),
+            'timeouts': stats.get('timeouts', 0),
+            'errors': stats.get('errors', 0),
+            'abandoned_model_calls': stats.get('abandoned', 0),
+            'camera_stale': stale,
+            'frame_age_ms': frame_age_ms,
+            'frames_received': self._counts['frames'],
+            'proposals_received': self._counts['proposals'],
+            'checks_served': self._counts['checks'],
+            'zero_cmd_vel_sent': self._counts['zero_cmd_vel'],
+            'camera_callback_p50_ms': percentile(cb, 50),
+            'camera_callback_p99_ms': percentile(cb, 99),
+            'camera_callback_max_ms': max(cb) if cb else None,
+            'camera_delay_p99_ms': percentile(delay, 99),
+        }
+        if guard is None:
+            level, message = DiagnosticStatus.ERROR, 'model not loaded (unconfigured)'
+        elif not self._active:
+            level, message = DiagnosticStatus.WARN, 'inactive: not guarding'
+        elif stale:
+            level, message = DiagnosticStatus.WARN, (
+                'camera stale' if self._frames else 'no camera frame yet')
+        else:
+            level, message = DiagnosticStatus.OK, f'guarding ({guard.mode})'
+        return DiagnosticStatus(
+            level=level, name=f'{self.get_name()}: guard', message=message,
+            hardware_id=values['model'],
+            values=[KeyValue(key=k, value=_fmt(v)) for k, v in values.items()])
+
+    def _on_diagnostics(self) -> None:
+        pub = self._diagnostics_pub
+        if pub is None:
+            return
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [self.diagnostics()]
+        pub.publish(array)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ''
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, float):
+        return f'{value:.3f}'
+    return str(value)
+
+
+def _unjudged(proposal_id: str, reason: str) -> Decision:
+    # Only when the Guard itself is unusable: still exactly one answer, and it is a veto.
+    return Decision(
+        verdict=Verdict.VETO, status=Status.ERROR, risk=1.0,
+        rationale=f'check did not run (error): {reason}', proposal_id=proposal_id,
+        error=reason)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run guard_node until shutdown (Ctrl-C, SIGTERM, or the context shutting down).
+
+    Returns:
+        0 on a clean shutdown, 1 when autostart could not configure or activate the node.
+    """
+    # The guard library logs through `logging`; without a handler its errors would vanish.
+    logging.basicConfig(level=logging.WARNING, format='[%(levelname)s] [%(name)s]: %(message)s')
+    rclpy.init(args=args)
+    node = GuardNode()
+    code = 0
+    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+    executor.add_node(node)
+    try:
+        if node.get_parameter('autostart').value:
+            for step in (node.trigger_configure, node.trigger_activate):
+                if step() != TransitionCallbackReturn.SUCCESS:
+                    node.get_logger().fatal(
+                        f'autostart failed at {step.__name__}: see the errors above')
+                    code = 1
+                    break
+        # spin_once with a timeout rather than spin(): with use_sim_time and no /clock yet no
+        # timer ever fires, and a shutdown whose wake-up is missed would block forever.
+        while code == 0 and rclpy.ok():
+            executor.spin_once(timeout_sec=_SPIN_TIMEOUT_S)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.release()
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    _exit_even_if_a_model_call_hangs(code)
+    return code
+
+
+def _exit_even_if_a_model_call_hangs(code: int) -> None:
+    # A model call stuck in a driver keeps a non-daemon worker thread, and Python would wait
+    # for it forever at exit; a node asked to stop must stop.
+    others = [t for t in threading.enumerate()
+              if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if others:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
