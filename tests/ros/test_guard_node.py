@@ -1,0 +1,295 @@
+"""guard_node on a live graph: decisions, relay, modes, failures, cmd_vel gate, service,
+diagnostics.
+
+One node process (scripted backend, enforce mode, cmd_vel gate on) serves every test in this
+module; each test brings the state it needs (camera on or off, the latest decision) itself,
+so the tests do not depend on their order.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("guard_interfaces")
+
+from conftest import Probe, make_image, wait_active, wait_for
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import Twist
+from guard_interfaces.msg import ActionProposal, Decision
+from guard_interfaces.srv import CheckAction
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+
+pytestmark = [pytest.mark.ros]
+
+VETO_TEXT = (
+    "VETO\nrisk: 0.9\nhazard: fire | towel on a lit burner | the towel ignites | 0.9\n"
+    "consequence: the towel catches fire"
+)
+ANNOTATE_TEXT = "ANNOTATE\nrisk: 0.4\nhazard: pinch | drawer edge | pinched fingers | 0.3"
+GUARD_CONFIG = {
+    "model": {
+        "backend": "scripted",
+        "scripted": {
+            "responses": [{"text": "ALLOW\nrisk: 0.0"}],
+            "by_action": {
+                "stove": {"text": VETO_TEXT},
+                "drawer": {"text": ANNOTATE_TEXT},
+                "explode": {"raise_error": "driver crashed"},
+                "freeze": {"raise_error": "hang"},
+            },
+        },
+    },
+    "policy": {"deadline_ms": 600, "max_frame_age_ms": 400},
+}
+CAMERA_HZ = 20.0
+
+
+class Graph:
+    """The node under test and the probe's endpoints in its namespace."""
+
+    def __init__(self, probe: Probe, node: Any) -> None:
+        self.probe, self.node, ns = probe, node, node.namespace
+        self.decisions = probe.collect(Decision, f"{ns}/guard/decisions")
+        self.approved = probe.collect(ActionProposal, f"{ns}/guard/approved")
+        self.cmd_vel = probe.collect(Twist, f"{ns}/cmd_vel")
+        self.diagnostics = probe.collect(DiagnosticArray, "/diagnostics")
+        self.proposals = probe.publisher(ActionProposal, f"{ns}/guard/proposals")
+        self.cmd_vel_in = probe.publisher(Twist, f"{ns}/cmd_vel_in")
+        self.camera = probe.publisher(Image, f"{ns}/camera/image_raw", qos_profile_sensor_data)
+        self._camera_timer = None
+
+    def propose(self, description: str, arguments: str = "") -> str:
+        pid = "p-" + uuid.uuid4().hex[:10]
+        msg = ActionProposal(id=pid, name="act", description=description,
+                             arguments_json=arguments)
+        msg.header.frame_id = "base_link"
+        self.proposals.publish(msg)
+        return pid
+
+    def decision_for(self, pid: str, timeout: float = 10.0) -> Decision:
+        assert self.probe.wait(lambda: any(d.proposal_id == pid for d in self.decisions),
+                               timeout), f"no decision for {pid}\n{self.node.log()}"
+        return next(d for d in self.decisions if d.proposal_id == pid)
+
+    def diagnostic(self, predicate=lambda values: True, timeout: float = 5.0) -> dict[str, str]:
+        """The key/values of the next guard status (after now) that satisfies `predicate`."""
+        start = len(self.diagnostics)
+        found: list[dict[str, str]] = []
+
+        def match() -> bool:
+            for array in self.diagnostics[start:]:
+                for status in array.status:
+                    if status.name == "guard_node: guard":
+                        values = {kv.key: kv.value for kv in status.values}
+                        values["_message"] = status.message
+                        if predicate(values):
+                            found.append(values)
+                            return True
+            return False
+
+        assert self.probe.wait(match, timeout), f"no matching diagnostics\n{self.node.log()}"
+        return found[0]
+
+    def camera_on(self) -> None:
+        if self._camera_timer is None:
+            node = self.probe.node
+
+            def tick() -> None:
+                self.camera.publish(make_image(stamp=node.get_clock().now().to_msg()))
+
+            self._camera_timer = node.create_timer(1.0 / CAMERA_HZ, tick)
+        # Fresh once the node itself says so: its frames, its clock.
+        self.diagnostic(lambda v: v["camera_stale"] == "false", timeout=10.0)
+
+    def camera_off(self) -> None:
+        if self._camera_timer is not None:
+            self.probe.node.destroy_timer(self._camera_timer)
+            self._camera_timer = None
+
+    def open_gate(self) -> None:
+        """Make the latest decision an allow (the camera must be on)."""
+        assert self.decision_for(self.propose("pick up the cup")).verdict == Decision.ALLOW
+
+
+@pytest.fixture(scope="module")
+def graph(ros_graph: dict[str, Any]) -> Iterator[Graph]:
+    probe = ros_graph["probe"]
+    node = ros_graph["start"](
+        "main", GUARD_CONFIG, gate_cmd_vel=True, watchdog_period_ms=50.0,
+        diagnostics_period_s=0.1)
+    wait_active(probe, node)
+    g = Graph(probe, node)
+    ns = node.namespace
+    assert wait_for(lambda: g.proposals.get_subscription_count() > 0
+                    and g.cmd_vel_in.get_subscription_count() > 0
+                    and all(probe.node.count_publishers(f"{ns}/{t}") > 0
+                            for t in ("guard/decisions", "guard/approved", "cmd_vel")),
+                    10.0), node.log()
+    yield g
+    g.camera_off()
+    node.assert_alive()
+
+
+@pytest.fixture
+def camera(graph: Graph) -> Iterator[Graph]:
+    graph.camera_on()
+    yield graph
+    graph.camera_off()
+
+
+def test_one_decision_per_proposal_and_relay_in_enforce(camera: Graph) -> None:
+    g = camera
+    plan = {"pick up the cup": Decision.ALLOW, "put the towel on the stove": Decision.VETO,
+            "open the drawer": Decision.ANNOTATE}
+    sent = {g.propose(text, json.dumps({"n": i})): code
+            for i in range(3) for text, code in plan.items()}
+    # A last allow: the relay keeps order, so once it is relayed every earlier one is too.
+    sentinel = g.propose("pick up the cup")
+    sent[sentinel] = Decision.ALLOW
+    assert g.probe.wait(lambda: any(p.id == sentinel for p in g.approved), 15.0), g.node.log()
+
+    for pid, code in sent.items():
+        matching = [d for d in g.decisions if d.proposal_id == pid]
+        assert len(matching) == 1, (pid, matching)
+        d = matching[0]
+        assert d.verdict == code and d.status == "ok", d
+        assert d.model == "scripted"
+        assert d.header.frame_id == "base_link"
+        assert d.frame_stamp.sec > 0  # the frame that was judged
+        assert d.latency_ms >= 0.0
+    vetoed = next(d for pid, code in sent.items() if code == Decision.VETO
+                  for d in g.decisions if d.proposal_id == pid)
+    assert vetoed.risk == pytest.approx(0.9)
+    assert [(h.category, h.consequence) for h in vetoed.hazards] == [("fire", "the towel ignites")]
+
+    relayed = [p.id for p in g.approved if p.id in sent]
+    allowed = [pid for pid, code in sent.items() if code != Decision.VETO]
+    assert sorted(relayed) == sorted(allowed)  # every allow/annotate once, no veto
+    assert relayed == [pid for pid in sent if pid in relayed]  # in the order proposed
+
+
+def test_shadow_mode_at_runtime_relays_everything(camera: Graph) -> None:
+    g = camera
+    # Refused values say why; read-on-configure parameters are refused while configured.
+    bad_mode, = g.probe.set_params(g.node.fqn, mode="permissive")
+    assert not bad_mode.successful and "mode" in bad_mode.reason
+    live_deadline, = g.probe.set_params(g.node.fqn, deadline_ms=5.0)
+    assert not live_deadline.successful and "configure" in live_deadline.reason
+
+    result, = g.probe.set_params(g.node.fqn, mode="shadow")
+    assert result.successful, result.reason
+    try:
+        pid = g.propose("put the towel on the stove")
+        d = g.decision_for(pid)
+        assert d.verdict == Decision.VETO  # still judged and published as a veto
+        assert g.probe.wait(lambda: any(p.id == pid for p in g.approved), 10.0)
+    finally:
+        result, = g.probe.set_params(g.node.fqn, mode="enforce")
+        assert result.successful
+    pid = g.propose("put the towel on the stove")
+    assert g.decision_for(pid).verdict == Decision.VETO
+    sentinel = g.propose("pick up the cup")
+    assert g.probe.wait(lambda: any(p.id == sentinel for p in g.approved), 10.0)
+    assert pid not in [p.id for p in g.approved]
+
+
+def test_backend_error_and_hang_give_fail_closed_vetoes(camera: Graph) -> None:
+    g = camera
+    crashed = g.decision_for(g.propose("explode the battery test"))
+    assert (crashed.verdict, crashed.status) == (Decision.VETO, "error")
+    assert "driver crashed" in crashed.rationale
+    hung = g.decision_for(g.propose("freeze the arm"))
+    assert (hung.verdict, hung.status) == (Decision.VETO, "timeout")
+    g.node.assert_alive()
+    # Still serving, with the hung model call abandoned in the background.
+    after = g.decision_for(g.propose("pick up the cup"))
+    assert (after.verdict, after.status) == (Decision.ALLOW, "ok")
+
+
+def test_invalid_arguments_json_is_an_invalid_input_veto(camera: Graph) -> None:
+    d = camera.decision_for(camera.propose("pick up the cup", arguments="{not json"))
+    assert (d.verdict, d.status) == (Decision.VETO, "invalid_input")
+    assert "arguments_json" in d.rationale
+
+
+def test_veto_closes_the_cmd_vel_gate(camera: Graph) -> None:
+    g = camera
+    g.open_gate()
+    moving = Twist()
+    moving.linear.x = 0.5
+    start = len(g.cmd_vel)
+    g.cmd_vel_in.publish(moving)
+    assert g.probe.wait(lambda: any(t.linear.x == 0.5 for t in g.cmd_vel[start:]), 5.0)
+
+    assert g.decision_for(g.propose("put the towel on the stove")).verdict == Decision.VETO
+    start = len(g.cmd_vel)
+    g.cmd_vel_in.publish(moving)
+    # Zeros keep coming (watchdog) and the command is never passed through.
+    assert g.probe.wait(lambda: len(g.cmd_vel) - start >= 4, 5.0)
+    assert all(t.linear.x == 0.0 for t in g.cmd_vel[start:])
+
+    g.open_gate()
+    start = len(g.cmd_vel)
+    g.cmd_vel_in.publish(moving)
+    assert g.probe.wait(lambda: any(t.linear.x == 0.5 for t in g.cmd_vel[start:]), 5.0)
+
+
+def test_stale_camera_gives_stale_vetoes_and_watchdog_zeros(graph: Graph) -> None:
+    g = graph
+    g.camera_on()
+    g.open_gate()
+    g.camera_off()
+    # No cmd_vel_in is sent from here on: every zero below comes from the watchdog.
+    g.diagnostic(lambda v: v["camera_stale"] == "true", timeout=5.0)
+    start = len(g.cmd_vel)
+    assert g.probe.wait(lambda: len(g.cmd_vel) - start >= 3, 5.0), g.node.log()
+    assert all(t.linear.x == 0.0 and t.angular.z == 0.0 for t in g.cmd_vel[start:])
+
+    d = g.decision_for(g.propose("pick up the cup"))
+    assert (d.verdict, d.status) == (Decision.VETO, "stale_frame")
+    assert d.frame_stamp.sec > 0
+
+
+def test_check_service(camera: Graph) -> None:
+    g = camera
+    service = f"{g.node.namespace}/guard/check"
+    request = CheckAction.Request()
+    request.proposal = ActionProposal(id="srv-latest", name="pick", description="pick up the cup")
+    answer = g.probe.call(CheckAction, service, request).decision
+    assert (answer.proposal_id, answer.verdict, answer.status) == ("srv-latest", 0, "ok")
+    assert answer.frame_stamp.sec > 0  # the latest camera frame was judged
+
+    request.proposal.id = "srv-image"
+    request.proposal.description = "put the towel on the stove"
+    request.image = make_image("bgr8", stamp=g.probe.node.get_clock().now().to_msg())
+    answer = g.probe.call(CheckAction, service, request).decision
+    assert (answer.proposal_id, answer.verdict, answer.status) == ("srv-image", 2, "ok")
+
+    request.proposal.id = "srv-bad"
+    request.image = make_image("rgb8", stamp=g.probe.node.get_clock().now().to_msg())
+    request.image.encoding = "yuv422"
+    answer = g.probe.call(CheckAction, service, request).decision
+    assert (answer.verdict, answer.status) == (Decision.VETO, "invalid_input")
+    assert "yuv422" in answer.rationale
+
+
+def test_diagnostics(camera: Graph) -> None:
+    g = camera
+    g.open_gate()
+    values = g.diagnostic(lambda v: v["decisions"] not in ("", "0"))
+    assert values["model_loaded"] == "true"
+    assert values["model"] == "scripted"
+    assert values["mode"] == "enforce"
+    assert values["camera_stale"] == "false"
+    assert float(values["last_latency_ms"]) >= 0.0
+    assert float(values["decisions_per_s"]) > 0.0
+    assert int(values["vetoes"]) >= 0
+    assert float(values["camera_callback_p99_ms"]) < 50.0
+    assert values["_message"].startswith("guarding")

@@ -1,0 +1,172 @@
+"""guard_ros pieces that need no ROS graph: image conversions, verdict codes, parameters, bags.
+
+guard_ros.conversions and the bag reader import no ROS at all; the parameter checks live in
+the node module and need rclpy importable (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import array
+
+import numpy as np
+import pytest
+from conftest import DATA
+from guard_ros.conversions import (
+    ImageConversionError,
+    image_to_rgb,
+    parse_arguments_json,
+    percentile,
+    seconds_to_stamp,
+    stamp_to_seconds,
+    verdict_code,
+)
+
+RGB = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10  # H=2, W=3
+
+
+def _fields(pixels: np.ndarray, encoding: str, pad: int = 0) -> dict:
+    h, w = pixels.shape[:2]
+    rows = pixels.reshape(h, -1)
+    padded = np.concatenate([rows, np.full((h, pad), 7, np.uint8)], axis=1)
+    return {"height": h, "width": w, "encoding": encoding, "step": rows.shape[1] + pad,
+            "data": array.array("B", padded.tobytes())}
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8"])
+@pytest.mark.parametrize("pad", [0, 5])
+def test_colour_encodings_give_rgb(encoding: str, pad: int) -> None:
+    pixels = RGB
+    if encoding.startswith("bgr"):
+        pixels = pixels[:, :, ::-1]
+    if encoding.endswith("a8"):
+        pixels = np.concatenate([pixels, np.full((2, 3, 1), 255, np.uint8)], axis=2)
+    out = image_to_rgb(**_fields(np.ascontiguousarray(pixels), encoding, pad))
+    assert out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(out, RGB)
+
+
+def test_mono8_is_grey_rgb() -> None:
+    grey = np.array([[0, 100, 200], [50, 150, 250]], np.uint8)
+    out = image_to_rgb(**_fields(grey[:, :, None], "mono8", pad=3))
+    assert out.shape == (2, 3, 3)
+    np.testing.assert_array_equal(out[:, :, 1], grey)
+    np.testing.assert_array_equal(out[:, :, 0], out[:, :, 2])
+
+
+def test_last_row_without_padding_is_accepted() -> None:
+    fields = _fields(RGB, "rgb8", pad=4)
+    fields["data"] = fields["data"][:-4]
+    np.testing.assert_array_equal(image_to_rgb(**fields), RGB)
+
+
+def test_result_does_not_alias_the_message() -> None:
+    fields = _fields(RGB, "rgb8")
+    out = image_to_rgb(**fields)
+    fields["data"][0] = 99
+    assert out[0, 0, 0] == RGB[0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"encoding": "yuv422"}, "unsupported image encoding 'yuv422'"),
+        ({"encoding": "16UC1"}, "unsupported"),
+        ({"height": 0}, "empty"),
+        ({"step": 4}, "step 4 is smaller"),
+        ({"data": b"\x00" * 10}, "needs 18"),
+    ],
+)
+def test_bad_images_say_why(change: dict, message: str) -> None:
+    with pytest.raises(ImageConversionError, match=message):
+        image_to_rgb(**{**_fields(RGB, "rgb8"), **change})
+
+
+def test_pixel_limit() -> None:
+    with pytest.raises(ImageConversionError, match="over the 5 pixel limit"):
+        image_to_rgb(**_fields(RGB, "rgb8"), max_pixels=5)
+
+
+def test_verdict_codes_match_the_message_constants() -> None:
+    from guard.types import Verdict
+
+    assert [verdict_code(v) for v in Verdict] == [0, 1, 2]
+    assert verdict_code("veto") == 2
+    with pytest.raises(ValueError):
+        verdict_code("maybe")
+    guard_interfaces = pytest.importorskip("guard_interfaces.msg")
+    d = guard_interfaces.Decision
+    assert (d.ALLOW, d.ANNOTATE, d.VETO) == tuple(verdict_code(v) for v in Verdict)
+
+
+def test_stamps() -> None:
+    assert stamp_to_seconds(12, 500_000_000) == 12.5
+    assert seconds_to_stamp(12.5) == (12, 500_000_000)
+    assert seconds_to_stamp(1.9999999999) == (2, 0)  # carried, never nanosec == 1e9
+    assert seconds_to_stamp(None) == (0, 0)
+    assert seconds_to_stamp(float("nan")) == (0, 0)
+
+
+def test_arguments_json() -> None:
+    assert parse_arguments_json("") == {}
+    assert parse_arguments_json(' {"a": [1]} ') == {"a": [1]}
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse_arguments_json("{nope")
+    with pytest.raises(ValueError, match="JSON object, got list"):
+        parse_arguments_json("[1, 2]")
+
+
+def test_percentile() -> None:
+    assert percentile([], 99) is None
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile(list(range(1, 101)), 99) == 99
+
+
+def test_parameters_are_checked_with_reasons() -> None:
+    pytest.importorskip("rclpy")
+    from guard_ros.guard_node import PARAMETERS, check_parameter, config_overrides
+
+    assert all(check_parameter(name, spec.default) is None for name, spec in PARAMETERS.items())
+    assert check_parameter("deadline_ms", 50) is None  # an int for a number
+    assert "must be one of" in check_parameter("mode", "permissive")
+    assert "must be a number" in check_parameter("deadline_ms", "fast")
+    assert "must be a number" in check_parameter("deadline_ms", True)
+    assert "within" in check_parameter("frame_buffer", 0)
+    assert "must be a bool" in check_parameter("gate_cmd_vel", 1)
+    assert check_parameter("use_sim_time", "whatever") is None  # not ours
+
+    params = {name: spec.default for name, spec in PARAMETERS.items()}
+    assert config_overrides(params) == {}
+    params.update(model="m", backend="scripted", mode="shadow", deadline_ms=20,
+                  max_frame_age_ms=300.0)
+    assert config_overrides(params) == {
+        "model.id": "m", "model.backend": "scripted", "policy.mode": "shadow",
+        "policy.deadline_ms": 20.0, "policy.max_frame_age_ms": 300.0}
+
+
+def test_bag_reading_in_time_order_from_folder_and_file() -> None:
+    pytest.importorskip("rosbags")
+    from guard_ros.bag_player import read_messages
+
+    folder = list(read_messages(DATA / "episode"))
+    bare = list(read_messages(DATA / "episode" / "episode.mcap"))
+    assert folder == bare and len(folder) == 18
+    stamps = [m.timestamp_ns for m in folder]
+    assert stamps == sorted(stamps)
+    assert {m.topic for m in folder} == {"/camera/image_raw", "/guard/proposals"}
+    only = list(read_messages(DATA / "episode", ["/guard/proposals"]))
+    assert [m.msgtype for m in only] == ["guard_interfaces/msg/ActionProposal"] * 5
+
+
+def test_recorded_bytes_deserialize_with_rclpy() -> None:
+    pytest.importorskip("rclpy")
+    pytest.importorskip("guard_interfaces")
+    from guard_ros.bag_player import message_class, read_messages
+    from rclpy.serialization import deserialize_message
+
+    first = next(iter(read_messages(DATA / "episode", ["/guard/proposals"])))
+    msg = deserialize_message(first.data, message_class(first.msgtype))
+    assert (msg.id, msg.header.frame_id) == ("bag-nofame", "base_link")
+    with pytest.raises(ImportError):
+        message_class("not_a_package/msg/Nope")
+    with pytest.raises(ImportError):
+        message_class("Image")
