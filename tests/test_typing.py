@@ -17,7 +17,9 @@ STRICT = [
     "guard/backends/scripted.py", "guard/backends/openai_backend.py",
     "guard/backends/transformers_backend.py", "guard/backends/qwen_inputs.py", "guard/tiny.py",
     "guard/cli",
-    "guard/bench/overhead.py",
+    "guard/bench/overhead.py", "guard/bench/items.py", "guard/bench/judges.py",
+    "guard/bench/metrics.py", "guard/bench/oracle.py", "guard/bench/report.py",
+    "guard/bench/runner.py", "guard/bench/semantic.py", "guard/bench/suites.py",
 ]
 
 
