@@ -47,3 +47,35 @@ class BackendError(GuardError):
 
 class BackendTimeout(BackendError):
     """The judge model did not answer within its deadline."""
+
+
+class ActionVetoed(GuardError):
+    """The guard vetoed a tool call: raised by `guard.middleware` in place of running it.
+
+    Not a failure of the guard: the check ran (or failed closed) and said no.
+
+    Attributes:
+        decision: The `Decision` that blocked the call (`decision.status` says whether the
+            judge answered or the check failed closed).
+        proposal: The `ActionProposal` that was judged.
+    """
+
+    def __init__(self, decision: Decision, proposal: ActionProposal) -> None:
+        why = decision.rationale or decision.error or ""
+        super().__init__(
+            f"{proposal.name}: vetoed by the guard (status={decision.status.value})"
+            + (f": {why}" if why else "")
+        )
+        self.decision = decision
+        self.proposal = proposal
+
+    def __reduce__(self) -> tuple[type[ActionVetoed], tuple[Decision, ActionProposal]]:
+        # pickle/copy rebuild exceptions from args; ours are the decision and the proposal
+        return type(self), (self.decision, self.proposal)
+
+
+# Appended with ActionVetoed; only for its annotations, so errors.py stays import-light.
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:
+    from guard.types import ActionProposal, Decision
