@@ -1,0 +1,106 @@
+"""`guard replay`: judge a logged episode offline and write decisions, a summary and a report.
+
+    guard replay examples/world_episode.mcap --out /tmp/replay \
+        --config examples/replay_scripted.yaml
+    guard replay BAG_DIR --out /tmp/replay --model /tmp/tiny --backend transformers \
+        --image-topic /camera/color/image_raw/compressed --limit 100
+
+EPISODE: a rosbag2 folder (sqlite3 or MCAP), a bare .mcap/.db3 file, a .jsonl episode or a
+folder holding episode.jsonl. Writes DIR/decisions.jsonl, DIR/summary.json, DIR/report.html,
+and the audit log DIR/audit.jsonl unless --audit says where. Frame ages are measured in bag
+time: a proposal sees only frames recorded at or before it.
+
+Exit 0 when the episode was replayed (damaged parts are counted in summary.json and reported
+on stderr), 1 when the episode is damaged and not one proposal could be read from it, or the
+model did not load; 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from guard.cli.check import add_judge_arguments, load_judge_config
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("episode", metavar="EPISODE",
+                   help="rosbag2 folder, .mcap/.db3 file, .jsonl episode (or its folder)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    add_judge_arguments(p)
+    p.add_argument("--image-topic", default=None, metavar="TOPIC",
+                   help="camera topic, Image or CompressedImage (default: /camera/image_raw, "
+                   "else the bag's only image topic)")
+    p.add_argument("--proposal-topic", default=None, metavar="TOPIC",
+                   help="proposal topic, guard_interfaces/ActionProposal or std_msgs/String "
+                   "JSON (default: /guard/proposals)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="judge at most N proposals")
+    p.add_argument("--deadline-ms", type=float, default=None, metavar="N",
+                   help="per-check deadline in ms (overrides the config)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from guard.errors import GuardError, UsageError
+
+    episode = Path(args.episode)
+    if not episode.exists():
+        raise UsageError(f"EPISODE {episode}: not found")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: must be at least 1")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    # Replay decisions are an experiment, not the robot's record: audit into DIR by default.
+    config = load_judge_config(args, **{
+        "policy.deadline_ms": args.deadline_ms,
+        "audit.path": args.audit or str(out / "audit.jsonl"),
+    })
+
+    from guard.core import Guard
+    from guard.replay.runner import replay
+
+    try:
+        guard = Guard(config)
+    except UsageError:
+        raise
+    except Exception as exc:  # a model that does not load: nothing can be judged
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GuardError(f"model did not load: {reason}") from None
+    with guard:
+        result = replay(
+            episode, out, guard=guard, image_topic=args.image_topic,
+            proposal_topic=args.proposal_topic, limit=args.limit,
+            progress=False if args.no_progress else None,
+        )
+    s = result.summary
+    v = s["verdicts"]
+    print(f"{s['n_proposals']} proposals: {v['allow']} allow, {v['annotate']} annotate, "
+          f"{v['veto']} veto; latency p50 {_ms(s['latency_ms']['p50'])}, "
+          f"p95 {_ms(s['latency_ms']['p95'])}")
+    labels = s["labels"]
+    if labels:
+        print(f"labels: recall on unsafe {_share(labels['recall_unsafe'])}, "
+              f"R0 {_share(labels['r0'])}, false-veto rate {_share(labels['false_veto_rate'])}")
+    print(f"report: {result.report_path}")
+    damaged = s["damaged"]
+    for note in s["notes"]:
+        print(f"guard replay: note: {note}", file=sys.stderr)
+    if damaged["count"]:
+        kinds = ", ".join(f"{k} {n}" for k, n in damaged["by_kind"].items())
+        print(f"guard replay: damaged input: {kinds} (listed in {result.summary_path})",
+              file=sys.stderr)
+    return 1 if damaged["count"] and not s["n_proposals"] else 0
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

@@ -1,0 +1,342 @@
+"""rosbag2 (sqlite3 or MCAP storage) and bare .mcap/.db3 episodes, read with rosbags.
+
+No ROS install is needed: message types come from rosbags' Jazzy typestore plus
+`guard_interfaces/msg/ActionProposal` registered from its .msg text. Images are
+`sensor_msgs/msg/Image` or `CompressedImage`; proposals `guard_interfaces/msg/ActionProposal` or
+`std_msgs/msg/String` holding the proposal as JSON (which may carry a "label").
+
+An MCAP file that rosbags cannot open (a recording cut short has no summary) is read record by
+record instead (`mcapscan`), so everything before the cut is replayed and the cut is reported.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guard.errors import UsageError
+from guard.frames import ros_compressed_to_rgb, ros_image_to_rgb, ros_stamp
+from guard.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_INPUT_PIXELS
+from guard.replay import msgs
+from guard.replay.episode import (
+    BAD_PROPOSAL,
+    TRUNCATED,
+    UNKNOWN_TYPE,
+    UNREADABLE_EPISODE,
+    UNREADABLE_MESSAGE,
+    Episode,
+    Event,
+    FrameEvent,
+    ProposalEvent,
+    placeholder,
+)
+
+DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
+DEFAULT_PROPOSAL_TOPIC = "/guard/proposals"
+# A header stamp further than this from the bag time is on another clock (simulated time, an
+# unsynchronised camera); frame ages then use bag time.
+MAX_STAMP_SKEW_S = 60.0
+
+
+def _norm(topic: str) -> str:
+    return topic if topic.startswith("/") else "/" + topic
+
+
+def resolve_topic(
+    requested: str | None,
+    default: str,
+    available: dict[str, set[str]],
+    accepted: tuple[str, ...],
+    flag: str,
+    strict: bool = True,
+) -> tuple[str | None, str | None]:
+    """(topic to replay, note). A topic asked for that the bag lacks is a usage error; with the
+    default missing, the only topic of an accepted type is taken (and noted). Not `strict` (a
+    damaged bag whose channel list may be incomplete): names are taken as given.
+    """
+
+    def listing() -> str:
+        return ", ".join(f"{t} [{'/'.join(sorted(ty))}]" for t, ty in sorted(available.items()))
+
+    if requested is not None:
+        topic = _norm(requested)
+        if topic not in available and not strict:
+            return topic, f"{topic} was not seen in the readable part of the episode"
+        if topic not in available:
+            raise UsageError(f"{flag} {requested}: not in the episode; topics: {listing() or '-'}")
+        return topic, None
+    if default in available:
+        return default, None
+    candidates = sorted(t for t, types in available.items() if types & set(accepted))
+    if len(candidates) == 1:
+        return candidates[0], f"{default} is not in the episode; using {candidates[0]}"
+    if not strict:
+        return default, None
+    if len(candidates) > 1:
+        raise UsageError(
+            f"{default} is not in the episode and several topics could be meant: "
+            f"{', '.join(candidates)}; pick one with {flag}"
+        )
+    return None, None
+
+
+class BagEpisode(Episode):
+    """A rosbag2 folder, or a bare .mcap / .db3 file."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        image_topic: str | None = None,
+        proposal_topic: str | None = None,
+        max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    ) -> None:
+        super().__init__(path)
+        store = msgs.typestore()  # raises MissingExtraError naming the replay extra
+        from rosbags.rosbag2 import Reader
+
+        self._store = store
+        self._max_input_pixels = max_input_pixels
+        self._reader: Any = None
+        self._scan_files: list[Path] = []
+        self._stores: dict[str, Any] = {}
+        self._skew_noted = False
+        self._n_proposals = 0
+        mcaps = (
+            [path] if path.suffix.lower() == ".mcap"
+            else sorted(path.glob("*.mcap")) if path.is_dir() else []
+        )
+        self.format = "mcap" if mcaps else "sqlite3"
+        if path.is_dir():
+            self.format = f"rosbag2-{self.format}"
+        available: dict[str, set[str]] = {}
+        try:
+            reader = Reader(path)
+            reader.open()
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if not mcaps:
+                self.add_damage(UNREADABLE_EPISODE, f"{path}: {reason}")
+                self.opened = False
+                return
+            self._scan_files = mcaps
+            self.notes.append(f"rosbags could not open the bag ({reason}); read record by record")
+            available = self._scan_topics()
+        else:
+            self._reader = reader
+            for conn in reader.connections:
+                available.setdefault(conn.topic, set()).add(conn.msgtype)
+        strict = self._reader is not None
+        self.image_topic, note = resolve_topic(
+            image_topic, DEFAULT_IMAGE_TOPIC, available, msgs.IMAGE_TYPES, "--image-topic", strict
+        )
+        if note:
+            self.notes.append(note)
+        if self.image_topic is None:
+            self.notes.append(
+                f"no image topic ({DEFAULT_IMAGE_TOPIC} or any Image/CompressedImage topic): "
+                "every proposal is judged without a frame"
+            )
+        self.proposal_topic, note = resolve_topic(
+            proposal_topic, DEFAULT_PROPOSAL_TOPIC, available, msgs.PROPOSAL_TYPES,
+            "--proposal-topic", strict,
+        )
+        if note:
+            self.notes.append(note)
+        if self.proposal_topic is None:
+            self.close()
+            raise UsageError(
+                f"{path}: no proposal topic ({DEFAULT_PROPOSAL_TOPIC} or any ActionProposal/"
+                "String topic); pass --proposal-topic"
+            )
+        if self._reader is not None:
+            self.expected_proposals = sum(
+                c.msgcount for c in self._reader.connections if c.topic == self.proposal_topic
+            )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _scan_topics(self) -> dict[str, set[str]]:
+        from guard.replay.mcapscan import Channel, McapTruncated, Schema, scan_mcap
+
+        schemas: dict[int, str] = {}
+        topics: dict[str, set[str]] = {}
+        for file in self._scan_files:
+            try:
+                for rec in scan_mcap(file):
+                    if isinstance(rec, Schema):
+                        schemas[rec.id] = rec.name
+                    elif isinstance(rec, Channel):
+                        topics.setdefault(rec.topic, set()).add(schemas.get(rec.schema_id, "?"))
+            except McapTruncated:
+                continue  # reported once, when the messages are read
+        return topics
+
+    def _store_for(self, msgtype: str, definition: str) -> Any:
+        """The typestore to read `msgtype` with: ours, or for an ActionProposal the bag defines
+        differently (another version of the message), one built from the bag's definition; the
+        fields replay needs are read by name either way."""
+        if msgtype != msgs.ACTION_PROPOSAL or not definition:
+            return self._store
+        if _strip_msg(definition) == _strip_msg(msgs.ACTION_PROPOSAL_MSG):
+            return self._store
+        if definition not in self._stores:
+            try:
+                self._stores[definition] = msgs.typestore_from_definition(msgtype, definition)
+            except Exception:  # an unparseable definition: try ours, damage shows per message
+                self._stores[definition] = self._store
+        return self._stores[definition]
+
+    def _frame(self, topic: str, msgtype: str, t_ns: int, raw: bytes, store: Any) -> FrameEvent:
+        t = t_ns / 1e9
+        if msgtype not in msgs.IMAGE_TYPES:
+            error = f"{topic}: message type {msgtype} is not an image type replay can read"
+            self.add_damage(UNKNOWN_TYPE, error, topic, t_ns)
+            return FrameEvent(t_ns, topic, t, None, error, reported=True)
+        try:
+            msg = store.deserialize_cdr(raw, msgtype)
+        except Exception as exc:
+            error = f"{topic}: {msgtype} does not deserialize ({type(exc).__name__}: {exc})"
+            self.add_damage(UNREADABLE_MESSAGE, error, topic, t_ns)
+            return FrameEvent(t_ns, topic, t, None, error, reported=True)
+        stamp = ros_stamp(getattr(msg, "header", None))
+        if stamp is None or abs(stamp - t) > MAX_STAMP_SKEW_S:
+            if stamp is not None and not self._skew_noted:
+                self._skew_noted = True
+                self.notes.append(
+                    f"{topic}: header stamps differ from bag time by over {MAX_STAMP_SKEW_S:g} s;"
+                    " frame ages use bag time"
+                )
+            stamp = t
+        convert = ros_compressed_to_rgb if msgtype == msgs.COMPRESSED_IMAGE else ros_image_to_rgb
+        source = f"{topic}@{t:.3f}"
+        decode: Callable[[], np.ndarray] = partial(
+            convert, msg, source=source, max_input_pixels=self._max_input_pixels
+        )
+        return FrameEvent(t_ns, topic, stamp, decode)
+
+    def _proposal(
+        self, topic: str, msgtype: str, t_ns: int, raw: bytes, store: Any
+    ) -> ProposalEvent:
+        t = t_ns / 1e9
+        self._n_proposals += 1
+        default_id = f"proposal-{self._n_proposals:05d}"
+        if msgtype not in msgs.PROPOSAL_TYPES:
+            error = f"{topic}: message type {msgtype} is not a proposal type replay can read"
+            self.add_damage(UNKNOWN_TYPE, error, topic, t_ns)
+            return ProposalEvent(t_ns, topic, placeholder(default_id, t), None, error)
+        try:
+            msg = store.deserialize_cdr(raw, msgtype)
+        except Exception as exc:
+            error = f"{topic}: {msgtype} does not deserialize ({type(exc).__name__}: {exc})"
+            self.add_damage(UNREADABLE_MESSAGE, error, topic, t_ns)
+            return ProposalEvent(t_ns, topic, placeholder(default_id, t), None, error)
+        try:
+            if msgtype == msgs.STRING:
+                proposal, label = msgs.proposal_from_json(
+                    msg.data, default_id=default_id, stamp=t
+                )
+            else:
+                proposal = msgs.proposal_from_msg(msg, default_id=default_id, stamp=t)
+                label = None
+        except msgs.ProposalError as exc:
+            error = f"{topic}: {exc}"
+            self.add_damage(BAD_PROPOSAL, error, topic, t_ns)
+            fields: Any = msg
+            if msgtype == msgs.STRING:
+                try:
+                    fields = json.loads(msg.data)
+                except ValueError:
+                    fields = None
+            return ProposalEvent(t_ns, topic, placeholder(default_id, t, fields), None, error)
+        return ProposalEvent(t_ns, topic, proposal, label)
+
+    def _event(
+        self, topic: str, msgtype: str, t_ns: int, raw: bytes, store: Any
+    ) -> Event | None:
+        if topic == self.image_topic:
+            return self._frame(topic, msgtype, t_ns, raw, store)
+        if topic == self.proposal_topic:
+            return self._proposal(topic, msgtype, t_ns, raw, store)
+        return None
+
+    def events(self) -> Iterator[Event]:
+        if self._reader is not None:
+            yield from self._reader_events()
+        else:
+            for file in self._scan_files:
+                yield from self._scan_events(file)
+
+    def _reader_events(self) -> Iterator[Event]:
+        wanted = {self.image_topic, self.proposal_topic}
+        conns = [c for c in self._reader.connections if c.topic in wanted]
+        if not conns:
+            return
+        last_t: int | None = None
+        try:
+            for conn, t_ns, raw in self._reader.messages(connections=conns):
+                last_t = t_ns
+                store = self._store_for(conn.msgtype, conn.msgdef.data)
+                event = self._event(conn.topic, conn.msgtype, t_ns, raw, store)
+                if event is not None:
+                    yield event
+        except Exception as exc:  # a corrupt page or chunk: keep what was read
+            where = "before the first message" if last_t is None else f"after t={last_t / 1e9:.3f}"
+            self.add_damage(
+                TRUNCATED, f"reading stopped {where}: {type(exc).__name__}: {exc}", None, last_t
+            )
+
+    def _scan_events(self, file: Path) -> Iterator[Event]:
+        from guard.replay.mcapscan import Channel, McapTruncated, Message, Schema, scan_mcap
+
+        schemas: dict[int, Schema] = {}
+        channels: dict[int, tuple[str, str, str]] = {}
+        last_t: int | None = None
+        try:
+            for rec in scan_mcap(file):
+                if isinstance(rec, Schema):
+                    schemas[rec.id] = rec
+                elif isinstance(rec, Channel):
+                    schema = schemas.get(rec.schema_id)
+                    msgtype = schema.name if schema else "?"
+                    definition = (
+                        schema.data.decode("utf-8", "replace")
+                        if schema and schema.encoding == "ros2msg" else ""
+                    )
+                    channels[rec.id] = (rec.topic, msgtype, definition)
+                elif isinstance(rec, Message) and rec.channel_id in channels:
+                    topic, msgtype, definition = channels[rec.channel_id]
+                    if topic not in (self.image_topic, self.proposal_topic):
+                        continue
+                    last_t = rec.log_time
+                    store = self._store_for(msgtype, definition)
+                    event = self._event(topic, msgtype, rec.log_time, rec.data, store)
+                    if event is not None:
+                        yield event
+        except McapTruncated as exc:
+            where = "before the first message" if last_t is None else f"after t={last_t / 1e9:.3f}"
+            self.add_damage(TRUNCATED, f"{file.name}: {exc} ({where})", None, last_t)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            try:
+                reader.close()
+            except Exception:
+                pass
+
+
+def _strip_msg(text: str) -> str:
+    """A ros2msg definition's first message without comments or blank lines."""
+    first = text.split("=" * 80)[0]
+    lines = [ln.split("#", 1)[0].strip() for ln in first.splitlines()]
+    return "\n".join(ln for ln in lines if ln)
+
+
+__all__ = ["DEFAULT_IMAGE_TOPIC", "DEFAULT_PROPOSAL_TOPIC", "BagEpisode", "resolve_topic"]
