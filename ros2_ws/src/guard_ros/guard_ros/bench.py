@@ -194,7 +194,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         def tick_camera() -> None:
             frame.header.stamp = node.get_clock().now().to_msg()
             camera.publish(frame)
-            counts['frames'] += 1
+            with lock:
+                counts['frames'] += 1
 
         def tick_proposal() -> None:
             pid = uuid.uuid4().hex
@@ -203,17 +204,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             proposals.publish(ActionProposal(
                 id=pid, name='pick', description='pick up the cup from the table'))
 
-        # Warm-up: the first frames and proposals pay for lazy imports in the node.
-        warm = node.create_timer(1.0 / args.camera_hz, tick_camera)
+        # Warm-up at full load: the first frames and proposals pay for lazy imports and
+        # allocator growth in the node, which is not what the run measures.
+        cam_timer = node.create_timer(1.0 / args.camera_hz, tick_camera)
+        prop_timer = node.create_timer(1.0 / args.proposal_hz, tick_proposal)
         time.sleep(args.warmup)
-        rss_start = _rss_mib(proc.pid)
         with lock:
             sent.clear()
             decided.clear()
-        counts['frames'] = 0
-        node.destroy_timer(warm)
-        cam_timer = node.create_timer(1.0 / args.camera_hz, tick_camera)
-        prop_timer = node.create_timer(1.0 / args.proposal_hz, tick_proposal)
+            counts['frames'] = 0
+        rss_start = _rss_mib(proc.pid)
         start = time.monotonic()
         rss_samples = []
         while (left := args.duration - (time.monotonic() - start)) > 0:
@@ -281,6 +281,9 @@ def _round(value: float | None) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its figures as JSON."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [NODE_FLAG]:
+        return _run_node(argv[1:])
     parser = argparse.ArgumentParser(prog='guard_bench', description=__doc__.split('\n\n')[0])
     parser.add_argument('--duration', type=float, default=60.0, help='seconds (default 60)')
     parser.add_argument('--camera-hz', type=float, default=30.0)
@@ -292,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--config', help='guard YAML config for a real judge')
     parser.add_argument('--model', help='override model.id')
     parser.add_argument('--backend', help='override model.backend')
-    parser.add_argument('--warmup', type=float, default=3.0, help='seconds before measuring')
+    parser.add_argument('--warmup', type=float, default=5.0, help='seconds before measuring')
     parser.add_argument('--drain', type=float, default=10.0,
                         help='seconds to wait for the last decisions')
     parser.add_argument('--startup-timeout', type=float, default=120.0)
@@ -307,6 +310,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    if sys.argv[1:2] == [NODE_FLAG]:
-        sys.exit(_run_node(sys.argv[2:]))
     sys.exit(main())
