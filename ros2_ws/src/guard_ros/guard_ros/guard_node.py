@@ -529,6 +529,8 @@ class GuardNode(LifecycleNode):
         try:
             decision = self._judge(msg, None)
             self._publish(msg, decision)
+        except Exception as exc:  # an exception in a callback would stop the executor
+            self.get_logger().error(f'publishing the decision failed: {exc!r}')
         finally:
             with self._idle:
                 self._inflight -= 1
@@ -542,7 +544,12 @@ class GuardNode(LifecycleNode):
             decision = self._judge(request.proposal, image)
             self._counts['checks'] += 1
             self._record(decision)
-            response.decision = self._decision_msg(request.proposal, decision)
+            try:
+                response.decision = self._decision_msg(request.proposal, decision)
+            except Exception as exc:  # still an answer, and a veto
+                self.get_logger().error(f'decision not convertible: {exc!r}')
+                response.decision = self._decision_msg(
+                    request.proposal, _unjudged(request.proposal.id, f'internal error: {exc!r}'))
             return response
         finally:
             with self._idle:
@@ -657,7 +664,10 @@ class GuardNode(LifecycleNode):
     def _on_cmd_vel(self, msg: Twist) -> None:
         if not self._active or self._cmd_vel_pub is None:
             return
-        reason = self._blocked_reason()
+        try:
+            reason = self._blocked_reason()
+        except Exception as exc:  # the gate fails closed, and never takes the node down
+            reason = f'gate check failed: {exc!r}'
         if reason is None:
             self._cmd_vel_pub.publish(msg)
         else:
@@ -666,7 +676,10 @@ class GuardNode(LifecycleNode):
     def _on_watchdog(self) -> None:
         if not self._active or self._cmd_vel_pub is None:
             return
-        reason = self._blocked_reason()
+        try:
+            reason = self._blocked_reason()
+        except Exception as exc:
+            reason = f'gate check failed: {exc!r}'
         if reason is not None:
             self._gate_tick(reason)
             return
@@ -679,7 +692,11 @@ class GuardNode(LifecycleNode):
         pub = self._cmd_vel_pub
         if pub is None:
             return
-        pub.publish(Twist())
+        try:
+            pub.publish(Twist())
+        except Exception as exc:  # shutting down; a timer callback must not raise
+            self.get_logger().warning(f'zero cmd_vel not sent: {exc!r}')
+            return
         with self._lock:
             self._counts['zero_cmd_vel'] += 1
             changed = reason != self._gate_reason
@@ -743,10 +760,14 @@ class GuardNode(LifecycleNode):
         pub = self._diagnostics_pub
         if pub is None:
             return
-        array = DiagnosticArray()
-        array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [self.diagnostics()]
-        pub.publish(array)
+        try:
+            array = DiagnosticArray()
+            array.header.stamp = self.get_clock().now().to_msg()
+            array.status = [self.diagnostics()]
+            pub.publish(array)
+        except Exception as exc:  # e.g. racing a cleanup; the next period reports again
+            self.get_logger().warning(
+                f'diagnostics not published: {exc!r}', throttle_duration_sec=10.0)
 
 
 def _fmt(value: Any) -> str:
