@@ -247,3 +247,22 @@ def test_launch_file_with_launch_ros() -> None:
     except LookupError:  # ament_index PackageNotFoundError: guard_ros not installed
         pytest.skip("guard_ros is not installed in an ament index (source a colcon install)")
     assert description.entities
+
+
+def test_bag_reading_from_sqlite3(tmp_path: Any) -> None:
+    pytest.importorskip("rosbags")
+    from guard_ros.bag_player import read_messages
+    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+
+    out = tmp_path / "episode_db3"
+    with Reader(DATA / "episode") as reader, \
+            Writer(out, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        connections = {
+            c.id: writer.add_connection(c.topic, c.msgtype, msgdef=c.msgdef.data,
+                                        rihs01=c.digest)
+            for c in reader.connections
+        }
+        for connection, timestamp, data in reader.messages():
+            writer.write(connections[connection.id], timestamp, data)
+    assert list(out.glob("*.db3"))
+    assert list(read_messages(out)) == list(read_messages(DATA / "episode"))
