@@ -68,10 +68,10 @@ from sensor_msgs.msg import CompressedImage, Image
 
 NODE_NAME = 'guard_node'
 
-# One thread per callback group (camera, proposals, check service, gate + timers, default for
-# lifecycle and parameter services): a model call blocks at most its own group's thread, so
-# camera frames and the cmd_vel watchdog never queue behind it.
-EXECUTOR_THREADS = 5
+# One thread per callback group (camera, proposals, check service, cmd_vel gate, diagnostics,
+# default for lifecycle and parameter services): a model call blocks at most its own group's
+# thread, so camera frames and the cmd_vel watchdog never queue behind it.
+EXECUTOR_THREADS = 6
 
 # Proposals wait in the reader's queue while an earlier one is judged (one at a time, in
 # order). Deep enough that a planner's burst is not dropped; overridable like every topic QoS.
@@ -268,6 +268,9 @@ class GuardNode(LifecycleNode):
 
         self._lock = threading.Lock()
         self._frames_lock = threading.Lock()
+        # Held while a verdict is recorded and while a command is let through: once a veto is
+        # recorded, no command judged open before it can still go out after its zero.
+        self._gate_lock = threading.Lock()
         self._guard: Guard | None = None
         self._config_mode = 'enforce'
         self._max_frames = 1
@@ -293,6 +296,7 @@ class GuardNode(LifecycleNode):
         # The gate's input and its watchdog share a group so a pass-through and a zero never
         # race each other out of order.
         self._gate_group = MutuallyExclusiveCallbackGroup()
+        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
 
         self._decision_pub = None
         self._approved_pub = None
@@ -376,7 +380,7 @@ class GuardNode(LifecycleNode):
             DiagnosticArray, '/diagnostics', CONTROL_QOS)
         self._diagnostics_timer = self.create_timer(
             params['diagnostics_period_s'], self._on_diagnostics,
-            callback_group=self._gate_group)
+            callback_group=self._diagnostics_group)
         with self._lock:
             self._guard = guard
         self.get_logger().info(
@@ -607,8 +611,10 @@ class GuardNode(LifecycleNode):
             decision = _unjudged(msg.id, f'internal error: {exc!r}')
             out = self._decision_msg(msg, decision)
         self._record(decision)
-        with self._lock:
+        with self._gate_lock:
             self._last_verdict = decision.verdict
+            if decision.blocks and self._gate_enabled:
+                self._gate_tick('latest decision is a veto')
         if self._decision_pub is not None:
             self._decision_pub.publish(out)
         # Shadow mode relays everything (nothing is blocked); enforce relays allow/annotate.
@@ -618,8 +624,6 @@ class GuardNode(LifecycleNode):
             self.get_logger().info(
                 f'veto {msg.id!r} ({decision.status.value}, {decision.mode}): '
                 f'{decision.rationale[:200]}')
-        if decision.blocks and self._gate_enabled:
-            self._gate_tick('latest decision is a veto')
 
     def _record(self, decision: Decision) -> None:
         with self._lock:
@@ -664,14 +668,18 @@ class GuardNode(LifecycleNode):
     def _on_cmd_vel(self, msg: Twist) -> None:
         if not self._active or self._cmd_vel_pub is None:
             return
-        try:
-            reason = self._blocked_reason()
-        except Exception as exc:  # the gate fails closed, and never takes the node down
-            reason = f'gate check failed: {exc!r}'
-        if reason is None:
-            self._cmd_vel_pub.publish(msg)
-        else:
-            self._gate_tick(reason)
+        with self._gate_lock:
+            try:
+                reason = self._blocked_reason()
+            except Exception as exc:  # the gate fails closed, and never takes the node down
+                reason = f'gate check failed: {exc!r}'
+            if reason is None:
+                try:
+                    self._cmd_vel_pub.publish(msg)
+                except Exception as exc:  # shutting down
+                    self.get_logger().warning(f'cmd_vel not relayed: {exc!r}')
+            else:
+                self._gate_tick(reason)
 
     def _on_watchdog(self) -> None:
         if not self._active or self._cmd_vel_pub is None:
