@@ -241,7 +241,7 @@ def _image_is_empty(image: Image) -> bool:
     return image.width == 0 and image.height == 0 and len(image.data) == 0
 
 
-class GuardNode(LifecycleNode):
+class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type information
     """The guard as a managed node: allocate on configure, serve when active.
 
     Unconfigured: parameters only. Configure: validates the parameters, builds the `Guard`
@@ -487,7 +487,7 @@ class GuardNode(LifecycleNode):
 
     def _now(self) -> float:
         # The node clock: wall time, or the simulation / bag clock with use_sim_time.
-        return self.get_clock().now().nanoseconds * 1e-9
+        return float(self.get_clock().now().nanoseconds) * 1e-9
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         # Only stores: conversion happens when a check needs the frame, never here.
