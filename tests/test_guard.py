@@ -143,7 +143,7 @@ def test_rules_decide_before_the_model(config, frame):
     # An allow rule decides without a frame or the model.
     d = g.check(None, ActionProposal(name="get_battery"))
     assert (d.verdict, d.status, d.model) == (Verdict.ALLOW, Status.OK, "rules")
-    assert backend.requests == []
+    assert len(backend.requests) == 0
     # An annotate rule asks the model and lifts its allow.
     d = g.check(frame, STOVE)
     assert (d.verdict, d.model, d.rules) == (Verdict.ANNOTATE, "scripted", ["heat"])

@@ -249,7 +249,7 @@ def test_arguments_that_do_not_bind_raise_typeerror_without_judging(guard, camer
 
     with pytest.raises(TypeError):
         move(1, 2)  # type: ignore[call-arg]
-    assert guard.backend.requests == []  # type: ignore[attr-defined]
+    assert len(guard.backend.requests) == 0  # type: ignore[attr-defined]
 
 
 # -- the decorator, async -------------------------------------------------------------------------

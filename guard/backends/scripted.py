@@ -9,6 +9,7 @@ raises BackendError, or hangs forever with the special value "hang".
 from __future__ import annotations
 
 import itertools
+from collections import deque
 import threading
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,9 @@ class ScriptedBackend:
         self._cycle = itertools.cycle(self.options.responses or [ScriptedStep(text="")])
         self._lock = threading.Lock()
         self._release = threading.Event()
-        self.requests: list[JudgeRequest] = []
+        # The latest requests, for tests to inspect; bounded so a long-running node on the
+        # scripted judge does not grow without limit.
+        self.requests: deque[JudgeRequest] = deque(maxlen=1024)
 
     @classmethod
     def from_config(cls, config: GuardConfig) -> ScriptedBackend:
