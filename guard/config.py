@@ -62,6 +62,9 @@ class ModelConfig(_Strict):
     attn_implementation: str | None = None
     max_new_tokens: int = Field(default=128, ge=1, le=8192)
     use_processor: Literal["auto", "always", "never"] = "auto"
+    rationale: Literal["sync", "async", "off"] = "sync"
+    prefix_cache: bool = True
+    frame_cache: int = Field(default=4, ge=0, le=256)
     openai: OpenAIOptions = Field(default_factory=OpenAIOptions)
     scripted: ScriptedOptions = Field(default_factory=ScriptedOptions)
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from PIL import Image
+
+RationaleMode = Literal["sync", "async", "off"]
+"""When the explanation after the verdict is generated: before the call returns (sync), after
+it on a background thread (async), or not at all (off)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,9 @@ class JudgeRequest:
     # The answer's first word, one per verdict, so a backend can score them from the first
     # decoding step (risk from the verdict tokens' probabilities).
     verdict_words: tuple[str, ...] = ("ALLOW", "ANNOTATE", "VETO")
+    # Verdict-first backends may return after the verdict (see RationaleMode); the others
+    # always answer in full, as in "sync".
+    rationale: RationaleMode = "sync"
 
     def remaining_s(self) -> float | None:
         if self.deadline is None:
@@ -66,6 +74,9 @@ class JudgeOutput:
     verdict_probs: dict[str, float] | None = None
     n_tokens: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # With rationale="async": resolves to the full answer text (what `text` holds in sync mode)
+    # once it is generated; `text` is then the verdict word alone. None otherwise.
+    rationale: cf.Future[str] | None = None
 
 
 @runtime_checkable

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -221,6 +221,7 @@ def build_inputs(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     chat_template: str | None = None,
+    pixels: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Model inputs for one conversation, without the stock processor (no torchvision needed).
 
@@ -237,6 +238,9 @@ def build_inputs(
         min_pixels: Lower bound on each resized image's area.
         max_pixels: Upper bound on each resized image's area.
         chat_template: Overrides the tokenizer's chat template.
+        pixels: The image processor's ``pixel_values`` and ``image_grid_thw`` for `images`,
+            computed beforehand (e.g. kept for a frame judged several times); `images` are
+            then not processed again.
 
     Returns:
         ``input_ids``, ``attention_mask``, ``mm_token_type_ids`` (each ``(1, L)``), plus
@@ -255,11 +259,12 @@ def build_inputs(
 
     out: dict[str, torch.Tensor] = {}
     if images:
-        pixels = image_processor(
-            images=list(images),
-            return_tensors="pt",
-            **image_size_kwargs(image_processor, min_pixels, max_pixels),
-        )
+        if pixels is None:
+            pixels = image_processor(
+                images=list(images),
+                return_tensors="pt",
+                **image_size_kwargs(image_processor, min_pixels, max_pixels),
+            )
         out["pixel_values"] = pixels["pixel_values"]
         out["image_grid_thw"] = pixels["image_grid_thw"]
         # Expanding ids rather than text skips tokenizing thousands of placeholder tokens.
@@ -462,13 +467,45 @@ class QwenInputBuilder:
             chat_template=chat_template,
         )
 
+    def encode_images(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        """The image processor's ``pixel_values`` and ``image_grid_thw`` for `images`, as
+        `from_messages` computes them (pass them back as its `pixels`)."""
+        out: dict[str, torch.Tensor] = self.image_processor(
+            images=list(images),
+            return_tensors="pt",
+            **image_size_kwargs(self.image_processor, self.min_pixels, self.max_pixels),
+        )
+        return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+
     def from_messages(
         self,
         messages: list[dict[str, Any]],
         images: Sequence[Image.Image] = (),
         completion: str | None = None,
+        *,
+        pixels: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Inputs for chat `messages` whose ``{"type": "image"}`` entries match `images`."""
+        """Inputs for chat `messages` whose ``{"type": "image"}`` entries match `images`.
+
+        `pixels` (from `encode_images`) skips processing the images again.
+        """
+        if pixels is not None and images:
+            # The placeholders are expanded by id, as the manual route does; the stock
+            # processor's route gives the same tensors (held by the tests).
+            template = self.chat_template
+            if self.processor is not None:
+                template = getattr(self.processor, "chat_template", None)
+            return build_inputs(
+                self.tokenizer,
+                self.image_processor,
+                messages,
+                images,
+                image_token_id=self.image_token_id,
+                video_token_id=self.video_token_id,
+                completion=completion,
+                chat_template=template,
+                pixels=pixels,
+            )
         if self.processor is not None:
             return _processor_inputs(
                 self.processor,

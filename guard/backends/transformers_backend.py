@@ -1,10 +1,12 @@
 """The in-process judge: a Qwen-VL model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) run by transformers.
 
 Loads a hub id or a local folder (``AutoConfig`` tells the architecture), optionally with a
-PEFT adapter and bitsandbytes 8-bit / 4-bit weights, and answers with greedy decoding. The
-probability of each verdict word is read off the first decoding step, and a stopping criterion
-ends generation as soon as the request's deadline passes, so a call the guard has already
-given up on stops using the GPU.
+PEFT adapter and bitsandbytes 8-bit / 4-bit weights, and answers with greedy decoding through
+`guard.backends.engine`: the verdict and the probability of each verdict word come from the
+prefill's logits (``rationale: sync | async | off`` decides what happens to the rest of the
+answer), the system prompt's and each frame's keys and values are cached, several requests can
+run as one batch (`judge_batch`), and decoding stops as soon as the request's deadline passes,
+so a call the guard has already given up on stops using the GPU.
 
     from guard.config import GuardConfig
     cfg = GuardConfig().with_overrides(**{"model.id": "Qwen/Qwen2.5-VL-7B-Instruct",
@@ -17,14 +19,18 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import threading
 import time
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from guard._deps import require
 from guard.backends.base import JudgeOutput, JudgeRequest
+from guard.backends.engine import VerdictFirstEngine, verdict_first_tokens
 from guard.backends.qwen_inputs import QwenInputBuilder, UseProcessor
 from guard.errors import BackendError, BackendTimeout, ConfigError
 
@@ -132,28 +138,106 @@ def _make_deadline_criteria(deadline: float | None) -> Any:
     return _deadline_criteria_class()(deadline)
 
 
-class _FirstStepLogits:
-    """Forward hook on the LM head that keeps the logits of the first generated position.
+@dataclass
+class _ImageFeatures:
+    """The vision encoder's output for one image: the merged tokens and, for Qwen3-VL, the
+    deepstack features fed to the first decoder layers."""
 
-    Read from the head itself rather than from ``generate(output_scores=True)``: scores pass
-    through logits processors (a repetition penalty would lower verdict words that appear in
-    the prompt), and ``output_logits=True`` keeps a vocabulary-sized row per generated token
-    (about 80 MB for 128 tokens at Qwen's 152 k vocabulary).
+    embeds: Any
+    deepstack: list[Any]
+
+
+class TorchRunner:
+    """`guard.backends.engine.Runner` over a transformers Qwen-VL model.
+
+    Position ids are always passed, so the model's own ``rope_deltas`` state is never read or
+    written (a bare ``generate`` on the same model is unaffected).
     """
 
-    def __init__(self) -> None:
-        self.logits: torch.Tensor | None = None
+    def __init__(self, model: Any, device: torch.device, dtype: torch.dtype) -> None:
+        import torch
 
-    def __call__(self, module: Any, args: Any, output: Any) -> None:
-        if self.logits is None:
-            self.logits = output[0, -1, :].detach().float()
+        self.torch = torch
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        # The model's own vision output class, rebuilt around cached features in `forward`
+        # (the model reads its fields and converts it like any model output).
+        self._vision_output_cls: Any = None
+
+    def encode_images(
+        self, pixels: Sequence[np.ndarray], grids: Sequence[np.ndarray]
+    ) -> list[_ImageFeatures]:
+        torch = self.torch
+        pv = torch.from_numpy(np.concatenate(pixels)).to(self.device, self.dtype)
+        grid = torch.from_numpy(np.stack(grids).astype(np.int64)).to(self.device)
+        with torch.inference_mode():
+            out = self.model.get_image_features(pv, grid, return_dict=True)
+        self._vision_output_cls = type(out)
+        pooled = list(out.pooler_output)
+        layers = list(getattr(out, "deepstack_features", None) or [])
+        return [
+            _ImageFeatures(pooled[i], [layer[i] for layer in layers]) for i in range(len(pooled))
+        ]
+
+    def forward(
+        self,
+        ids: np.ndarray,
+        positions: np.ndarray,
+        mask: np.ndarray | None,
+        past: Any,
+        images: Sequence[_ImageFeatures],
+    ) -> tuple[np.ndarray, Any]:
+        torch = self.torch
+        from transformers import DynamicCache
+
+        if past is None:
+            past = DynamicCache(config=self.model.config)
+        kwargs: dict[str, Any] = {}
+        if images:
+            n_layers = len(images[0].deepstack)
+            fields: dict[str, Any] = {"pooler_output": tuple(f.embeds for f in images)}
+            if n_layers:
+                fields["deepstack_features"] = [
+                    tuple(f.deepstack[i] for f in images) for i in range(n_layers)
+                ]
+            kwargs["mm_encoder_outputs"] = {"image": self._vision_output_cls(**fields)}
+        if mask is not None:
+            kwargs["attention_mask"] = torch.from_numpy(mask).to(self.device)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=torch.from_numpy(np.ascontiguousarray(ids)).to(self.device),
+                position_ids=torch.from_numpy(np.ascontiguousarray(positions)).to(self.device),
+                cache=past,
+                use_cache=True,
+                logits_to_keep=1,
+                **kwargs,
+            )
+        logits = out.logits[:, -1, :].float().cpu().numpy()
+        return logits, out.cache
+
+    def snapshot(self, past: Any, length: int) -> list[tuple[Any, Any]]:
+        # Views, not copies: a DynamicCache grows by concatenation into new tensors, so later
+        # forwards never write into what is kept here.
+        return [(kv.keys[:1, :, :length], kv.values[:1, :, :length]) for kv in past.layers]
+
+    def restore(self, stored: list[tuple[Any, Any]], batch: int) -> Any:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for layer, (k, v) in zip(cache.layers, stored, strict=True):
+            layer.lazy_initialization(k, v)
+            if batch > 1:
+                k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
+            layer.keys, layer.values = k, v
+        return cache
 
 
 class TransformersBackend:
     """A Qwen-VL judge run in-process with transformers.
 
-    Calls are serialised (one generation at a time on the model); a call whose deadline passes
-    while it waits does no work.
+    Calls are serialised (one forward at a time on the model, a check before any background
+    rationale decoding); a call whose deadline passes while it waits does no work.
     """
 
     name = "transformers"
@@ -171,6 +255,8 @@ class TransformersBackend:
         use_processor: UseProcessor = "auto",
         min_pixels: int | None = None,
         max_pixels: int | None = None,
+        prefix_cache: bool = True,
+        frame_cache: int = 4,
     ) -> None:
         """Load the model, tokenizer and image processor.
 
@@ -189,6 +275,9 @@ class TransformersBackend:
                 (see ``guard.backends.qwen_inputs``).
             min_pixels: Lower bound on each resized image's area.
             max_pixels: Upper bound on each resized image's area.
+            prefix_cache: Reuse the keys and values of the fixed system prompt.
+            frame_cache: Frames whose preprocessing, vision features and prompt prefix through
+                the image are kept for the next proposal on the same frame (0: off).
 
         Raises:
             BackendError: The model, adapter or preprocessing could not be loaded.
@@ -200,7 +289,6 @@ class TransformersBackend:
         self._model_id = model_id
         self._adapter = adapter
         self._max_new_tokens = max_new_tokens
-        self._lock = threading.Lock()
         self._verdict_ids: dict[tuple[str, ...], dict[str, int] | None] = {}
 
         path = _resolve_local(model_id, "model")
@@ -247,6 +335,20 @@ class TransformersBackend:
         )
         self.tokenizer = self.inputs.tokenizer
         self._generation_config = self._greedy_config(model.generation_config)
+        eos = self._generation_config.eos_token_id
+        self.runner = TorchRunner(model, self.device, self.dtype)
+        self.engine = VerdictFirstEngine(
+            self.runner,
+            self.inputs,
+            eos_token_ids=[eos] if isinstance(eos, int) else list(eos or []),
+            pad_token_id=self._generation_config.pad_token_id,
+            spatial_merge_size=config.vision_config.spatial_merge_size,
+            verdict_token_ids=self.verdict_token_ids,
+            prefix_cache=prefix_cache,
+            frame_cache=frame_cache,
+            # Looked up at each call, so a patched module clock (tests) is the one used.
+            clock=lambda: _clock(),
+        )
         log.info(
             "loaded %s (%s, %s on %s, quantization %s, inputs via %s)",
             self.model_id,
@@ -280,6 +382,8 @@ class TransformersBackend:
             use_processor=m.use_processor,
             min_pixels=config.image.min_pixels,
             max_pixels=config.image.max_pixels,
+            prefix_cache=m.prefix_cache,
+            frame_cache=m.frame_cache,
         )
 
     # -- loading ---------------------------------------------------------------------------
@@ -371,68 +475,48 @@ class TransformersBackend:
         return f"{self._model_id}+{self._adapter}" if self._adapter else self._model_id
 
     def judge(self, request: JudgeRequest) -> JudgeOutput:
-        """Answer one request with greedy decoding.
+        """Answer one request with greedy decoding, verdict first.
+
+        ``request.rationale`` "sync" returns the whole answer; "off" only the verdict word;
+        "async" the verdict word with `JudgeOutput.rationale`, a future of the whole answer.
+        When the model's greedy first token is no verdict word, every mode returns the whole
+        answer (the strict parser then decides).
 
         Raises:
             BackendTimeout: The deadline passed before or during generation.
             BackendError: Preprocessing or generation failed, or the backend is closed.
         """
-        torch = self._torch
-        timings: dict[str, float] = {}
-        t_start = time.perf_counter()
         self._check_deadline(request, "before the call started")
-        max_new = min(request.max_new_tokens, self._max_new_tokens)
-        criteria = _make_deadline_criteria(request.deadline)
-        capture = _FirstStepLogits()
-        # Preprocessing is serialised too: a fast tokenizer shared between threads can fail
-        # with "Already borrowed", and it costs milliseconds next to generation.
-        with self._lock:
-            t_locked = time.perf_counter()
-            timings["queue"] = (t_locked - t_start) * 1000.0
-            if self.model is None:
-                raise BackendError("the transformers backend is closed")
-            self._check_deadline(request, "while queued")
-            try:
-                with torch.inference_mode():
-                    inputs = self._to_device(self.inputs(request.prompt))
-            except Exception as exc:
-                raise BackendError(f"preprocessing failed: {_first_line(exc)}") from exc
-            t_gen = time.perf_counter()
-            timings["preprocess"] = (t_gen - t_locked) * 1000.0
+        if self.model is None:
+            raise BackendError("the transformers backend is closed")
+        out = self.engine.judge(request, self._max_new_tokens)
+        _add_generate_timing(out.timings_ms)
+        return out
 
-            hook = self.model.get_output_embeddings().register_forward_hook(capture)
-            try:
-                with torch.inference_mode():
-                    sequences = self.model.generate(
-                        **inputs,
-                        generation_config=self._generation_config_for(max_new),
-                        stopping_criteria=[criteria],
-                    )
-            except Exception as exc:
-                raise BackendError(f"generation failed: {_first_line(exc)}") from exc
-            finally:
-                hook.remove()
-            timings["generate"] = (time.perf_counter() - t_gen) * 1000.0
+    def judge_batch(self, requests: Sequence[JudgeRequest]) -> list[JudgeOutput]:
+        """Answer several requests in one batch (replay, benchmarks): the same answers as one
+        by one, in one forward per step. A request with ``rationale="off"`` gets its verdict
+        only; the others (async included) their whole answer.
 
-        generated = sequences[0, inputs["input_ids"].shape[1] :]
-        n_tokens = int(generated.shape[0])
-        if criteria.fired:
-            # A truncated answer must not be parsed as a verdict: fail the call instead.
-            raise BackendTimeout(
-                f"deadline passed during generation, stopped after {n_tokens} of at most "
-                f"{max_new} tokens"
-            )
-        t_decode = time.perf_counter()
-        text = self.tokenizer.decode(generated, skip_special_tokens=True)
-        probs = self._verdict_probs(capture.logits, request.verdict_words)
-        timings["decode"] = (time.perf_counter() - t_decode) * 1000.0
-        timings["total"] = (time.perf_counter() - t_start) * 1000.0
-        return JudgeOutput(text=text, verdict_probs=probs, n_tokens=n_tokens, timings_ms=timings)
+        Raises:
+            BackendTimeout: The earliest deadline of the batch passed.
+            BackendError: Preprocessing or generation failed, or the backend is closed.
+        """
+        for r in requests:
+            self._check_deadline(r, "before the call started")
+        if self.model is None:
+            raise BackendError("the transformers backend is closed")
+        outs = self.engine.judge_batch(requests, self._max_new_tokens)
+        for o in outs:
+            _add_generate_timing(o.timings_ms)
+        return outs
 
     def close(self) -> None:
-        """Drop the model and free accelerator memory."""
-        with self._lock:
+        """Stop background rationales, drop the model and free accelerator memory."""
+        self.engine.close()
+        with self.engine.lock.critical():
             self.model = None
+            self.runner.model = None
             if self._torch.cuda.is_available():
                 self._torch.cuda.empty_cache()
 
@@ -456,25 +540,10 @@ class TransformersBackend:
         tokenized on its own (no leading space), as it appears there.
         """
         if words not in self._verdict_ids:
-            firsts: dict[str, int] = {}
-            for w in words:
-                toks = self.tokenizer(w, add_special_tokens=False)["input_ids"]
-                if toks:
-                    firsts[w] = int(toks[0])
-            distinct = len(firsts) == len(words) == len(set(firsts.values()))
-            if not distinct:
-                log.warning("verdict words %s share a first token; no verdict_probs", words)
-            self._verdict_ids[words] = firsts if distinct else None
+            self._verdict_ids[words] = verdict_first_tokens(self.tokenizer, words)
         return self._verdict_ids[words]
 
-    def _verdict_probs(
-        self, logits: torch.Tensor | None, words: tuple[str, ...]
-    ) -> dict[str, float] | None:
-        ids = self.verdict_token_ids(words)
-        if logits is None or ids is None or not ids:
-            return None
-        # A softmax over the verdict tokens' logits equals their vocabulary probabilities
-        # renormalised among themselves, without underflow when all are unlikely.
-        sel = logits[list(ids.values())]
-        probs = self._torch.softmax(sel, dim=-1).tolist()
-        return dict(zip(ids, probs, strict=True))
+
+def _add_generate_timing(timings: dict[str, float]) -> None:
+    """`generate`: model time (vision, prefill, decoding), as the key earlier versions gave."""
+    timings["generate"] = sum(timings.get(k, 0.0) for k in ("vision", "prefill", "decode"))
