@@ -7,6 +7,11 @@
 A check that could not run (deadline passed, backend error, unparseable answer, stale or
 missing frame, invalid input) is a veto unless the policy says `on_failure: allow`. Every
 decision, whatever its status, goes to the audit log before it is returned.
+
+With ``model.rationale: async`` a verdict-first backend answers with the verdict alone and
+finishes the rest of the answer in the background; when it is done the guard audits it as a
+"rationale" record that names the decision, and hands the completed decision (hazards and
+rationale filled in, verdict unchanged) to the callbacks registered with `Guard.on_rationale`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import concurrent.futures as cf
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -33,8 +39,18 @@ from guard.types import ActionProposal, Decision, Frame, Status, Verdict
 log = logging.getLogger("guard")
 
 FramesArg = Frame | Sequence[Frame] | None
+RationaleCallback = Callable[[Decision], None]
 
 _MAX_AUDIT_ANSWER_CHARS = 4096
+
+
+@dataclass
+class _PendingRationale:
+    """An answer still being generated after its decision was made (rationale: async)."""
+
+    future: cf.Future[str]
+    verdict_probs: dict[str, float] | None
+    rules: RuleOutcome
 
 
 class Guard:
@@ -64,6 +80,7 @@ class Guard:
             max_workers=self.config.policy.max_inflight, thread_name_prefix="guard-judge"
         )
         self._lock = threading.Lock()
+        self._rationale_callbacks: list[RationaleCallback] = []
         self.stats = {"checks": 0, "vetoes": 0, "timeouts": 0, "errors": 0, "abandoned": 0}
         self.audit = audit if audit is not None else AuditLog(
             self.config.audit.path, fsync=self.config.audit.fsync
@@ -133,6 +150,15 @@ class Guard:
         decision = self._failed(status, reason, RuleOutcome())
         decision.frame_stamp = frame_stamp
         return self._finish(decision, proposal, [], {})
+
+    def on_rationale(self, callback: RationaleCallback) -> None:
+        """Call `callback` with the completed decision whenever an async rationale finishes.
+
+        The decision keeps its id, verdict, risk and status; its hazards and rationale are
+        filled in from the whole answer. Callbacks run on the backend's background thread and
+        must not block; an exception in one is logged and ignored.
+        """
+        self._rationale_callbacks.append(callback)
 
     async def acheck(
         self, frames: FramesArg, proposal: ActionProposal, *, now: float | None = None
@@ -214,6 +240,7 @@ class Guard:
             prompt=self._template.render(action, images),
             max_new_tokens=self.config.model.max_new_tokens,
             deadline=deadline,
+            rationale=self.config.model.rationale,
         )
         if self.config.audit.include_prompt:
             record["prompt"] = {"system": request.prompt.system, "user": request.prompt.user}
@@ -237,6 +264,8 @@ class Guard:
             return self._failed(Status.ERROR, f"unparseable answer: {exc}", rules)
         verdict, risk = decide(answer, output.verdict_probs, rules, policy)
         rationale = " ".join(s for s in (answer.consequence, answer.rationale) if s)
+        if output.rationale is not None:
+            record["_rationale"] = _PendingRationale(output.rationale, output.verdict_probs, rules)
         return Decision(
             verdict=verdict,
             status=Status.OK,
@@ -302,6 +331,7 @@ class Guard:
         record: dict[str, Any],
     ) -> Decision:
         decision.proposal_id = getattr(proposal, "id", "") or ""
+        pending: _PendingRationale | None = record.pop("_rationale", None)
         with self._lock:
             self.stats["checks"] += 1
             self.stats["vetoes"] += decision.verdict is Verdict.VETO
@@ -325,7 +355,60 @@ class Guard:
                 decision.verdict, decision.status = Verdict.VETO, Status.ERROR
                 decision.error = f"audit write failed: {exc}"
         log.debug("decision %s", decision.model_dump_json())
+        if pending is not None:
+            # Attached after the decision's own record, so the rationale record follows it.
+            snapshot = decision.model_copy(deep=True)
+            pending.future.add_done_callback(
+                lambda f: self._rationale_done(snapshot, pending, f)
+            )
         return decision
+
+    def _rationale_done(
+        self, decision: Decision, pending: _PendingRationale, future: cf.Future[str]
+    ) -> None:
+        """Audit a finished (or failed) async rationale and hand the completed decision on."""
+        payload: dict[str, Any] = {
+            "decision_id": decision.id,
+            "proposal_id": decision.proposal_id,
+        }
+        completed = decision.model_copy(deep=True)
+        try:
+            text: str | None = future.result()
+        except BaseException as exc:  # cancelled at close, or the backend failed
+            text = None
+            payload["error"] = f"rationale not generated: {exc!r}"
+        if text is not None:
+            payload["answer"] = text[:_MAX_AUDIT_ANSWER_CHARS]
+            try:
+                answer = parse_answer(text)
+            except ParseError as exc:
+                payload["error"] = f"unparseable answer: {exc}"
+            else:
+                completed.hazards = answer.hazards
+                completed.rationale = " ".join(
+                    s for s in (answer.consequence, answer.rationale) if s
+                )
+                # What deciding on the whole answer would have given: an audit can find the
+                # checks where the verdict alone decided differently.
+                full_verdict, full_risk = decide(
+                    answer, pending.verdict_probs, pending.rules, self.config.policy
+                )
+                payload.update(
+                    rationale=completed.rationale,
+                    hazards=[h.model_dump(mode="json") for h in answer.hazards],
+                    answer_verdict=full_verdict.value,
+                    answer_risk=full_risk,
+                    agrees=full_verdict is decision.verdict,
+                )
+        try:
+            self.audit.append("rationale", payload)
+        except Exception as exc:  # the decision itself is already audited
+            log.error("audit write of a rationale failed: %s", exc)
+        for callback in list(self._rationale_callbacks):
+            try:
+                callback(completed)
+            except Exception:
+                log.exception("rationale callback failed")
 
 
 def _as_frames(frames: FramesArg) -> list[Frame]:
