@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 # name -> "module:Class"; the class has `from_config(config: GuardConfig) -> Backend`.
 _REGISTRY: dict[str, str] = {
     "transformers": "guard.backends.transformers_backend:TransformersBackend",
+    "onnx": "guard.backends.onnx_backend:OnnxBackend",
     "openai": "guard.backends.openai_backend:OpenAIBackend",
     "scripted": "guard.backends.scripted:ScriptedBackend",
 }

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": ("guard.cli.tiny_model", "write a tiny random-weight Qwen-VL model (offline)"),
     "audit": ("guard.cli.audit", "inspect audit logs (verify the hash chain)"),
     "world": ("guard.cli.world", "generate items of the synthetic consequence world"),
+    "export": ("guard.cli.export", "export a judge model for another runtime (onnx)"),
     "bench": ("guard.cli.bench", "run a safety benchmark suite through the guard and score it"),
 }
 
