@@ -16,6 +16,8 @@ STRICT = [
     "guard/prompting", "guard/backends/__init__.py", "guard/backends/base.py",
     "guard/backends/scripted.py", "guard/backends/openai_backend.py",
     "guard/backends/transformers_backend.py", "guard/backends/qwen_inputs.py", "guard/tiny.py",
+    "guard/backends/engine.py", "guard/backends/mrope.py", "guard/backends/onnx_backend.py",
+    "guard/backends/onnx_export.py", "guard/bench/latency.py", "guard/bench/verdict_rig.py",
     "guard/cli",
     "guard/bench/overhead.py", "guard/bench/items.py", "guard/bench/judges.py",
     "guard/bench/metrics.py", "guard/bench/oracle.py", "guard/bench/report.py",
