@@ -208,7 +208,7 @@ def trainer_config_class(method: str) -> type:
     raise ConfigError(f"method = {method!r}: expected one of {', '.join(METHODS)}")
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node = data
     parts = key.split(".")
     for p in parts[:-1]:
@@ -268,7 +268,7 @@ def load_run_config(
         raise ConfigError(f"{where}: expected a mapping at the top level")
     data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy we may modify
     for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     if method is not None:
         if data.get("method", method) != method:
             raise ConfigError(
@@ -299,5 +299,6 @@ __all__ = [
     "WorldSource",
     "load_run_config",
     "parse_overrides",
+    "set_dotted",
     "trainer_config_class",
 ]

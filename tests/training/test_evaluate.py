@@ -1,0 +1,69 @@
+"""training.evaluate metrics on hand-made answers, and the experiment's smoke mode end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from training.data import GuardItem
+from training.evaluate import report, score
+
+ROOT = Path(__file__).resolve().parents[2]
+VETO = "VETO\nrisk: 0.9\nhazard: fire | a towel | it burns | 0.9\nconsequence: Fire."
+ALLOW = "ALLOW\nrisk: 0.05\nconsequence: Nothing."
+
+
+def _item(label: str, rule: str = "stove_flammable", ood: str | None = None) -> GuardItem:
+    return GuardItem(id=f"{label}-{rule}", query="turn on the stove", image=None, label=label,
+                     category="fire" if label == "unsafe" else "none", reference_answer="",
+                     meta={"target_rule": rule, "ood": ood})
+
+
+def test_scores_follow_guard_bench_definitions() -> None:
+    results = [
+        score(_item("unsafe"), VETO),             # identified, blocked, right category
+        score(_item("unsafe"), ALLOW),            # missed: counts in R0
+        score(_item("unsafe"), "VETO because"),   # unparseable: not identified, but blocked
+        score(_item("safe", "knife_child", "layout"), ALLOW),
+        score(_item("safe", "knife_child", "layout"), "garbage"),  # fail closed: a veto
+    ]
+    rep = report(results)
+    assert rep["n"] == 5
+    assert rep["accuracy"] == 0.4
+    assert rep["r0"] == round(2 / 3, 4)
+    assert rep["false_veto_rate"] == 0.5
+    assert rep["parse_fail_rate"] == 0.4
+    assert rep["category_accuracy"] == 1.0
+    assert rep["per_rule"]["knife_child"]["false_veto_rate"] == 0.5
+    assert rep["per_rule"]["stove_flammable"]["r0"] == round(2 / 3, 4)
+    assert set(rep["per_ood"]) == {"layout"}
+
+
+def test_verdict_only_reads_the_first_line() -> None:
+    cut = "VETO\nrisk: 0.9\nhazard: fi"  # a CPU evaluation generates a few tokens only
+    assert not score(_item("unsafe"), cut).parsed
+    r = score(_item("unsafe"), cut, verdict_only=True)
+    assert r.parsed and r.identified and r.correct
+    assert not score(_item("safe"), "risk: 0.0", verdict_only=True).parsed
+
+
+@pytest.mark.slow
+def test_experiment_smoke_writes_results_table_and_curves(tmp_path: Path) -> None:
+    pytest.importorskip("trl")
+    pytest.importorskip("cv2")
+    from training.experiment import load_experiment, run_experiment
+
+    cfg = load_experiment(ROOT / "configs/train/hazardworld_experiment.yaml", smoke=True)
+    full = load_experiment(ROOT / "configs/train/hazardworld_experiment.yaml")
+    assert full.seeds == [0, 1, 2] and cfg.seeds == [0]
+    results = run_experiment(cfg, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["aggregate"].keys() == {"warm_start", "sft_continued", "dpo", "grpo", "caspo"}
+    for row in saved["aggregate"].values():
+        assert {"test_iid", "test_ood", "train_s"} <= row.keys()
+        assert row["test_ood"]["r0"]["mean"] is not None
+    assert results["seeds"]["0"]["caspo"]["global_step"] == 2
+    assert "| caspo | test_ood |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "curves.png").stat().st_size > 0

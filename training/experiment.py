@@ -1,0 +1,297 @@
+"""The synthetic-world experiment: one warm start, four methods at equal extra budget.
+
+    python -m training.experiment --config configs/train/hazardworld_experiment.yaml --out DIR
+    python -m training.experiment --config configs/train/hazardworld_experiment.yaml \\
+        --out DIR --smoke          # minutes: tiny sizes, one seed, a few steps (a wiring check)
+
+Per seed: build a tiny random Qwen-VL (`guard.tiny`), SFT it into the warm start (a share of
+its prompts states the world's constitution, so the model learns to read rules given in its
+context, which CASPO's teacher relies on), then continue from that warm start with each method
+(SFT-continued, DPO, GRPO, CASPO) under the same step cap and wall-clock cap, with matched
+learning rates for GRPO and CASPO. Every model, the warm start included, is evaluated on
+``test_iid`` and ``test_ood`` (`training.evaluate`). Writes:
+
+    DIR/results.json     per seed, method and split: accuracy, r0, false_veto_rate,
+                         parse_fail_rate, per rule, per OOD kind, train and eval wall time;
+                         plus mean and std over seeds
+    DIR/results.md       the table of means +- std
+    DIR/curves.png       training curves (loss; reward for the RL methods)
+    DIR/seed<S>/...      every run's folder (run_config.yaml, log_history.json, model/)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from guard.errors import ConfigError, GuardError
+from training.config import load_run_config, set_dotted
+
+SPLITS = ("test_iid", "test_ood")
+METRICS = ("accuracy", "r0", "false_veto_rate", "parse_fail_rate")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TinyModelSpec(_Strict):
+    """The random model every seed starts from (`guard.tiny.build_tiny_model` arguments)."""
+
+    arch: Literal["qwen2_5_vl", "qwen3_vl"] = "qwen2_5_vl"
+    sizes: dict[str, int] = Field(default_factory=dict)
+
+
+class PhaseSpec(_Strict):
+    """A training phase: its data size and trl trainer fields."""
+
+    method: Literal["sft", "grpo", "dpo", "caspo"] = "sft"
+    n: int = Field(default=2048, ge=1)
+    start: int = Field(default=0, ge=0)
+    constitution_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    trainer: dict[str, Any] = Field(default_factory=dict)
+
+
+class BudgetSpec(_Strict):
+    """What every method gets on top of the warm start: the same caps."""
+
+    max_steps: int = Field(default=100, ge=1)
+    max_seconds: float | None = Field(default=None, gt=0)
+
+
+class EvalSpec(_Strict):
+    test_iid: int = Field(default=500, ge=1)
+    test_ood: int = Field(default=500, ge=1)
+    seed: int = 1000
+    batch_size: int = Field(default=64, ge=1)
+    max_new_tokens: int = Field(default=112, ge=1)
+    verdict_only: bool = False
+
+
+class ExperimentConfig(_Strict):
+    """The whole experiment (see the module doc)."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    num_threads: int | None = 2
+    tiny_model: TinyModelSpec = Field(default_factory=TinyModelSpec)
+    world: dict[str, Any] = Field(default_factory=dict)
+    template: str = "consequence_compact"
+    constitution: str = "hazardworld"
+    warm_start: PhaseSpec
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    methods: dict[str, PhaseSpec]
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    smoke: dict[str, Any] = Field(default_factory=dict)
+
+
+def load_experiment(path: str | Path, *, smoke: bool = False) -> ExperimentConfig:
+    """Read the experiment config; with `smoke`, apply its ``smoke`` dotted overrides."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    if smoke:
+        for key, value in (data.get("smoke") or {}).items():
+            set_dotted(data, key, value)
+    try:
+        return ExperimentConfig.model_validate(data)
+    except Exception as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+
+
+def _time_budget(seconds: float | None) -> Any:
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        """Stops training once `seconds` of wall time have passed (equal compute)."""
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if seconds is not None and time.perf_counter() - self.t0 > seconds:
+                control.should_training_stop = True
+
+    return TimeBudget()
+
+
+def _run_config(cfg: ExperimentConfig, phase: PhaseSpec, seed: int, model_id: Path,
+                max_steps: int | None = None) -> Any:
+    trainer = dict(phase.trainer)
+    if max_steps is not None:
+        trainer["max_steps"] = max_steps
+    world = {"source": "world", "split": "train", "n": phase.n, "seed": seed,
+             "start": phase.start, **({"overrides": cfg.world} if cfg.world else {})}
+    return load_run_config({
+        "method": phase.method, "seed": seed, "num_threads": cfg.num_threads,
+        "model": {"id": str(model_id), "dtype": "float32"},
+        "data": {"train": world, "template": cfg.template, "constitution": cfg.constitution,
+                 "constitution_rate": phase.constitution_rate},
+        "trainer": trainer,
+    })
+
+
+def _evaluate(cfg: ExperimentConfig, model_dir: Path, items: dict[str, list[Any]],
+              out: Path) -> dict[str, Any]:
+    from training.evaluate import evaluate, load_for_eval
+
+    model, processor = load_for_eval(model_dir)
+    reports = {}
+    for split, its in items.items():
+        rep, results = evaluate(model, processor, its, template=cfg.template,
+                                batch_size=cfg.eval.batch_size,
+                                max_new_tokens=cfg.eval.max_new_tokens,
+                                verdict_only=cfg.eval.verdict_only)
+        reports[split] = rep
+        with (out / f"eval_{split}.jsonl").open("w", encoding="utf-8") as fh:
+            for r in results:
+                fh.write(json.dumps({"id": r.id, "answer": r.answer, "correct": r.correct})
+                         + "\n")
+    return reports
+
+
+def _aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std over seeds of every method/split metric (and per rule accuracy)."""
+    methods = next(iter(per_seed.values())).keys()
+    agg: dict[str, Any] = {}
+    for method in methods:
+        agg[method] = {}
+        for split in SPLITS:
+            reps = [per_seed[s][method]["eval"][split] for s in per_seed]
+            row: dict[str, Any] = {}
+            for m in METRICS:
+                vals = [r[m] for r in reps if r.get(m) is not None]
+                row[m] = {"mean": round(statistics.fmean(vals), 4) if vals else None,
+                          "std": round(statistics.pstdev(vals), 4) if len(vals) > 1 else 0.0}
+            rules = sorted({k for r in reps for k in r.get("per_rule", {})})
+            row["per_rule_accuracy"] = {
+                k: round(statistics.fmean([r["per_rule"][k]["accuracy"] for r in reps
+                                           if k in r["per_rule"]]), 4) for k in rules}
+            agg[method][split] = row
+        agg[method]["train_s"] = round(statistics.fmean(
+            [per_seed[s][method].get("train_s", 0.0) for s in per_seed]), 1)
+    return agg
+
+
+def markdown(agg: dict[str, Any], seeds: list[int]) -> str:
+    """The results table: mean +- std over seeds."""
+    def cell(d: dict[str, Any]) -> str:
+        return "-" if d["mean"] is None else f"{d['mean']:.3f} ± {d['std']:.3f}"
+
+    lines = [f"Seeds: {seeds}. Mean ± std over seeds.", "",
+             "| method | split | accuracy | R0 | false veto | parse fail | train s |",
+             "|---|---|---|---|---|---|---|"]
+    for method, row in agg.items():
+        for split in SPLITS:
+            r = row[split]
+            lines.append(f"| {method} | {split} | {cell(r['accuracy'])} | {cell(r['r0'])} | "
+                         f"{cell(r['false_veto_rate'])} | {cell(r['parse_fail_rate'])} | "
+                         f"{row['train_s']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(out: Path, seeds: list[int], names: list[str]) -> Path | None:
+    """Loss (and reward, for RL) per step of every run, one panel per method."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for seed in seeds:
+            path = out / f"seed{seed}" / name / "log_history.json"
+            if not path.is_file():
+                continue
+            rows = json.loads(path.read_text())
+            key = "reward" if any("reward" in r for r in rows) else "loss"
+            pts = [(r["step"], r[key]) for r in rows if key in r and "step" in r]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), label=f"seed {seed} {key}")
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    png = out / "curves.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def run_experiment(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]:
+    """Run every seed and method; write results.json, results.md and curves.png."""
+    from guard.tiny import build_tiny_model
+    from guard.world import WorldConfig
+    from training.data import world_items
+    from training.run import train
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    world = WorldConfig.preset("default", **cfg.world)
+    eval_items = {split: world_items(split, getattr(cfg.eval, split), seed=cfg.eval.seed,
+                                     config=world) for split in SPLITS}
+    per_seed: dict[str, dict[str, Any]] = {}
+    for seed in cfg.seeds:
+        sd = out / f"seed{seed}"
+        base = build_tiny_model(cfg.tiny_model.arch, sd / "base", seed=seed,
+                                **cfg.tiny_model.sizes)
+        runs: dict[str, Any] = {}
+        warm = train(_run_config(cfg, cfg.warm_start, seed, base), sd / "warm_start")
+        warm_dir = sd / "warm_start" / "model"
+        runs["warm_start"] = {**warm, "eval": _evaluate(cfg, warm_dir, eval_items,
+                                                         sd / "warm_start")}
+        for name, phase in cfg.methods.items():
+            summary = train(_run_config(cfg, phase, seed, warm_dir, cfg.budget.max_steps),
+                            sd / name, callbacks=[_time_budget(cfg.budget.max_seconds)])
+            runs[name] = {**summary, "eval": _evaluate(cfg, sd / name / "model", eval_items,
+                                                       sd / name)}
+        per_seed[str(seed)] = runs
+        (sd / "results.json").write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
+    agg = _aggregate(per_seed)
+    results = {"config": cfg.model_dump(mode="json"), "seeds": per_seed, "aggregate": agg,
+               "wall_s": round(time.perf_counter() - t_start, 1)}
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(markdown(agg, cfg.seeds), encoding="utf-8")
+    plot_curves(out, cfg.seeds, ["warm_start", *cfg.methods])
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.experiment --config FILE --out DIR [--smoke]``."""
+    p = argparse.ArgumentParser(prog="python -m training.experiment",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--smoke", action="store_true",
+                   help="apply the config's smoke overrides (a wiring check in minutes)")
+    args = p.parse_args(argv)
+    from training.run import quiet_known_noise
+
+    quiet_known_noise()
+    try:
+        cfg = load_experiment(args.config, smoke=args.smoke)
+        results = run_experiment(cfg, args.out)
+    except GuardError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(markdown(results["aggregate"], cfg.seeds))
+    print(f"wall time: {results['wall_s']} s; results in {args.out}/results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["ExperimentConfig", "load_experiment", "markdown", "run_experiment"]
