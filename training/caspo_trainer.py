@@ -32,9 +32,10 @@ reward is clipped to [-3, 5] as in COPSD.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from accelerate.utils import is_peft_model
@@ -53,10 +54,11 @@ TEACHER_ADAPTER = "caspo_teacher"
 TEACHERS = ("current", "snapshot")
 # trl loss types whose aggregation CASPO reproduces: per sequence, or per token of the batch
 _AGGREGATION = {"grpo": "sequence", "bnpo": "token", "dapo": "token"}
+_PIXEL_KEYS: tuple[str, ...] = ("pixel_values", "image_grid_thw")
 
 
 @dataclass
-class CASPOConfig(GRPOConfig):
+class CASPOConfig(GRPOConfig):  # type: ignore[misc]  # trl is untyped
     """`GRPOConfig` plus CASPO's knobs. Every GRPO field keeps its meaning (``num_generations``
     is the group size, ``beta`` the KL weight, ``epsilon`` / ``epsilon_high`` the PPO clip).
 
@@ -121,7 +123,7 @@ class CASPOConfig(GRPOConfig):
             raise ValueError("CASPOConfig: " + "; ".join(problems))
 
 
-class _TeacherRefresh(TrainerCallback):
+class _TeacherRefresh(TrainerCallback):  # type: ignore[misc]
     """Copies the policy into the snapshot teacher every ``teacher_refresh_steps`` steps."""
 
     def __init__(self, trainer: CASPOTrainer) -> None:
@@ -140,7 +142,7 @@ def _left_pad(x: torch.Tensor, length: int, value: int | float) -> torch.Tensor:
     return torch.cat([pad, x], dim=1)
 
 
-class CASPOTrainer(GRPOTrainer):
+class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
     """GRPO with a constitution-prompted self-teacher's token rewards (see the module doc).
 
     Args:
@@ -298,12 +300,12 @@ class CASPOTrainer(GRPOTrainer):
         teacher_rows = self._rows(t_enc["input_ids"], t_enc["attention_mask"],
                                   {k: t_enc[k] for k in types if k in t_enc},
                                   completion_ids, completion_mask, width)
-        t_pixels = {k: t_enc[k] for k in ("pixel_values", "image_grid_thw") if k in t_enc}
+        t_pixels: dict[str, torch.Tensor] = {k: t_enc[k] for k in _PIXEL_KEYS if k in t_enc}
         num_images = output.get("num_images")
         batch_size = (self.args.per_device_train_batch_size if self.model.training
                       else self.args.per_device_eval_batch_size)
 
-        def logps(model: Any, rows: dict[str, torch.Tensor], pixels: dict[str, torch.Tensor],
+        def logps(model: Any, rows: dict[str, torch.Tensor], pixels: Mapping[str, torch.Tensor],
                   n_images: list[int] | None) -> torch.Tensor:
             out, _, _ = self._get_per_token_logps_and_entropies(
                 model, rows["input_ids"], rows["attention_mask"], n_tok,
@@ -313,7 +315,7 @@ class CASPOTrainer(GRPOTrainer):
                 mm_token_type_ids=rows.get("mm_token_type_ids"),
                 token_type_ids=rows.get("token_type_ids"),
             )
-            return out
+            return cast(torch.Tensor, out)
 
         with torch.no_grad(), disable_gradient_checkpointing(
             self.model, self.args.gradient_checkpointing_kwargs
@@ -326,7 +328,8 @@ class CASPOTrainer(GRPOTrainer):
                                           completion_ids, completion_mask, width)
                 rows = {k: torch.cat([student_rows[k], teacher_rows[k]], 0)
                         for k in teacher_rows}
-                pixels = {k: torch.cat([output[k], t_pixels[k]], 0) for k in t_pixels}
+                pixels: dict[str, torch.Tensor] = {
+                    k: torch.cat([output[k], t_pixels[k]], 0) for k in t_pixels}
                 n_images = None if num_images is None else list(num_images) * 2
                 both = logps(self.model, rows, pixels, n_images)
                 student_logps, teacher_logps = both[:b], both[b:]
@@ -336,8 +339,8 @@ class CASPOTrainer(GRPOTrainer):
                                               {k: output[k] for k in types if k in output},
                                               completion_ids, completion_mask,
                                               output["prompt_ids"].size(1))
-                    s_pixels = {k: output[k] for k in ("pixel_values", "image_grid_thw")
-                                if k in output}
+                    s_pixels: dict[str, torch.Tensor] = {k: output[k] for k in _PIXEL_KEYS
+                                                         if k in output}
                     student_logps = logps(self.model, student_rows, s_pixels, num_images)
                 teacher = self.teacher_model if self.teacher_model is not None else self.model
                 with self._teacher_context():
@@ -360,7 +363,7 @@ class CASPOTrainer(GRPOTrainer):
         return adv[i * b:(i + 1) * b, :t]
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        output = super()._generate_and_score_completions(inputs)
+        output: dict[str, Any] = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         group = self.num_generations if mode == "train" else self.num_generations_eval
         mask = output["completion_mask"]

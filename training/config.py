@@ -25,6 +25,7 @@ bad value fails before any model loads, with the key named. The resolved file is
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -161,12 +162,12 @@ class RunConfig(_Strict):
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"trainer ({cls.__name__}): {exc}") from None
 
-    def _trainer_kwargs(self, cls: type, output_dir: str | Path) -> dict[str, Any]:
+    def _trainer_kwargs(self, cls: Any, output_dir: str | Path) -> dict[str, Any]:
         kwargs = {"report_to": "none", "seed": self.seed, **self.trainer,
                   "output_dir": str(output_dir)}
         if self.method == "caspo":
             kwargs.setdefault("constitution", self.data.constitution)
-        unknown = sorted(set(kwargs) - set(cls.__dataclass_fields__))
+        unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ConfigError(
                 f"trainer: {cls.__name__} has no field(s) {unknown} (method {self.method!r})"
@@ -187,7 +188,7 @@ class RunConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def trainer_config_class(method: str) -> type:
+def trainer_config_class(method: str) -> Any:
     """The trl config dataclass of a method (imports trl)."""
     if method == "sft":
         from trl import SFTConfig

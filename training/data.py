@@ -27,7 +27,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from guard.prompting import load_template
 
@@ -210,7 +210,8 @@ def prompt_messages(query: str, template: str = "consequence_compact",
     Rendered by the same template file the guard's judge uses (images first, then the text),
     so training prompts and inference prompts are the same conversation.
     """
-    chat = load_template(template).render(query, tuple(range(n_images)))
+    # the template only counts the images; the pixels travel in the dataset's image column
+    chat = load_template(template).render(query, cast(Any, (None,) * n_images))
     msgs = chat.messages()
     for m in msgs:
         for part in m["content"]:

@@ -109,7 +109,7 @@ def load_experiment(path: str | Path, *, smoke: bool = False) -> ExperimentConfi
 def _time_budget(seconds: float | None) -> Any:
     from transformers import TrainerCallback
 
-    class TimeBudget(TrainerCallback):
+    class TimeBudget(TrainerCallback):  # type: ignore[misc]
         """Stops training once `seconds` of wall time have passed (equal compute)."""
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:

@@ -80,7 +80,7 @@ def _save_run_config_callback(text: str) -> Any:
     first use: transformers is imported only once training starts)."""
     from transformers import TrainerCallback
 
-    class SaveRunConfig(TrainerCallback):
+    class SaveRunConfig(TrainerCallback):  # type: ignore[misc]
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir() and state.is_world_process_zero:
