@@ -444,3 +444,39 @@ def test_onnx_usage_errors(tmp_path: Path) -> None:
     )
     with pytest.raises(BackendError, match="onnxruntime-gpu"):
         providers_for("cuda", ["CPUExecutionProvider"])
+
+
+# -- the quantization safety table and the benchmark's model builders -----------------------------
+
+
+def test_quantization_table_runs_on_a_model_folder(
+    rigged_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("cv2")
+    pytest.importorskip("bitsandbytes")
+    pytest.importorskip("onnxruntime")
+    from guard.bench.quant_safety import main
+    from guard.world import generate
+
+    split = generate("test_ood", 6, tmp_path / "test_ood", seed=0).parent
+    out = tmp_path / "quant"
+    assert main(["--model", str(rigged_dirs["qwen2_5_vl"]), "--data", str(split),
+                 "--out", str(out), "--variants", "fp32,4bit,onnx", "--n-boot", "20"]) == 0
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["fp32", "4bit", "onnx"]
+    assert all(r["n"] == 6 and 0.0 <= r["false_veto_rate"] <= 1.0 for r in rows)
+    assert rows[0]["agrees_with_first"] == 1.0 and rows[2]["agrees_with_first"] == 1.0
+    assert "| test_ood | onnx | 6 |" in (out / "table.md").read_text()
+
+
+def test_full_size_configs_match_the_real_parameter_counts(tiny_dirs: dict[str, Path]) -> None:
+    from guard.backends.transformers_backend import MODEL_CLASSES
+    from guard.bench.latency import FULL_SIZE, full_size_config
+
+    expected = {"qwen2.5-vl-7b": 8.29e9, "qwen3-vl-4b": 4.44e9}
+    for preset, (arch, _, _) in FULL_SIZE.items():
+        config = full_size_config(preset, transformers.AutoConfig.from_pretrained(tiny_dirs[arch]))
+        with torch.device("meta"):
+            model = getattr(transformers, MODEL_CLASSES[arch])._from_config(config)
+        n = sum(p.numel() for p in model.parameters())
+        assert n == pytest.approx(expected[preset], rel=0.01), (preset, n)

@@ -146,18 +146,9 @@ def build_model(preset: str, arch: str, out: Path, *, device: str = "cpu",
     import torch
     import transformers
 
-    arch, text, vision = FULL_SIZE[preset]
+    arch = FULL_SIZE[preset][0]
     path = build_tiny_model(arch, out, max_pixels=12_845_056)  # type: ignore[arg-type]
-    tiny = transformers.AutoConfig.from_pretrained(path)
-    cfg_cls = type(tiny)
-    text_cfg = {**tiny.text_config.to_dict(), **text}
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        text_cfg[key] = getattr(tiny.text_config, key)
-    vision_cfg = {**tiny.vision_config.to_dict(), **vision}
-    ids = {k: getattr(tiny, k) for k in ("image_token_id", "video_token_id",
-                                        "vision_start_token_id", "vision_end_token_id")}
-    config = cfg_cls(text_config=text_cfg, vision_config=vision_cfg,
-                     tie_word_embeddings=arch == "qwen3_vl", **ids)
+    config = full_size_config(preset, transformers.AutoConfig.from_pretrained(path))
     from guard.backends.transformers_backend import MODEL_CLASSES
 
     cls = getattr(transformers, MODEL_CLASSES[arch])
@@ -169,6 +160,23 @@ def build_model(preset: str, arch: str, out: Path, *, device: str = "cpu",
     model.save_pretrained(path)
     del model
     return path
+
+
+def full_size_config(preset: str, tiny: Any) -> Any:
+    """The `FULL_SIZE` config of `preset`, with the special token ids of `tiny` (the tiny
+    tokenizer's config) so that the tiny tokenizer drives it."""
+    arch, text, vision = FULL_SIZE[preset]
+    # Fields derived from the tiny sizes (one layer type per layer) are dropped and rebuilt.
+    small = {k: v for k, v in tiny.text_config.to_dict().items()
+             if k not in ("layer_types", "max_window_layers", "head_dim")}
+    text_cfg = {**small, **text}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        text_cfg[key] = getattr(tiny.text_config, key)
+    vision_cfg = {**tiny.vision_config.to_dict(), **vision}
+    ids = {k: getattr(tiny, k) for k in ("image_token_id", "video_token_id",
+                                        "vision_start_token_id", "vision_end_token_id")}
+    return type(tiny)(text_config=text_cfg, vision_config=vision_cfg,
+                      tie_word_embeddings=arch == "qwen3_vl", **ids)
 
 
 # -- measuring ---------------------------------------------------------------------------------
