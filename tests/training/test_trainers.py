@@ -185,3 +185,45 @@ def test_entry_point_runs_a_recipe(tiny_qwen2_5_vl: Path, tmp_path: Path) -> Non
                           str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "trains 'sft'" in bad.stderr
+
+
+def test_caspo_joint_forward_scores_the_student_as_trl_does(
+    tiny_qwen2_5_vl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Student rows share one forward with the longer teacher rows (extra left padding): their
+    log-probs must equal trl's own scoring of the same completions."""
+    from training.caspo_trainer import CASPOTrainer
+
+    run = build(_config("caspo", tiny_qwen2_5_vl, max_steps=1), tmp_path)
+    seen: dict[str, Any] = {}
+    score, compute_loss = CASPOTrainer._score_with_teacher, CASPOTrainer._compute_loss
+
+    def spy_score(self: Any, inputs: Any, output: Any) -> Any:
+        teacher, student = score(self, inputs, output)
+        seen.update(completions=output["completion_ids"], mask=output["completion_mask"],
+                    student=student)
+        return teacher, student
+
+    def spy_loss(self: Any, model: Any, inputs: Any) -> Any:
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+        att = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+        with torch.no_grad():
+            lp, _, _ = self._get_per_token_logps_and_entropies(
+                model, ids, att, inputs["completion_ids"].size(1),
+                pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"],
+                num_images=inputs["num_images"], mm_token_type_ids=inputs["mm_token_type_ids"])
+        seen.setdefault("trl", []).append((inputs["completion_ids"], lp))
+        return compute_loss(self, model, inputs)
+
+    monkeypatch.setattr(CASPOTrainer, "_score_with_teacher", spy_score)
+    monkeypatch.setattr(CASPOTrainer, "_compute_loss", spy_loss)
+    run.trainer.train()
+    checked = 0
+    for cids, lp in seen["trl"]:  # trl shuffles rows before the loss: match by completion
+        for i in range(cids.size(0)):
+            j = next(k for k in range(seen["completions"].size(0))
+                     if torch.equal(seen["completions"][k], cids[i]))
+            m = seen["mask"][j].bool()
+            assert torch.allclose(lp[i][m], seen["student"][j][m], atol=1e-4)
+            checked += 1
+    assert checked == seen["completions"].size(0)
