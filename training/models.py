@@ -109,17 +109,31 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any]:
     return model, lora
 
 
-def trainable_parameters(model: Any) -> dict[str, Any]:
-    """Detached copies of every trainable parameter, by name (to check that training moved
-    them)."""
-    return {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_parameters(model: Any, max_numel: int = 20_000_000) -> dict[str, Any]:
+    """CPU copies of trainable parameters, by name, to check afterwards that training moved
+    them.
+
+    At most about `max_numel` values are copied (a 7B full fine-tune would otherwise double
+    its memory): beyond that, an evenly spread subset of the tensors. Tensors that are empty
+    here (sharded away by DeepSpeed ZeRO-3 / FSDP) are skipped.
+    """
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.numel()]
+    total = sum(p.numel() for _, p in params)
+    stride = max(1, -(-total // max_numel)) if total else 1
+    return {n: p.detach().float().cpu().clone() for n, p in params[::stride]}
 
 
 def changed_parameters(model: Any, before: dict[str, Any], atol: float = 0.0) -> list[str]:
     """Names of the parameters in `before` whose values differ now by more than `atol`."""
     now = dict(model.named_parameters())
-    return [n for n, old in before.items()
-            if n in now and not bool((now[n].detach().float() - old).abs().max() <= atol)]
+    moved = []
+    for name, old in before.items():
+        p = now.get(name)
+        if p is None or p.shape != old.shape:
+            continue
+        if not bool((p.detach().float().cpu() - old).abs().max() <= atol):
+            moved.append(name)
+    return moved
 
 
 __all__ = [
