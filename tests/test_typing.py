@@ -23,6 +23,7 @@ STRICT = [
     "guard/bench/overhead.py", "guard/bench/items.py", "guard/bench/judges.py",
     "guard/bench/metrics.py", "guard/bench/oracle.py", "guard/bench/report.py",
     "guard/bench/runner.py", "guard/bench/semantic.py", "guard/bench/suites.py",
+    "training",
 ]
 
 
