@@ -2,7 +2,7 @@
 and caches, per backend, against a bare transformers ``generate`` on the same inputs in the
 same run.
 
-    python -m guard.bench.latency                          # small random model, world + camera
+    python -m guard.bench.latency                          # small random model, all scenarios
     python -m guard.bench.latency --model DIR --backends transformers,onnx,transformers-4bit \\
         --scenarios camera --reps 30 --out latency.json
 
@@ -12,7 +12,9 @@ Qwen2.5-VL shape of shared/learnability.md) and rigged to answer verdict first
 engine then decodes the whole answer, which is not the path to time. A trained model needs no rig.
 
 Scenarios: ``world`` is what the small trained models judge (112 x 112 synthetic frames, the
-compact prompt); ``camera`` is a robot camera (640 x 480, the default consequence_v1 prompt).
+compact prompt their training configs use); ``world_v1`` the same frames under the default
+consequence_v1 prompt (long system part, few image tokens); ``camera`` a robot camera (640 x 480,
+consequence_v1: the image dominates the prompt).
 
 Measured per backend (``transformers``, ``transformers-8bit``, ``transformers-4bit``, ``onnx``;
 ONNX is exported at the scenario's image size), each on a fresh camera frame unless said:
@@ -107,6 +109,7 @@ class Scenario:
 
 SCENARIOS = {
     "world": Scenario("world", (112, 112), "consequence_compact"),
+    "world_v1": Scenario("world_v1", (112, 112), "consequence_v1"),
     "camera": Scenario("camera", (640, 480), "consequence_v1"),
 }
 
@@ -508,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="architecture of a --preset model (full-size presets fix their own)")
     p.add_argument("--backends", default="transformers,onnx",
                    help="comma list of transformers, transformers-8bit, transformers-4bit, onnx")
-    p.add_argument("--scenarios", default="world,camera", help="comma list of world, camera")
+    p.add_argument("--scenarios", default="world,world_v1,camera",
+                   help=f"comma list of {', '.join(SCENARIOS)}")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--rationale-tokens", type=int, default=64,
                    help="rationale length after the verdict token in 'full' (default 64)")

@@ -57,6 +57,9 @@ def run(model: str, reps: int, max_new_tokens: int, image: Path, threads: int) -
         "model.backend": "transformers", "model.id": model,
         "model.max_new_tokens": max_new_tokens, "audit.path": str(tmp / "audit.jsonl"),
         "policy.deadline_ms": 60_000, "policy.max_frame_age_ms": None,
+        # Every repetition judges the same frame: with the KV caches on, the check would reuse
+        # its prefix and skip work the bare generate does (guard.bench.latency measures that).
+        "model.prefix_cache": False, "model.frame_cache": 0,
     })
     guard = Guard(config)
     backend: Any = guard.backend  # the transformers backend: its model and input builder
