@@ -255,13 +255,24 @@ class OnnxBackend:
         """Build from `config.model` (``model.id`` is the export folder).
 
         Raises:
-            ConfigError: ``model.id`` is not set.
+            ConfigError: ``model.id`` is not set, or an adapter or quantization is asked for
+                (both belong to the export: ``guard export onnx --adapter``).
         """
         m = config.model
         if not m.id:
             raise ConfigError(
                 "model.id is not set: the onnx backend needs the folder written by "
                 "'guard export onnx'"
+            )
+        if m.adapter:
+            raise ConfigError(
+                f"model.adapter = {m.adapter!r}: the onnx backend runs an export with the adapter "
+                "merged in ('guard export onnx --adapter PATH'); set model.adapter to null"
+            )
+        if m.quantization != "none":
+            raise ConfigError(
+                f"model.quantization = {m.quantization!r}: bitsandbytes quantization is for the "
+                "transformers backend; the onnx backend runs the exported float32 graphs"
             )
         return cls(
             m.id,

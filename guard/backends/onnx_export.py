@@ -225,7 +225,11 @@ def export_onnx(
         raise BackendError(f"cannot load model {model_id!r}: {exc}") from exc
     if adapter:
         peft = require("peft", "--adapter")
-        model = peft.PeftModel.from_pretrained(model, _resolve_local(adapter, "adapter"))
+        with warnings.catch_warnings():
+            # peft 0.21 calls an alias that transformers 5 deprecates; nothing to act on.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            model = peft.PeftModel.from_pretrained(model, _resolve_local(adapter, "adapter"))
         model = model.merge_and_unload()
     model.eval()
     builder = QwenInputBuilder.from_pretrained(
