@@ -9,8 +9,8 @@ raises BackendError, or hangs forever with the special value "hang".
 from __future__ import annotations
 
 import itertools
-from collections import deque
 import threading
+from collections import deque
 from typing import TYPE_CHECKING
 
 from guard.backends.base import JudgeOutput, JudgeRequest
