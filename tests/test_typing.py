@@ -23,6 +23,7 @@ STRICT = [
     "guard/bench/overhead.py", "guard/bench/items.py", "guard/bench/judges.py",
     "guard/bench/metrics.py", "guard/bench/oracle.py", "guard/bench/report.py",
     "guard/bench/runner.py", "guard/bench/semantic.py", "guard/bench/suites.py",
+    "guard/middleware", "guard/replay", "guard/frames.py", "guard/world",
     "training",
 ]
 
@@ -30,7 +31,7 @@ STRICT = [
 def test_core_modules_pass_mypy_strict():
     pytest.importorskip("mypy")
     r = subprocess.run(
-        [sys.executable, "-m", "mypy", "--follow-imports=silent", *STRICT], cwd=ROOT, capture_output=True, text=True,
-        timeout=600,
+        [sys.executable, "-m", "mypy", "--follow-imports=silent", *STRICT],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

@@ -53,7 +53,8 @@ def _logreg(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 500,
 
 def _predict(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     xb = np.hstack([x, np.ones((len(x), 1))])
-    return (xb @ w > 0).astype(float)
+    out: np.ndarray = (xb @ w > 0).astype(float)
+    return out
 
 
 def text_only_baseline(train: Sequence[Any], test: Sequence[Any]) -> dict[str, float]:

@@ -83,7 +83,9 @@ class SceneBuilder:
             return s.anchor(cell) is None and s.item(cell) is None and s.robot_cell != cell
         return s.anchor(cell) is None and s.item(cell) is None and s.robot_cell != cell
 
-    def _pick(self, kind_name: str, key: bool, avoid: Iterable[Cell], only: Iterable[Cell] | None):
+    def _pick(
+        self, kind_name: str, key: bool, avoid: Iterable[Cell], only: Iterable[Cell] | None
+    ) -> Cell:
         layer = KINDS[kind_name].layer
         allowed = self.cells_for(kind_name, key)
         if only is not None:

@@ -228,4 +228,4 @@ class WorldConfig(_Strict):
         }
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; known: {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
+        return cls.model_validate({**presets[name], **overrides})

@@ -382,11 +382,14 @@ def _camera(img: np.ndarray, rng: np.random.Generator, config: WorldConfig) -> n
     m[1, 2] += u[3] * ap.camera_shift * h
     mat = np.vstack([m, [0.0, 0.0, 1.0]])
     if ap.camera_perspective:
-        src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
-        dst = src + np.float32(u[4:12].reshape(4, 2) * ap.camera_perspective * np.array([w, h]))
+        src = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
+        dst = src + (u[4:12].reshape(4, 2) * ap.camera_perspective * np.array([w, h])).astype(
+            np.float32
+        )
         mat = cv2.getPerspectiveTransform(src, dst) @ mat
-    return cv2.warpPerspective(img, mat, (w, h), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REPLICATE)
+    warped: np.ndarray = cv2.warpPerspective(img, mat, (w, h), flags=cv2.INTER_LINEAR,
+                                             borderMode=cv2.BORDER_REPLICATE)
+    return warped
 
 
 def _light(img: np.ndarray, rng: np.random.Generator, config: WorldConfig) -> np.ndarray:
@@ -425,4 +428,5 @@ def encode_png(image: np.ndarray, compression: int = 1) -> bytes:
                             cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
     if not ok:
         raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
+    png: bytes = buf.tobytes()
+    return png
