@@ -44,7 +44,8 @@ def add_judge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="ID_OR_PATH",
                    help="judge model: hub id or local folder (overrides model.id)")
     p.add_argument("--backend", default=None, metavar="NAME",
-                   help="judge backend: transformers, openai, scripted (overrides model.backend)")
+                   help="judge backend: transformers, openai, onnx, scripted, oracle (bench) "
+                   "(overrides model.backend)")
     p.add_argument("--adapter", default=None, metavar="PATH",
                    help="PEFT adapter folder for the transformers backend")
     p.add_argument("--audit", default=None, metavar="PATH",
