@@ -5,8 +5,9 @@ GuardError
 │   └── ConfigError       a config file or value that does not validate
 ├── InvalidInputError     an input that cannot be judged (bad image, oversized action text)
 ├── MissingExtraError     an optional stack is not installed; names the extra to install
-└── BackendError          the judge failed (load or inference); becomes status=error
-    └── BackendTimeout    the judge did not answer within its deadline; becomes status=timeout
+├── BackendError          the judge failed (load or inference); becomes status=error
+│   └── BackendTimeout    the judge did not answer within its deadline; becomes status=timeout
+└── ActionVetoed          the guard vetoed a tool call (middleware); carries the decision
 
 Usage mistakes surface as one line on stderr; runtime failures become fail-closed decisions.
 """

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("guard.cli.audit", "inspect audit logs (verify the hash chain)"),
     "world": ("guard.cli.world", "generate items of the synthetic consequence world"),
     "export": ("guard.cli.export", "export a judge model for another runtime (onnx)"),
+    "replay": ("guard.cli.replay", "judge a logged episode (rosbag2/MCAP/JSONL) offline; write "
+               "decisions, a summary and an HTML report"),
     "bench": ("guard.cli.bench", "run a safety benchmark suite through the guard and score it"),
 }
 
