@@ -264,7 +264,12 @@ def ros_graph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
         finally:
             codes = {node.fqn: (node.stop(), node.expected_code) for node in nodes}
             probe.close()
-        assert all(got == want for got, want in codes.values()), codes
+        bad = {fqn: got_want for fqn, got_want in codes.items() if got_want[0] != got_want[1]}
+        logs = "\n".join(
+            f"--- {node.fqn} log (tail) ---\n{node.log_path.read_text(errors='replace')[-3000:]}"
+            for node in nodes if node.fqn in bad
+        )
+        assert not bad, f"exit codes (got, expected): {bad}\n{logs}"
 
 
 def wait_active(probe: Probe, node: NodeProcess, timeout: float = 30.0) -> None:
