@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("guard.cli.export", "export a judge model for another runtime (onnx)"),
     "replay": ("guard.cli.replay", "judge a logged episode (rosbag2/MCAP/JSONL) offline; write "
                "decisions, a summary and an HTML report"),
+    "demo": ("guard.cli.demo", "judge a short synthetic episode with the embedded model; print "
+             "the verdicts and where the report is"),
     "bench": ("guard.cli.bench", "run a safety benchmark suite through the guard and score it"),
 }
 
