@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
                 "the embedded default model (guard/models/hazardworld-small) is not in this "
                 "install; pass a model with --model (e.g. 'guard tiny-model --arch qwen2_5_vl "
                 "--out /tmp/tiny' then 'guard demo --model /tmp/tiny', random weights)")
-        model_id, which = str(embedded), "hazardworld-small (embedded default, synthetic world only)"
+        model_id = str(embedded)
+        which = "hazardworld-small (embedded default, synthetic world only)"
     overrides: dict[str, object] = {"model.id": model_id, "audit.path": str(out / "audit.jsonl")}
     if args.backend is not None:
         overrides["model.backend"] = args.backend
