@@ -133,10 +133,10 @@ def _semantic(args: argparse.Namespace, suite: Any) -> Any:
 
 
 def _load_failed(what: str, exc: BaseException) -> Any:
+    from guard.cli.check import first_line
     from guard.errors import BackendError
 
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return BackendError(f"{what} did not load: {reason}")
+    return BackendError(f"{what} did not load: {first_line(exc)}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from guard.config import GuardConfig
+    from guard.core import Guard
     from guard.types import Decision
 
 
@@ -71,6 +72,26 @@ def load_judge_config(args: argparse.Namespace, **extra: object) -> GuardConfig:
     return config.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception as one line for stderr (its first line, else its type)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def open_guard(config: GuardConfig) -> Guard:
+    """A Guard for `config`; a model that does not load is one GuardError line, a usage
+    mistake stays a UsageError."""
+    from guard.core import Guard
+    from guard.errors import GuardError, UsageError
+
+    try:
+        return Guard(config)
+    except UsageError:
+        raise
+    except Exception as exc:  # missing extra, bad weights, unknown hub id: nothing can be judged
+        raise GuardError(f"model did not load: {first_line(exc)}") from None
+
+
 def _emit(decision: Decision) -> int:
     from guard.types import Status, Verdict
 
@@ -103,7 +124,7 @@ def _standalone_veto(status: str, error: str, audit_path: str | None) -> int:
 def run(args: argparse.Namespace) -> int:
     # stdout is the decision and stderr one line per problem: no model-loading progress bars.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from guard.errors import ConfigError, InvalidInputError, UsageError
+    from guard.errors import ConfigError, GuardError, InvalidInputError, UsageError
 
     for path in args.image:
         if not Path(path).is_file():
@@ -125,16 +146,14 @@ def run(args: argparse.Namespace) -> int:
             raise
         return _standalone_veto("invalid_input", f"config: {exc}", args.audit)
 
-    from guard.core import Guard
     from guard.types import ActionProposal, Frame, Status
 
     try:
-        guard = Guard(config)
+        guard = open_guard(config)
     except UsageError:
         raise
-    except Exception as exc:  # any load failure (missing extra, bad weights) is still a veto
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return _standalone_veto("error", f"model did not load: {reason}", config.audit.path)
+    except GuardError as exc:  # a model that does not load is still a (printed, audited) veto
+        return _standalone_veto("error", str(exc), config.audit.path)
     with guard:
         proposal = ActionProposal(name=args.tool, description=args.action, arguments=arguments)
         frames = []

@@ -120,17 +120,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"episode: {args.steps} synthetic scenes ({args.split}, seed {args.seed}) in "
           f"{episode}")
 
-    from guard.core import Guard
+    from guard.cli.check import open_guard
     from guard.replay.runner import replay
 
-    try:
-        guard = Guard(config)
-    except UsageError:
-        raise
-    except Exception as exc:  # a model that does not load: nothing can be judged
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GuardError(f"model did not load: {reason}") from None
-    with guard:
+    with open_guard(config) as guard:
         result = replay(episode, out, guard=guard, progress=False)
 
     width = max((len(j.proposal.description or j.proposal.name) for j in result.judged),

@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from guard.errors import GuardError, UsageError
+    from guard.errors import UsageError
 
     episode = Path(args.episode)
     if not episode.exists():
@@ -62,17 +62,10 @@ def run(args: argparse.Namespace) -> int:
         "audit.path": args.audit or str(out / "audit.jsonl"),
     })
 
-    from guard.core import Guard
+    from guard.cli.check import open_guard
     from guard.replay.runner import replay
 
-    try:
-        guard = Guard(config)
-    except UsageError:
-        raise
-    except Exception as exc:  # a model that does not load: nothing can be judged
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GuardError(f"model did not load: {reason}") from None
-    with guard:
+    with open_guard(config) as guard:
         result = replay(
             episode, out, guard=guard, image_topic=args.image_topic,
             proposal_topic=args.proposal_topic, limit=args.limit,
