@@ -474,6 +474,17 @@ def test_quantization_table_runs_on_a_model_folder(
     assert "| test_ood | onnx | 6 |" in (out / "table.md").read_text()
 
 
+def test_quantization_table_reads_the_model_as_it_was_trained(tmp_path: Path) -> None:
+    from guard.bench.quant_safety import trained_template
+    from guard.cli.demo import DEFAULT_MODEL_DIR
+
+    if (DEFAULT_MODEL_DIR / "training_run_config.yaml").is_file():
+        assert trained_template(str(DEFAULT_MODEL_DIR)) == "consequence_compact"
+    assert trained_template(str(tmp_path)) is None
+    (tmp_path / "training_run_config.yaml").write_text("data:\n  template: consequence_v1\n")
+    assert trained_template(str(tmp_path)) == "consequence_v1"
+
+
 def test_full_size_configs_match_the_real_parameter_counts(tiny_dirs: dict[str, Path]) -> None:
     from guard.backends.transformers_backend import MODEL_CLASSES
     from guard.bench.latency import FULL_SIZE, full_size_config

@@ -6,6 +6,11 @@
     python -m guard.bench.quant_safety --model runs/small/model \\
         --data data/test_iid --data data/test_ood --out runs/quant
 
+The judge sees each item as the model was trained to read it: the prompt template named in the
+model folder's ``training_run_config.yaml`` (``data.template``; else the config's) and the
+item's action phrase alone (``--action-text query``, what training renders), not the guard's
+usual ``description (tool: name)`` text, which a model trained on bare phrases never saw.
+
 Each (split, variant) is an ordinary benchmark run (`guard.bench.runner.run_bench`, the
 hazardworld suite) in ``OUT/SPLIT/VARIANT``, so every number means what ``guard bench`` means
 by it (r0: unsafe items whose risk was not identified; false_veto_rate: safe items vetoed) and
@@ -26,6 +31,31 @@ from pathlib import Path
 from typing import Any
 
 VARIANTS = ("fp32", "8bit", "4bit", "onnx")
+ACTION_TEXTS = ("query", "proposal")
+
+
+def trained_template(model: str) -> str | None:
+    """The prompt template the model was trained with, from its training_run_config.yaml."""
+    path = Path(model) / "training_run_config.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    template = (data.get("data") or {}).get("template") if isinstance(data, dict) else None
+    return template if isinstance(template, str) and template else None
+
+
+def _bare_action_guard(guard_cls: Any) -> Any:
+    """A Guard whose judge reads a proposal's description alone (the item's action phrase)."""
+
+    class BareActionGuard(guard_cls):  # type: ignore[misc]
+        def check(self, frames: Any, proposal: Any, **kw: Any) -> Any:
+            text = proposal.description.strip() or proposal.name
+            bare = proposal.model_copy(update={"name": text, "description": ""})
+            return super().check(frames, bare, **kw)
+
+    return BareActionGuard
 
 
 def _frame_size(suite: Any) -> tuple[int, int]:
@@ -61,6 +91,20 @@ def variant_config(base: Any, variant: str, model: str, out: Path, suite: Any) -
     return base.with_overrides(**overrides)
 
 
+def _backend(config: Any, threads: int | None) -> Any:
+    """The variant's backend; ONNX Runtime gets `threads` intra-op threads (torch's are set
+    once for the process)."""
+    from guard.backends import create_backend
+
+    if config.model.backend != "onnx" or threads is None:
+        return create_backend(config)
+    from guard.backends.onnx_backend import OnnxBackend
+
+    m = config.model
+    return OnnxBackend(m.id, device=m.device, max_new_tokens=m.max_new_tokens,
+                       prefix_cache=m.prefix_cache, frame_cache=m.frame_cache, threads=threads)
+
+
 def _verdicts(run_dir: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     path = run_dir / "per_item.jsonl"
@@ -73,11 +117,17 @@ def _verdicts(run_dir: Path) -> dict[str, str]:
 
 
 def run(model: str, data: Sequence[Path], out: Path, variants: Sequence[str], *,
-        limit: int | None, base: Any, n_boot: int = 500) -> list[dict[str, Any]]:
+        limit: int | None, base: Any, n_boot: int = 500,
+        action_text: str = "query", threads: int | None = None) -> list[dict[str, Any]]:
     """Benchmark each variant on each split; the table's rows."""
     from guard.bench.runner import run_bench
     from guard.bench.suites import load_suite
     from guard.core import Guard
+
+    if action_text not in ACTION_TEXTS:
+        raise SystemExit(f"--action-text {action_text!r}: expected one of "
+                         f"{', '.join(ACTION_TEXTS)}")
+    guard_cls = _bare_action_guard(Guard) if action_text == "query" else Guard
 
     rows = []
     for split_dir in data:
@@ -89,7 +139,7 @@ def run(model: str, data: Sequence[Path], out: Path, variants: Sequence[str], *,
             config = variant_config(base, variant, model, out, suite).with_overrides(**{
                 "policy.max_frame_age_ms": None, "audit.path": str(run_dir / "audit.jsonl"),
             })
-            with Guard(config) as guard:
+            with guard_cls(config, backend=_backend(config, threads)) as guard:
                 res = run_bench(suite, guard, run_dir, limit=limit, plot=False, n_boot=n_boot,
                                 progress=False)
             verdicts = _verdicts(run_dir)
@@ -146,26 +196,48 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma list of {', '.join(VARIANTS)} (the first is the reference)")
     p.add_argument("--config", default=None, help="guard config YAML (policy, prompt, ...)")
     p.add_argument("--adapter", default=None, help="PEFT adapter on the model")
+    p.add_argument("--template", default=None,
+                   help="prompt template (default: data.template of the model folder's "
+                   "training_run_config.yaml, else the config's)")
+    p.add_argument("--action-text", default="query", choices=ACTION_TEXTS,
+                   help="what the judge reads as the action: the item's phrase alone (query, "
+                   "as training renders it; default) or the guard's proposal text "
+                   "'phrase (tool: action)' (proposal)")
     p.add_argument("--limit", type=int, default=None, help="first N items of each split")
     p.add_argument("--deadline-ms", type=float, default=600_000,
                    help="per-check deadline (default 600000: CPU runs are slow, not failed)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch and ONNX Runtime threads (default 1: steady on a shared CPU; "
+                   "0 leaves both at their defaults)")
     p.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    threads = args.threads if args.threads > 0 else None
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     from guard.config import load_config
 
-    base = load_config(args.config).with_overrides(**{
+    overrides: dict[str, Any] = {
         "policy.deadline_ms": args.deadline_ms, "model.adapter": args.adapter,
-    })
+    }
+    template = args.template or trained_template(args.model)
+    if template is not None:
+        overrides["prompt.template"] = template
+    base = load_config(args.config).with_overrides(**overrides)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = run(args.model, args.data, args.out, variants, limit=args.limit, base=base,
-               n_boot=args.n_boot)
+               n_boot=args.n_boot, action_text=args.action_text, threads=threads)
     table = format_table(rows, variants[0])
     print(table)
     (args.out / "table.md").write_text(table + "\n", encoding="utf-8")
     (args.out / "table.json").write_text(
-        json.dumps({"model": args.model, "variants": variants, "rows": rows}, indent=2) + "\n",
+        json.dumps({"model": args.model, "variants": variants, "template": template,
+                    "action_text": args.action_text, "limit": args.limit,
+                    "threads": threads, "rows": rows},
+                   indent=2) + "\n",
         encoding="utf-8",
     )
     return 0
