@@ -427,13 +427,37 @@ def test_onnx_verdict_first_on_a_rigged_model(
         assert o.verdict_probs == pytest.approx(t.verdict_probs, abs=1e-5)
 
 
+def test_onnx_fp16_export_gives_the_pytorch_verdicts(
+    rigged_dirs: dict[str, Path], rigged: TransformersBackend, arch: str, tmp_path: Path
+) -> None:
+    from guard.backends.onnx_backend import OnnxBackend
+    from guard.cli.main import main
+
+    out = tmp_path / "onnx16"
+    assert main(["export", "onnx", "--model", str(rigged_dirs[arch]), "--out", str(out),
+                 "--image-size", "64x48", "--dtype", "fp16"]) == 0
+    meta = json.loads((out / "guard_onnx.json").read_text())
+    assert meta["dtype"] == "float16" and meta["check"]["verdict_agrees"]
+    assert np.load(out / "embed_tokens.npy").dtype == np.float16
+    ob = OnnxBackend(str(out), device="cpu")  # ONNX Runtime 1.32 runs these graphs on a CPU
+    for i, action in enumerate(ACTIONS):
+        req = JudgeRequest(prompt=_prompt(action, _image(95 + i)), rationale="off")
+        o, t = ob.judge(req), rigged.judge(req)
+        assert o.text == t.text and o.text in WORDS
+        assert o.verdict_probs == pytest.approx(t.verdict_probs, abs=2e-2)
+    ob.close()
+
+
 def test_onnx_usage_errors(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from guard.backends.onnx_backend import OnnxBackend, providers_for
-    from guard.backends.onnx_export import parse_image_size
+    from guard.backends.onnx_export import parse_dtype, parse_image_size
     from guard.errors import BackendError, UsageError
 
     assert parse_image_size("640x480") == (640, 480)
+    assert (parse_dtype("fp16"), parse_dtype("FP32")) == ("float16", "float32")
+    with pytest.raises(UsageError, match="fp32 or fp16"):
+        parse_dtype("bf16")
     with pytest.raises(UsageError, match="WIDTHxHEIGHT"):
         parse_image_size("640")
     with pytest.raises(BackendError, match="not an ONNX export"):

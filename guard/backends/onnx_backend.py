@@ -73,6 +73,10 @@ def providers_for(device: str, available: Sequence[str]) -> list[Any]:
     raise BackendError(f"model.device = {device!r}: expected auto, cpu, cuda[:N] or tensorrt")
 
 
+def _names(providers: Sequence[Any]) -> str:
+    return ", ".join(p[0] if isinstance(p, tuple) else str(p) for p in providers)
+
+
 class OrtRunner:
     """`guard.backends.engine.Runner` over the exported graphs; KV states are numpy arrays."""
 
@@ -92,6 +96,7 @@ class OrtRunner:
             # other processes; a fixed count without spinning keeps latency steady.
             options.intra_op_num_threads = threads
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.dtype = np.dtype(meta.get("dtype", "float32"))
         try:
             self.vision = ort.InferenceSession(
                 str(folder / VISION_FILE), options, providers=list(providers)
@@ -101,6 +106,13 @@ class OrtRunner:
             )
             self.embed = np.load(folder / EMBED_FILE, mmap_mode="r")
         except Exception as exc:
+            if self.dtype == np.float16 and "NOT_IMPLEMENTED" in str(exc):
+                raise BackendError(
+                    f"the ONNX export in {folder} is float16, and an operator in it has no "
+                    f"float16 kernel on {_names(providers)}: run float16 exports on CUDA "
+                    "(model.device: cuda, onnxruntime-gpu), or export with --dtype fp32 for "
+                    f"the CPU ({str(exc).splitlines()[0][:300]})"
+                ) from exc
             raise BackendError(f"cannot load the ONNX export in {folder}: {exc}") from exc
         self.meta = meta
         self.grid = [int(x) for x in meta["image_grid_thw"]]
@@ -130,7 +142,7 @@ class OrtRunner:
                     f"vision graph exported for grid {self.grid} (image size "
                     f"{self.meta['image_size']})"
                 )
-            res = self.vision.run(None, {"pixel_values": np.ascontiguousarray(pv, np.float32)})
+            res = self.vision.run(None, {"pixel_values": np.ascontiguousarray(pv, self.dtype)})
             out.append(_OrtImage(res[0], res[1] if self.n_deepstack else None))
         return out
 
@@ -143,12 +155,12 @@ class OrtRunner:
         images: Sequence[_OrtImage],
     ) -> tuple[np.ndarray, Any]:
         b, t = ids.shape
-        embeds = np.asarray(self.embed[ids], dtype=np.float32)
+        embeds = np.asarray(self.embed[ids], dtype=self.dtype)
         is_image = ids == self.image_token_id
         if images:
             embeds[is_image] = np.concatenate([f.embeds for f in images])
         if past is None:
-            past = [np.zeros((b, self.n_kv, 0, self.head_dim), np.float32)] * (2 * self.n_layers)
+            past = [np.zeros((b, self.n_kv, 0, self.head_dim), self.dtype)] * (2 * self.n_layers)
         n_past = past[0].shape[2]
         if mask is None:
             mask = np.ones((b, n_past + t), dtype=np.int64)
@@ -160,14 +172,14 @@ class OrtRunner:
         for name, arr in zip(self.past_names, past, strict=True):
             feeds[name] = np.ascontiguousarray(arr)
         if self.n_deepstack:
-            dense = np.zeros((self.n_deepstack, b, t, self.hidden), np.float32)
+            dense = np.zeros((self.n_deepstack, b, t, self.hidden), self.dtype)
             if images:
                 dense[:, is_image] = np.concatenate(
                     [f.deepstack for f in images if f.deepstack is not None], axis=1
                 )
             feeds["deepstack_embeds"] = dense
         outs = self.decoder.run(None, feeds)
-        return outs[0], list(outs[1:])
+        return np.asarray(outs[0], dtype=np.float32), list(outs[1:])
 
     def snapshot(self, past: Any, length: int) -> list[np.ndarray]:
         # Every run returns fresh arrays, so slices of them are never written again.
@@ -272,7 +284,8 @@ class OnnxBackend:
         if m.quantization != "none":
             raise ConfigError(
                 f"model.quantization = {m.quantization!r}: bitsandbytes quantization is for the "
-                "transformers backend; the onnx backend runs the exported float32 graphs"
+                "transformers backend; the onnx backend runs the exported graphs (float32 or "
+                "float16: 'guard export onnx --dtype')"
             )
         return cls(
             m.id,

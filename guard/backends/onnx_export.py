@@ -19,8 +19,11 @@ Writes, into one folder that ``model.backend: onnx`` with ``model.id: DIR`` load
   parity check against PyTorch).
 
 Both graphs use the legacy TorchScript exporter (the vision tower does not export with the
-dynamo one) and float32 weights. Models above 2 GB need ONNX external data, which this exporter
-does not write: export small models here, or quantize the exported graphs separately.
+dynamo one). Weights, activations and the KV cache are float32, or float16 with ``dtype=
+"float16"`` (``--dtype fp16``: half the size; the graphs' float inputs and outputs are then
+float16 too, and the onnx backend casts at the boundary). Models above 2 GB need ONNX external
+data, which this exporter does not write: export small models here, or quantize the exported
+graphs separately.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ VISION_FILE = "vision.onnx"
 DECODER_FILE = "decoder.onnx"
 EMBED_FILE = "embed_tokens.npy"
 FORMAT_VERSION = 1
+#: ``--dtype`` spellings -> the dtype recorded in guard_onnx.json.
+DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16"}
 
 _SMALL_FILES = (
     "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
@@ -82,6 +87,18 @@ def parse_image_size(text: str) -> tuple[int, int]:
     if w <= 0 or h <= 0:
         raise UsageError(f"--image-size {text!r}: width and height must be positive")
     return w, h
+
+
+def parse_dtype(text: str) -> str:
+    """``"fp16"`` -> ``"float16"`` (the graphs' float type).
+
+    Raises:
+        UsageError: Not one of fp32, float32, fp16, float16.
+    """
+    try:
+        return DTYPES[text.lower()]
+    except KeyError:
+        raise UsageError(f"--dtype {text!r}: expected fp32 or fp16") from None
 
 
 def _dense_deepstack(hidden_states: Any, visual_pos_masks: Any, visual_embeds: Any) -> Any:
@@ -181,6 +198,7 @@ def export_onnx(
     adapter: str | None = None,
     opset: int = 17,
     check: bool = True,
+    dtype: str = "float32",
 ) -> ExportResult:
     """Export a Qwen-VL model folder (or hub id) for the onnx backend.
 
@@ -190,8 +208,12 @@ def export_onnx(
         image_size: ``(width, height)`` of the camera frames the vision graph takes.
         adapter: A PEFT (LoRA) adapter to merge into the weights first.
         opset: ONNX opset.
-        check: Run the exported graphs and PyTorch on one random frame and record the largest
-            logit difference (and whether the verdicts agree) in ``guard_onnx.json``.
+        check: Run the exported graphs and PyTorch (float32) on one random frame and record
+            the largest logit difference (and whether the verdicts agree) in
+            ``guard_onnx.json``. A float16 export is checked on CUDA when onnxruntime has it,
+            else on the CPU provider when that runs float16 graphs, else not (recorded why).
+        dtype: "float32" or "float16" (weights, activations, KV cache and the graphs' float
+            inputs and outputs).
 
     Returns:
         The export folder and its metadata.
@@ -208,6 +230,7 @@ def export_onnx(
     from guard.backends.qwen_inputs import QwenInputBuilder
     from guard.backends.transformers_backend import MODEL_CLASSES, _resolve_local
 
+    dtype = parse_dtype(dtype)
     t0 = time.perf_counter()
     out = Path(out)
     path = _resolve_local(model_id, "model")
@@ -232,6 +255,13 @@ def export_onnx(
             model = peft.PeftModel.from_pretrained(model, _resolve_local(adapter, "adapter"))
         model = model.merge_and_unload()
     model.eval()
+    # The float32 model stays the parity reference; the export traces a float16 copy.
+    traced = model
+    if dtype == "float16":
+        import copy
+
+        traced = copy.deepcopy(model).to(torch.float16).eval()
+    ftype = torch.float16 if dtype == "float16" else torch.float32
     builder = QwenInputBuilder.from_pretrained(
         path, image_token_id=config.image_token_id, video_token_id=config.video_token_id,
         use_processor="never",
@@ -252,9 +282,9 @@ def export_onnx(
     n_image_tokens = int(grid.prod()) // merge**2
 
     out.mkdir(parents=True, exist_ok=True)
-    vision = _vision_module(model, grid)
-    decoder = _decoder_module(model)
-    lm = model.model.language_model
+    vision = _vision_module(traced, grid)
+    decoder = _decoder_module(traced)
+    lm = traced.model.language_model
     past_names = [f"past_{kind}_{i}" for i in range(n_layers) for kind in ("key", "value")]
     present_names = [f"present_{kind}_{i}" for i in range(n_layers) for kind in ("key", "value")]
     dec_inputs = ["inputs_embeds", "position_ids", "attention_mask", *past_names]
@@ -271,22 +301,22 @@ def export_onnx(
     # Example inputs whose sizes differ from one another, so no dimension is traced as another.
     b, p, t = 2, 3, 5
     example: list[Any] = [
-        torch.zeros(b, t, hidden),
+        torch.zeros(b, t, hidden, dtype=ftype),
         torch.arange(p, p + t).view(1, 1, t).expand(3, b, t).contiguous(),
         torch.ones(b, p + t, dtype=torch.long),
     ]
-    example += [torch.zeros(b, n_kv, p, head_dim) for _ in past_names]
+    example += [torch.zeros(b, n_kv, p, head_dim, dtype=ftype) for _ in past_names]
     if n_deepstack:
         dec_inputs.append("deepstack_embeds")
         dynamic["deepstack_embeds"] = {1: "batch", 2: "tokens"}
-        example.append(torch.zeros(n_deepstack, b, t, hidden))
+        example.append(torch.zeros(n_deepstack, b, t, hidden, dtype=ftype))
         lm._deepstack_process = _dense_deepstack
     try:
         with warnings.catch_warnings(), torch.no_grad():
             # Tracer and deprecation warnings of the legacy exporter: nothing to act on.
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                vision, (pixels,), str(out / VISION_FILE),
+                vision, (pixels.to(ftype),), str(out / VISION_FILE),
                 input_names=["pixel_values"],
                 output_names=["image_embeds", *(["deepstack"] if n_deepstack else [])],
                 opset_version=opset, dynamo=False,
@@ -302,7 +332,8 @@ def export_onnx(
         if n_deepstack:
             del lm._deepstack_process
 
-    np.save(out / EMBED_FILE, model.get_input_embeddings().weight.detach().float().numpy())
+    np.save(out / EMBED_FILE,
+            traced.get_input_embeddings().weight.detach().to(ftype).numpy())
     _copy_small_files(path, out, builder)
     gen = model.generation_config
     eos = gen.eos_token_id if gen.eos_token_id is not None else builder.tokenizer.eos_token_id
@@ -329,7 +360,7 @@ def export_onnx(
         "eos_token_ids": [eos] if isinstance(eos, int) else list(eos or []),
         "pad_token_id": int(pad if pad is not None else 0),
         "opset": opset,
-        "dtype": "float32",
+        "dtype": dtype,
         "versions": {
             "torch": torch.__version__.split("+")[0],
             "transformers": transformers.__version__,
@@ -363,8 +394,20 @@ def _parity(model: Any, builder: Any, out: Path, image_size: tuple[int, int]) ->
     words = ("ALLOW", "ANNOTATE", "VETO")
     meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
     logits = []
-    for runner in (TorchRunner(model, torch.device("cpu"), torch.float32),
-                   OrtRunner(out, meta, providers=["CPUExecutionProvider"])):
+    if meta["dtype"] == "float32":
+        providers: list[Any] = ["CPUExecutionProvider"]
+    else:
+        import onnxruntime as ort
+
+        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
+                     if "CUDAExecutionProvider" in ort.get_available_providers()
+                     else ["CPUExecutionProvider"])
+    try:
+        ort_runner = OrtRunner(out, meta, providers=providers)
+    except BackendError as exc:
+        log.warning("onnx export parity not checked: %s", exc)
+        return {"max_abs_logit_diff": None, "verdict_agrees": None, "not_run": str(exc)}
+    for runner in (TorchRunner(model, torch.device("cpu"), torch.float32), ort_runner):
         engine = VerdictFirstEngine(
             runner, builder, eos_token_ids=meta["eos_token_ids"],
             pad_token_id=meta["pad_token_id"], spatial_merge_size=meta["spatial_merge_size"],
@@ -377,4 +420,5 @@ def _parity(model: Any, builder: Any, out: Path, image_size: tuple[int, int]) ->
     agree = bool(ids) and int(np.argmax(logits[0][ids])) == int(np.argmax(logits[1][ids]))
     diff = float(np.abs(logits[0] - logits[1]).max())
     log.info("onnx export parity: max |logit diff| %.3g, verdicts agree: %s", diff, agree)
-    return {"max_abs_logit_diff": diff, "verdict_agrees": agree}
+    return {"max_abs_logit_diff": diff, "verdict_agrees": agree,
+            "provider": ort_runner.providers[0]}

@@ -1,5 +1,6 @@
 """Does safety hold after quantization? R0 and false-veto rate of one model as fp32, bitsandbytes
-8-bit and 4-bit, and ONNX Runtime, on the synthetic world's test splits.
+8-bit and 4-bit, and ONNX Runtime (float32 and float16 exports), on the synthetic world's test
+splits.
 
     guard world generate --split test_iid --n 500 --out data/test_iid
     guard world generate --split test_ood --n 500 --out data/test_ood
@@ -16,7 +17,8 @@ hazardworld suite) in ``OUT/SPLIT/VARIANT``, so every number means what ``guard 
 by it (r0: unsafe items whose risk was not identified; false_veto_rate: safe items vetoed) and
 comes with its bootstrap interval. Beside them: the share of items whose verdict equals the
 fp32 model's (the quantization's own effect, free of label noise) and the median decision time.
-The ONNX variant is exported once, at the size of the split's frames. ``OUT/table.md`` and
+The ONNX variants are exported once, at the size of the split's frames. Default variants: fp32,
+8bit, 4bit, onnx (add onnx-fp16 with --variants). ``OUT/table.md`` and
 ``OUT/table.json`` hold the table.
 """
 
@@ -30,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-VARIANTS = ("fp32", "8bit", "4bit", "onnx")
+VARIANTS = ("fp32", "8bit", "4bit", "onnx", "onnx-fp16")
 ACTION_TEXTS = ("query", "proposal")
 
 
@@ -77,13 +79,14 @@ def variant_config(base: Any, variant: str, model: str, out: Path, suite: Any) -
         overrides["model.dtype"] = "float32"
     elif variant in ("8bit", "4bit"):
         overrides["model.quantization"] = variant
-    elif variant == "onnx":
+    elif variant in ("onnx", "onnx-fp16"):
         from guard.backends.onnx_export import export_onnx
 
         w, h = _frame_size(suite)
-        folder = out / f"onnx-{w}x{h}"
+        dtype = "float16" if variant == "onnx-fp16" else "float32"
+        folder = out / f"{variant}-{w}x{h}"
         if not (folder / "guard_onnx.json").is_file():
-            export_onnx(model, folder, (w, h), adapter=base.model.adapter)
+            export_onnx(model, folder, (w, h), adapter=base.model.adapter, dtype=dtype)
         overrides.update({"model.backend": "onnx", "model.id": str(folder),
                           "model.adapter": None})
     else:
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, action="append", type=Path,
                    help="a split folder written by 'guard world generate' (repeatable)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--variants", default=",".join(VARIANTS),
+    p.add_argument("--variants", default=",".join(VARIANTS[:4]),
                    help=f"comma list of {', '.join(VARIANTS)} (the first is the reference)")
     p.add_argument("--config", default=None, help="guard config YAML (policy, prompt, ...)")
     p.add_argument("--adapter", default=None, help="PEFT adapter on the model")
