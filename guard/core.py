@@ -81,6 +81,8 @@ class Guard:
         )
         self._lock = threading.Lock()
         self._rationale_callbacks: list[RationaleCallback] = []
+        self._rationales_pending = 0
+        self._rationales_idle = threading.Condition()
         self.stats = {"checks": 0, "vetoes": 0, "timeouts": 0, "errors": 0, "abandoned": 0}
         self.audit = audit if audit is not None else AuditLog(
             self.config.audit.path, fsync=self.config.audit.fsync
@@ -159,6 +161,14 @@ class Guard:
         must not block; an exception in one is logged and ignored.
         """
         self._rationale_callbacks.append(callback)
+
+    def wait_rationales(self, timeout: float | None = None) -> bool:
+        """Wait until every async rationale started so far is audited and its `on_rationale`
+        callbacks have run. True when none is pending, False when `timeout` (s) passed first."""
+        with self._rationales_idle:
+            return self._rationales_idle.wait_for(
+                lambda: self._rationales_pending == 0, timeout
+            )
 
     async def acheck(
         self, frames: FramesArg, proposal: ActionProposal, *, now: float | None = None
@@ -358,12 +368,24 @@ class Guard:
         if pending is not None:
             # Attached after the decision's own record, so the rationale record follows it.
             snapshot = decision.model_copy(deep=True)
+            with self._rationales_idle:
+                self._rationales_pending += 1
             pending.future.add_done_callback(
                 lambda f: self._rationale_done(snapshot, pending, f)
             )
         return decision
 
     def _rationale_done(
+        self, decision: Decision, pending: _PendingRationale, future: cf.Future[str]
+    ) -> None:
+        try:
+            self._audit_rationale(decision, pending, future)
+        finally:
+            with self._rationales_idle:
+                self._rationales_pending -= 1
+                self._rationales_idle.notify_all()
+
+    def _audit_rationale(
         self, decision: Decision, pending: _PendingRationale, future: cf.Future[str]
     ) -> None:
         """Audit a finished (or failed) async rationale and hand the completed decision on."""

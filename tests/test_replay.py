@@ -512,3 +512,79 @@ if __name__ == "__main__":
     p.add_argument("--regenerate", action="store_true", required=True)
     p.parse_args()
     print(write_sqlite_fixture(SQLITE_BAG))
+
+
+# -- async rationales -----------------------------------------------------------------------------
+
+
+class LateRationaleBackend(ScriptedBackend):
+    """Answers the verdict word at once and the whole answer later, on a timer, as a
+    verdict-first backend does with rationale: async."""
+
+    def __init__(self, answer: str, delay_s: float) -> None:
+        super().__init__()
+        self.answer, self.delay_s = answer, delay_s
+        self.timers: list[Any] = []
+
+    def judge(self, request: Any) -> Any:
+        import concurrent.futures as cf
+        import threading
+
+        from guard.backends.base import JudgeOutput
+
+        assert request.rationale == "async"
+        future: cf.Future[str] = cf.Future()
+        timer = threading.Timer(self.delay_s, future.set_result, args=(self.answer,))
+        timer.start()
+        self.timers.append(timer)
+        verdict = self.answer.split("\n", 1)[0]
+        return JudgeOutput(text=verdict, verdict_probs={verdict: 1.0}, rationale=future)
+
+
+def test_replay_waits_for_async_rationales(config, tmp_path):
+    from guard.replay.writer import write_jsonl
+
+    items: list[BagFrame | BagProposal] = [
+        BagFrame(t=1.0, image=np.full((8, 8, 3), 9, np.uint8), encoding="rgb8")]
+    items += [BagProposal(t=1.0 + k, proposal={"id": f"p{k}", "name": "stove_on"})
+              for k in range(1, 4)]
+    episode = write_jsonl(tmp_path / "ep" / "episode.jsonl", items, image_format="png")
+    config = config.with_overrides(**{"policy.max_frame_age_ms": None,
+                                      "model.rationale": "async"})
+    backend = LateRationaleBackend(VETO, delay_s=0.4)
+    with Guard(config, backend=backend) as guard:
+        result = replay(episode, tmp_path / "out", guard=guard, progress=False)
+        assert guard.wait_rationales(timeout=0)  # nothing left running after the replay
+    decisions = lines(tmp_path / "out" / "decisions.jsonl")
+    assert [d["verdict"] for d in decisions] == ["veto"] * 3
+    for d in decisions:  # filled in from the whole answer, written after it was there
+        assert [h["category"] for h in d["hazards"]] == ["fire"]
+        assert d["async_rationale"] == {"answer_verdict": "veto", "answer_risk": 0.9,
+                                        "agrees": True}
+    rationales = result.summary["async_rationales"]
+    assert rationales["n"] == 3 and rationales["all_done"] and rationales["disagree"] == 0
+    assert rationales["wait_s"] >= 0.1  # it did wait: the last one finished after the loop
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["async_rationales"]["n"] == 3
+    assert "something on the stove" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_replay_reports_rationales_that_did_not_finish(config, tmp_path):
+    from guard.replay.writer import write_jsonl
+
+    items: list[BagFrame | BagProposal] = [
+        BagFrame(t=1.0, image=np.full((8, 8, 3), 9, np.uint8), encoding="rgb8"),
+        BagProposal(t=2.0, proposal={"id": "p", "name": "stove_on"})]
+    episode = write_jsonl(tmp_path / "ep" / "episode.jsonl", items, image_format="png")
+    config = config.with_overrides(**{"policy.max_frame_age_ms": None,
+                                      "model.rationale": "async"})
+    backend = LateRationaleBackend(VETO, delay_s=5.0)
+    with Guard(config, backend=backend) as guard:
+        result = replay(episode, tmp_path / "out", guard=guard, progress=False,
+                        rationale_timeout_s=0.05)
+        for t in backend.timers:
+            t.cancel()
+    rationales = result.summary["async_rationales"]
+    assert rationales["n"] == 0 and rationales["all_done"] is False
+    (d,) = lines(tmp_path / "out" / "decisions.jsonl")
+    assert d["verdict"] == "veto" and "async_rationale" not in d

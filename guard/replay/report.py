@@ -57,6 +57,9 @@ class Judged:
     frames: list[dict[str, Any]] = field(default_factory=list)
     thumbnail: bytes | None = None
     timings_ms: dict[str, float] | None = None
+    # From the decision's `rationale` audit record (rationale: async): whether the whole answer
+    # would have decided the same, or why there is no rationale.
+    async_rationale: dict[str, Any] | None = None
 
 
 # -- decisions.jsonl -------------------------------------------------------------------------
@@ -72,6 +75,8 @@ def decision_record(j: Judged, t0_ns: int) -> dict[str, Any]:
         "label": j.label,
         "frames": j.frames,
     })
+    if j.async_rationale is not None:
+        record["async_rationale"] = j.async_rationale
     return record
 
 
@@ -122,6 +127,7 @@ def build_summary(
     guard: Any,
     limit: int | None,
     stopped_at_limit: bool,
+    rationales: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     verdicts = Counter(j.decision.verdict.value for j in judged)
     statuses = Counter(j.decision.status.value for j in judged)
@@ -131,6 +137,7 @@ def build_summary(
     backend_ms = sum(t.get("total", 0.0) for t in timings) if timings else None
     generate_ms = sum(t.get("generate", 0.0) for t in timings) if timings else None
     wall_ms = wall_s * 1000.0
+    with_rationale = [j.async_rationale for j in judged if j.async_rationale is not None]
     return {
         "episode": str(episode.path),
         "format": episode.format,
@@ -161,6 +168,15 @@ def build_summary(
             "items_left_out": max(0, len(damage) - MAX_LISTED_DAMAGE),
         },
         "notes": list(episode.notes),
+        # rationale: async only: rationale records found for these decisions, those whose
+        # whole answer would have decided differently or that have no rationale, whether every
+        # pending rationale finished before the report was written, and the wait for them.
+        "async_rationales": {
+            "n": len(with_rationale),
+            "disagree": sum(r.get("agrees") is False for r in with_rationale),
+            "failed": sum("error" in r for r in with_rationale),
+            **(rationales or {}),
+        },
         "timing": {
             "wall_s": wall_s,
             "proposals_per_s": len(judged) / wall_s if wall_s > 0 else None,

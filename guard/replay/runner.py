@@ -9,6 +9,11 @@ in recorded order.
 Fail closed on damaged input: a proposal that cannot be read, or whose newest frame does not
 decode, is a `guard.reject(..., invalid_input)` veto, recorded and audited like any other
 decision; the damage is also listed in the summary. Nothing in the episode can crash the loop.
+
+With ``model.rationale: async`` the decisions come back before their rationales; the replay
+waits for the guard's pending rationales (`Guard.wait_rationales`, bounded by
+``rationale_timeout_s``) before it writes anything, and fills each decision's hazards and
+rationale in from its ``rationale`` audit record, so the report reads like a ``sync`` run's.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ REPORT_FILE = "report.html"
 FRAME_BUFFER = 64
 # Inline frames in report.html beyond this many decisions are left out (the page stays usable).
 MAX_REPORT_IMAGES = 1000
+# How long the replay waits for async rationales after the last decision, in seconds.
+RATIONALE_TIMEOUT_S = 600.0
+# Fields of a `rationale` audit record kept with the decision in decisions.jsonl.
+_RATIONALE_FIELDS = ("answer_verdict", "answer_risk", "agrees", "error")
 
 
 @dataclass
@@ -81,21 +90,44 @@ def _progress(total: int | None, enabled: bool | None) -> Any:
                 disable=None if enabled is None else not enabled)
 
 
-def _timings_by_decision(audit_path: Path, ids: set[str]) -> dict[str, dict[str, float]]:
-    """The backend's own timings per decision, from the audit log the guard wrote."""
-    out: dict[str, dict[str, float]] = {}
+def _from_audit(
+    audit_path: Path, ids: set[str]
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    """The backend's own timings and the async rationale records per decision, from the audit
+    log the guard wrote."""
+    timings: dict[str, dict[str, float]] = {}
+    rationales: dict[str, dict[str, Any]] = {}
     if not ids or not audit_path.is_file():
-        return out
+        return timings, rationales
     with audit_path.open("rb") as fh:
         for raw in fh:
             try:
                 rec = json.loads(raw)
+                if rec.get("kind") == "rationale":
+                    if rec.get("decision_id") in ids:
+                        rationales[rec["decision_id"]] = rec
+                    continue
                 did = rec["decision"]["id"]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
             if did in ids and isinstance(rec.get("timings_ms"), dict):
-                out[did] = rec["timings_ms"]
-    return out
+                timings[did] = rec["timings_ms"]
+    return timings, rationales
+
+
+def _attach_rationale(j: Judged, rec: dict[str, Any]) -> None:
+    """Fill a verdict-only decision's hazards and rationale in from its rationale record."""
+    from guard.types import Hazard
+
+    j.async_rationale = {k: rec[k] for k in _RATIONALE_FIELDS if k in rec}
+    if "rationale" not in rec:  # not generated, or unparseable: the decision stays as made
+        return
+    try:
+        hazards = [Hazard.model_validate(h) for h in rec.get("hazards") or []]
+    except ValueError:
+        hazards = list(j.decision.hazards)
+    j.decision = j.decision.model_copy(update={"rationale": rec["rationale"],
+                                               "hazards": hazards})
 
 
 class _Loop:
@@ -211,6 +243,7 @@ def replay(
     proposal_topic: str | None = None,
     limit: int | None = None,
     progress: bool | None = None,
+    rationale_timeout_s: float | None = RATIONALE_TIMEOUT_S,
 ) -> ReplayResult:
     """Replay an episode through `guard` and write decisions.jsonl, summary.json, report.html.
 
@@ -223,6 +256,8 @@ def replay(
         proposal_topic: Proposal topic in a bag (default /guard/proposals).
         limit: Judge at most this many proposals.
         progress: Show a progress bar (None: only on a terminal).
+        rationale_timeout_s: How long to wait for async rationales after the last decision
+            (None: as long as they take). Those still running are reported as pending.
 
     Returns:
         The summary and the list of judged proposals.
@@ -260,16 +295,28 @@ def replay(
         if bar is not None:
             bar.close()
     wall_s = time.perf_counter() - t_start
-    timings = _timings_by_decision(Path(guard.audit.path), {j.decision.id for j in loop.judged})
+    # Rationales still being written (rationale: async) belong in the report: wait for them
+    # unless the user interrupted.
+    wait = getattr(guard, "wait_rationales", None)
+    t_wait = time.perf_counter()
+    all_done = True
+    if callable(wait) and interrupted is None:
+        all_done = bool(wait(rationale_timeout_s))
+    wait_s = time.perf_counter() - t_wait
+    timings, rationales = _from_audit(Path(guard.audit.path),
+                                      {j.decision.id for j in loop.judged})
     t0 = loop.t_first if loop.t_first is not None else 0
     with (out / DECISIONS_FILE).open("w", encoding="utf-8") as fh:
         for j in loop.judged:
             j.timings_ms = timings.get(j.decision.id)
+            if j.decision.id in rationales:
+                _attach_rationale(j, rationales[j.decision.id])
             fh.write(json.dumps(decision_record(j, t0), ensure_ascii=False) + "\n")
     t_range = (t0, loop.t_last) if loop.t_last is not None else None
     summary = build_summary(
         episode=episode, judged=loop.judged, n_frames=len(loop.frame_times), t_range=t_range,
         wall_s=wall_s, guard=guard, limit=limit, stopped_at_limit=loop.stopped_at_limit,
+        rationales={"all_done": all_done, "wait_s": wait_s},
     )
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     page = render_html(summary, loop.judged, loop.frame_times, loop.broken_times, t0,
