@@ -366,6 +366,8 @@ class QwenInputBuilder:
         min_pixels: Lower bound on each resized image's area (None: the processor's default).
         max_pixels: Upper bound on each resized image's area (None: the processor's default).
         chat_template: Overrides the tokenizer's template (manual route only).
+        fast_pixels: Compute ``pixel_values`` with `guard.backends.qwen_pixels` (the same
+            values as the PIL image processor, several times faster) where it applies.
     """
 
     tokenizer: Any
@@ -376,6 +378,7 @@ class QwenInputBuilder:
     min_pixels: int | None = None
     max_pixels: int | None = None
     chat_template: str | None = None
+    fast_pixels: bool = True
 
     @property
     def uses_processor(self) -> bool:
@@ -470,6 +473,13 @@ class QwenInputBuilder:
     def encode_images(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         """The image processor's ``pixel_values`` and ``image_grid_thw`` for `images`, as
         `from_messages` computes them (pass them back as its `pixels`)."""
+        if self.fast_pixels:
+            from guard.backends.qwen_pixels import fast_pixel_values
+
+            fast = fast_pixel_values(images, self.image_processor, self.min_pixels,
+                                     self.max_pixels)
+            if fast is not None:
+                return fast
         out: dict[str, torch.Tensor] = self.image_processor(
             images=list(images),
             return_tensors="pt",
@@ -489,6 +499,11 @@ class QwenInputBuilder:
 
         `pixels` (from `encode_images`) skips processing the images again.
         """
+        if pixels is None and images and self.fast_pixels:
+            from guard.backends.qwen_pixels import fast_pixel_values
+
+            pixels = fast_pixel_values(images, self.image_processor, self.min_pixels,
+                                       self.max_pixels)
         if pixels is not None and images:
             # The placeholders are expanded by id, as the manual route does; the stock
             # processor's route gives the same tensors (held by the tests).

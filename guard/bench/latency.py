@@ -26,6 +26,9 @@ ONNX is exported at the scenario's image size), each on a fresh camera frame unl
   four_batch       the same four as one batch (`judge_batch`)
   bare_full        transformers only: build inputs + ``model.generate`` of the same length
   bare_first       transformers only: build inputs + ``generate(max_new_tokens=1)``
+  pixels_fast      transformers only: the image processor alone on a new frame, through
+                   `guard.backends.qwen_pixels` (what the backends use)
+  pixels_stock     the same through the stock image processor
 Repetitions interleave backends and measures in rotating order, so drift hits all alike.
 On a shared CPU, use ``--threads 1``: OpenMP threads of two-thread runs wait on each other
 behind other processes and turn milliseconds into seconds at random.
@@ -256,8 +259,22 @@ class BackendBench:
             "four_batch": self.four_batch,
         }
         if self.bare:
-            out.update(bare_full=self.bare_full, bare_first=self.bare_first)
+            out.update(bare_full=self.bare_full, bare_first=self.bare_first,
+                       pixels=self.pixels)
         return out
+
+    def pixels(self) -> None:
+        """The image processor alone on a new frame: the fast path, then the stock one."""
+        inputs = self.backend.inputs
+        for measure, fast in (("pixels_fast", True), ("pixels_stock", False)):
+            frame = self.frames.next()
+            saved, inputs.fast_pixels = inputs.fast_pixels, fast
+            try:
+                t = time.perf_counter()
+                inputs.encode_images([frame])
+                self.m.add(measure, (time.perf_counter() - t) * 1000)
+            finally:
+                inputs.fast_pixels = saved
 
     def verdict(self) -> None:
         frame = self.frames.next()
@@ -493,6 +510,12 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append(f"| {name} | " + " | ".join(cells + extra) +
                     f" | {b['weights_mb']:.1f} | {peak} |")
     lines = ["\n".join(rows), ""]
+    for name, b in result["backends"].items():
+        w = b["wall_ms"]
+        if "pixels_fast" in w and "pixels_stock" in w:
+            fast, stock = w["pixels_fast"]["p50"], w["pixels_stock"]["p50"]
+            lines.append(f"- image processor ({name}): stock {stock:.2f} ms, fast path "
+                         f"{fast:.2f} ms ({stock / fast:.1f}x)")
     for key, t in result["targets"].items():
         notes = ", ".join(f"{k} {v:.3f}" for k, v in t.items()
                           if k not in ("ratio", "target", "met") and isinstance(v, float))
