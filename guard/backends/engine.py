@@ -364,6 +364,11 @@ class VerdictFirstEngine:
         # [system turn,] user turn, assistant header: the user turn opens at the last but one.
         if self.prefix_cache and len(starts) >= 2:
             n = int(starts[-2]) + 1
+            if slots and n <= slots[0].start:
+                # Images come first in the user turn: its header and the first image's
+                # <|vision_start|> are fixed text too. (Were the action before the image, the
+                # key would differ per action: a miss, never a wrong hit.)
+                n = slots[0].start
             if not slots or n <= slots[0].start:
                 out.append(("system:" + _digest(ids[:n]), n))
         if self.frame_cache > 0 and slots:
