@@ -210,16 +210,28 @@ def trainer_config_class(method: str) -> Any:
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    node = data
+    """Set ``a.b.c`` in nested dicts; a numeric part indexes a list (``warm_start.0.n``)."""
+    node: Any = data
     parts = key.split(".")
     for p in parts[:-1]:
+        if isinstance(node, list):
+            if not p.isdigit() or int(p) >= len(node):
+                raise ConfigError(f"--set {key}: {p!r} is not an index of a {len(node)}-item list")
+            node = node[int(p)]
+            continue
         child = node.get(p)
         if child is None:
             child = node[p] = {}
-        if not isinstance(child, dict):
+        if not isinstance(child, dict | list):
             raise ConfigError(f"--set {key}: {p!r} is not a section")
         node = child
-    node[parts[-1]] = value
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {key}: {last!r} is not an index of a {len(node)}-item list")
+        node[int(last)] = value
+    else:
+        node[last] = value
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

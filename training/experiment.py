@@ -56,6 +56,9 @@ class PhaseSpec(_Strict):
     n: int = Field(default=2048, ge=1)
     start: int = Field(default=0, ge=0)
     constitution_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    world: dict[str, Any] = Field(default_factory=dict)
+    """WorldConfig overrides for this phase only, on top of the experiment's ``world`` (a
+    curriculum stage can train a subset of the rules: ``{rules: [knife_child, stove_hot]}``)."""
     trainer: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -84,7 +87,11 @@ class ExperimentConfig(_Strict):
     world: dict[str, Any] = Field(default_factory=dict)
     template: str = "consequence_compact"
     constitution: str = "hazardworld"
-    warm_start: PhaseSpec
+    warm_start: list[PhaseSpec] = Field(min_length=1)
+    """One SFT phase, or a curriculum: stages run in order, each from the previous model."""
+    shared_warm_start: bool = False
+    """Train the warm start once (with the first seed) and start every seed's methods from
+    it: the spread over seeds is then the methods' own, at a third of the warm-start cost."""
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     methods: dict[str, PhaseSpec]
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -100,6 +107,8 @@ def load_experiment(path: str | Path, *, smoke: bool = False) -> ExperimentConfi
     if smoke:
         for key, value in (data.get("smoke") or {}).items():
             set_dotted(data, key, value)
+    if isinstance(data.get("warm_start"), dict):
+        data["warm_start"] = [data["warm_start"]]
     try:
         return ExperimentConfig.model_validate(data)
     except Exception as exc:
@@ -127,8 +136,9 @@ def _run_config(cfg: ExperimentConfig, phase: PhaseSpec, seed: int, model_id: Pa
     trainer = dict(phase.trainer)
     if max_steps is not None:
         trainer["max_steps"] = max_steps
+    overrides = {**cfg.world, **phase.world}
     world = {"source": "world", "split": "train", "n": phase.n, "seed": seed,
-             "start": phase.start, **({"overrides": cfg.world} if cfg.world else {})}
+             "start": phase.start, **({"overrides": overrides} if overrides else {})}
     return load_run_config({
         "method": phase.method, "seed": seed, "num_threads": cfg.num_threads,
         "model": {"id": str(model_id), "dtype": "float32"},
@@ -228,6 +238,22 @@ def plot_curves(out: Path, seeds: list[int], names: list[str]) -> Path | None:
     return png
 
 
+def _warm_start(cfg: ExperimentConfig, seed: int, sd: Path, build_tiny_model: Any,
+                train: Any) -> tuple[Path, dict[str, Any]]:
+    """Build the seed's random model and run the warm-start stages in order."""
+    model = build_tiny_model(cfg.tiny_model.arch, sd / "base", seed=seed, **cfg.tiny_model.sizes)
+    stages: list[dict[str, Any]] = []
+    for i, stage in enumerate(cfg.warm_start):
+        run_dir = sd / "warm_start" if i == len(cfg.warm_start) - 1 else sd / f"warm_stage{i + 1}"
+        stages.append(train(_run_config(cfg, stage, seed, Path(model)), run_dir))
+        model = run_dir / "model"
+    summary = {**stages[-1], "seed": seed,
+               "train_s": round(sum(s.get("train_s", 0.0) for s in stages), 1)}
+    if len(stages) > 1:
+        summary["stages"] = stages
+    return Path(model), summary
+
+
 def run_experiment(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]:
     """Run every seed and method; write results.json, results.md and curves.png."""
     from guard.tiny import build_tiny_model
@@ -242,15 +268,18 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]:
     eval_items = {split: world_items(split, getattr(cfg.eval, split), seed=cfg.eval.seed,
                                      config=world) for split in SPLITS}
     per_seed: dict[str, dict[str, Any]] = {}
+    shared: tuple[Path, dict[str, Any]] | None = None
     for seed in cfg.seeds:
         sd = out / f"seed{seed}"
-        base = build_tiny_model(cfg.tiny_model.arch, sd / "base", seed=seed,
-                                **cfg.tiny_model.sizes)
         runs: dict[str, Any] = {}
-        warm = train(_run_config(cfg, cfg.warm_start, seed, base), sd / "warm_start")
-        warm_dir = sd / "warm_start" / "model"
-        runs["warm_start"] = {**warm, "eval": _evaluate(cfg, warm_dir, eval_items,
-                                                         sd / "warm_start")}
+        if shared is None:
+            warm_dir, warm = _warm_start(cfg, seed, sd, build_tiny_model, train)
+            warm["eval"] = _evaluate(cfg, warm_dir, eval_items, sd / "warm_start")
+            if cfg.shared_warm_start:
+                shared = (warm_dir, warm)
+        else:
+            warm_dir, warm = shared
+        runs["warm_start"] = warm
         for name, phase in cfg.methods.items():
             summary = train(_run_config(cfg, phase, seed, warm_dir, cfg.budget.max_steps),
                             sd / name, callbacks=[_time_budget(cfg.budget.max_seconds)])
