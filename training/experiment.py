@@ -271,6 +271,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]:
     shared: tuple[Path, dict[str, Any]] | None = None
     for seed in cfg.seeds:
         sd = out / f"seed{seed}"
+        sd.mkdir(parents=True, exist_ok=True)
         runs: dict[str, Any] = {}
         if shared is None:
             warm_dir, warm = _warm_start(cfg, seed, sd, build_tiny_model, train)

@@ -89,3 +89,16 @@ def test_dotted_overrides_and_yaml_round_trip(tmp_path: Path) -> None:
     assert load_run_config(path) == cfg
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_overrides(["nokey"])
+
+
+def test_set_dotted_indexes_lists_and_names_bad_keys() -> None:
+    from training.config import set_dotted
+
+    data = {"warm_start": [{"n": 1}, {"n": 2, "trainer": {}}]}
+    set_dotted(data, "warm_start.1.trainer.max_steps", 5)
+    set_dotted(data, "warm_start.0.n", 9)
+    assert data == {"warm_start": [{"n": 9}, {"n": 2, "trainer": {"max_steps": 5}}]}
+    with pytest.raises(ConfigError, match="'2' is not an index of a 2-item list"):
+        set_dotted(data, "warm_start.2.n", 1)
+    with pytest.raises(ConfigError, match="'n' is not a section"):
+        set_dotted(data, "warm_start.0.n.x", 1)

@@ -67,3 +67,42 @@ def test_experiment_smoke_writes_results_table_and_curves(tmp_path: Path) -> Non
     assert results["seeds"]["0"]["caspo"]["global_step"] == 2
     assert "| caspo | test_ood |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_experiment_curriculum_and_shared_warm_start(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages run in order from the previous stage's model, each with its own world rules;
+    with ``shared_warm_start`` the second seed's methods start from the first seed's model."""
+    import training.experiment as exp
+    import training.run
+
+    calls: list[tuple[str, str, tuple[str, ...] | None, int]] = []
+
+    def fake_train(cfg: object, out: Path, callbacks: object = None) -> dict[str, object]:
+        train = cfg.data.train  # type: ignore[attr-defined]
+        rules = (train.overrides or {}).get("rules")
+        calls.append((str(Path(out).relative_to(tmp_path)), cfg.model.id,  # type: ignore[attr-defined]
+                       tuple(rules) if rules else None, cfg.seed))  # type: ignore[attr-defined]
+        return {"train_s": 1.0, "global_step": 1}
+
+    monkeypatch.setattr(training.run, "train", fake_train)
+    monkeypatch.setattr(exp, "_evaluate", lambda cfg, model_dir, items, out: {
+        s: {"accuracy": 1.0, "r0": 0.0, "false_veto_rate": 0.0, "parse_fail_rate": 0.0,
+            "per_rule": {}} for s in exp.SPLITS})
+    cfg = exp.load_experiment(ROOT / "configs/train/hazardworld_experiment.yaml", smoke=True)
+    cfg = cfg.model_copy(update={"seeds": [0, 1], "shared_warm_start": True,
+                                 "eval": cfg.eval.model_copy(update={"test_iid": 2,
+                                                                     "test_ood": 2})})
+    results = exp.run_experiment(cfg, tmp_path)
+
+    stage1, stage2, *methods = calls
+    assert stage1[0] == "seed0/warm_stage1" and stage1[1].endswith("seed0/base")
+    assert stage1[2] == ("stove_flammable", "hot_plate_flammable", "stove_hot")
+    assert stage2[0] == "seed0/warm_start"
+    assert stage2[1] == str(tmp_path / "seed0/warm_stage1/model")
+    assert stage2[2] is None                       # stage 2: every rule of the default world
+    assert [c[0] for c in methods] == [f"seed{s}/{m}" for s in (0, 1) for m in cfg.methods]
+    assert {c[1] for c in methods} == {str(tmp_path / "seed0/warm_start/model")}
+    assert [c[3] for c in methods] == [0] * 4 + [1] * 4
+    assert results["seeds"]["1"]["warm_start"]["seed"] == 0
+    assert results["seeds"]["0"]["warm_start"]["train_s"] == 2.0
