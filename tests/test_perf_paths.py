@@ -362,6 +362,30 @@ def test_quantized_models_take_the_fast_paths(
     np.testing.assert_allclose(ours, _plain_logits(b, _prompt(ACTIONS[1], frame)), atol=1e-3)
 
 
+def test_linear_patch_embedding_equals_the_convolution(
+    tiny_dirs: dict[str, Path], arch: str
+) -> None:
+    from guard.backends.qwen_inputs import QwenInputBuilder
+    from guard.backends.transformers_backend import MODEL_CLASSES, linear_patch_embed
+
+    cls = getattr(transformers, MODEL_CLASSES[json.loads(
+        (tiny_dirs[arch] / "config.json").read_text())["model_type"]])
+    model = cls.from_pretrained(str(tiny_dirs[arch]), dtype=torch.float32).eval()
+    builder = QwenInputBuilder.from_pretrained(
+        str(tiny_dirs[arch]), image_token_id=model.config.image_token_id, use_processor="never")
+    enc = builder.encode_images([_image(70, (128, 96))])
+
+    def features() -> Any:
+        with torch.inference_mode():
+            out = model.get_image_features(enc["pixel_values"], enc["image_grid_thw"],
+                                           return_dict=True)
+        return torch.cat(tuple(out.pooler_output))
+
+    conv = features()
+    assert linear_patch_embed(model) and not linear_patch_embed(model)  # once
+    torch.testing.assert_close(features(), conv, rtol=0, atol=1e-5)
+
+
 # -- ONNX -----------------------------------------------------------------------------------------
 
 
