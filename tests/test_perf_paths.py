@@ -140,8 +140,11 @@ def test_prefix_and_frame_caches_give_the_plain_forward_logits(
     cases = [
         ("cold", _prompt(ACTIONS[0], frame_a)),  # nothing cached yet
         ("system", _prompt(ACTIONS[1], frame_b)),  # new frame: the system prefix is reused
-        ("frame", _prompt(ACTIONS[2], frame_b)),  # same frame: the prefix through the image
-        ("frame", _prompt(ACTIONS[0], frame_a)),
+        # Same frame: the last prompt on it, through the image and the fixed text after it.
+        ("prompt", _prompt(ACTIONS[2], frame_b)),
+        ("prompt", _prompt(ACTIONS[0], frame_a)),
+        # Same frame, other text right after the image: the prefix through the image only.
+        ("frame", ChatPrompt(system=SYSTEM, user="Other words", images=(frame_b,))),
         # Two frames, the first one new: KV from the system prefix, the known frame's vision
         # features from the image cache.
         ("system", _prompt(ACTIONS[1], _image(3), frame_b)),
@@ -152,11 +155,18 @@ def test_prefix_and_frame_caches_give_the_plain_forward_logits(
         plain = _plain_logits(b, prompt)
         np.testing.assert_allclose(ours, plain, atol=1e-4, rtol=0)
         assert int(np.argmax(ours)) == int(np.argmax(plain))
-        hits = {k: e.stats[k] - before[k] for k in ("system_hits", "frame_hits")}
+        hits = {k: e.stats[k] - before[k] for k in ("system_hits", "frame_hits", "prompt_hits")}
         if expect == "cold":
-            assert hits == {"system_hits": 0, "frame_hits": 0}
+            assert hits == {"system_hits": 0, "frame_hits": 0, "prompt_hits": 0}
         else:
             assert hits[f"{expect}_hits"] == 1, (expect, hits)
+        if expect == "frame":
+            assert hits["prompt_hits"] == 0, hits
+        if expect == "prompt":  # reused beyond the image: fewer tokens left to prefill
+            assert hits["frame_hits"] == 1
+            n_frame = dict(e.prepare(prompt).prefixes)
+            frame_end = max(n for k, n in n_frame.items() if k.startswith("frame:"))
+            assert e.stats["cached_tokens"] - before["cached_tokens"] > frame_end
     assert e.stats["image_hits"] >= 2 and e.stats["cached_tokens"] > 0
 
 

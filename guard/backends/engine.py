@@ -308,12 +308,15 @@ class VerdictFirstEngine:
         self.lock = PriorityLock()
         self._images = _LRU(max(frame_cache, 0))
         self._frames = _LRU(max(frame_cache, 0))
+        # Per frame, the ids and keys/values of the last whole prompt judged on it: the next
+        # proposal reuses its longest common prefix (the fixed text after the image too).
+        self._prompts = _LRU(max(frame_cache, 0))
         self._systems = _LRU(4 if prefix_cache else 0)
         self._background = cf.ThreadPoolExecutor(1, thread_name_prefix="guard-rationale")
         self._closed = False
         self.stats: dict[str, int] = dict.fromkeys(
-            ("checks", "system_hits", "frame_hits", "image_hits", "vision_encodes",
-             "prefill_tokens", "cached_tokens", "off_format"), 0
+            ("checks", "system_hits", "frame_hits", "prompt_hits", "image_hits",
+             "vision_encodes", "prefill_tokens", "cached_tokens", "off_format"), 0
         )
 
     # -- preparing prompts -----------------------------------------------------------------
@@ -386,6 +389,9 @@ class VerdictFirstEngine:
         return (self._frames if key.startswith("frame:") else self._systems).get(key)
 
     def _lookup(self, prep: Prepared) -> _Hit | None:
+        last = self._last_prompt(prep)
+        if last is not None:
+            return last
         for key, n in reversed(prep.prefixes):
             stored = self._get(key)
             if stored is not None:
@@ -393,11 +399,35 @@ class VerdictFirstEngine:
                 return _Hit(key, n, stored)
         return None
 
+    def _last_prompt(self, prep: Prepared) -> _Hit | None:
+        """The longest prefix shared with the last prompt judged on the same frame, when it
+        goes past the frame itself (at least one token is left to prefill)."""
+        frame = next(((k, n) for k, n in reversed(prep.prefixes) if k.startswith("frame:")),
+                     None)
+        stored = self._prompts.get(frame[0]) if frame is not None else None
+        if frame is None or stored is None:
+            return None
+        key, n_frame = frame
+        ids, kv = stored
+        limit = min(len(ids), len(prep.ids) - 1)
+        differ = np.flatnonzero(ids[:limit] != prep.ids[:limit])
+        n = int(differ[0]) if len(differ) else limit
+        if n <= n_frame:
+            return None
+        # A frame cache hit that reaches further: counted as both.
+        self.stats["frame_hits"] += 1
+        self.stats["prompt_hits"] += 1
+        return _Hit("prompt:" + key, n, self.runner.snapshot(self.runner.restore(kv, 1), n))
+
     def _store(self, prep: Prepared, past: Any, start: int) -> None:
         for key, n in prep.prefixes:
             store = self._frames if key.startswith("frame:") else self._systems
             if n > start and key not in store:
                 store.put(key, self.runner.snapshot(past, n))
+            if key.startswith("frame:"):
+                # The whole prompt (its keys/values are all in `past` after the prefill).
+                n_all = len(prep.ids)
+                self._prompts.put(key, (prep.ids.copy(), self.runner.snapshot(past, n_all)))
 
     def _features(self, slots: Sequence[ImageSlot]) -> list[Any]:
         todo = [s for s in slots if s.entry.features is None]
