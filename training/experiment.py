@@ -89,6 +89,10 @@ class ExperimentConfig(_Strict):
     constitution: str = "hazardworld"
     warm_start: list[PhaseSpec] = Field(min_length=1)
     """One SFT phase, or a curriculum: stages run in order, each from the previous model."""
+    warm_start_from: str | None = None
+    """Start the warm start's first stage from this model folder instead of a fresh random
+    ``tiny_model`` (e.g. ``guard/models/hazardworld-small``, itself an SFT warm start of the
+    same size: its recipe is in its MODEL_CARD.md). Paths are relative to the working folder."""
     shared_warm_start: bool = False
     """Train the warm start once (with the first seed) and start every seed's methods from
     it: the spread over seeds is then the methods' own, at a third of the warm-start cost."""
@@ -240,8 +244,14 @@ def plot_curves(out: Path, seeds: list[int], names: list[str]) -> Path | None:
 
 def _warm_start(cfg: ExperimentConfig, seed: int, sd: Path, build_tiny_model: Any,
                 train: Any) -> tuple[Path, dict[str, Any]]:
-    """Build the seed's random model and run the warm-start stages in order."""
-    model = build_tiny_model(cfg.tiny_model.arch, sd / "base", seed=seed, **cfg.tiny_model.sizes)
+    """Build the seed's random model (or take ``warm_start_from``) and run the stages in order."""
+    if cfg.warm_start_from is not None:
+        model = Path(cfg.warm_start_from)
+        if not (model / "config.json").is_file():
+            raise ConfigError(f"warm_start_from: {model} is not a model folder (no config.json)")
+    else:
+        model = build_tiny_model(cfg.tiny_model.arch, sd / "base", seed=seed,
+                                 **cfg.tiny_model.sizes)
     stages: list[dict[str, Any]] = []
     for i, stage in enumerate(cfg.warm_start):
         run_dir = sd / "warm_start" if i == len(cfg.warm_start) - 1 else sd / f"warm_stage{i + 1}"

@@ -90,7 +90,12 @@ def test_experiment_curriculum_and_shared_warm_start(tmp_path: Path,
         s: {"accuracy": 1.0, "r0": 0.0, "false_veto_rate": 0.0, "parse_fail_rate": 0.0,
             "per_rule": {}} for s in exp.SPLITS})
     cfg = exp.load_experiment(ROOT / "configs/train/hazardworld_experiment.yaml", smoke=True)
+    stage = cfg.warm_start[0]
+    stages = [stage.model_copy(update={"world": {"rules": ["stove_flammable",
+                                                           "hot_plate_flammable", "stove_hot"]}}),
+              stage]
     cfg = cfg.model_copy(update={"seeds": [0, 1], "shared_warm_start": True,
+                                 "warm_start": stages,
                                  "eval": cfg.eval.model_copy(update={"test_iid": 2,
                                                                      "test_ood": 2})})
     results = exp.run_experiment(cfg, tmp_path)
@@ -106,3 +111,23 @@ def test_experiment_curriculum_and_shared_warm_start(tmp_path: Path,
     assert [c[3] for c in methods] == [0] * 4 + [1] * 4
     assert results["seeds"]["1"]["warm_start"]["seed"] == 0
     assert results["seeds"]["0"]["warm_start"]["train_s"] == 2.0
+
+
+def test_experiment_warm_start_from_a_model_folder(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.experiment as exp
+    from guard.errors import ConfigError
+
+    ids: list[str] = []
+    cfg = exp.load_experiment(ROOT / "configs/train/hazardworld_experiment.yaml")
+    assert cfg.warm_start_from is not None
+    assert (ROOT / cfg.warm_start_from / "config.json").is_file()
+    bad = cfg.model_copy(update={"warm_start_from": str(tmp_path)})
+    with pytest.raises(ConfigError, match="is not a model folder"):
+        exp._warm_start(bad, 0, tmp_path / "seed0", None, None)
+    good = cfg.model_copy(update={"warm_start_from": str(ROOT / cfg.warm_start_from)})
+    model, summary = exp._warm_start(
+        good, 0, tmp_path / "seed0", None,
+        lambda run, out: ids.append(run.model.id) or {"train_s": 3.0})
+    assert ids == [str(ROOT / cfg.warm_start_from)]
+    assert model == tmp_path / "seed0" / "warm_start" / "model" and summary["train_s"] == 3.0
