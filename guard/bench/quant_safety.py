@@ -2,9 +2,9 @@
 8-bit and 4-bit, and ONNX Runtime (float32 and float16 exports), on the synthetic world's test
 splits.
 
-    guard world generate --split test_iid --n 500 --out data/test_iid
-    guard world generate --split test_ood --n 500 --out data/test_ood
-    python -m guard.bench.quant_safety --model runs/small/model \\
+    guard world generate --split test_iid --n 512 --seed 1000 --out data/test_iid
+    guard world generate --split test_ood --n 512 --seed 1000 --out data/test_ood
+    python -m guard.bench.quant_safety --model guard/models/hazardworld-small \\
         --data data/test_iid --data data/test_ood --out runs/quant
 
 The judge sees each item as the model was trained to read it: the prompt template named in the
