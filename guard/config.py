@@ -86,7 +86,9 @@ class ImageConfig(_Strict):
 
 
 class PromptConfig(_Strict):
-    template: str = "consequence_v1"
+    template: str | None = None
+    """A built-in template name or a YAML path; None: the template the model folder was
+    trained with (its training_run_config.yaml), else consequence_v1."""
 
 
 class RuleMatch(_Strict):

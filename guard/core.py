@@ -33,7 +33,7 @@ from guard.config import GuardConfig, PolicyConfig
 from guard.errors import BackendError, BackendTimeout, ConfigError, GuardError, InvalidInputError
 from guard.imaging import check_array, fit_max_pixels
 from guard.policy import RuleOutcome, compile_rules, decide, evaluate_rules, failure_verdict
-from guard.prompting import ParseError, load_template, parse_answer
+from guard.prompting import ParseError, load_template, parse_answer, resolve_template
 from guard.types import ActionProposal, Decision, Frame, Status, Verdict
 
 log = logging.getLogger("guard")
@@ -73,7 +73,9 @@ class Guard:
     ) -> None:
         self.config = config or GuardConfig()
         self._rules = compile_rules(self.config.policy.rules)
-        self._template = load_template(self.config.prompt.template)
+        #: The prompt template in use (configured, else the model's trained one).
+        self.template_name = resolve_template(self.config.prompt.template, self.config.model.id)
+        self._template = load_template(self.template_name)
         self._policy_id = self.config.policy.fingerprint()
         self._clock = clock
         self._executor = cf.ThreadPoolExecutor(

@@ -64,3 +64,21 @@ def test_demo_with_a_model_that_does_not_load_fails_in_one_line(tmp_path):
 def test_demo_usage_errors_exit_2(tmp_path):
     r = guard("demo", "--out", tmp_path / "demo", "--steps", 0)
     assert r.returncode == 2 and "--steps" in r.stderr
+
+
+@pytest.mark.skipif(not (EMBEDDED / "config.json").is_file(), reason="no embedded model")
+def test_check_reads_a_trained_model_with_its_training_template(tmp_path):
+    """Without --template, `guard check` prompts a model folder as it was trained (its
+    training_run_config.yaml), so the embedded model answers in format instead of failing
+    closed on every check; an explicit template still wins."""
+    gen = guard("world", "generate", "--split", "test_iid", "--n", 2, "--out", tmp_path / "w")
+    assert gen.returncode == 0, gen.stderr
+    item = json.loads((tmp_path / "w" / "items.jsonl").read_text().splitlines()[0])
+    args = ("check", "--model", EMBEDDED, "--image", tmp_path / "w" / item["image"],
+            "--action", item["query"], "--audit", tmp_path / "audit.jsonl")
+    r = guard(*args)
+    decision = json.loads(r.stdout)
+    assert decision["status"] == "ok", decision
+    assert decision["verdict"] in ("allow", "veto", "annotate")
+    forced = json.loads(guard(*args, "--template", "consequence_v1").stdout)
+    assert forced["status"] == "error" and "verdict" in forced["error"]

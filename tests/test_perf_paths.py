@@ -533,8 +533,8 @@ def test_quantization_table_runs_on_a_model_folder(
 
 
 def test_quantization_table_reads_the_model_as_it_was_trained(tmp_path: Path) -> None:
-    from guard.bench.quant_safety import trained_template
     from guard.cli.demo import DEFAULT_MODEL_DIR
+    from guard.prompting import trained_template
 
     if (DEFAULT_MODEL_DIR / "training_run_config.yaml").is_file():
         assert trained_template(str(DEFAULT_MODEL_DIR)) == "consequence_compact"

@@ -55,6 +55,7 @@ _SMALL_FILES = (
     "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
     "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
     "preprocessor_config.json", "generation_config.json", "config.json",
+    "training_run_config.yaml",  # the prompt template the judge was trained with
 )
 
 

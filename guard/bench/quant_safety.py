@@ -36,18 +36,6 @@ VARIANTS = ("fp32", "8bit", "4bit", "onnx", "onnx-fp16")
 ACTION_TEXTS = ("query", "proposal")
 
 
-def trained_template(model: str) -> str | None:
-    """The prompt template the model was trained with, from its training_run_config.yaml."""
-    path = Path(model) / "training_run_config.yaml"
-    if not path.is_file():
-        return None
-    import yaml
-
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    template = (data.get("data") or {}).get("template") if isinstance(data, dict) else None
-    return template if isinstance(template, str) and template else None
-
-
 def _bare_action_guard(guard_cls: Any) -> Any:
     """A Guard whose judge reads a proposal's description alone (the item's action phrase)."""
 
@@ -221,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(threads)
     from guard.config import load_config
+    from guard.prompting import trained_template
 
     overrides: dict[str, Any] = {
         "policy.deadline_ms": args.deadline_ms, "model.adapter": args.adapter,

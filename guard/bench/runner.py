@@ -310,7 +310,7 @@ def run_bench(
         "model": guard.backend.model_id,
         "backend": guard.config.model.backend,
         "policy": guard.policy_id,
-        "prompt_template": guard.config.prompt.template,
+        "prompt_template": guard.template_name,
         "config_fingerprint": config_fingerprint(guard.config),
         "judge": identity["judge"],
         "judge_prompt": identity["judge_prompt"],

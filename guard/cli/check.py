@@ -49,6 +49,9 @@ def add_judge_arguments(p: argparse.ArgumentParser) -> None:
                    "(overrides model.backend)")
     p.add_argument("--adapter", default=None, metavar="PATH",
                    help="PEFT adapter folder for the transformers backend")
+    p.add_argument("--template", default=None, metavar="NAME_OR_YAML",
+                   help="prompt template (overrides prompt.template; default: the one the "
+                   "model folder was trained with, else consequence_v1)")
     p.add_argument("--audit", default=None, metavar="PATH",
                    help="audit log file (overrides audit.path)")
 
@@ -65,6 +68,7 @@ def load_judge_config(args: argparse.Namespace, **extra: object) -> GuardConfig:
         "model.id": args.model,
         "model.backend": args.backend,
         "model.adapter": args.adapter,
+        "prompt.template": args.template,
         "audit.path": args.audit,
         **extra,
     }

@@ -27,8 +27,6 @@ from pathlib import Path
 
 #: The embedded default model, shipped inside the package.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "hazardworld-small"
-#: The prompt template the default model was trained with.
-DEFAULT_TEMPLATE = "consequence_compact"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,8 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="judge model folder or hub id (default: the embedded "
                    "hazardworld-small model)")
     p.add_argument("--config", default=None, metavar="YAML",
-                   help="guard config (default: built-in defaults with the compact prompt "
-                   "template the default model was trained with)")
+                   help="guard config (default: built-in defaults; the prompt template is the "
+                   "one the model was trained with unless the config sets one)")
     p.add_argument("--backend", default=None, metavar="NAME",
                    help="judge backend (overrides model.backend; default transformers)")
     p.add_argument("--steps", type=int, default=16, metavar="N",
@@ -107,8 +105,6 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {"model.id": model_id, "audit.path": str(out / "audit.jsonl")}
     if args.backend is not None:
         overrides["model.backend"] = args.backend
-    if args.config is None:
-        overrides["prompt.template"] = DEFAULT_TEMPLATE
     config = config.with_overrides(**overrides)
 
     out.mkdir(parents=True, exist_ok=True)

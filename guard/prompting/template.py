@@ -34,6 +34,37 @@ def available_templates() -> list[str]:
     return sorted(p.stem for p in TEMPLATE_DIR.glob("*.yaml"))
 
 
+#: The template of a judge whose training recorded none (and of remote judges).
+DEFAULT_TEMPLATE = "consequence_v1"
+#: Written by `training/` beside every model it saves (and copied by `guard export onnx`).
+TRAINING_RUN_CONFIG = "training_run_config.yaml"
+
+
+def trained_template(model: str | Path | None) -> str | None:
+    """The prompt template a model folder was trained with (``data.template`` of its
+    ``training_run_config.yaml``), or None when the folder records none."""
+    if model is None:
+        return None
+    path = Path(model) / TRAINING_RUN_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    template = (data.get("data") or {}).get("template") if isinstance(data, dict) else None
+    return template if isinstance(template, str) and template else None
+
+
+def resolve_template(template: str | None, model: str | Path | None) -> str:
+    """The configured template; unset (None), the one the model was trained with, else the
+    default. A judge read with another template than its training's answers off-format, and
+    the guard then fails closed on every check."""
+    if template is not None:
+        return template
+    return trained_template(model) or DEFAULT_TEMPLATE
+
+
 @lru_cache(maxsize=32)
 def load_template(name_or_path: str) -> PromptTemplate:
     """A built-in template by name (`consequence_v1`) or a YAML file by path."""
