@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from guard.errors import ConfigError, GuardError
-from training.config import load_run_config, set_dotted
+from training.config import load_run_config, parse_overrides, set_dotted
 
 SPLITS = ("test_iid", "test_ood")
 METRICS = ("accuracy", "r0", "false_veto_rate", "parse_fail_rate")
@@ -87,8 +87,9 @@ class ExperimentConfig(_Strict):
     world: dict[str, Any] = Field(default_factory=dict)
     template: str = "consequence_compact"
     constitution: str = "hazardworld"
-    warm_start: list[PhaseSpec] = Field(min_length=1)
-    """One SFT phase, or a curriculum: stages run in order, each from the previous model."""
+    warm_start: list[PhaseSpec] = Field(default_factory=list)
+    """One SFT phase, or a curriculum: stages run in order, each from the previous model.
+    Empty: ``warm_start_from`` is the warm start as it is (rerun the methods on a saved one)."""
     warm_start_from: str | None = None
     """Start the warm start's first stage from this model folder instead of a fresh random
     ``tiny_model`` (e.g. ``guard/models/hazardworld-small``, itself an SFT warm start of the
@@ -101,9 +102,18 @@ class ExperimentConfig(_Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     smoke: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _has_warm_start(self) -> ExperimentConfig:
+        if not self.warm_start and self.warm_start_from is None:
+            raise ValueError("warm_start is empty and warm_start_from is not set: "
+                             "no model to start the methods from")
+        return self
 
-def load_experiment(path: str | Path, *, smoke: bool = False) -> ExperimentConfig:
-    """Read the experiment config; with `smoke`, apply its ``smoke`` dotted overrides."""
+
+def load_experiment(path: str | Path, *, smoke: bool = False,
+                    overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read the experiment config; with `smoke`, apply its ``smoke`` dotted overrides, then
+    `overrides` (``{"budget.max_seconds": 60}``)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
@@ -111,12 +121,17 @@ def load_experiment(path: str | Path, *, smoke: bool = False) -> ExperimentConfi
     if smoke:
         for key, value in (data.get("smoke") or {}).items():
             set_dotted(data, key, value)
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
     if isinstance(data.get("warm_start"), dict):
         data["warm_start"] = [data["warm_start"]]
     try:
         return ExperimentConfig.model_validate(data)
-    except Exception as exc:
-        raise ConfigError(f"{p}: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(top level)'}: "
+            f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise ConfigError(f"{p}: {problems}") from None
 
 
 def _time_budget(seconds: float | None) -> Any:
@@ -252,6 +267,8 @@ def _warm_start(cfg: ExperimentConfig, seed: int, sd: Path, build_tiny_model: An
     else:
         model = build_tiny_model(cfg.tiny_model.arch, sd / "base", seed=seed,
                                  **cfg.tiny_model.sizes)
+    if not cfg.warm_start:
+        return Path(model), {"seed": seed, "train_s": 0.0, "model_dir": str(model)}
     stages: list[dict[str, Any]] = []
     for i, stage in enumerate(cfg.warm_start):
         run_dir = sd / "warm_start" if i == len(cfg.warm_start) - 1 else sd / f"warm_stage{i + 1}"
@@ -315,12 +332,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true",
                    help="apply the config's smoke overrides (a wiring check in minutes)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. budget.max_seconds=60 or, to rerun the "
+                   "methods on a saved warm start, warm_start=[] and warm_start_from=DIR "
+                   "(repeatable)")
     args = p.parse_args(argv)
     from training.run import quiet_known_noise
 
     quiet_known_noise()
     try:
-        cfg = load_experiment(args.config, smoke=args.smoke)
+        cfg = load_experiment(args.config, smoke=args.smoke,
+                              overrides=parse_overrides(args.set))
         results = run_experiment(cfg, args.out)
     except GuardError as exc:
         print(f"error: {exc}")

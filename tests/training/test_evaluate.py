@@ -131,3 +131,21 @@ def test_experiment_warm_start_from_a_model_folder(tmp_path: Path,
         lambda run, out: ids.append(run.model.id) or {"train_s": 3.0})
     assert ids == [str(ROOT / cfg.warm_start_from)]
     assert model == tmp_path / "seed0" / "warm_start" / "model" and summary["train_s"] == 3.0
+
+
+def test_experiment_reruns_methods_on_a_saved_warm_start(tmp_path: Path) -> None:
+    import training.experiment as exp
+    from guard.errors import ConfigError
+
+    config = ROOT / "configs/train/hazardworld_experiment.yaml"
+    saved = ROOT / "guard/models/hazardworld-small"
+    cfg = exp.load_experiment(config, overrides={"warm_start": [],
+                                                 "warm_start_from": str(saved),
+                                                 "budget.max_steps": 1000})
+    assert cfg.budget.max_steps == 1000
+    model, summary = exp._warm_start(cfg, 1, tmp_path, None, None)
+    assert model == saved and summary == {"seed": 1, "train_s": 0.0, "model_dir": str(saved)}
+    with pytest.raises(ConfigError, match="no model to start the methods from"):
+        exp.load_experiment(config, overrides={"warm_start": [], "warm_start_from": None})
+    assert exp.main(["--config", str(config), "--out", str(tmp_path),
+                     "--set", "budget.max_steps=0"]) == 2
