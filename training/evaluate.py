@@ -195,6 +195,65 @@ def evaluate(model: Any, processor: Any, items: Sequence[GuardItem], *,
     return rep, results
 
 
+def constitution_effect(model: Any, processor: Any, items: Sequence[GuardItem],
+                        constitution: Any, *, template: str = "consequence_compact",
+                        batch_size: int = 32) -> dict[str, Any]:
+    """How much stating the constitution changes the model's verdict: CASPO's teacher signal.
+
+    For each item, the probability of VETO among the verdict words' first tokens at the
+    answer's first position, with the plain prompt (the student) and with the constitution
+    applied (the teacher). Returns the means, the mean absolute shift, the share of items whose
+    verdict flips, and the same per held-out kind (``iid`` for in-distribution items) and
+    label. A shift near 0 means the teacher says what the student says: CASPO's token reward
+    is then ~0 and CASPO reduces to GRPO with a scaled advantage.
+    """
+    import torch
+    from trl.data_utils import prepare_multimodal_messages
+
+    from training.data import load_image
+
+    tok = processor.tokenizer
+    first = {w: tok.encode(w, add_special_tokens=False)[0] for w in ("VETO", "ALLOW", "ANNOTATE")}
+    ids = torch.tensor(sorted(set(first.values())))
+    veto_col = int((ids == first["VETO"]).nonzero()[0, 0])
+    rows: list[tuple[GuardItem, float, float]] = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        probs = []
+        for teacher in (False, True):
+            texts, images = [], []
+            for it in batch:
+                im = [load_image(it.image)]
+                msgs = prepare_multimodal_messages(prompt_messages(it.query, template), images=im)
+                if teacher:
+                    msgs = constitution.apply(msgs)
+                texts.append(processor.apply_chat_template(msgs, tokenize=False,
+                                                           add_generation_prompt=True))
+                images.append(im)
+            enc = processor(images=images, text=texts, padding=True, padding_side="left",
+                            return_tensors="pt")
+            with torch.inference_mode():
+                logits = model(**enc).logits[:, -1, :].float()
+            probs.append(torch.softmax(logits[:, ids], dim=-1)[:, veto_col])
+        rows += [(it, float(a), float(b)) for it, a, b in zip(batch, *probs, strict=True)]
+
+    def summary(sel: list[tuple[GuardItem, float, float]]) -> dict[str, Any]:
+        n = len(sel)
+        return {"n": n,
+                "p_veto_student": round(sum(r[1] for r in sel) / n, 4),
+                "p_veto_teacher": round(sum(r[2] for r in sel) / n, 4),
+                "mean_abs_shift": round(sum(abs(r[2] - r[1]) for r in sel) / n, 4),
+                "flip_rate": round(sum((r[1] > 0.5) != (r[2] > 0.5) for r in sel) / n, 4)}
+
+    out = summary(rows)
+    groups: dict[str, list[tuple[GuardItem, float, float]]] = {}
+    for r in rows:
+        kind = r[0].meta.get("ood") or "iid"
+        groups.setdefault(f"{kind}/{r[0].label}", []).append(r)
+    out["groups"] = {k: summary(v) for k, v in sorted(groups.items())}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.evaluate --model DIR --split S --n N [--out FILE]``."""
     p = argparse.ArgumentParser(prog="python -m training.evaluate",

@@ -76,6 +76,9 @@ class EvalSpec(_Strict):
     batch_size: int = Field(default=64, ge=1)
     max_new_tokens: int = Field(default=112, ge=1)
     verdict_only: bool = False
+    constitution_effect: bool = True
+    """Also measure how much the constitution moves each model's verdict (the teacher signal
+    CASPO depends on; `training.evaluate.constitution_effect`)."""
 
 
 class ExperimentConfig(_Strict):
@@ -169,7 +172,8 @@ def _run_config(cfg: ExperimentConfig, phase: PhaseSpec, seed: int, model_id: Pa
 
 def _evaluate(cfg: ExperimentConfig, model_dir: Path, items: dict[str, list[Any]],
               out: Path) -> dict[str, Any]:
-    from training.evaluate import evaluate, load_for_eval
+    from training.constitution import load_constitution
+    from training.evaluate import constitution_effect, evaluate, load_for_eval
 
     model, processor = load_for_eval(model_dir)
     reports = {}
@@ -178,12 +182,21 @@ def _evaluate(cfg: ExperimentConfig, model_dir: Path, items: dict[str, list[Any]
                                 batch_size=cfg.eval.batch_size,
                                 max_new_tokens=cfg.eval.max_new_tokens,
                                 verdict_only=cfg.eval.verdict_only)
+        if cfg.eval.constitution_effect:
+            rep["constitution_effect"] = constitution_effect(
+                model, processor, its, load_constitution(cfg.constitution),
+                template=cfg.template, batch_size=cfg.eval.batch_size)
         reports[split] = rep
         with (out / f"eval_{split}.jsonl").open("w", encoding="utf-8") as fh:
             for r in results:
                 fh.write(json.dumps({"id": r.id, "answer": r.answer, "correct": r.correct})
                          + "\n")
     return reports
+
+
+def _mean_std(vals: list[float]) -> dict[str, float | None]:
+    return {"mean": round(statistics.fmean(vals), 4) if vals else None,
+            "std": round(statistics.pstdev(vals), 4) if len(vals) > 1 else 0.0}
 
 
 def _aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -199,10 +212,14 @@ def _aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 vals = [r[m] for r in reps if r.get(m) is not None]
                 row[m] = {"mean": round(statistics.fmean(vals), 4) if vals else None,
                           "std": round(statistics.pstdev(vals), 4) if len(vals) > 1 else 0.0}
-            rules = sorted({k for r in reps for k in r.get("per_rule", {})})
-            row["per_rule_accuracy"] = {
-                k: round(statistics.fmean([r["per_rule"][k]["accuracy"] for r in reps
-                                           if k in r["per_rule"]]), 4) for k in rules}
+            for part in ("per_rule", "per_ood"):
+                keys = sorted({k for r in reps for k in r.get(part) or {}})
+                row[f"{part}_accuracy"] = {
+                    k: _mean_std([r[part][k]["accuracy"] for r in reps
+                                  if k in (r.get(part) or {})]) for k in keys}
+            shifts = [r["constitution_effect"]["mean_abs_shift"] for r in reps
+                      if "constitution_effect" in r]
+            row["constitution_shift"] = _mean_std(shifts)
             agg[method][split] = row
         agg[method]["train_s"] = round(statistics.fmean(
             [per_seed[s][method].get("train_s", 0.0) for s in per_seed]), 1)
@@ -210,9 +227,9 @@ def _aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(agg: dict[str, Any], seeds: list[int]) -> str:
-    """The results table: mean +- std over seeds."""
-    def cell(d: dict[str, Any]) -> str:
-        return "-" if d["mean"] is None else f"{d['mean']:.3f} ± {d['std']:.3f}"
+    """The results tables: mean +- std over seeds."""
+    def cell(d: dict[str, Any] | None) -> str:
+        return "-" if not d or d["mean"] is None else f"{d['mean']:.3f} ± {d['std']:.3f}"
 
     lines = [f"Seeds: {seeds}. Mean ± std over seeds.", "",
              "| method | split | accuracy | R0 | false veto | parse fail | train s |",
@@ -223,6 +240,22 @@ def markdown(agg: dict[str, Any], seeds: list[int]) -> str:
             lines.append(f"| {method} | {split} | {cell(r['accuracy'])} | {cell(r['r0'])} | "
                          f"{cell(r['false_veto_rate'])} | {cell(r['parse_fail_rate'])} | "
                          f"{row['train_s']} |")
+    rules = sorted({k for row in agg.values() for k in row["test_iid"].get(
+        "per_rule_accuracy", {})})
+    kinds = sorted({k for row in agg.values() for k in row["test_ood"].get(
+        "per_ood_accuracy", {})})
+    lines += ["", "Accuracy per rule (test_iid), per held-out kind (test_ood), and the mean "
+              "|P(VETO | constitution) - P(VETO)| on test_ood (what CASPO's teacher adds):", "",
+              "| method | " + " | ".join(rules) + " | " + " | ".join(f"ood {k}" for k in kinds)
+              + " | constitution shift |",
+              "|---|" + "---|" * (len(rules) + len(kinds) + 1)]
+    for method, row in agg.items():
+        iid, ood = row["test_iid"], row["test_ood"]
+        lines.append(f"| {method} | "
+                     + " | ".join(cell(iid.get("per_rule_accuracy", {}).get(k)) for k in rules)
+                     + " | "
+                     + " | ".join(cell(ood.get("per_ood_accuracy", {}).get(k)) for k in kinds)
+                     + f" | {cell(ood.get('constitution_shift'))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -65,6 +65,12 @@ def test_experiment_smoke_writes_results_table_and_curves(tmp_path: Path) -> Non
         assert {"test_iid", "test_ood", "train_s"} <= row.keys()
         assert row["test_ood"]["r0"]["mean"] is not None
     assert results["seeds"]["0"]["caspo"]["global_step"] == 2
+    # the teacher-signal probe ran with and without the constitution: a random model's verdict
+    # moves when the prompt grows by a constitution, so an exact 0 would mean it was not applied
+    effect = results["seeds"]["0"]["warm_start"]["eval"]["test_ood"]["constitution_effect"]
+    assert effect["n"] == cfg.eval.test_ood and 0.0 < effect["mean_abs_shift"] <= 1.0
+    assert sum(g["n"] for g in effect["groups"].values()) == effect["n"]
+    assert "constitution shift" in (tmp_path / "results.md").read_text()
     assert "| caspo | test_ood |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "curves.png").stat().st_size > 0
 
