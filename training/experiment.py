@@ -335,6 +335,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]:
         runs: dict[str, Any] = {}
         if shared is None:
             warm_dir, warm = _warm_start(cfg, seed, sd, build_tiny_model, train)
+            (sd / "warm_start").mkdir(parents=True, exist_ok=True)
             warm["eval"] = _evaluate(cfg, warm_dir, eval_items, sd / "warm_start")
             if cfg.shared_warm_start:
                 shared = (warm_dir, warm)

@@ -155,3 +155,25 @@ def test_experiment_reruns_methods_on_a_saved_warm_start(tmp_path: Path) -> None
         exp.load_experiment(config, overrides={"warm_start": [], "warm_start_from": None})
     assert exp.main(["--config", str(config), "--out", str(tmp_path),
                      "--set", "budget.max_steps=0"]) == 2
+
+
+def test_experiment_run_on_a_saved_warm_start_evaluates_it_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.experiment as exp
+    import training.run
+
+    def fake_evaluate(cfg: object, model_dir: Path, items: object, out: Path) -> object:
+        (out / "eval_test_iid.jsonl").write_text("")  # as the real one: into the run's folder
+        return {s: {"accuracy": 1.0, "r0": 0.0, "false_veto_rate": 0.0, "parse_fail_rate": 0.0,
+                    "per_rule": {}} for s in exp.SPLITS}
+
+    monkeypatch.setattr(training.run, "train", lambda cfg, out, callbacks=None: (
+        Path(out).mkdir(parents=True, exist_ok=True), {"train_s": 1.0})[1])
+    monkeypatch.setattr(exp, "_evaluate", fake_evaluate)
+    saved = ROOT / "guard/models/hazardworld-small"
+    cfg = exp.load_experiment(ROOT / "configs/train/hazardworld_experiment.yaml", smoke=True,
+                              overrides={"warm_start": [], "warm_start_from": str(saved),
+                                         "eval.test_iid": 2, "eval.test_ood": 2})
+    results = exp.run_experiment(cfg, tmp_path)
+    assert (tmp_path / "seed0/warm_start/eval_test_iid.jsonl").is_file()
+    assert results["seeds"]["0"]["warm_start"]["model_dir"] == str(saved)
