@@ -820,7 +820,13 @@ def main(args: list[str] | None = None) -> int:
         # spin_once with a timeout rather than spin(): with use_sim_time and no /clock yet no
         # timer ever fires, and a shutdown whose wake-up is missed would block forever.
         while code == 0 and rclpy.ok():
-            executor.spin_once(timeout_sec=_SPIN_TIMEOUT_S)
+            try:
+                executor.spin_once(timeout_sec=_SPIN_TIMEOUT_S)
+            except Exception:
+                # A SIGINT/SIGTERM can shut the context down between rclpy.ok() and the
+                # executor building its wait set (RCLError: context not valid): a clean stop.
+                if rclpy.ok():
+                    raise
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
