@@ -46,7 +46,9 @@ GUARD_CONFIG = {
             },
         },
     },
-    "policy": {"deadline_ms": 600, "max_frame_age_ms": 400},
+    # Frame age well above the camera period: a loaded CI machine can stall the 20 Hz test
+    # camera for a few hundred ms, which is a stale frame in the node's eyes, not a failure.
+    "policy": {"deadline_ms": 600, "max_frame_age_ms": 1500},
 }
 CAMERA_HZ = 20.0
 
@@ -210,7 +212,7 @@ def test_backend_error_and_hang_give_fail_closed_vetoes(camera: Graph) -> None:
     g.node.assert_alive()
     # Still serving, with the hung model call abandoned in the background.
     after = g.decision_for(g.propose("pick up the cup"))
-    assert (after.verdict, after.status) == (Decision.ALLOW, "ok")
+    assert (after.verdict, after.status) == (Decision.ALLOW, "ok"), after.rationale
 
 
 def test_invalid_arguments_json_is_an_invalid_input_veto(camera: Graph) -> None:
