@@ -32,6 +32,7 @@ reward is clipped to [-3, 5] as in COPSD.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -55,6 +56,21 @@ TEACHERS = ("current", "snapshot")
 # trl loss types whose aggregation CASPO reproduces: per sequence, or per token of the batch
 _AGGREGATION = {"grpo": "sequence", "bnpo": "token", "dapo": "token"}
 _PIXEL_KEYS: tuple[str, ...] = ("pixel_values", "image_grid_thw")
+
+
+
+class _UnlabeledOnPurpose(logging.Filter):
+    """Drops trl's "All reward functions returned None" warning when the row is one of
+    `DataSpec.unlabeled`'s prompts (label None): no outcome there is the design, and trl
+    zeroes their outcome advantage. The warning still shows for any other row."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("All reward functions returned None")
+                    and "'label': None" in msg)
+
+
+logging.getLogger("trl.trainer.grpo_trainer").addFilter(_UnlabeledOnPurpose())
 
 
 @dataclass

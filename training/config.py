@@ -121,10 +121,15 @@ class DataSpec(_Strict):
             trainer section sets its own, by CASPO's teacher.
         constitution_rate: SFT only: share of examples whose prompt carries the constitution,
             so that the model learns to use rules stated in its context.
+        unlabeled: CASPO only: extra prompts whose labels are dropped (scenes of the kind
+            the guard will meet, with no one to label them). Their outcome reward is None, so
+            their outcome advantage is zero and only the teacher's token reward trains on them:
+            the one way the constitution can reach scenes no label covers.
     """
 
     train: Source
     eval: Source | None = None
+    unlabeled: Source | None = None
     template: str = "consequence_compact"
     constitution: str = "hazardworld"
     constitution_rate: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -148,6 +153,14 @@ class RunConfig(_Strict):
     model: ModelSpec
     data: DataSpec
     trainer: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unlabeled_needs_a_teacher(self) -> RunConfig:
+        if self.data.unlabeled is not None and self.method != "caspo":
+            raise ValueError(
+                f"data.unlabeled is for caspo (its teacher scores them); {self.method} has "
+                "nothing to learn from prompts without labels")
+        return self
 
     def trainer_args(self, output_dir: str | Path) -> Any:
         """The method's trl config object, writing checkpoints under `output_dir`.

@@ -284,6 +284,14 @@ def prompt_rows(items: Iterable[GuardItem],
     return [_base_row(item, prompt_messages(item.query, template)) for item in items]
 
 
+def unlabeled_rows(items: Iterable[GuardItem],
+                   template: str = "consequence_compact") -> list[dict[str, Any]]:
+    """`prompt_rows` with the answer removed (label, category, rule): the outcome rewards
+    return None for them, and nothing downstream can read what the label was."""
+    return [{**row, "id": f"unlabeled-{row['id']}", "label": None, "category": None,
+             "target_rule": None} for row in prompt_rows(items, template)]
+
+
 def to_dataset(rows: Sequence[dict[str, Any]]) -> datasets.Dataset:
     """A ``datasets.Dataset`` of rows; image paths become lazily decoded images."""
     import datasets
@@ -333,6 +341,7 @@ __all__ = [
     "reference_answer",
     "sft_rows",
     "to_dataset",
+    "unlabeled_rows",
     "world_items",
     "wrong_verdict_answer",
 ]

@@ -60,6 +60,11 @@ class PhaseSpec(_Strict):
     """WorldConfig overrides for this phase only, on top of the experiment's ``world`` (a
     curriculum stage can train a subset of the rules: ``{rules: [knife_child, stove_hot]}``)."""
     trainer: dict[str, Any] = Field(default_factory=dict)
+    unlabeled: dict[str, Any] | None = None
+    """CASPO only: world items added to its prompts without their labels
+    (``{split: test_ood, n: 1024, seed: 3000}``; `training.config.DataSpec.unlabeled`). A
+    test split is allowed only with a seed other than ``eval.seed``: the scenes' kind, never
+    the evaluation items."""
 
 
 class BudgetSpec(_Strict):
@@ -104,6 +109,17 @@ class ExperimentConfig(_Strict):
     methods: dict[str, PhaseSpec]
     eval: EvalSpec = Field(default_factory=EvalSpec)
     smoke: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unlabeled_not_the_test_items(self) -> ExperimentConfig:
+        for name, phase in {**dict(enumerate(self.warm_start)), **self.methods}.items():
+            u = phase.unlabeled or {}
+            if u and u.get("split", "train") != "train" and u.get("seed") in (
+                    None, self.eval.seed):
+                raise ValueError(
+                    f"{name}.unlabeled draws {u.get('split')} items: give it a seed other than "
+                    f"eval.seed ({self.eval.seed}), or they would be the evaluation's own")
+        return self
 
     @model_validator(mode="after")
     def _has_warm_start(self) -> ExperimentConfig:
@@ -161,11 +177,17 @@ def _run_config(cfg: ExperimentConfig, phase: PhaseSpec, seed: int, model_id: Pa
     overrides = {**cfg.world, **phase.world}
     world = {"source": "world", "split": "train", "n": phase.n, "seed": seed,
              "start": phase.start, **({"overrides": overrides} if overrides else {})}
+    data: dict[str, Any] = {"train": world, "template": cfg.template,
+                            "constitution": cfg.constitution,
+                            "constitution_rate": phase.constitution_rate}
+    if phase.unlabeled:
+        data["unlabeled"] = {"source": "world", "seed": seed,
+                             **({"overrides": overrides} if overrides else {}),
+                             **phase.unlabeled}
     return load_run_config({
         "method": phase.method, "seed": seed, "num_threads": cfg.num_threads,
         "model": {"id": str(model_id), "dtype": "float32"},
-        "data": {"train": world, "template": cfg.template, "constitution": cfg.constitution,
-                 "constitution_rate": phase.constitution_rate},
+        "data": data,
         "trainer": trainer,
     })
 

@@ -121,9 +121,12 @@ def build(cfg: RunConfig, out: str | Path, *, reward_funcs: list[Any] | None = N
         )
     processor = load_processor(cfg.model.id, use_processor=cfg.model.use_processor)
     model, lora = load_model(cfg.model)
-    from training.data import to_dataset
+    from training.data import to_dataset, unlabeled_rows
 
-    train_ds = to_dataset(build_rows(cfg, load_items(cfg.data.train)))
+    train_rows = build_rows(cfg, load_items(cfg.data.train))
+    if cfg.data.unlabeled is not None:
+        train_rows += unlabeled_rows(load_items(cfg.data.unlabeled), cfg.data.template)
+    train_ds = to_dataset(train_rows)
     eval_ds = (to_dataset(build_rows(cfg, load_items(cfg.data.eval)))
                if cfg.data.eval is not None else None)
     cbs = [_save_run_config_callback(cfg.to_yaml()), *(callbacks or [])]

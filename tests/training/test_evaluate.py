@@ -177,3 +177,21 @@ def test_experiment_run_on_a_saved_warm_start_evaluates_it_first(
     results = exp.run_experiment(cfg, tmp_path)
     assert (tmp_path / "seed0/warm_start/eval_test_iid.jsonl").is_file()
     assert results["seeds"]["0"]["warm_start"]["model_dir"] == str(saved)
+
+
+def test_experiment_unlabeled_prompts_never_the_evaluation_items() -> None:
+    import training.experiment as exp
+    from guard.errors import ConfigError
+
+    config = ROOT / "configs/train/hazardworld_experiment.yaml"
+    for unlabeled in ({"split": "test_ood", "n": 8},  # seed left to the run: could be eval's
+                      {"split": "test_ood", "n": 8, "seed": 1000}):
+        with pytest.raises(ConfigError, match=r"seed other than eval\.seed"):
+            exp.load_experiment(config, overrides={"methods.caspo.unlabeled": unlabeled})
+    cfg = exp.load_experiment(config, overrides={
+        "methods.caspo.unlabeled": {"split": "test_ood", "n": 8, "seed": 3000}})
+    run = exp._run_config(cfg, cfg.methods["caspo"], 2, Path("m"))
+    assert run.data.unlabeled is not None
+    assert (run.data.unlabeled.split, run.data.unlabeled.n, run.data.unlabeled.seed) == (
+        "test_ood", 8, 3000)
+    assert run.data.train.split == "train"

@@ -227,3 +227,53 @@ def test_caspo_joint_forward_scores_the_student_as_trl_does(
             assert torch.allclose(lp[i][m], seen["student"][j][m], atol=1e-4)
             checked += 1
     assert checked == seen["completions"].size(0)
+
+
+def _label_length_reward(prompts: list[Any], completions: list[Any],
+                         label: list[str | None], **_: Any) -> list[float | None]:
+    """`_length_reward` where a label exists; None (no outcome) where it was dropped."""
+    return [None if lab is None else len(completion_text(c)) / 50.0
+            for c, lab in zip(completions, label, strict=True)]
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_caspo_unlabeled_prompts_learn_from_the_teacher_alone(
+    lam: float, tiny_qwen2_5_vl: Path, tmp_path: Path
+) -> None:
+    cfg = _config("caspo", tiny_qwen2_5_vl, caspo_lambda=lam, max_steps=2,
+                  per_device_train_batch_size=16)  # 8 prompts, from both pools (seeded)
+    data = {**cfg.data.model_dump(mode="json"),
+            "unlabeled": {"source": "world", "split": "test_ood", "n": 8, "seed": 5}}
+    cfg = load_run_config({**cfg.model_dump(mode="json"), "data": data})
+    run = build(cfg, tmp_path, reward_funcs=[_label_length_reward])
+    trainer = run.trainer
+    labels = trainer.train_dataset["label"]
+    assert labels.count(None) == 8 and len(labels) == 16
+    seen: list[tuple[bool, torch.Tensor]] = []
+    score = trainer._generate_and_score_completions
+
+    def recording(inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        out = score(inputs)
+        seen.extend((x["label"] is None, adv) for x, adv in zip(inputs, out["advantages"],
+                                                               strict=True))
+        return out
+
+    trainer._generate_and_score_completions = recording
+    trainer.train()
+    unlabeled = [adv for none, adv in seen if none]
+    labelled = [adv for none, adv in seen if not none]
+    assert unlabeled and labelled
+    assert any(a.abs().sum() > 0 for a in labelled)  # the outcome reward has spread there
+    if lam == 0.0:  # GRPO's advantage alone: nothing to learn where no label is
+        assert all(torch.count_nonzero(a) == 0 for a in unlabeled)
+    else:  # the teacher's token reward trains on them
+        assert any(a.abs().sum() > 0 for a in unlabeled)
+
+
+def test_unlabeled_prompts_are_for_caspo_only(tiny_qwen2_5_vl: Path) -> None:
+    from guard.errors import ConfigError
+
+    cfg = _config("grpo", tiny_qwen2_5_vl).model_dump(mode="json")
+    cfg["data"]["unlabeled"] = {"source": "world", "n": 4}
+    with pytest.raises(ConfigError, match=r"data\.unlabeled is for caspo"):
+        load_run_config(cfg)
