@@ -108,11 +108,26 @@ class Guard:
 
     def set_mode(self, mode: str) -> None:
         """Switch enforce/shadow at runtime (the policy fingerprint follows)."""
-        data = {**self.config.policy.model_dump(), "mode": mode}
+        if mode not in ("enforce", "shadow"):
+            raise ConfigError(f"policy.mode = {mode!r}: must be 'enforce' or 'shadow'")
+        self.set_policy(mode=mode)
+
+    def set_policy(self, **fields: Any) -> None:
+        """Change policy fields at runtime (``deadline_ms``, ``max_frame_age_ms``, ``mode``,
+        thresholds): checks that start afterwards use them, and the policy fingerprint in the
+        audit records follows.
+
+        Raises:
+            ConfigError: An unknown field or a bad value (the policy is left as it was).
+        """
+        data = {**self.config.policy.model_dump(), **fields}
         try:
             policy = PolicyConfig.model_validate(data)
-        except ValidationError:
-            raise ConfigError(f"policy.mode = {mode!r}: must be 'enforce' or 'shadow'") from None
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(map(str, err["loc"]))
+            raise ConfigError(f"policy.{field} = {fields.get(field, '?')!r}: "
+                              f"{err['msg']}") from None
         self.config = self.config.model_copy(update={"policy": policy})
         self._policy_id = policy.fingerprint()
 

@@ -11,6 +11,7 @@ from guard.audit import verify
 from guard.backends.scripted import ScriptedBackend
 from guard.config import GuardConfig, ScriptedOptions, ScriptedStep
 from guard.core import Guard
+from guard.errors import ConfigError
 from guard.types import ActionProposal, Frame, Status, Verdict
 
 VETO_ANSWER = (
@@ -163,6 +164,23 @@ def test_shadow_mode_keeps_the_verdict_but_does_not_block(config, frame):
         g.set_mode("enforce")
         d = g.check(frame, STOVE)
         assert d.blocks and d.policy != "" and g.mode == "enforce"
+
+
+def test_policy_changes_at_runtime_and_bad_values_change_nothing(config, frame):
+    with make_guard(config, "ALLOW", "ALLOW", "ALLOW") as g:
+        before = g.policy_id
+        with pytest.raises(ConfigError, match=r"policy\.deadline_ms"):
+            g.set_policy(deadline_ms=-5)
+        with pytest.raises(ConfigError, match="enforce"):
+            g.set_mode("permissive")
+        assert g.policy_id == before
+        g.set_policy(max_frame_age_ms=200)
+        assert g.policy_id != before
+        stale = g.check(frame, STOVE, now=frame.stamp + 0.3)
+        assert (stale.verdict, stale.status) == (Verdict.VETO, Status.STALE_FRAME)
+        assert stale.policy == g.policy_id
+        g.set_policy(max_frame_age_ms=None)
+        assert g.check(frame, STOVE, now=frame.stamp + 0.3).status == Status.OK
 
 
 def test_on_failure_allow_must_be_explicit(config, frame):

@@ -182,8 +182,8 @@ def test_shadow_mode_at_runtime_relays_everything(camera: Graph) -> None:
     # Refused values say why; read-on-configure parameters are refused while configured.
     bad_mode, = g.probe.set_params(g.node.fqn, mode="permissive")
     assert not bad_mode.successful and "mode" in bad_mode.reason
-    live_deadline, = g.probe.set_params(g.node.fqn, deadline_ms=5.0)
-    assert not live_deadline.successful and "configure" in live_deadline.reason
+    on_configure, = g.probe.set_params(g.node.fqn, frame_buffer=8)
+    assert not on_configure.successful and "configure" in on_configure.reason
 
     result, = g.probe.set_params(g.node.fqn, mode="shadow")
     assert result.successful, result.reason
@@ -200,6 +200,27 @@ def test_shadow_mode_at_runtime_relays_everything(camera: Graph) -> None:
     sentinel = g.propose("pick up the cup")
     assert g.probe.wait(lambda: any(p.id == sentinel for p in g.approved), 10.0)
     assert pid not in [p.id for p in g.approved]
+
+
+def test_deadline_and_frame_age_change_at_runtime(camera: Graph) -> None:
+    g = camera
+    bad, = g.probe.set_params(g.node.fqn, deadline_ms=-1.0)
+    assert not bad.successful and "deadline_ms" in bad.reason
+    results = g.probe.set_params(g.node.fqn, deadline_ms=1234.0, max_frame_age_ms=0.001)
+    assert all(r.successful for r in results), [r.reason for r in results]
+    try:
+        g.diagnostic(lambda v: float(v["deadline_ms"]) == 1234.0
+                     and float(v["max_frame_age_ms"]) == 0.001)
+        # No frame is 1 us old when judged: the next check vetoes it as stale.
+        d = g.decision_for(g.propose("pick up the cup"))
+        assert (d.verdict, d.status) == (Decision.VETO, "stale_frame")
+    finally:  # 0 goes back to the config file's values
+        results = g.probe.set_params(g.node.fqn, deadline_ms=0.0, max_frame_age_ms=0.0)
+        assert all(r.successful for r in results), [r.reason for r in results]
+    g.diagnostic(lambda v: float(v["deadline_ms"]) == GUARD_CONFIG["policy"]["deadline_ms"]
+                 and float(v["max_frame_age_ms"]) == GUARD_CONFIG["policy"]["max_frame_age_ms"])
+    d = g.decision_for(g.propose("pick up the cup"))
+    assert (d.verdict, d.status) == (Decision.ALLOW, "ok"), d.rationale
 
 
 def test_backend_error_and_hang_give_fail_closed_vetoes(camera: Graph) -> None:

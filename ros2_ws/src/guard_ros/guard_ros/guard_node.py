@@ -41,8 +41,9 @@ from typing import Any
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist
-from guard.config import load_config
+from guard.config import load_config, PolicyConfig
 from guard.core import Guard
+from guard.errors import ConfigError
 from guard.imaging import decode_image_bytes
 from guard.types import ActionProposal, Decision, Frame, Status, Verdict
 from guard_interfaces.msg import ActionProposal as ActionProposalMsg
@@ -106,10 +107,11 @@ PARAMETERS: dict[str, ParameterSpec] = {
         '', 'enforce or shadow; empty keeps policy.mode of the config. Switchable at runtime.',
         live=True),
     'deadline_ms': ParameterSpec(
-        0.0, 'Deadline of each check in ms; 0 keeps policy.deadline_ms of the config.'),
+        0.0, 'Deadline of each check in ms; 0 keeps policy.deadline_ms of the config. '
+        'Changeable at runtime.', live=True),
     'max_frame_age_ms': ParameterSpec(
         0.0, 'Newest frame older than this is stale (veto, zero cmd_vel); 0 keeps '
-        'policy.max_frame_age_ms of the config.'),
+        'policy.max_frame_age_ms of the config. Changeable at runtime.', live=True),
     'gate_cmd_vel': ParameterSpec(
         False, 'Relay cmd_vel_in to cmd_vel, zero while the latest decision is a veto or the '
         'camera is stale.'),
@@ -272,7 +274,7 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         # recorded, no command judged open before it can still go out after its zero.
         self._gate_lock = threading.Lock()
         self._guard: Guard | None = None
-        self._config_mode = 'enforce'
+        self._config_policy = PolicyConfig()  # the config file's, read on configure
         self._max_frames = 1
         self._max_frame_age_s: float | None = None
         self._max_input_pixels = 50_000_000
@@ -325,11 +327,26 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
             if reason is not None:
                 self.get_logger().warning(f'parameter refused: {reason}')
                 return SetParametersResult(successful=False, reason=reason)
+        guard = self._guard
+        if guard is None:  # read on configure
+            return SetParametersResult(successful=True)
+        # 0 / empty means "as the config file says", as on configure.
+        changes = {}
         for param in params:
-            if param.name == 'mode' and self._guard is not None:
-                mode = param.value or self._config_mode
-                self._guard.set_mode(mode)
-                self.get_logger().info(f'mode is now {mode}')
+            if param.name == 'mode':
+                changes['mode'] = param.value or self._config_policy.mode
+            elif param.name in ('deadline_ms', 'max_frame_age_ms'):
+                changes[param.name] = (float(param.value) if param.value
+                                       else getattr(self._config_policy, param.name))
+        if changes:
+            try:
+                guard.set_policy(**changes)
+            except ConfigError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+            age = guard.config.policy.max_frame_age_ms
+            self._max_frame_age_s = None if age is None else age / 1000.0
+            self.get_logger().info('policy now: ' + ', '.join(
+                f'{k} {v}' for k, v in changes.items()))
         return SetParametersResult(successful=True)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -352,7 +369,7 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
             return TransitionCallbackReturn.FAILURE
 
         policy = config.policy
-        self._config_mode = base.policy.mode
+        self._config_policy = base.policy
         self._max_frames = config.image.max_frames
         self._max_input_pixels = config.image.max_input_pixels
         self._max_frame_age_s = (
@@ -731,6 +748,9 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
             'model_loaded': guard is not None,
             'model': guard.backend.model_id if guard is not None else '',
             'mode': guard.mode if guard is not None else '',
+            'deadline_ms': guard.config.policy.deadline_ms if guard is not None else None,
+            'max_frame_age_ms': (guard.config.policy.max_frame_age_ms
+                                 if guard is not None else None),
             'active': self._active,
             'last_latency_ms': latency,
             'decisions_per_s': len(recent) / _RATE_WINDOW_S,
