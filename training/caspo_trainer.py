@@ -81,6 +81,10 @@ class CASPOConfig(GRPOConfig):  # type: ignore[misc]  # trl is untyped
     Parameters:
         caspo_lambda: Weight λ of the token advantage: ``(1 - λ) A_outcome + λ A_token``.
             0 is GRPO; 1 is pure constitution self-distillation.
+        labeled_lambda: λ for prompts that have a label; None uses ``caspo_lambda`` for every
+            prompt. 0 trusts the label where there is one and lets the teacher speak only on
+            `DataSpec.unlabeled`'s prompts (a teacher more cautious than the labels then cannot
+            unlearn what the labels taught).
         token_reward_clip: ``[lo, hi]`` clip of ``log p_teacher - log p_student`` per token.
         token_reward_bonus: Constant added to every token reward.
         token_advantage_eps: Added to the group's token-reward std.
@@ -92,6 +96,9 @@ class CASPOConfig(GRPOConfig):  # type: ignore[misc]  # trl is untyped
 
     caspo_lambda: float = field(
         default=0.5, metadata={"help": "Weight of the token advantage (0 = GRPO)."}
+    )
+    labeled_lambda: float | None = field(
+        default=None, metadata={"help": "λ for labelled prompts (None: caspo_lambda)."}
     )
     token_reward_clip: list[float] = field(
         default_factory=lambda: [-3.0, 5.0],
@@ -112,6 +119,8 @@ class CASPOConfig(GRPOConfig):  # type: ignore[misc]  # trl is untyped
         problems = []
         if not 0.0 <= self.caspo_lambda <= 1.0:
             problems.append(f"caspo_lambda = {self.caspo_lambda} is outside [0, 1]")
+        if self.labeled_lambda is not None and not 0.0 <= self.labeled_lambda <= 1.0:
+            problems.append(f"labeled_lambda = {self.labeled_lambda} is outside [0, 1]")
         clip = list(self.token_reward_clip)
         if len(clip) != 2 or clip[0] > clip[1]:
             problems.append(f"token_reward_clip = {clip} is not [lo, hi] with lo <= hi")
@@ -391,8 +400,12 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
                                        bonus=self.args.token_reward_bonus)
         token_adv = self._group_token_advantages(rewards, mask, group)
         outcome_adv = output["advantages"]
-        output["advantages"] = losses.mix_advantages(outcome_adv, token_adv, mask,
-                                                     self.args.caspo_lambda)
+        lam: float | torch.Tensor = self.args.caspo_lambda
+        if self.args.labeled_lambda is not None:
+            lam = torch.tensor([self.args.caspo_lambda if x.get("label") is None
+                                else self.args.labeled_lambda for x in inputs],
+                               dtype=outcome_adv.dtype, device=outcome_adv.device)
+        output["advantages"] = losses.mix_advantages(outcome_adv, token_adv, mask, lam)
 
         gap = teacher_logps - student_logps
         stats = torch.stack([

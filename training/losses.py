@@ -180,7 +180,7 @@ def mix_advantages(
     outcome: torch.Tensor,
     token: torch.Tensor,
     mask: torch.Tensor,
-    lam: float,
+    lam: float | torch.Tensor,
 ) -> torch.Tensor:
     """``A_{i,t} = (1 - λ) A_i + λ A^tok_{i,t}`` on real tokens, 0 on padding.
 
@@ -188,14 +188,18 @@ def mix_advantages(
         outcome: ``(B,)`` sequence-level (GRPO) advantages.
         token: ``(B, T)`` token-level advantages.
         mask: ``(B, T)`` 1 on real tokens.
-        lam: λ in [0, 1]: 0 is GRPO, 1 is pure self-distillation.
+        lam: λ in [0, 1]: 0 is GRPO, 1 is pure self-distillation; a ``(B,)`` tensor gives
+            each row its own.
 
     Returns:
         ``(B, T)`` mixed advantages.
     """
-    if not 0.0 <= lam <= 1.0:
+    lam_t = torch.as_tensor(lam, dtype=token.dtype, device=token.device)
+    if bool(((lam_t < 0.0) | (lam_t > 1.0)).any()):
         raise ValueError(f"lam must be in [0, 1], got {lam}")
-    mixed = (1.0 - lam) * outcome.unsqueeze(1) + lam * token
+    if lam_t.dim() == 1:
+        lam_t = lam_t.unsqueeze(1)
+    mixed = (1.0 - lam_t) * outcome.unsqueeze(1) + lam_t * token
     return mixed * mask.to(mixed.dtype)
 
 

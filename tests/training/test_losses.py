@@ -75,6 +75,11 @@ def test_mix_advantages_interpolates_between_grpo_and_distillation() -> None:
                           torch.tensor([[0.875, 0.625], [-0.25, 0.0]]))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         losses.mix_advantages(outcome, token, mask, 1.5)
+    # one λ per row: GRPO on the first (labelled), distillation on the second
+    assert torch.allclose(losses.mix_advantages(outcome, token, mask, torch.tensor([0.0, 1.0])),
+                          torch.tensor([[1.0, 1.0], [2.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        losses.mix_advantages(outcome, token, mask, torch.tensor([0.0, -0.1]))
 
 
 def test_ppo_clip_on_policy_is_the_policy_gradient() -> None:

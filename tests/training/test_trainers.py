@@ -236,11 +236,12 @@ def _label_length_reward(prompts: list[Any], completions: list[Any],
             for c, lab in zip(completions, label, strict=True)]
 
 
-@pytest.mark.parametrize("lam", [0.0, 0.5])
+@pytest.mark.parametrize(("lam", "labeled_lam"), [(0.0, None), (0.5, None), (1.0, 0.0)])
 def test_caspo_unlabeled_prompts_learn_from_the_teacher_alone(
-    lam: float, tiny_qwen2_5_vl: Path, tmp_path: Path
+    lam: float, labeled_lam: float | None, tiny_qwen2_5_vl: Path, tmp_path: Path
 ) -> None:
-    cfg = _config("caspo", tiny_qwen2_5_vl, caspo_lambda=lam, max_steps=2,
+    cfg = _config("caspo", tiny_qwen2_5_vl, caspo_lambda=lam, labeled_lambda=labeled_lam,
+                  max_steps=2,
                   per_device_train_batch_size=16)  # 8 prompts, from both pools (seeded)
     data = {**cfg.data.model_dump(mode="json"),
             "unlabeled": {"source": "world", "split": "test_ood", "n": 8, "seed": 5}}
@@ -254,8 +255,9 @@ def test_caspo_unlabeled_prompts_learn_from_the_teacher_alone(
 
     def recording(inputs: list[dict[str, Any]]) -> dict[str, Any]:
         out = score(inputs)
-        seen.extend((x["label"] is None, adv) for x, adv in zip(inputs, out["advantages"],
-                                                               strict=True))
+        real = out["completion_mask"].bool()
+        seen.extend((x["label"] is None, adv[m])
+                    for x, adv, m in zip(inputs, out["advantages"], real, strict=True))
         return out
 
     trainer._generate_and_score_completions = recording
@@ -268,6 +270,10 @@ def test_caspo_unlabeled_prompts_learn_from_the_teacher_alone(
         assert all(torch.count_nonzero(a) == 0 for a in unlabeled)
     else:  # the teacher's token reward trains on them
         assert any(a.abs().sum() > 0 for a in unlabeled)
+    if lam == 0.0 or labeled_lam == 0.0:  # labelled: the outcome advantage, one per sequence
+        assert all(torch.allclose(a, a[0].expand_as(a)) for a in labelled)
+    else:  # token advantages vary along the sequence
+        assert any(not torch.allclose(a, a[0].expand_as(a)) for a in labelled)
 
 
 def test_unlabeled_prompts_are_for_caspo_only(tiny_qwen2_5_vl: Path) -> None:
