@@ -97,6 +97,9 @@ class WorldSource(_Strict):
     start: int = Field(default=0, ge=0)
     preset: Literal["default", "easy", "hard"] = "default"
     overrides: dict[str, Any] = Field(default_factory=dict)
+    house_rules: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of heating items with a house rule in their action text (`training.house_rules`)."""
+    house_rule_seed: int = 0
 
 
 class FolderSource(_Strict):

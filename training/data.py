@@ -76,6 +76,8 @@ def world_items(
     seed: int = 0,
     start: int = 0,
     config: WorldConfig | None = None,
+    house_rules: float = 0.0,
+    house_rule_seed: int = 0,
 ) -> list[GuardItem]:
     """Items ``start .. start+n-1`` of a synthetic world split, rendered in memory.
 
@@ -85,6 +87,9 @@ def world_items(
         seed: World seed.
         start: First item index (disjoint ranges give disjoint item sets).
         config: World config; None uses the default (the learnable rule set, 112 px).
+        house_rules: Share of heating items that get a house rule in their action text
+            (`training.house_rules`: teaches the model to apply rules stated in its context).
+        house_rule_seed: Seeds which items get a rule and what it names.
 
     Returns:
         The items, images as PIL.
@@ -92,11 +97,15 @@ def world_items(
     from PIL import Image
 
     from guard.world import WorldConfig, iter_items, render_item
+    from training.house_rules import draw_house_rule, with_house_rule
 
     cfg = config or WorldConfig()
+    rng = random.Random(house_rule_seed)
     items = []
     for it in iter_items(split, n, seed=seed, config=cfg, start=start):
-        items.append(GuardItem(
+        rule = (draw_house_rule(it.action, it.scene.objects, rng, house_rules)
+                if house_rules else None)
+        item = GuardItem(
             id=it.id,
             query=it.query,
             image=Image.fromarray(render_item(it, cfg)),
@@ -107,7 +116,8 @@ def world_items(
             consequence=it.consequence,
             meta={"split": it.split, "target_rule": it.rule, "ood": it.ood,
                   "action": it.action},
-        ))
+        )
+        items.append(item if rule is None else with_house_rule(item, rule))
     return items
 
 

@@ -56,6 +56,9 @@ class PhaseSpec(_Strict):
     n: int = Field(default=2048, ge=1)
     start: int = Field(default=0, ge=0)
     constitution_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    house_rules: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of heating items with a house rule in their action text (`training.house_rules`:
+    a warm-start stage that teaches the model to apply rules stated in its context)."""
     world: dict[str, Any] = Field(default_factory=dict)
     """WorldConfig overrides for this phase only, on top of the experiment's ``world`` (a
     curriculum stage can train a subset of the rules: ``{rules: [knife_child, stove_hot]}``)."""
@@ -176,7 +179,8 @@ def _run_config(cfg: ExperimentConfig, phase: PhaseSpec, seed: int, model_id: Pa
         trainer["max_steps"] = max_steps
     overrides = {**cfg.world, **phase.world}
     world = {"source": "world", "split": "train", "n": phase.n, "seed": seed,
-             "start": phase.start, **({"overrides": overrides} if overrides else {})}
+             "start": phase.start, **({"overrides": overrides} if overrides else {}),
+             "house_rules": phase.house_rules, "house_rule_seed": seed}
     data: dict[str, Any] = {"train": world, "template": cfg.template,
                             "constitution": cfg.constitution,
                             "constitution_rate": phase.constitution_rate}

@@ -47,7 +47,8 @@ def load_items(source: WorldSource | FolderSource) -> list[Any]:
 
     world = WorldConfig.preset(source.preset, **source.overrides)
     return world_items(source.split, source.n, seed=source.seed, start=source.start,
-                       config=world)
+                       config=world, house_rules=source.house_rules,
+                       house_rule_seed=source.house_rule_seed)
 
 
 def build_rows(cfg: RunConfig, items: list[Any]) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Probe evaluation of a model folder (run from the repository root):
 
-- verdict accuracy on the house-rule validation items (runs/hr/val), per kind: the rule applies
-  to the picture, names another item, the item is unsafe anyway, or no rule (plain);
+- verdict accuracy on house-rule validation items (600 train-split items, world seed 77, a
+  rule on every heating item), per kind: the rule applies to the picture, names another item,
+  the item is unsafe anyway, or no rule (plain);
 - `constitution_effect` on 256 `test_ood` items (world seed 1000), per held-out kind and label;
 - plain verdict accuracy on the held-out compositions among them.
 
@@ -9,24 +10,21 @@
 """
 
 import collections
-import json
 import sys
-from pathlib import Path
 
 import torch
 
 from guard.world import WorldConfig
 from training.constitution import load_constitution
-from training.data import folder_items, world_items
+from training.data import world_items
 from training.evaluate import constitution_effect, evaluate, load_for_eval
 
 
 def main() -> None:
     torch.set_num_threads(2)
     model, processor = load_for_eval(sys.argv[1])
-    val = folder_items("runs/hr/val")
-    kind = {json.loads(line)["id"]: json.loads(line).get("meta_probe", "plain")
-            for line in Path("runs/hr/val/items.jsonl").read_text().splitlines()}
+    val = world_items("train", 600, seed=77, house_rules=1.0, house_rule_seed=1)
+    kind = {i.id: i.meta.get("house_rule") or "plain" for i in val}
     _, results = evaluate(model, processor, val, batch_size=100, verdict_only=True)
     acc = collections.defaultdict(list)
     for r in results:
