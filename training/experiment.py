@@ -117,6 +117,9 @@ class ExperimentConfig(_Strict):
     def _unlabeled_not_the_test_items(self) -> ExperimentConfig:
         for name, phase in {**dict(enumerate(self.warm_start)), **self.methods}.items():
             u = phase.unlabeled or {}
+            if u and phase.method != "caspo":
+                raise ValueError(f"{name}.unlabeled is for caspo (its teacher scores them); "
+                                 f"{phase.method} has nothing to learn from them")
             if u and u.get("split", "train") != "train" and u.get("seed") in (
                     None, self.eval.seed):
                 raise ValueError(

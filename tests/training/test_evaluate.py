@@ -188,6 +188,8 @@ def test_experiment_unlabeled_prompts_never_the_evaluation_items() -> None:
                       {"split": "test_ood", "n": 8, "seed": 1000}):
         with pytest.raises(ConfigError, match=r"seed other than eval\.seed"):
             exp.load_experiment(config, overrides={"methods.caspo.unlabeled": unlabeled})
+    with pytest.raises(ConfigError, match="unlabeled is for caspo"):
+        exp.load_experiment(config, overrides={"methods.grpo.unlabeled": {"n": 8}})
     cfg = exp.load_experiment(config, overrides={
         "methods.caspo.unlabeled": {"split": "test_ood", "n": 8, "seed": 3000}})
     run = exp._run_config(cfg, cfg.methods["caspo"], 2, Path("m"))
