@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -85,6 +85,11 @@ class CASPOConfig(GRPOConfig):  # type: ignore[misc]  # trl is untyped
             prompt. 0 trusts the label where there is one and lets the teacher speak only on
             `DataSpec.unlabeled`'s prompts (a teacher more cautious than the labels then cannot
             unlearn what the labels taught).
+        verdict_kl_coef: Weight of a dense term, ``KL(teacher || student)`` over the whole
+            vocabulary at the answer's first position (the verdict word in the guard's
+            format), added to the loss. The token reward reaches the student only through
+            tokens it samples, so a verdict it is sure of (every sample says ALLOW) gets no
+            gradient however much the teacher disagrees; this term does. 0 is off.
         token_reward_clip: ``[lo, hi]`` clip of ``log p_teacher - log p_student`` per token.
         token_reward_bonus: Constant added to every token reward.
         token_advantage_eps: Added to the group's token-reward std.
@@ -99,6 +104,11 @@ class CASPOConfig(GRPOConfig):  # type: ignore[misc]  # trl is untyped
     )
     labeled_lambda: float | None = field(
         default=None, metadata={"help": "λ for labelled prompts (None: caspo_lambda)."}
+    )
+    verdict_kl_coef: float = field(
+        default=0.0,
+        metadata={"help": "Weight of KL(teacher || student) over the vocabulary at the "
+                          "answer's first position (0: off)."},
     )
     token_reward_clip: list[float] = field(
         default_factory=lambda: [-3.0, 5.0],
@@ -119,6 +129,8 @@ class CASPOConfig(GRPOConfig):  # type: ignore[misc]  # trl is untyped
         problems = []
         if not 0.0 <= self.caspo_lambda <= 1.0:
             problems.append(f"caspo_lambda = {self.caspo_lambda} is outside [0, 1]")
+        if self.verdict_kl_coef < 0.0:
+            problems.append(f"verdict_kl_coef = {self.verdict_kl_coef} is < 0")
         if self.labeled_lambda is not None and not 0.0 <= self.labeled_lambda <= 1.0:
             problems.append(f"labeled_lambda = {self.labeled_lambda} is outside [0, 1]")
         clip = list(self.token_reward_clip)
@@ -160,6 +172,24 @@ class _TeacherRefresh(TrainerCallback):  # type: ignore[misc]
             self.trainer.refresh_teacher()
 
 
+class _AnswerStartHidden:
+    """Forward hook on the decoder's final norm: keeps, per row, the hidden state at the last
+    prompt position, the one that predicts the answer's first token. Rows are prompt
+    (left-padded) + completion (`n_tok` tokens), so that position is ``-(n_tok + 1)``; trl's
+    forward runs in chunks, hence a list."""
+
+    def __init__(self, n_tok: int) -> None:
+        self.n_tok = n_tok
+        self.rows: list[torch.Tensor] = []
+
+    def __call__(self, module: Any, args: Any, output: Any) -> None:
+        h = output[0] if isinstance(output, tuple) else output
+        self.rows.append(h[:, -(self.n_tok + 1), :])
+
+    def hidden(self) -> torch.Tensor:
+        return torch.cat(self.rows, 0)
+
+
 def _left_pad(x: torch.Tensor, length: int, value: int | float) -> torch.Tensor:
     if x.size(1) >= length:
         return x
@@ -192,6 +222,8 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
         #: The ids of the teacher's last forward (prompt with constitution + completions),
         #: kept for diagnostics and tests.
         self.last_teacher_input_ids: torch.Tensor | None = None
+        #: With ``verdict_kl_coef``: the teacher's answer-start log-probabilities, ``(B, V)``.
+        self.last_teacher_verdict_logps: torch.Tensor | None = None
         if args.teacher == "snapshot":
             self._setup_snapshot_teacher()
             if args.teacher_refresh_steps:
@@ -342,10 +374,12 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
             )
             return cast(torch.Tensor, out)
 
+        dense = self.args.verdict_kl_coef > 0.0
         with torch.no_grad(), disable_gradient_checkpointing(
             self.model, self.args.gradient_checkpointing_kwargs
         ):
             self.last_teacher_input_ids = teacher_rows["input_ids"].detach().cpu()
+            self.last_teacher_verdict_logps = None
             if joint:
                 # Same weights for both: one forward over student rows then teacher rows.
                 student_rows = self._rows(output["prompt_ids"], output["prompt_mask"],
@@ -356,8 +390,12 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
                 pixels: dict[str, torch.Tensor] = {
                     k: torch.cat([output[k], t_pixels[k]], 0) for k in t_pixels}
                 n_images = None if num_images is None else list(num_images) * 2
-                both = logps(self.model, rows, pixels, n_images)
+                with self._answer_start(self.model, n_tok, dense) as seen:
+                    both = logps(self.model, rows, pixels, n_images)
                 student_logps, teacher_logps = both[:b], both[b:]
+                if seen is not None:
+                    self.last_teacher_verdict_logps = self._answer_start_logps(
+                        self.model, seen.hidden()[b:])
             else:
                 if student_logps is None:
                     student_rows = self._rows(output["prompt_ids"], output["prompt_mask"],
@@ -368,9 +406,31 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
                                                          if k in output}
                     student_logps = logps(self.model, student_rows, s_pixels, num_images)
                 teacher = self.teacher_model if self.teacher_model is not None else self.model
-                with self._teacher_context():
+                with self._teacher_context(), self._answer_start(teacher, n_tok, dense) as seen:
                     teacher_logps = logps(teacher, teacher_rows, t_pixels, num_images)
+                    if seen is not None:
+                        self.last_teacher_verdict_logps = self._answer_start_logps(
+                            teacher, seen.hidden())
         return teacher_logps, student_logps
+
+    @contextmanager
+    def _answer_start(self, model: Any, n_tok: int, on: bool) -> Iterator[Any]:
+        """Capture the answer-start hidden states of `model`'s forwards (None when off)."""
+        if not on:
+            yield None
+            return
+        seen = _AnswerStartHidden(n_tok)
+        norm = self.accelerator.unwrap_model(model).get_decoder().norm
+        handle = norm.register_forward_hook(seen)
+        try:
+            yield seen
+        finally:
+            handle.remove()
+
+    def _answer_start_logps(self, model: Any, hidden: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities over the vocabulary of the answer's first token, ``(B, V)``."""
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        return torch.log_softmax(head(hidden).float(), dim=-1)
 
     def _group_token_advantages(self, rewards: torch.Tensor, mask: torch.Tensor,
                                 group_size: int) -> torch.Tensor:
@@ -406,6 +466,8 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
                                 else self.args.labeled_lambda for x in inputs],
                                dtype=outcome_adv.dtype, device=outcome_adv.device)
         output["advantages"] = losses.mix_advantages(outcome_adv, token_adv, mask, lam)
+        if self.last_teacher_verdict_logps is not None:
+            output["teacher_verdict_logps"] = self.last_teacher_verdict_logps
 
         gap = teacher_logps - student_logps
         stats = torch.stack([
@@ -430,12 +492,16 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
         mask = completion_mask
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
-        per_token_logps, entropies, _ = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True,
-            pixel_values=inputs.get("pixel_values"), image_grid_thw=inputs.get("image_grid_thw"),
-            num_images=inputs.get("num_images"), token_type_ids=inputs.get("token_type_ids"),
-            mm_token_type_ids=inputs.get("mm_token_type_ids"),
-        )
+        teacher_verdict = inputs.get("teacher_verdict_logps")
+        with self._answer_start(model, completion_ids.size(1),
+                                teacher_verdict is not None) as seen:
+            per_token_logps, entropies, _ = self._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True,
+                pixel_values=inputs.get("pixel_values"),
+                image_grid_thw=inputs.get("image_grid_thw"),
+                num_images=inputs.get("num_images"), token_type_ids=inputs.get("token_type_ids"),
+                mm_token_type_ids=inputs.get("mm_token_type_ids"),
+            )
         old = inputs.get("old_per_token_logps")
         old = per_token_logps.detach() if old is None else old
         weights = None
@@ -448,6 +514,12 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
             aggregation=aggregation, token_weights=weights,  # type: ignore[arg-type]
         )
         mode = "train" if self.model.training else "eval"
+        if seen is not None:
+            student_verdict = self._answer_start_logps(model, seen.hidden())
+            verdict_kl = losses.verdict_kl(teacher_verdict, student_verdict)
+            loss = loss + self.args.verdict_kl_coef * verdict_kl
+            self._metrics[mode]["caspo/verdict_kl"].append(
+                self.accelerator.gather(verdict_kl.detach()).mean().item())
         if self.beta != 0.0:
             kl = losses.kl_k3(per_token_logps, inputs["ref_per_token_logps"])
             kl_term = (losses.masked_mean(kl, mask) if aggregation == "token"

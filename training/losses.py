@@ -203,6 +203,17 @@ def mix_advantages(
     return mixed * mask.to(mixed.dtype)
 
 
+def verdict_kl(teacher_logps: torch.Tensor, student_logps: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``KL(teacher || student)`` between two ``(B, V)`` log-distributions.
+
+    The forward KL puts the student's mass wherever the teacher has some: a student sure of
+    ALLOW is pulled toward VETO by the teacher's P(VETO) even though it never samples VETO.
+    Gradient flows into `student_logps` only.
+    """
+    t = teacher_logps.detach()
+    return (t.exp() * (t - student_logps)).sum(-1).mean()
+
+
 def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """Per-token KL(policy || reference) estimate ``exp(d) - d - 1`` with ``d = ref - policy``.
 
@@ -276,4 +287,5 @@ __all__ = [
     "mix_advantages",
     "ppo_clip_loss",
     "token_rewards",
+    "verdict_kl",
 ]

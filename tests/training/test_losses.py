@@ -146,3 +146,22 @@ def test_masked_mean_ignores_padding_and_empty_masks() -> None:
     assert torch.isclose(losses.masked_mean(x, mask), torch.tensor(3.0))
     assert torch.allclose(losses.masked_mean(x, mask, dim=1), torch.tensor([1.0, 4.0]))
     assert losses.masked_mean(x, torch.zeros(2, 2)) == 0.0
+
+
+def test_verdict_kl_is_the_forward_kl_and_reaches_a_saturated_student() -> None:
+    teacher = torch.log_softmax(torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]]), -1)
+    logits = torch.tensor([[12.0, -6.0, -6.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    student = torch.log_softmax(logits, -1)
+    kl = losses.verdict_kl(teacher, student)
+    expected = torch.nn.functional.kl_div(student, teacher, log_target=True,
+                                          reduction="batchmean")
+    assert torch.allclose(kl, expected)
+    assert losses.verdict_kl(teacher, teacher).abs() < 1e-7
+    kl.backward()
+    # Row 0: the student is sure of token 0 (p(token 1) ~ 1e-8). The dense term still moves
+    # token 1's logit by (p_student - p_teacher) / B = -0.114 / 2; a policy gradient on the
+    # sampled token 0 would move it by -p_student(token 1) ~ 1e-8.
+    assert logits.grad is not None
+    assert torch.isclose(logits.grad[0, 1], torch.tensor(-0.1142 / 2), atol=1e-3)
+    sampled = torch.autograd.grad(torch.log_softmax(logits, -1)[0, 0], logits)[0]
+    assert abs(sampled[0, 1]) < 1e-6

@@ -283,3 +283,32 @@ def test_unlabeled_prompts_are_for_caspo_only(tiny_qwen2_5_vl: Path) -> None:
     cfg["data"]["unlabeled"] = {"source": "world", "n": 4}
     with pytest.raises(ConfigError, match=r"data\.unlabeled is for caspo"):
         load_run_config(cfg)
+
+
+def test_caspo_verdict_kl_reads_the_teachers_answer_start(
+    tiny_qwen2_5_vl: Path, tmp_path: Path
+) -> None:
+    run = build(_config("caspo", tiny_qwen2_5_vl, caspo_lambda=0.5, verdict_kl_coef=1.0),
+                tmp_path)
+    trainer = run.trainer
+    checks: list[tuple[torch.Tensor, torch.Tensor]] = []
+    score = trainer._score_with_teacher
+
+    def scoring(inputs: list[dict[str, Any]], output: dict[str, Any]) -> Any:
+        teacher_logps, student_logps = score(inputs, output)
+        dense = trainer.last_teacher_verdict_logps
+        assert dense is not None and dense.shape[0] == teacher_logps.shape[0]
+        first = output["completion_ids"][:, :1]
+        # the dense distribution at the answer's start, read at the sampled first token, is
+        # the teacher's log-prob of that token: the captured position is the right one
+        checks.append((dense.gather(1, first)[:, 0], teacher_logps[:, 0]))
+        return teacher_logps, student_logps
+
+    trainer._score_with_teacher = scoring
+    trainer.train()
+    assert checks
+    for dense_at_sample, sampled in checks:
+        assert torch.allclose(dense_at_sample, sampled, atol=1e-4)
+    kl = [row["caspo/verdict_kl"] for row in trainer.state.log_history
+          if "caspo/verdict_kl" in row]
+    assert kl and all(k > 0 for k in kl)
