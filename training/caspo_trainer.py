@@ -87,9 +87,11 @@ class CASPOConfig(GRPOConfig):  # type: ignore[misc]  # trl is untyped
             unlearn what the labels taught).
         verdict_kl_coef: Weight of a dense term, ``KL(teacher || student)`` over the whole
             vocabulary at the answer's first position (the verdict word in the guard's
-            format), added to the loss. The token reward reaches the student only through
-            tokens it samples, so a verdict it is sure of (every sample says ALLOW) gets no
-            gradient however much the teacher disagrees; this term does. 0 is off.
+            format), added to the loss; each row's KL is scaled by its λ (so with
+            ``labeled_lambda: 0`` only unlabeled prompts get it). The token reward reaches the
+            student only through tokens it samples, so a verdict it is sure of (every sample
+            says ALLOW) gets no gradient however much the teacher disagrees; this term does.
+            0 is off.
         token_reward_clip: ``[lo, hi]`` clip of ``log p_teacher - log p_student`` per token.
         token_reward_bonus: Constant added to every token reward.
         token_advantage_eps: Added to the group's token-reward std.
@@ -468,6 +470,9 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
         output["advantages"] = losses.mix_advantages(outcome_adv, token_adv, mask, lam)
         if self.last_teacher_verdict_logps is not None:
             output["teacher_verdict_logps"] = self.last_teacher_verdict_logps
+            # λ says how much the teacher speaks on a row: the dense term follows it
+            output["teacher_weight"] = torch.as_tensor(
+                lam, dtype=outcome_adv.dtype, device=outcome_adv.device).expand(len(inputs))
 
         gap = teacher_logps - student_logps
         stats = torch.stack([
@@ -516,7 +521,8 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
         mode = "train" if self.model.training else "eval"
         if seen is not None:
             student_verdict = self._answer_start_logps(model, seen.hidden())
-            verdict_kl = losses.verdict_kl(teacher_verdict, student_verdict)
+            verdict_kl = losses.verdict_kl(teacher_verdict, student_verdict,
+                                           inputs.get("teacher_weight"))
             loss = loss + self.args.verdict_kl_coef * verdict_kl
             self._metrics[mode]["caspo/verdict_kl"].append(
                 self.accelerator.gather(verdict_kl.detach()).mean().item())

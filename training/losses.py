@@ -203,15 +203,20 @@ def mix_advantages(
     return mixed * mask.to(mixed.dtype)
 
 
-def verdict_kl(teacher_logps: torch.Tensor, student_logps: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of ``KL(teacher || student)`` between two ``(B, V)`` log-distributions.
+def verdict_kl(teacher_logps: torch.Tensor, student_logps: torch.Tensor,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over rows of ``KL(teacher || student)`` between two ``(B, V)`` log-distributions,
+    each row scaled by `weights` ``(B,)`` when given.
 
     The forward KL puts the student's mass wherever the teacher has some: a student sure of
     ALLOW is pulled toward VETO by the teacher's P(VETO) even though it never samples VETO.
     Gradient flows into `student_logps` only.
     """
     t = teacher_logps.detach()
-    return (t.exp() * (t - student_logps)).sum(-1).mean()
+    rows = (t.exp() * (t - student_logps)).sum(-1)
+    if weights is not None:
+        rows = rows * weights.to(rows.dtype)
+    return rows.mean()
 
 
 def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:

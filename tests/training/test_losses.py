@@ -157,6 +157,9 @@ def test_verdict_kl_is_the_forward_kl_and_reaches_a_saturated_student() -> None:
                                           reduction="batchmean")
     assert torch.allclose(kl, expected)
     assert losses.verdict_kl(teacher, teacher).abs() < 1e-7
+    # per-row weights (each row's λ): a row with weight 0 contributes nothing
+    assert torch.isclose(losses.verdict_kl(teacher, student, torch.tensor([0.0, 2.0])),
+                         kl * 0 + 2 * (teacher.exp()[1] * (teacher[1] - student[1])).sum() / 2)
     kl.backward()
     # Row 0: the student is sure of token 0 (p(token 1) ~ 1e-8). The dense term still moves
     # token 1's logit by (p_student - p_teacher) / B = -0.114 / 2; a policy gradient on the
