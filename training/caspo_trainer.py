@@ -48,10 +48,13 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model, use_adapter
 
+from guard.backends.engine import verdict_first_tokens
+from guard.types import Verdict
 from training import losses
 from training.constitution import Constitution, load_constitution
 
 TEACHER_ADAPTER = "caspo_teacher"
+VERDICT_WORDS = tuple(v.name for v in Verdict)  # the guard's answer starts with one of them
 TEACHERS = ("current", "snapshot")
 # trl loss types whose aggregation CASPO reproduces: per sequence, or per token of the batch
 _AGGREGATION = {"grpo": "sequence", "bnpo": "token", "dapo": "token"}
@@ -85,9 +88,9 @@ class CASPOConfig(GRPOConfig):  # type: ignore[misc]  # trl is untyped
             prompt. 0 trusts the label where there is one and lets the teacher speak only on
             `DataSpec.unlabeled`'s prompts (a teacher more cautious than the labels then cannot
             unlearn what the labels taught).
-        verdict_kl_coef: Weight of a dense term, ``KL(teacher || student)`` over the whole
-            vocabulary at the answer's first position (the verdict word in the guard's
-            format), added to the loss; each row's KL is scaled by its λ (so with
+        verdict_kl_coef: Weight of a dense term, ``KL(teacher || student)`` between the
+            verdict-word distributions at the answer's first position (the guard's format
+            starts with the verdict), added to the loss; each row's KL is scaled by its λ (so with
             ``labeled_lambda: 0`` only unlabeled prompts get it). The token reward reaches the
             student only through tokens it samples, so a verdict it is sure of (every sample
             says ALLOW) gets no gradient however much the teacher disagrees; this term does.
@@ -109,7 +112,7 @@ class CASPOConfig(GRPOConfig):  # type: ignore[misc]  # trl is untyped
     )
     verdict_kl_coef: float = field(
         default=0.0,
-        metadata={"help": "Weight of KL(teacher || student) over the vocabulary at the "
+        metadata={"help": "Weight of KL(teacher || student) over the verdict words at the "
                           "answer's first position (0: off)."},
     )
     token_reward_clip: list[float] = field(
@@ -224,8 +227,9 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
         #: The ids of the teacher's last forward (prompt with constitution + completions),
         #: kept for diagnostics and tests.
         self.last_teacher_input_ids: torch.Tensor | None = None
-        #: With ``verdict_kl_coef``: the teacher's answer-start log-probabilities, ``(B, V)``.
+        #: With ``verdict_kl_coef``: the teacher's verdict-word log-probabilities, ``(B, 3)``.
         self.last_teacher_verdict_logps: torch.Tensor | None = None
+        self._verdict_ids: torch.Tensor | None = None
         if args.teacher == "snapshot":
             self._setup_snapshot_teacher()
             if args.teacher_refresh_steps:
@@ -430,9 +434,20 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
             handle.remove()
 
     def _answer_start_logps(self, model: Any, hidden: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities over the vocabulary of the answer's first token, ``(B, V)``."""
+        """Log-probabilities of the verdict words at the answer's first token, renormalised
+        over their first tokens, ``(B, 3)``. Only the verdict words: a KL over the whole
+        vocabulary there also pulls the student toward whatever else a constitution prompt
+        makes the teacher start with, and a fifth of the answers stopped parsing
+        (docs/experiment/deployment_prompts/)."""
+        if self._verdict_ids is None:
+            firsts = verdict_first_tokens(self._tokenizer, VERDICT_WORDS)
+            if firsts is None:
+                raise ValueError(f"verdict_kl_coef needs verdict words {VERDICT_WORDS} with "
+                                 "distinct first tokens in this tokenizer")
+            self._verdict_ids = torch.tensor(sorted(firsts.values()))
         head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        return torch.log_softmax(head(hidden).float(), dim=-1)
+        logits = head(hidden)[:, self._verdict_ids.to(hidden.device)]
+        return torch.log_softmax(logits.float(), dim=-1)
 
     def _group_token_advantages(self, rewards: torch.Tensor, mask: torch.Tensor,
                                 group_size: int) -> torch.Tensor:

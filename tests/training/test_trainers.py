@@ -291,19 +291,29 @@ def test_caspo_verdict_kl_reads_the_teachers_answer_start(
     run = build(_config("caspo", tiny_qwen2_5_vl, caspo_lambda=0.5, verdict_kl_coef=1.0),
                 tmp_path)
     trainer = run.trainer
+    hidden: list[torch.Tensor] = []
     checks: list[tuple[torch.Tensor, torch.Tensor]] = []
-    score = trainer._score_with_teacher
+    answer_start, score = trainer._answer_start_logps, trainer._score_with_teacher
+
+    def recording_start(model: Any, h: torch.Tensor) -> torch.Tensor:
+        hidden.append(h.detach())
+        return answer_start(model, h)
 
     def scoring(inputs: list[dict[str, Any]], output: dict[str, Any]) -> Any:
+        hidden.clear()
         teacher_logps, student_logps = score(inputs, output)
-        dense = trainer.last_teacher_verdict_logps
-        assert dense is not None and dense.shape[0] == teacher_logps.shape[0]
-        first = output["completion_ids"][:, :1]
-        # the dense distribution at the answer's start, read at the sampled first token, is
-        # the teacher's log-prob of that token: the captured position is the right one
-        checks.append((dense.gather(1, first)[:, 0], teacher_logps[:, 0]))
+        verdict = trainer.last_teacher_verdict_logps
+        assert verdict is not None and verdict.shape == (teacher_logps.shape[0], 3)
+        assert torch.allclose(verdict.exp().sum(-1), torch.ones(verdict.shape[0]))
+        # The full distribution at the captured position, read at the sampled first token,
+        # is the teacher's log-prob of that token: the position is the answer's start.
+        head = trainer.model.get_output_embeddings()
+        full = torch.log_softmax(head(hidden[-1]).float(), -1)
+        checks.append((full.gather(1, output["completion_ids"][:, :1])[:, 0],
+                       teacher_logps[:, 0]))
         return teacher_logps, student_logps
 
+    trainer._answer_start_logps = recording_start
     trainer._score_with_teacher = scoring
     trainer.train()
     assert checks
