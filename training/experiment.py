@@ -115,7 +115,9 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _unlabeled_not_the_test_items(self) -> ExperimentConfig:
-        for name, phase in {**dict(enumerate(self.warm_start)), **self.methods}.items():
+        phases: list[tuple[str, PhaseSpec]] = [
+            (f"warm_start.{i}", p) for i, p in enumerate(self.warm_start)]
+        for name, phase in [*phases, *self.methods.items()]:
             u = phase.unlabeled or {}
             if u and phase.method != "caspo":
                 raise ValueError(f"{name}.unlabeled is for caspo (its teacher scores them); "
