@@ -61,7 +61,6 @@ _AGGREGATION = {"grpo": "sequence", "bnpo": "token", "dapo": "token"}
 _PIXEL_KEYS: tuple[str, ...] = ("pixel_values", "image_grid_thw")
 
 
-
 class _UnlabeledOnPurpose(logging.Filter):
     """Drops trl's "All reward functions returned None" warning when the row is one of
     `DataSpec.unlabeled`'s prompts (label None): no outcome there is the design, and trl

@@ -504,35 +504,20 @@ class QwenInputBuilder:
 
             pixels = fast_pixel_values(images, self.image_processor, self.min_pixels,
                                        self.max_pixels)
+        common: dict[str, Any] = {
+            "image_token_id": self.image_token_id, "video_token_id": self.video_token_id,
+            "completion": completion, "min_pixels": self.min_pixels,
+            "max_pixels": self.max_pixels,
+        }
         template = self.chat_template
         if self.processor is not None:
             if pixels is None or not images:
-                return _processor_inputs(
-                    self.processor,
-                    messages,
-                    images,
-                    image_token_id=self.image_token_id,
-                    video_token_id=self.video_token_id,
-                    completion=completion,
-                    min_pixels=self.min_pixels,
-                    max_pixels=self.max_pixels,
-                )
+                return _processor_inputs(self.processor, messages, images, **common)
             # Given pixels, the placeholders are expanded by id, as the manual route does; the
             # stock processor's route gives the same tensors (held by the tests).
             template = getattr(self.processor, "chat_template", None)
-        return build_inputs(
-            self.tokenizer,
-            self.image_processor,
-            messages,
-            images,
-            image_token_id=self.image_token_id,
-            video_token_id=self.video_token_id,
-            completion=completion,
-            min_pixels=self.min_pixels,
-            max_pixels=self.max_pixels,
-            chat_template=template,
-            pixels=pixels if images else None,
-        )
+        return build_inputs(self.tokenizer, self.image_processor, messages, images, **common,
+                            chat_template=template, pixels=pixels if images else None)
 
     def __call__(
         self, prompt: ChatPrompt, completion: str | None = None
