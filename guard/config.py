@@ -116,6 +116,9 @@ class PolicyConfig(_Strict):
     annotate_threshold: float = Field(default=0.3, ge=0.0, le=1.0)
     deadline_ms: float = Field(default=5000.0, gt=0)
     max_frame_age_ms: float | None = Field(default=1000.0, gt=0)
+    # A frame stamped further ahead of the guard's clock than this is stale: the clocks
+    # disagree, and nothing then bounds how old the picture is (guard/freshness.py).
+    max_clock_skew_ms: float = Field(default=100.0, ge=0, allow_inf_nan=False)
     on_failure: Literal["veto", "allow"] = "veto"
     require_frame: bool = True
     max_action_chars: int = Field(default=8192, ge=1)

@@ -31,6 +31,7 @@ from guard.audit import AuditLog
 from guard.backends import Backend, JudgeOutput, JudgeRequest, create_backend
 from guard.config import GuardConfig, PolicyConfig
 from guard.errors import BackendError, BackendTimeout, ConfigError, GuardError, InvalidInputError
+from guard.freshness import frame_freshness
 from guard.imaging import check_array, fit_max_pixels
 from guard.policy import RuleOutcome, compile_rules, decide, evaluate_rules, failure_verdict
 from guard.prompting import ParseError, load_template, parse_answer, resolve_template
@@ -236,10 +237,7 @@ class Guard:
             assert rules.verdict is not None
             return self._by_rules(rules)
 
-        if not frames:
-            if policy.require_frame:
-                return self._failed(Status.NO_FRAME, "no camera frame to judge", rules)
-        else:
+        if frames:
             frames = frames[-image_cfg.max_frames :]
             for f in frames:
                 try:
@@ -249,18 +247,16 @@ class Guard:
                     )
                 except InvalidInputError as exc:
                     return self._failed(Status.INVALID_INPUT, str(exc), rules)
-            if policy.max_frame_age_ms is not None:
-                newest = frames[-1]
-                if newest.stamp is None:
-                    return self._failed(Status.STALE_FRAME, "frame has no timestamp", rules)
-                age_ms = (now - newest.stamp) * 1000.0
-                if age_ms > policy.max_frame_age_ms:
-                    return self._failed(
-                        Status.STALE_FRAME,
-                        f"frame is {age_ms:.0f} ms old, over max_frame_age_ms "
-                        f"({policy.max_frame_age_ms:.0f})",
-                        rules,
-                    )
+        fresh = frame_freshness(
+            frames[-1].stamp if frames else None,
+            now,
+            max_age_ms=policy.max_frame_age_ms,
+            max_skew_ms=policy.max_clock_skew_ms,
+            has_frame=bool(frames),
+        )
+        if not fresh.fresh and (frames or policy.require_frame):
+            assert fresh.status is not None
+            return self._failed(fresh.status, fresh.reason, rules)
 
         images = tuple(fit_max_pixels(f.image, image_cfg.max_pixels) for f in frames)
         request = JudgeRequest(
