@@ -10,9 +10,11 @@ folder holding episode.jsonl. Writes DIR/decisions.jsonl, DIR/summary.json, DIR/
 and the audit log DIR/audit.jsonl unless --audit says where. Frame ages are measured in bag
 time: a proposal sees only frames recorded at or before it.
 
-Exit 0 when the episode was replayed (damaged parts are counted in summary.json and reported
-on stderr), 1 when the episode is damaged and not one proposal could be read from it, or the
-model did not load; 2 for a usage error.
+Exit 0 when the whole episode was replayed (records that were read but are unusable, such as
+a proposal without a name or a frame that does not decode, are vetoed, counted in summary.json
+and reported on stderr); 1 when part of the episode could not be read at all (the recording is
+cut or unreadable, a JSONL line is not an event), or the model did not load; 2 for a usage
+error.
 """
 
 from __future__ import annotations
@@ -88,7 +90,14 @@ def run(args: argparse.Namespace) -> int:
         kinds = ", ".join(f"{k} {n}" for k, n in damaged["by_kind"].items())
         print(f"guard replay: damaged input: {kinds} (listed in {result.summary_path})",
               file=sys.stderr)
-    return 1 if damaged["count"] and not s["n_proposals"] else 0
+    from guard.replay.episode import LOST_KINDS
+
+    lost = {k: n for k, n in damaged["by_kind"].items() if k in LOST_KINDS}
+    if lost:
+        print("guard replay: incomplete: part of the episode could not be read "
+              f"({', '.join(f'{k} {n}' for k, n in lost.items())})", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _ms(value: float | None) -> str:

@@ -14,7 +14,9 @@ JSONL episode format, one JSON object per line, times in seconds (any origin):
 
 Frame paths are relative to the JSONL file's folder. "label" ("safe" | "unsafe", optional) may
 also sit inside "proposal". A line may carry both "frame" and "proposal" (the frame counts as
-seen at that time). Lines need not be in time order.
+seen at that time). Lines need not be in time order. "t" must be a finite number from 0 to
+MAX_TIME_S (what a signed 64-bit count of nanoseconds holds, as ROS time); any other line is
+damage (`bad_line`), listed with its reason.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ import numpy as np
 
 from guard.errors import InvalidInputError, UsageError
 from guard.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_INPUT_PIXELS, decode_image_file
-from guard.replay.msgs import ProposalError, proposal_from_json
+from guard.replay.msgs import ProposalError, printable, proposal_from_json
 from guard.types import ActionProposal
 
 JSONL_NAME = "episode.jsonl"
+# Latest time an episode may carry, in seconds: int64 nanoseconds, as ROS and rosbag2 keep it.
+MAX_TIME_S = (2**63 - 1) / 1e9
 
 # Damage kinds, as counted in summary.json.
 UNREADABLE_EPISODE = "unreadable_episode"  # the file or bag could not be opened at all
@@ -43,6 +47,9 @@ UNKNOWN_TYPE = "unknown_type"  # a message type replay cannot read on a replayed
 UNDECODABLE_FRAME = "undecodable_frame"  # a frame that is not a decodable image
 BAD_PROPOSAL = "bad_proposal"  # a proposal without a name, with bad arguments or label
 BAD_LINE = "bad_line"  # a JSONL line that is not an event
+# Damage that means part of the episode was not replayed at all (as opposed to a record that
+# was read and then vetoed or skipped as unusable): the replay is incomplete.
+LOST_KINDS = (UNREADABLE_EPISODE, TRUNCATED, BAD_LINE)
 DAMAGE_KINDS = (
     UNREADABLE_EPISODE,
     TRUNCATED,
@@ -143,7 +150,9 @@ class Episode:
     def add_damage(
         self, kind: str, detail: str, topic: str | None = None, t_ns: int | None = None
     ) -> None:
-        self.damage.append(Damage(kind, detail, topic, None if t_ns is None else t_ns / 1e9))
+        # one line, writable anywhere: the detail may quote the episode's own bytes
+        line = printable(" ".join(detail.split()), 300)
+        self.damage.append(Damage(kind, line, topic, None if t_ns is None else t_ns / 1e9))
 
     def events(self) -> Iterator[Event]:
         """Frames and proposals, in recorded order (time order for every format here)."""
@@ -151,6 +160,18 @@ class Episode:
 
     def close(self) -> None:
         """Release files."""
+
+
+def time_ns(seconds: Any) -> int | None:
+    """Integer nanoseconds of a time in seconds from JSON, or None when it is not a finite
+    number from 0 to MAX_TIME_S (NaN, 1e308, -1, true, "1.0" all are None)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return None
+    if isinstance(seconds, float) and not math.isfinite(seconds):
+        return None
+    if not 0 <= seconds <= MAX_TIME_S:
+        return None
+    return min(round(seconds * 1_000_000_000), 2**63 - 1)
 
 
 def placeholder(
@@ -162,7 +183,7 @@ def placeholder(
 
     def text(key: str) -> str:
         value = fields.get(key) if isinstance(fields, dict) else getattr(fields, key, None)
-        return value if isinstance(value, str) else ""
+        return printable(value) if isinstance(value, str) else ""
 
     return ActionProposal(
         id=text("id") or default_id,
@@ -204,8 +225,12 @@ class JsonlEpisode(Episode):
                 self.add_damage(TRUNCATED, f"last line ({len(lines)}) is cut off")
                 lines = lines[:-1]
         for n, line in enumerate(lines, start=1):
-            if line.strip():
+            if not line.strip():
+                continue
+            try:
                 self._parse(n, line)
+            except Exception as exc:  # no line of an episode may stop its replay
+                self.add_damage(BAD_LINE, f"line {n}: cannot be read ({type(exc).__name__})")
         # stable: equal times keep the file's order
         self._events.sort(key=lambda e: e.t_ns)
         self.expected_proposals = sum(isinstance(e, ProposalEvent) for e in self._events)
@@ -224,39 +249,44 @@ class JsonlEpisode(Episode):
         except ValueError as exc:
             self.add_damage(BAD_LINE, f"line {n}: not valid JSON ({exc})")
             return
+        except RecursionError:
+            self.add_damage(BAD_LINE, f"line {n}: nested too deeply to parse as JSON")
+            return
         if not isinstance(obj, dict):
             self.add_damage(BAD_LINE, f"line {n}: not a JSON object")
             return
         if "episode" in obj and "frame" not in obj and "proposal" not in obj:
             return  # a header line with metadata
-        t = obj.get("t")
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
-            self.add_damage(BAD_LINE, f"line {n}: needs a finite number 't' (seconds)")
+        t_ns = time_ns(obj.get("t"))
+        if t_ns is None:
+            self.add_damage(
+                BAD_LINE, f"line {n}: 't' must be a number of seconds from 0 to {MAX_TIME_S:.4g}"
+            )
             return
-        t_ns = round(t * 1e9)
+        t = t_ns / 1e9
         if "frame" not in obj and "proposal" not in obj:
             self.add_damage(BAD_LINE, f"line {n}: has neither 'frame' nor 'proposal'")
             return
         if "frame" in obj:
             rel = obj["frame"]
             if isinstance(rel, str) and rel:
-                self._events.append(FrameEvent(t_ns, "jsonl", float(t), self._frame_decoder(rel)))
+                self._events.append(FrameEvent(t_ns, "jsonl", t, self._frame_decoder(rel)))
             else:
                 error = f"line {n}: 'frame' must be a path string"
                 self.add_damage(UNDECODABLE_FRAME, error, "jsonl", t_ns)
-                self._events.append(FrameEvent(t_ns, "jsonl", float(t), None, error, True))
+                self._events.append(FrameEvent(t_ns, "jsonl", t, None, error, True))
         if "proposal" in obj:
             default_id = f"line-{n}"
             data = obj["proposal"]
             if isinstance(data, dict) and "label" not in data and "label" in obj:
                 data = {**data, "label": obj["label"]}
             try:
-                proposal, label = proposal_from_json(data, default_id=default_id, stamp=float(t))
+                proposal, label = proposal_from_json(data, default_id=default_id, stamp=t)
                 self._events.append(ProposalEvent(t_ns, "jsonl", proposal, label))
             except ProposalError as exc:
                 error = f"line {n}: {exc}"
                 self.add_damage(BAD_PROPOSAL, error, "jsonl", t_ns)
-                stand_in = placeholder(default_id, float(t), data)
+                stand_in = placeholder(default_id, t, data)
                 self._events.append(ProposalEvent(t_ns, "jsonl", stand_in, None, error))
 
     def events(self) -> Iterator[Event]:
@@ -304,6 +334,8 @@ def open_episode(
 
 __all__ = [
     "DAMAGE_KINDS",
+    "LOST_KINDS",
+    "MAX_TIME_S",
     "Damage",
     "Episode",
     "Event",
@@ -311,4 +343,5 @@ __all__ = [
     "JsonlEpisode",
     "ProposalEvent",
     "open_episode",
+    "time_ns",
 ]

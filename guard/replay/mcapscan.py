@@ -9,6 +9,7 @@ chunks), then raises `McapTruncated` saying where the file ends. Format: mcap.de
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,18 +93,32 @@ def _parse(op: int, body: bytes) -> Record | None:
     return None
 
 
-def _decompress(compression: str, data: bytes) -> bytes:
-    """As much of a (possibly cut) chunk as decompresses."""
+def _decompress(compression: str, data: bytes, size: int) -> bytes:
+    """As much of a (possibly cut) chunk as decompresses, never more than the `size` bytes its
+    header declares (a corrupt stream must not inflate without bound)."""
     if not compression:
         return data
     if compression == "zstd":
+        import io
+
         import zstandard
 
-        return bytes(zstandard.ZstdDecompressor().decompressobj().decompress(data))
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
+        out = bytearray()
+        try:
+            while len(out) < size:
+                block = reader.read(min(size - len(out), 1 << 20))
+                if not block:
+                    break
+                out += block
+        except zstandard.ZstdError:
+            if not out:
+                raise
+        return bytes(out)
     if compression == "lz4":
         import lz4.frame
 
-        return bytes(lz4.frame.LZ4FrameDecompressor().decompress(data))
+        return bytes(lz4.frame.LZ4FrameDecompressor().decompress(data, max_length=size))
     raise McapTruncated(f"chunk compression {compression!r} is not supported")
 
 
@@ -128,7 +143,9 @@ def _inner(records: bytes, complete: bool) -> Iterator[Record]:
 def _chunk(body: bytes, complete: bool) -> Iterator[Record]:
     c = _Cursor(body)
     try:
-        c.u64(), c.u64(), c.u64(), c.u32()
+        c.u64(), c.u64()
+        uncompressed_size = c.u64()
+        c.u32()
         compression = c.string()
         declared = c.u64()
     except McapTruncated:
@@ -136,7 +153,7 @@ def _chunk(body: bytes, complete: bool) -> Iterator[Record]:
     data = c.rest()
     complete = complete and len(data) >= declared
     try:
-        records = _decompress(compression, data[:declared])
+        records = _decompress(compression, data[:declared], uncompressed_size)
     except McapTruncated:
         raise
     except Exception as exc:  # a corrupt compressed stream: nothing more to read here
@@ -144,8 +161,10 @@ def _chunk(body: bytes, complete: bool) -> Iterator[Record]:
     yield from _inner(records, complete)
 
 
-def _read(f: BinaryIO, n: int) -> bytes:
-    return bytes(f.read(n))
+def _read(f: BinaryIO, n: int, end: int) -> bytes:
+    """Up to `n` bytes, never past `end` (the file size): a garbage record length must not
+    become a read of exabytes."""
+    return bytes(f.read(max(0, min(n, end - f.tell()))))
 
 
 def scan_mcap(path: str | Path) -> Iterator[Record]:
@@ -158,11 +177,12 @@ def scan_mcap(path: str | Path) -> Iterator[Record]:
         McapTruncated: the file ends early or is corrupt from some point on.
     """
     with Path(path).open("rb") as f:
-        magic = _read(f, len(MAGIC))
+        end = os.fstat(f.fileno()).st_size
+        magic = _read(f, len(MAGIC), end)
         if magic != MAGIC:
             raise McapTruncated("not an MCAP file (no MCAP magic at its start)")
         while True:
-            head = _read(f, 9)
+            head = _read(f, 9, end)
             if not head:
                 raise McapTruncated("the file ends without its summary and footer")
             if len(head) < 9:
@@ -171,11 +191,11 @@ def scan_mcap(path: str | Path) -> Iterator[Record]:
             if op in (OP_FOOTER, OP_DATA_END):
                 return
             if op == OP_CHUNK:
-                body = _read(f, length)
+                body = _read(f, length, end)
                 yield from _chunk(body, complete=len(body) == length)
                 continue
             if op in (OP_SCHEMA, OP_CHANNEL, OP_MESSAGE):
-                body = _read(f, length)
+                body = _read(f, length, end)
                 if len(body) < length:
                     raise McapTruncated("the file ends inside a record")
                 parsed = _parse(op, body)
@@ -183,7 +203,8 @@ def scan_mcap(path: str | Path) -> Iterator[Record]:
                     yield parsed
                 continue
             # indexes, attachments, metadata: not needed to replay
-            skipped = len(_read(f, length))
+            skipped = min(length, end - f.tell())
+            f.seek(skipped, os.SEEK_CUR)
             if skipped < length:
                 raise McapTruncated("the file ends inside a record")
 

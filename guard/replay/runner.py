@@ -200,7 +200,7 @@ class _Loop:
                                              frame_stamp=frame_stamp)
                 note = "frame unreadable"
             else:
-                decision = self.guard.check(frames or None, proposal, now=now)
+                decision = self._check(frames or None, proposal, now, frame_stamp)
                 checked = True
                 pixels = frames[-1].image if frames else None
                 if not frames:
@@ -213,6 +213,16 @@ class _Loop:
         self.judged.append(j)
         if self.bar is not None:
             self.bar.update(1)
+
+    def _check(self, frames: Any, proposal: Any, now: float, frame_stamp: float | None) -> Any:
+        """`guard.check`, and a fail-closed error veto should it raise anyway: one proposal's
+        failure must not end the replay of the others."""
+        try:
+            return self.guard.check(frames, proposal, now=now)
+        except Exception as exc:
+            return self.guard.reject(proposal, Status.ERROR,
+                                     f"the check raised {type(exc).__name__}: {exc}",
+                                     frame_stamp=frame_stamp)
 
     def _frame(self, f: FrameEvent) -> Any:
         from guard.types import Frame
@@ -306,7 +316,9 @@ def replay(
     timings, rationales = _from_audit(Path(guard.audit.path),
                                       {j.decision.id for j in loop.judged})
     t0 = loop.t_first if loop.t_first is not None else 0
-    with (out / DECISIONS_FILE).open("w", encoding="utf-8") as fh:
+    # backslashreplace: text UTF-8 cannot hold (a lone surrogate) is written as its JSON
+    # escape rather than ending the replay before its summary is written
+    with (out / DECISIONS_FILE).open("w", encoding="utf-8", errors="backslashreplace") as fh:
         for j in loop.judged:
             j.timings_ms = timings.get(j.decision.id)
             if j.decision.id in rationales:
@@ -321,7 +333,7 @@ def replay(
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     page = render_html(summary, loop.judged, loop.frame_times, loop.broken_times, t0,
                        loop.t_last if loop.t_last is not None else t0)
-    (out / REPORT_FILE).write_text(page, encoding="utf-8")
+    (out / REPORT_FILE).write_text(page, encoding="utf-8", errors="backslashreplace")
     if interrupted is not None:
         raise interrupted
     return ReplayResult(summary=summary, out_dir=out, judged=loop.judged)
