@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from guard.audit import AuditLog
 from guard.backends import Backend, JudgeOutput, JudgeRequest, create_backend
@@ -35,11 +36,14 @@ from guard.freshness import frame_freshness
 from guard.imaging import check_array, fit_max_pixels
 from guard.policy import RuleOutcome, compile_rules, decide, evaluate_rules, failure_verdict
 from guard.prompting import ParseError, load_template, parse_answer, resolve_template
-from guard.types import ActionProposal, Decision, Frame, Status, Verdict
+from guard.types import ActionProposal, Decision, Frame, Status, Verdict, jsonable, safe_text
 
 log = logging.getLogger("guard")
 
 FramesArg = Frame | Sequence[Frame] | None
+#: A frame source: called inside the check's deadline, returns what `FramesArg` allows.
+FrameSource = Callable[[], FramesArg]
+ProposalArg = ActionProposal | Mapping[str, Any]
 RationaleCallback = Callable[[Decision], None]
 
 _MAX_AUDIT_ANSWER_CHARS = 4096
@@ -78,6 +82,8 @@ class Guard:
         self.template_name = resolve_template(self.config.prompt.template, self.config.model.id)
         self._template = load_template(self.template_name)
         self._policy_id = self.config.policy.fingerprint()
+        # Longer answers are refused before parsing: parsing stays inside the deadline.
+        self._max_answer_chars = max(16_384, 32 * self.config.model.max_new_tokens)
         self._clock = clock
         self._executor = cf.ThreadPoolExecutor(
             max_workers=self.config.policy.max_inflight, thread_name_prefix="guard-judge"
@@ -133,31 +139,60 @@ class Guard:
         self._policy_id = policy.fingerprint()
 
     def check(
-        self, frames: FramesArg, proposal: ActionProposal, *, now: float | None = None
+        self,
+        frames: FramesArg | FrameSource,
+        proposal: ProposalArg,
+        *,
+        now: float | None = None,
+        entered: float | None = None,
     ) -> Decision:
-        """Judge one proposal against the latest frame(s). Never raises for a failed check:
-        the failure is a fail-closed decision."""
-        t0 = time.monotonic()
+        """Judge one proposal against the latest frame(s). Never raises for what it is given:
+        a check that could not run is a fail-closed decision, and every decision is audited
+        before it is returned.
+
+        Args:
+            frames: A frame, a sequence of frames (oldest first), None, or a frame source (a
+                callable returning any of those), which is then called inside the deadline.
+            proposal: An `ActionProposal`, or its fields as a mapping (validated here, so a
+                bad one is an audited `invalid_input` veto rather than an exception).
+            now: The guard's clock for the frame-age check (default: the clock, read once the
+                frames are in hand); on the frames' time base.
+            entered: The `time.monotonic()` instant the check began, for a front end that
+                waited for its frames before calling (default: now).
+
+        The deadline (`policy.deadline_ms`) is a wall-clock promise from the moment `check` is
+        entered: frame acquisition, resizing, judging and parsing all sit inside it, and an
+        answer that arrives late is a timeout veto, whatever delayed it.
+        """
+        t0 = time.monotonic() if entered is None else entered
         deadline = t0 + self.config.policy.deadline_ms / 1000.0
-        now = self._clock() if now is None else now
-        record: dict[str, Any] = {}
-        frame_list: list[Frame] = []
+        trace = _Trace()
         try:
-            frame_list = _as_frames(frames)
-            decision = self._check(frame_list, proposal, now, deadline, record)
+            decision = self._check(frames, proposal, now, deadline, trace)
+            if decision.status is Status.OK and time.monotonic() > deadline:
+                trace.pending = None  # its verdict was not in time: nothing to complete
+                decision = self._failed(
+                    Status.TIMEOUT,
+                    f"answer arrived {(time.monotonic() - deadline) * 1000:.0f} ms after "
+                    f"deadline_ms ({self.config.policy.deadline_ms:g})",
+                    trace.rules,
+                )
         except InvalidInputError as exc:
-            decision = self._failed(Status.INVALID_INPUT, str(exc), RuleOutcome())
+            decision = self._failed(Status.INVALID_INPUT, str(exc), trace.rules)
         except Exception as exc:  # the last line of fail-closed: a bug is still a veto
             log.exception("guard check failed unexpectedly")
-            decision = self._failed(Status.ERROR, f"internal error: {exc!r}", RuleOutcome())
+            decision = self._failed(Status.ERROR, f"internal error: {exc!r}", trace.rules)
+        except BaseException as exc:  # Ctrl-C or exit in the caller: audit, then let it go
+            decision = self._failed(Status.ERROR, f"interrupted: {exc!r}", trace.rules)
+            decision.latency_ms = (time.monotonic() - t0) * 1000.0
+            self._finish(decision, proposal, trace)
+            raise
         decision.latency_ms = (time.monotonic() - t0) * 1000.0
-        if decision.frame_stamp is None and frame_list:
-            decision.frame_stamp = frame_list[-1].stamp
-        return self._finish(decision, proposal, frame_list, record)
+        return self._finish(decision, proposal, trace)
 
     def reject(
         self,
-        proposal: ActionProposal,
+        proposal: ProposalArg,
         status: Status,
         reason: str,
         *,
@@ -169,7 +204,12 @@ class Guard:
             raise ValueError("reject() needs a failure status")
         decision = self._failed(status, reason, RuleOutcome())
         decision.frame_stamp = frame_stamp
-        return self._finish(decision, proposal, [], {})
+        trace = _Trace()
+        try:
+            trace.proposal = _as_proposal(proposal)
+        except InvalidInputError:
+            pass  # audited as what arrived
+        return self._finish(decision, proposal, trace)
 
     def on_rationale(self, callback: RationaleCallback) -> None:
         """Call `callback` with the completed decision whenever an async rationale finishes.
@@ -189,10 +229,16 @@ class Guard:
             )
 
     async def acheck(
-        self, frames: FramesArg, proposal: ActionProposal, *, now: float | None = None
+        self,
+        frames: FramesArg | FrameSource,
+        proposal: ProposalArg,
+        *,
+        now: float | None = None,
+        entered: float | None = None,
     ) -> Decision:
         """`check` for asyncio code: the event loop is never blocked by the model."""
-        return await asyncio.to_thread(self.check, frames, proposal, now=now)
+        entered = time.monotonic() if entered is None else entered
+        return await asyncio.to_thread(self.check, frames, proposal, now=now, entered=entered)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -211,85 +257,74 @@ class Guard:
 
     def _check(
         self,
-        frames: list[Frame],
-        proposal: ActionProposal,
-        now: float,
+        frames: FramesArg | FrameSource,
+        proposal: ProposalArg,
+        now: float | None,
         deadline: float,
-        record: dict[str, Any],
+        trace: _Trace,
     ) -> Decision:
-        policy, image_cfg = self.config.policy, self.config.image
-        if not isinstance(proposal, ActionProposal):
-            return self._failed(
-                Status.INVALID_INPUT,
-                f"proposal must be an ActionProposal, got {type(proposal).__name__}",
-                RuleOutcome(),
-            )
-        action = proposal.as_text()
+        policy = self.config.policy
+        trace.proposal = _as_proposal(proposal)
+        action = trace.proposal.as_text()
+        if not action.strip():
+            raise InvalidInputError("the action text is empty")
         if len(action) > policy.max_action_chars:
-            return self._failed(
-                Status.INVALID_INPUT,
+            raise InvalidInputError(
                 f"action text is {len(action)} characters, over max_action_chars "
-                f"({policy.max_action_chars})",
-                RuleOutcome(),
+                f"({policy.max_action_chars})"
             )
-        rules = evaluate_rules(self._rules, proposal)
+        trace.rules = rules = evaluate_rules(self._rules, trace.proposal)
         if rules.skips_model:
-            assert rules.verdict is not None
             return self._by_rules(rules)
-
-        if frames:
-            frames = frames[-image_cfg.max_frames :]
-            for f in frames:
-                try:
-                    check_array(
-                        f.image, source=f.source or "frame",
-                        max_input_pixels=image_cfg.max_input_pixels,
-                    )
-                except InvalidInputError as exc:
-                    return self._failed(Status.INVALID_INPUT, str(exc), rules)
-        fresh = frame_freshness(
-            frames[-1].stamp if frames else None,
-            now,
-            max_age_ms=policy.max_frame_age_ms,
-            max_skew_ms=policy.max_clock_skew_ms,
-            has_frame=bool(frames),
-        )
-        if not fresh.fresh and (frames or policy.require_frame):
-            assert fresh.status is not None
-            return self._failed(fresh.status, fresh.reason, rules)
-
-        images = tuple(fit_max_pixels(f.image, image_cfg.max_pixels) for f in frames)
-        request = JudgeRequest(
-            prompt=self._template.render(action, images),
-            max_new_tokens=self.config.model.max_new_tokens,
-            deadline=deadline,
-            rationale=self.config.model.rationale,
-        )
-        if self.config.audit.include_prompt:
-            record["prompt"] = {"system": request.prompt.system, "user": request.prompt.user}
+        if not callable(frames):
+            trace.frames = _as_frames(frames)  # known even if the judge then times out
+        job = _Job(self, frames, action, now, deadline, rules)
+        future = self._executor.submit(job.run)
         try:
-            output = self._judge(request, deadline)
-        except (TimeoutError, BackendTimeout):
+            decision, trace.record, trace.frames, trace.pending = future.result(
+                timeout=max(0.0, deadline - time.monotonic())
+            )
+        except cf.TimeoutError:
+            if not future.cancel():
+                with self._lock:
+                    self.stats["abandoned"] += 1
+            stage = job.stage
             return self._failed(
                 Status.TIMEOUT,
-                f"no answer within deadline_ms ({policy.deadline_ms:g})",
+                f"no answer within deadline_ms ({policy.deadline_ms:g}; still {stage})",
                 rules,
             )
-        except Exception as exc:
-            msg = str(exc) if isinstance(exc, GuardError) else f"{type(exc).__name__}: {exc}"
-            return self._failed(Status.ERROR, f"backend failed: {msg}", rules)
+        except BaseException as exc:
+            if future.done() and not future.cancelled() and future.exception() is exc:
+                # Raised by the job (a backend's SystemExit, KeyboardInterrupt, ...): the
+                # judge failed; the caller was not interrupted.
+                return self._failed(Status.ERROR, f"backend failed: {exc!r}", rules)
+            raise
+        return decision
 
+    def _judged(
+        self, request: JudgeRequest, output: JudgeOutput, rules: RuleOutcome,
+        record: dict[str, Any],
+    ) -> tuple[Decision, _PendingRationale | None]:
+        """The decision from a backend's answer (on the worker, inside the deadline)."""
+        policy = self.config.policy
+        problem = _output_problem(output, self._max_answer_chars)
+        if problem is not None:
+            if isinstance(output, JudgeOutput) and output.rationale is not None:
+                output.rationale.cancel()
+            return self._failed(Status.ERROR, f"backend answer rejected: {problem}", rules), None
         record["answer"] = output.text[:_MAX_AUDIT_ANSWER_CHARS]
         record["timings_ms"] = output.timings_ms
         try:
             answer = parse_answer(output.text)
         except ParseError as exc:
-            return self._failed(Status.ERROR, f"unparseable answer: {exc}", rules)
+            return self._failed(Status.ERROR, f"unparseable answer: {exc}", rules), None
         verdict, risk = decide(answer, output.verdict_probs, rules, policy)
         rationale = " ".join(s for s in (answer.consequence, answer.rationale) if s)
+        pending = None
         if output.rationale is not None:
-            record["_rationale"] = _PendingRationale(output.rationale, output.verdict_probs, rules)
-        return Decision(
+            pending = _PendingRationale(output.rationale, output.verdict_probs, rules)
+        decision = Decision(
             verdict=verdict,
             status=Status.OK,
             risk=risk,
@@ -300,18 +335,7 @@ class Guard:
             rules=[r.name for r in rules.matched],
             mode=policy.mode,
         )
-
-    def _judge(self, request: JudgeRequest, deadline: float) -> JudgeOutput:
-        """Run the backend on a worker thread; give up at the deadline. A backend that hangs
-        keeps its worker, never the caller; queued calls past their deadline are cancelled."""
-        future = self._executor.submit(self.backend.judge, request)
-        try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except cf.TimeoutError:
-            if not future.cancel():
-                with self._lock:
-                    self.stats["abandoned"] += 1
-            raise TimeoutError from None
+        return decision, pending
 
     # -- decisions that did not come from the model ---------------------------------------
 
@@ -346,36 +370,33 @@ class Guard:
             error=error,
         )
 
-    def _finish(
-        self,
-        decision: Decision,
-        proposal: ActionProposal,
-        frames: list[Frame],
-        record: dict[str, Any],
-    ) -> Decision:
-        decision.proposal_id = getattr(proposal, "id", "") or ""
-        pending: _PendingRationale | None = record.pop("_rationale", None)
+    def _finish(self, decision: Decision, proposal: Any, trace: _Trace) -> Decision:
+        """Count and audit a decision; an unlogged decision is never an allow."""
+        pending = trace.pending
+        if decision.frame_stamp is None and trace.frames:
+            decision.frame_stamp = trace.frames[-1].stamp
+        if decision.frame_stamp is not None and not math.isfinite(decision.frame_stamp):
+            decision.frame_stamp = None
+        if trace.proposal is not None:
+            decision.proposal_id = trace.proposal.id
+        elif isinstance(proposal, ActionProposal):
+            decision.proposal_id = safe_text(str(proposal.id))
+        elif isinstance(proposal, Mapping):
+            decision.proposal_id = safe_text(str(proposal.get("id", "") or ""))[:200]
         with self._lock:
             self.stats["checks"] += 1
             self.stats["vetoes"] += decision.verdict is Verdict.VETO
             self.stats["timeouts"] += decision.status is Status.TIMEOUT
             self.stats["errors"] += decision.status is Status.ERROR
-        payload: dict[str, Any] = {
-            "decision": decision.model_dump(mode="json"),
-            "proposal": proposal.model_dump(mode="json")
-            if isinstance(proposal, ActionProposal)
-            else repr(proposal)[:1000],
-            "frames": [
-                {"stamp": f.stamp, "source": f.source, "size": list(f.size)} for f in frames
-            ],
-            **record,
-        }
         try:
+            payload = self._audit_payload(decision, proposal, trace)
             self.audit.append("decision", payload)
         except Exception as exc:  # an unlogged decision must not be an allow
             log.error("audit write failed: %s", exc)
+            pending = None
             if self.config.policy.on_failure != "allow":
                 decision.verdict, decision.status = Verdict.VETO, Status.ERROR
+                decision.risk = 1.0
                 decision.error = f"audit write failed: {exc}"
         log.debug("decision %s", decision.model_dump_json())
         if pending is not None:
@@ -386,7 +407,31 @@ class Guard:
             pending.future.add_done_callback(
                 lambda f: self._rationale_done(snapshot, pending, f)
             )
+        elif trace.pending is not None:
+            trace.pending.future.cancel()
         return decision
+
+    def _audit_payload(self, decision: Decision, proposal: Any, trace: _Trace) -> dict[str, Any]:
+        if trace.proposal is not None:
+            judged: Any = trace.proposal.model_dump(mode="json")
+        else:  # a proposal that did not validate: what arrived, made loggable
+            raw = proposal
+            if isinstance(proposal, BaseModel):
+                raw = {k: getattr(proposal, k, None) for k in type(proposal).model_fields}
+            try:
+                judged = {"invalid": jsonable(raw, max_depth=8)}
+            except ValueError:
+                judged = {"invalid": safe_text(repr(raw)[:1000])}
+        return {
+            "decision": decision.model_dump(mode="json"),
+            "proposal": judged,
+            "frames": [
+                {"stamp": f.stamp if f.stamp is None or math.isfinite(f.stamp) else str(f.stamp),
+                 "source": safe_text(f.source), "size": list(f.size)}
+                for f in trace.frames
+            ],
+            **trace.record,
+        }
 
     def _rationale_done(
         self, decision: Decision, pending: _PendingRationale, future: cf.Future[str]
@@ -413,20 +458,20 @@ class Guard:
             text = None
             payload["error"] = f"rationale not generated: {exc!r}"
         if text is not None:
-            payload["answer"] = text[:_MAX_AUDIT_ANSWER_CHARS]
+            payload["answer"] = str(text)[:_MAX_AUDIT_ANSWER_CHARS]
             try:
                 answer = parse_answer(text)
-            except ParseError as exc:
+                # What deciding on the whole answer would have given: an audit can find the
+                # checks where the verdict alone decided differently.
+                full_verdict, full_risk = decide(
+                    answer, pending.verdict_probs, pending.rules, self.config.policy
+                )
+            except (ParseError, ValueError) as exc:
                 payload["error"] = f"unparseable answer: {exc}"
             else:
                 completed.hazards = answer.hazards
                 completed.rationale = " ".join(
                     s for s in (answer.consequence, answer.rationale) if s
-                )
-                # What deciding on the whole answer would have given: an audit can find the
-                # checks where the verdict alone decided differently.
-                full_verdict, full_risk = decide(
-                    answer, pending.verdict_probs, pending.rules, self.config.policy
                 )
                 payload.update(
                     rationale=completed.rationale,
@@ -444,6 +489,144 @@ class Guard:
                 callback(completed)
             except Exception:
                 log.exception("rationale callback failed")
+
+
+@dataclass
+class _Trace:
+    """What one check learned on its way, for its audit record."""
+
+    proposal: ActionProposal | None = None
+    rules: RuleOutcome = field(default_factory=RuleOutcome)
+    frames: list[Frame] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+    pending: _PendingRationale | None = None
+
+
+JobResult = tuple[Decision, dict[str, Any], list[Frame], "_PendingRationale | None"]
+
+
+class _Job:
+    """The part of a check that runs on a worker thread, inside the deadline: acquire the
+    frames, check their freshness, resize, render, judge, parse. The caller waits for it only
+    until the deadline; `stage` says where an abandoned job was."""
+
+    def __init__(
+        self, guard: Guard, frames: FramesArg | FrameSource, action: str,
+        now: float | None, deadline: float, rules: RuleOutcome,
+    ) -> None:
+        self.guard, self.frames, self.action = guard, frames, action
+        self.now, self.deadline, self.rules = now, deadline, rules
+        self.stage = "queued"
+
+    def run(self) -> JobResult:
+        guard, rules = self.guard, self.rules
+        policy, image_cfg = guard.config.policy, guard.config.image
+        record: dict[str, Any] = {}
+        frames: list[Frame] = []
+
+        def failed(status: Status, error: str) -> JobResult:
+            return guard._failed(status, error, rules), record, frames, None
+
+        self.stage = "acquiring frames"
+        try:
+            frames = _as_frames(self.frames() if callable(self.frames) else self.frames)
+        except InvalidInputError as exc:
+            return failed(Status.INVALID_INPUT, str(exc))
+        except Exception as exc:
+            return failed(Status.ERROR, f"frame source failed: {type(exc).__name__}: {exc}")
+        frames = frames[-image_cfg.max_frames :]
+        for f in frames:
+            try:
+                check_array(
+                    f.image, source=f.source or "frame",
+                    max_input_pixels=image_cfg.max_input_pixels,
+                )
+            except InvalidInputError as exc:
+                return failed(Status.INVALID_INPUT, str(exc))
+        now = guard._clock() if self.now is None else self.now
+        fresh = frame_freshness(
+            frames[-1].stamp if frames else None,
+            now,
+            max_age_ms=policy.max_frame_age_ms,
+            max_skew_ms=policy.max_clock_skew_ms,
+            has_frame=bool(frames),
+        )
+        if not fresh.fresh and (frames or policy.require_frame):
+            assert fresh.status is not None
+            return failed(fresh.status, fresh.reason)
+
+        self.stage = "resizing frames"
+        images = tuple(fit_max_pixels(f.image, image_cfg.max_pixels) for f in frames)
+        request = JudgeRequest(
+            prompt=guard._template.render(self.action, images),
+            max_new_tokens=guard.config.model.max_new_tokens,
+            deadline=self.deadline,
+            rationale=guard.config.model.rationale,
+        )
+        if guard.config.audit.include_prompt:
+            record["prompt"] = {"system": request.prompt.system, "user": request.prompt.user}
+        self.stage = "judging"
+        try:
+            output = guard.backend.judge(request)
+        except BackendTimeout:
+            return failed(
+                Status.TIMEOUT, f"no answer within deadline_ms ({policy.deadline_ms:g})"
+            )
+        except Exception as exc:
+            msg = str(exc) if isinstance(exc, GuardError) else f"{type(exc).__name__}: {exc}"
+            return failed(Status.ERROR, f"backend failed: {msg}")
+        self.stage = "parsing the answer"
+        decision, pending = guard._judged(request, output, rules, record)
+        return decision, record, frames, pending
+
+
+def _output_problem(output: Any, max_chars: int) -> str | None:
+    """Why a backend's output cannot be judged on, or None. Non-finite or out-of-range
+    verdict probabilities are an error, never something to take an argmax over."""
+    if not isinstance(output, JudgeOutput):
+        return f"the backend returned {type(output).__name__}, not a JudgeOutput"
+    if not isinstance(output.text, str):
+        return f"the answer is {type(output.text).__name__}, not text"
+    if len(output.text) > max_chars:
+        return f"the answer is {len(output.text)} characters, over {max_chars}"
+    probs = output.verdict_probs
+    if probs is None:
+        return None
+    if not isinstance(probs, Mapping) or not probs:
+        return f"verdict probabilities {_short(probs)} are not a mapping of words to numbers"
+    for word, p in probs.items():
+        if (
+            not isinstance(p, (int, float)) or isinstance(p, bool)
+            or not math.isfinite(p) or not 0.0 <= p <= 1.0 + 1e-6
+        ):
+            return f"verdict probability of {_short(word)} is {_short(p)}, not in [0, 1]"
+    if sum(probs.values()) <= 0.0:
+        return "verdict probabilities are all zero"
+    return None
+
+
+def _short(x: Any) -> str:
+    return safe_text(repr(x))[:60]
+
+
+def _as_proposal(proposal: ProposalArg) -> ActionProposal:
+    """Validate what a caller passed as a proposal (also an ActionProposal built without
+    validation or changed since): a bad one is invalid input, with pydantic's reason."""
+    try:
+        if isinstance(proposal, ActionProposal):
+            fields = {k: getattr(proposal, k) for k in ActionProposal.model_fields}
+            return ActionProposal.model_validate(fields)
+        if isinstance(proposal, Mapping):
+            return ActionProposal.model_validate(dict(proposal))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(map(str, err["loc"])) or "proposal"
+        raise InvalidInputError(
+            f"proposal {where}: {err['msg'].removeprefix('Value error, ')}"
+        ) from None
+    raise InvalidInputError(
+        f"proposal must be an ActionProposal or a mapping, got {type(proposal).__name__}"
+    )
 
 
 def _as_frames(frames: FramesArg) -> list[Frame]:

@@ -61,6 +61,8 @@ def decode_image_bytes(
                     f"{max_input_pixels} pixel limit"
                 )
             im.load()  # decodes fully: a truncated file fails here, not later
+            if im.mode in _WIDE_MODES:
+                return _wide_to_rgb(np.asarray(im), source)
             rgb = im.convert("RGB")
     except InvalidInputError:
         raise
@@ -70,6 +72,27 @@ def decode_image_bytes(
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidInputError(f"{source}: not a decodable image ({reason})") from None
     return np.asarray(rgb, dtype=np.uint8)
+
+
+# Pillow's single-channel modes wider than 8 bits: its own convert("RGB") clips them (a 16-bit
+# PNG turns white, a NaN float image black), so they are scaled here instead.
+_WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+
+
+def _wide_to_rgb(gray: np.ndarray, source: str) -> np.ndarray:
+    """A 16/32-bit integer or float grey image as RGB uint8.
+
+    Integers are taken as 16-bit samples (the top 8 bits kept); floats must be finite and
+    are read as [0, 1] when no sample exceeds 1, else as [0, 255] (clipped).
+    """
+    if gray.dtype.kind == "f":
+        if not np.isfinite(gray).all():
+            raise InvalidInputError(f"{source}: float image holds NaN or infinite samples")
+        scale = 255.0 if gray.size and float(gray.max()) <= 1.0 else 1.0
+        out = np.clip(np.rint(gray.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    else:
+        out = (np.clip(gray.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+    return np.repeat(out[:, :, None], 3, axis=2)
 
 
 def check_array(image: np.ndarray, *, source: str, max_input_pixels: int) -> None:

@@ -8,6 +8,7 @@ A check that could not run is a veto unless the policy says `on_failure: allow`.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -110,11 +111,20 @@ def threshold_verdict(risk: float, policy: PolicyConfig) -> Verdict:
 
 def answer_risk(answer: ParsedAnswer, verdict_probs: dict[str, float] | None) -> float:
     """The model's risk: its stated number, else the verdict tokens' probabilities, else the
-    verdict's nominal risk."""
+    verdict's nominal risk.
+
+    Raises:
+        ValueError: a non-finite or negative number, which is a failed check, never a risk
+            (NaN compares false with every threshold and would pass as an allow).
+    """
     if answer.risk is not None:
+        if not math.isfinite(answer.risk) or not 0.0 <= answer.risk <= 1.0:
+            raise ValueError(f"stated risk {answer.risk!r} is not in [0, 1]")
         return answer.risk
     if verdict_probs:
-        p = {k.lower(): v for k, v in verdict_probs.items()}
+        p = {k.lower(): float(v) for k, v in verdict_probs.items()}
+        if not all(math.isfinite(v) and v >= 0.0 for v in p.values()):
+            raise ValueError(f"verdict probabilities {verdict_probs!r}: not finite, >= 0")
         total = sum(p.values())
         if total > 0:
             return min(1.0, max(0.0, (p.get("veto", 0.0) + 0.5 * p.get("annotate", 0.0)) / total))

@@ -7,6 +7,9 @@ from whether the check ran (`status`).
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import time
 import uuid
 from enum import Enum
@@ -103,8 +106,84 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+#: Arguments nested deeper than this are invalid input (a guard must not recurse without end
+#: on what an agent sends it; real tool arguments are a few levels deep).
+MAX_ARGUMENT_DEPTH = 32
+_MAX_REPR = 200
+
+
+def safe_text(text: str) -> str:
+    """`text` with whatever UTF-8 cannot encode (lone surrogates) written as escapes, so it can
+    be logged, hashed and sent anywhere."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _short_repr(obj: Any) -> str:
+    try:
+        text = repr(obj)
+    except Exception as exc:  # a hostile __repr__
+        text = f"<{type(obj).__name__}: repr failed: {type(exc).__name__}>"
+    text = safe_text(text)
+    return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
+
+
+def jsonable(value: Any, *, max_depth: int = MAX_ARGUMENT_DEPTH) -> Any:
+    """`value` as plain JSON data, for the proposal the judge reads and the audit log stores.
+
+    Objects JSON cannot hold become short descriptions (arrays and bytes are summarised, not
+    dumped into a prompt), text is made encodable, non-finite floats become strings.
+
+    Raises:
+        ValueError: `value` nests deeper than `max_depth` levels (or refers to itself).
+    """
+
+    def walk(obj: Any, depth: int) -> Any:
+        if depth > max_depth:
+            raise ValueError(
+                f"arguments nest deeper than {max_depth} levels (or refer to themselves)"
+            )
+        if obj is None or isinstance(obj, (bool, int)):
+            if isinstance(obj, int) and not isinstance(obj, bool) and obj.bit_length() > 1000:
+                return _short_repr(obj)  # json cannot write ints of over 4300 digits
+            return obj
+        if isinstance(obj, float):
+            return obj if math.isfinite(obj) else str(obj)
+        if isinstance(obj, str):
+            return safe_text(obj)
+        if isinstance(obj, dict):
+            return {safe_text(str(k)): walk(v, depth + 1) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            return [walk(v, depth + 1) for v in obj]
+        shape = getattr(obj, "shape", None)
+        if shape is not None and hasattr(obj, "dtype"):
+            if shape == () and hasattr(obj, "item"):  # a numpy scalar
+                return walk(obj.item(), depth)
+            return f"<array shape={tuple(shape)} dtype={obj.dtype}>"
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            return f"<{len(obj)} bytes>"
+        if isinstance(obj, BaseModel):
+            return walk(obj.model_dump(mode="python"), depth)
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return walk({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, depth)
+        return _short_repr(obj)
+
+    try:
+        return walk(value, 0)
+    except RecursionError:
+        raise ValueError(f"arguments nest deeper than {max_depth} levels") from None
+
+
 class ActionProposal(BaseModel):
-    """An action an agent or planner wants to run: a tool name, what it does, its arguments."""
+    """An action an agent or planner wants to run: a tool name, what it does, its arguments.
+
+    Validation lives here, so every front end refuses the same things: a blank tool name,
+    arguments nested deeper than `MAX_ARGUMENT_DEPTH`. Text is made encodable and arguments
+    plain JSON (see `jsonable`) on construction.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -114,10 +193,30 @@ class ActionProposal(BaseModel):
     arguments: dict[str, Any] = Field(default_factory=dict)
     stamp: float | None = None
 
+    @field_validator("id", "description")
+    @classmethod
+    def _encodable(cls, v: str) -> str:
+        return safe_text(v)
+
+    @field_validator("name")
+    @classmethod
+    def _tool_name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("the tool name is empty")
+        return safe_text(v)
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _plain_arguments(cls, v: Any) -> Any:
+        return jsonable(v) if isinstance(v, dict) else v
+
+    @field_validator("stamp")
+    @classmethod
+    def _finite_stamp(cls, v: float | None) -> float | None:
+        return v if v is None or math.isfinite(v) else None
+
     def as_text(self) -> str:
         """The action as the judge reads it."""
-        import json
-
         parts = [self.description.strip() or self.name]
         if self.description.strip():
             parts.append(f"(tool: {self.name})")
@@ -153,6 +252,12 @@ class Decision(BaseModel):
     mode: Literal["enforce", "shadow"] = "enforce"
     rules: list[str] = Field(default_factory=list)
     error: str | None = None
+
+    @field_validator("frame_stamp")
+    @classmethod
+    def _finite_frame_stamp(cls, v: float | None) -> float | None:
+        # A NaN/inf stamp was never fresh (guard/freshness.py); JSON cannot carry it either.
+        return v if v is None or math.isfinite(v) else None
 
     @property
     def blocks(self) -> bool:

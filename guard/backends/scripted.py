@@ -8,6 +8,7 @@ raises BackendError, or hangs forever with the special value "hang".
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 from collections import deque
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     from guard.config import GuardConfig
 
 
+_KEEP_IMAGES = 16
+
+
 class ScriptedBackend:
     name = "scripted"
 
@@ -31,7 +35,8 @@ class ScriptedBackend:
         self._lock = threading.Lock()
         self._release = threading.Event()
         # The latest requests, for tests to inspect; bounded so a long-running node on the
-        # scripted judge does not grow without limit.
+        # scripted judge does not grow without limit. Only the newest keep their images
+        # (1024 requests with 640x480 frames held ~1.2 GB).
         self.requests: deque[JudgeRequest] = deque(maxlen=1024)
 
     @classmethod
@@ -58,6 +63,12 @@ class ScriptedBackend:
     def judge(self, request: JudgeRequest) -> JudgeOutput:
         with self._lock:
             self.requests.append(request)
+            if len(self.requests) > _KEEP_IMAGES:
+                old = self.requests[-_KEEP_IMAGES - 1]
+                if old.prompt.images:
+                    self.requests[-_KEEP_IMAGES - 1] = dataclasses.replace(
+                        old, prompt=dataclasses.replace(old.prompt, images=())
+                    )
         step = self._step_for(request)
         if step.delay_ms:
             self._release.wait(step.delay_ms / 1000.0)

@@ -134,11 +134,15 @@ def run(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise UsageError(f"--image {path}: file not found")
     if args.action == "-":
-        args.action = sys.stdin.read()
-    arguments = {}
+        # Bytes that are not UTF-8 are kept as escapes: judged (and audited) as text.
+        args.action = sys.stdin.buffer.read().decode("utf-8", "backslashreplace")
+    arguments: object = {}
+    unreadable: str | None = None
     if args.arguments is not None:
         try:
             arguments = json.loads(args.arguments)
+        except RecursionError:  # valid JSON, hostile depth: judged as invalid input
+            arguments, unreadable = {}, "--arguments: nested too deep to read"
         except ValueError as exc:
             raise UsageError(f"--arguments: not valid JSON ({exc})") from None
         if not isinstance(arguments, dict):
@@ -150,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
             raise
         return _standalone_veto("invalid_input", f"config: {exc}", args.audit)
 
-    from guard.types import ActionProposal, Frame, Status
+    from guard.types import Frame, Status
 
     try:
         guard = open_guard(config)
@@ -159,7 +163,11 @@ def run(args: argparse.Namespace) -> int:
     except GuardError as exc:  # a model that does not load is still a (printed, audited) veto
         return _standalone_veto("error", str(exc), config.audit.path)
     with guard:
-        proposal = ActionProposal(name=args.tool, description=args.action, arguments=arguments)
+        # A mapping, validated by the guard: a bad proposal is an audited invalid_input veto.
+        proposal = {"name": args.tool, "description": args.action, "arguments": arguments}
+        if unreadable is not None:
+            return _emit(guard.reject({**proposal, "arguments": {}}, Status.INVALID_INPUT,
+                                      unreadable))
         frames = []
         try:
             for path in args.image:

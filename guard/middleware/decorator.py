@@ -28,17 +28,17 @@ the first is a fail-closed veto (audited), the second a TypeError as with the ba
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import inspect
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from guard.errors import ActionVetoed, InvalidInputError
-from guard.types import ActionProposal, Decision, Status, Verdict
+from guard.types import ActionProposal, Decision, Status, Verdict, jsonable
 
 if TYPE_CHECKING:
     from guard.core import Guard
@@ -53,7 +53,6 @@ Describe = str | Callable[..., str] | None
 
 # Marks a function `guarded` already wrapped, so toolsets do not judge a call twice.
 GUARDED_ATTR = "__guard_options__"
-_MAX_REPR = 200
 
 
 def log_warning(decision: Decision, proposal: ActionProposal) -> None:
@@ -67,34 +66,6 @@ def log_warning(decision: Decision, proposal: ActionProposal) -> None:
         f" hazards: {hazards}." if hazards else "",
         f" {decision.rationale}" if decision.rationale else "",
     )
-
-
-def jsonable(value: Any) -> Any:
-    """`value` as plain JSON data, for the proposal the judge reads and the audit log stores.
-
-    Objects JSON cannot hold become short descriptions (arrays and bytes are summarised, not
-    dumped into a prompt); the audit log can then always be written.
-    """
-
-    def fallback(obj: Any) -> Any:
-        if hasattr(obj, "model_dump"):
-            return obj.model_dump(mode="json")
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            return dataclasses.asdict(obj)
-        shape = getattr(obj, "shape", None)
-        if shape is not None and hasattr(obj, "dtype"):
-            return f"<array shape={tuple(shape)} dtype={obj.dtype}>"
-        if isinstance(obj, (bytes, bytearray, memoryview)):
-            return f"<{len(obj)} bytes>"
-        if isinstance(obj, (set, frozenset, tuple)):
-            return list(obj)
-        text = repr(obj)
-        return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
-
-    try:
-        return json.loads(json.dumps(value, default=fallback))
-    except (TypeError, ValueError):  # circular or otherwise unserialisable
-        return fallback(value) if not isinstance(value, str) else value
 
 
 def _summary_line(fn: Callable[..., Any]) -> str:
@@ -167,7 +138,9 @@ class ProposalBuilder:
         return out
 
     def build(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ActionProposal:
-        arguments = self.arguments(args, kwargs)
+        return self.from_arguments(self.arguments(args, kwargs))
+
+    def from_arguments(self, arguments: dict[str, Any]) -> ActionProposal:
         if callable(self.describe):
             description = str(self.describe(**arguments))
         elif isinstance(self.describe, str):
@@ -189,6 +162,21 @@ class Judge:
         self.guard = guard
         self.options = options
 
+    def propose(
+        self, make: Callable[[], ActionProposal], name: str
+    ) -> tuple[ActionProposal, Decision | None]:
+        """`make()`'s proposal, or, when the call cannot become one (arguments nested too
+        deep, a describe function that fails), a placeholder and its audited invalid_input
+        veto: the agent gets a decision, never the exception."""
+        try:
+            return make(), None
+        except Exception as exc:
+            placeholder = ActionProposal(name=name.strip() or "?")
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            return placeholder, self.guard.reject(
+                placeholder, Status.INVALID_INPUT, f"the call cannot be judged: {reason}"
+            )
+
     def _source_failed(self, proposal: ActionProposal, exc: BaseException) -> Decision:
         status = Status.INVALID_INPUT if isinstance(exc, InvalidInputError) else Status.ERROR
         reason = str(exc) if isinstance(exc, InvalidInputError) else (
@@ -198,26 +186,39 @@ class Judge:
 
     def check(self, proposal: ActionProposal) -> Decision:
         source = self.options.frames
-        try:
-            frames = source() if source is not None else None
-            if inspect.isawaitable(frames):
-                close = getattr(frames, "close", None)
+        if source is None:
+            return self.guard.check(None, proposal)
+
+        def frames() -> Any:
+            got = source()
+            if inspect.isawaitable(got):
+                close = getattr(got, "close", None)
                 if close is not None:
                     close()  # never awaited: silence "coroutine was never awaited"
                 raise TypeError("an async frame source needs an async tool")
-        except Exception as exc:
-            return self._source_failed(proposal, exc)
+            return got
+
+        # The guard calls the source inside the check's deadline: a camera that hangs is a
+        # timeout veto, not a hung agent.
         return self.guard.check(frames, proposal)
 
     async def acheck(self, proposal: ActionProposal) -> Decision:
         source = self.options.frames
+        entered = time.monotonic()
+        deadline_s = self.guard.config.policy.deadline_ms / 1000.0
         try:
             frames = source() if source is not None else None
             if inspect.isawaitable(frames):
-                frames = await frames
+                frames = await asyncio.wait_for(frames, timeout=deadline_s)
+        except (asyncio.TimeoutError, TimeoutError):
+            return self.guard.reject(
+                proposal, Status.TIMEOUT,
+                f"frame source gave no frame within deadline_ms "
+                f"({self.guard.config.policy.deadline_ms:g})",
+            )
         except Exception as exc:
             return self._source_failed(proposal, exc)
-        return await self.guard.acheck(frames, proposal)
+        return await self.guard.acheck(frames, proposal, entered=entered)
 
     def outcome(self, decision: Decision, proposal: ActionProposal) -> tuple[bool, Any]:
         """(run the tool?, value or awaitable to return instead). Calls `on_warning`."""
@@ -291,8 +292,12 @@ def wrap_tool(fn: F, guard: Guard, options: GuardOptions) -> F:
 
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            proposal = builder.build(args, kwargs)
-            decision = await judge.acheck(proposal)
+            arguments = builder.arguments(args, kwargs)  # raises as the bare call would
+            proposal, decision = judge.propose(
+                lambda: builder.from_arguments(arguments), builder.name
+            )
+            if decision is None:
+                decision = await judge.acheck(proposal)
             run, value = judge.outcome(decision, proposal)
             if inspect.isawaitable(value):
                 value = await value
@@ -305,8 +310,12 @@ def wrap_tool(fn: F, guard: Guard, options: GuardOptions) -> F:
 
         @functools.wraps(fn)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            proposal = builder.build(args, kwargs)
-            decision = judge.check(proposal)
+            arguments = builder.arguments(args, kwargs)  # raises as the bare call would
+            proposal, decision = judge.propose(
+                lambda: builder.from_arguments(arguments), builder.name
+            )
+            if decision is None:
+                decision = judge.check(proposal)
             run, value = judge.outcome(decision, proposal)
             if not run:
                 return value

@@ -90,13 +90,13 @@ def guard_langchain_tool(
         )
 
     def run(**kwargs: Any) -> Any:
-        p = proposal(kwargs)
-        go, value = judge.outcome(judge.check(p), p)
+        p, decision = judge.propose(lambda: proposal(kwargs), tool.name)
+        go, value = judge.outcome(decision or judge.check(p), p)
         return tool.invoke(kwargs) if go else value
 
     async def arun(**kwargs: Any) -> Any:
-        p = proposal(kwargs)
-        go, value = judge.outcome(await judge.acheck(p), p)
+        p, decision = judge.propose(lambda: proposal(kwargs), tool.name)
+        go, value = judge.outcome(decision or await judge.acheck(p), p)
         if hasattr(value, "__await__"):
             value = await value
         return await tool.ainvoke(kwargs) if go else value

@@ -1,6 +1,7 @@
 """The strict, total parser of the judge's answer.
 
-Grammar (blank lines ignored, keys case-insensitive, a leading "- " allowed on key lines)::
+Grammar (blank lines ignored, keys ASCII-case-insensitive, a leading "- " allowed on key
+lines)::
 
     answer      := verdict_line { field_line }
     verdict_line:= ["verdict:"] ("ALLOW" | "ANNOTATE" | "VETO")      (optionally **bold**)
@@ -8,7 +9,9 @@ Grammar (blank lines ignored, keys case-insensitive, a leading "- " allowed on k
                  | "hazard:" category "|" description "|" consequence ["|" severity in [0, 1]]
                  | ("consequence:" | "rationale:") text              (at most once each)
 
-An ALLOW answer lists no hazards. Anything else raises ParseError; the guard turns that into
+Case folding is ASCII only: Unicode case rules would let 'riſk' (long s) or 'rİsk' match the
+field pattern and then miss the field's name, losing a stated risk. An ALLOW answer lists no
+hazards. Anything else raises ParseError; the guard turns that into
 status=error and a veto. `parse_answer` never returns an allow for text outside the grammar.
 """
 
@@ -36,10 +39,13 @@ class ParsedAnswer:
 
 
 _VERDICT_RE = re.compile(
-    r"^(?:verdict\s*:\s*)?(?:\*\*(allow|annotate|veto)\*\*|(allow|annotate|veto))$", re.IGNORECASE
+    r"^(?:verdict\s*:\s*)?(?:\*\*(allow|annotate|veto)\*\*|(allow|annotate|veto))$",
+    re.IGNORECASE | re.ASCII,
 )
-_FIELD_RE = re.compile(r"^(?:-\s+)?(risk|hazard|consequence|rationale)\s*:\s*(.*)$", re.IGNORECASE)
-_CATEGORY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\- ]{0,63}$")
+_FIELD_RE = re.compile(
+    r"^(?:-\s+)?(risk|hazard|consequence|rationale)\s*:\s*(.*)$", re.IGNORECASE | re.ASCII
+)
+_CATEGORY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\- ]{0,63}$", re.ASCII)
 
 
 def _unit_float(raw: str, what: str) -> float:
