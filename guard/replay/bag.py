@@ -273,9 +273,34 @@ class BagEpisode(Episode):
             for file in self._scan_files:
                 yield from self._scan_events(file)
 
-    def _reader_events(self) -> Iterator[Event]:
+    def _wanted_connections(self) -> list[Any]:
+        """The reader's connections on the replayed topics, plus, for a rosbag2 folder, a copy
+        of each carrying the QoS and type hash its storage file records.
+
+        rosbags pairs the connections of metadata.yaml with those of the storage file on topic,
+        type, QoS and hash, and skips every message of a connection it cannot pair. rosbag2
+        writes QoS text differently in the two places (rosbag2's own test bags: an infinite
+        deadline is `sec: 0, nsec: 0` in metadata.yaml and `sec: 2147483647, nsec: 4294967295`
+        in the storage), so whole topics read as empty. Topic and type are what identify a
+        stream here; the copies make rosbags pair on those alone.
+        """
         wanted = {self.image_topic, self.proposal_topic}
         conns = [c for c in self._reader.connections if c.topic in wanted]
+        stored = [
+            sc for storage in getattr(self._reader.storage, "storages", ())
+            for sc in storage.connections
+        ]
+        extra = [
+            c._replace(ext=sc.ext, digest=sc.digest)
+            for c in conns
+            for sc in stored
+            if (sc.topic, sc.msgtype) == (c.topic, c.msgtype)
+            and (sc.ext, sc.digest) != (c.ext, c.digest)
+        ]
+        return conns + extra
+
+    def _reader_events(self) -> Iterator[Event]:
+        conns = self._wanted_connections()
         if not conns:
             return
         last_t: int | None = None

@@ -124,6 +124,7 @@ def write_bag(
     proposal_type: Literal["string", "action_proposal"] = "string",
     extra_types: dict[str, str] | None = None,
     jpeg_quality: int = 90,
+    offered_qos_profiles: str = "",
 ) -> Path:
     """Write a rosbag2 bag (a folder; with `bare=True` a single .mcap/.db3 file) of `items`.
 
@@ -138,11 +139,14 @@ def write_bag(
             (guard_interfaces/msg/ActionProposal; labels are dropped: the type has none).
         extra_types: More message types (name: .msg text) for `BagRaw` items.
         jpeg_quality: JPEG quality of jpeg frames.
+        offered_qos_profiles: QoS of every topic, as rosbag2 writes it (its YAML text); empty
+            for none.
 
     Returns:
         The path written.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.rosbag2.metadata import parse_qos
     from rosbags.typesys import get_types_from_msg
 
     store = msgs.typestore()
@@ -160,11 +164,14 @@ def write_bag(
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     target = Path(tempfile.mkdtemp(prefix="guard-bag-", dir=out.parent)) / "bag" if bare else out
     conns: dict[tuple[str, str], Any] = {}
+    qos = parse_qos(offered_qos_profiles)
     with Writer(target, version=9, storage_plugin=plugin) as writer:
 
         def conn(topic: str, msgtype: str) -> Any:
             if (topic, msgtype) not in conns:
-                conns[topic, msgtype] = writer.add_connection(topic, msgtype, typestore=store)
+                conns[topic, msgtype] = writer.add_connection(
+                    topic, msgtype, typestore=store, offered_qos_profiles=qos
+                )
             return conns[topic, msgtype]
 
         for item in sorted(items, key=lambda i: i.t):
