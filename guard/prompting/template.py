@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -11,8 +12,10 @@ from PIL import Image
 
 from guard.backends.base import ChatPrompt
 from guard.errors import ConfigError
+from guard.prompting.untrusted import untrusted_text
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
+_PLACEHOLDER = re.compile(r"\{(action|n_frames)\}")
 
 
 @dataclass(frozen=True)
@@ -22,11 +25,16 @@ class PromptTemplate:
     user: str
 
     def render(self, action: str, images: tuple[Image.Image, ...] = ()) -> ChatPrompt:
-        fields = {"action": action, "n_frames": len(images)}
-        # str.replace, not str.format: action text may hold braces of its own.
-        user = self.user
-        for key, value in fields.items():
-            user = user.replace("{" + key + "}", str(value))
+        """The judge's prompt for `action` on `images`.
+
+        This is where untrusted text enters a prompt, and the only place: `action` (the
+        proposal's description, tool name and arguments as one text) goes through
+        `untrusted_text`, so no backend ever tokenizes a control token out of it.
+        """
+        fields = {"action": untrusted_text(action), "n_frames": str(len(images))}
+        # One pass over the template, not str.format or a replace per field: the action may
+        # hold braces, and "{n_frames}" inside an action is text, not a placeholder.
+        user = _PLACEHOLDER.sub(lambda m: fields.get(m.group(1), m.group(0)), self.user)
         return ChatPrompt(system=self.system, user=user, images=tuple(images))
 
 
