@@ -23,6 +23,7 @@ from guard._deps import require
 from guard.backends.base import JudgeOutput, JudgeRequest
 from guard.config import OpenAIOptions
 from guard.errors import BackendError, BackendTimeout, ConfigError
+from guard.prompting.untrusted import break_markers
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -70,10 +71,13 @@ class OpenAIBackend:
             {"type": "image_url", "image_url": {"url": image_data_url(im)}}
             for im in prompt.images
         ]
-        content.append({"type": "text", "text": prompt.user})
+        # The server renders its chat template and tokenizes with special tokens parsed, and
+        # its ids cannot be checked from here: markers are broken once more (a no-op on a
+        # prompt from PromptTemplate.render, which already broke those of the action).
+        content.append({"type": "text", "text": break_markers(prompt.user)})
         messages: list[dict[str, Any]] = []
         if prompt.system:
-            messages.append({"role": "system", "content": prompt.system})
+            messages.append({"role": "system", "content": break_markers(prompt.system)})
         messages.append({"role": "user", "content": content})
         payload: dict[str, Any] = {
             "model": self._model,

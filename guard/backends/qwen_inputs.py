@@ -197,6 +197,75 @@ def render_chat(
     return prompt, full[len(prompt) :]
 
 
+def control_token_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of every token the tokenizer adds on top of its BPE vocabulary: the chat, vision,
+    box and end markers, and also the ones Qwen3 adds as non-special (``<think>``,
+    ``<tool_call>``, ...), which the tokenizer matches in text just the same."""
+    return frozenset(int(i) for i in getattr(tokenizer, "added_tokens_decoder", {}))
+
+
+def _text_free(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`messages` with every text replaced by a neutral word (not "", which a template may
+    skip): what the chat template renders on its own."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = [{**c, "text": "text"} if "text" in c else c for c in content]
+        elif isinstance(content, str):
+            content = "text"
+        out.append({**m, "content": content})
+    return out
+
+
+def check_control_tokens(
+    tokenizer: Any,
+    prompt_ids: Sequence[int],
+    messages: list[dict[str, Any]],
+    chat_template: str | None = None,
+    *,
+    renderer: Any = None,
+) -> None:
+    """Raise unless `prompt_ids` hold exactly the control tokens the chat template puts there.
+
+    Untrusted text is neutralised where it enters the prompt
+    (`guard.prompting.untrusted.untrusted_text`, applied by `PromptTemplate.render`); this is
+    the check behind it, on the ids the model will read: a marker in any message text (a
+    prompt built some other way, a template holding one) would otherwise become a real token.
+
+    Args:
+        tokenizer: The tokenizer that made `prompt_ids`.
+        prompt_ids: The rendered prompt's ids, before image placeholders are expanded.
+        messages: The messages rendered (image payloads already stripped).
+        chat_template: The template used, when not the renderer's own.
+        renderer: What rendered the prompt (the stock processor), when not `tokenizer`.
+
+    Raises:
+        BackendError: Some control token occurs more or fewer times than the template alone
+            produces; the guard's check then fails closed.
+    """
+    from collections import Counter
+
+    controls = control_token_ids(tokenizer)
+    if not controls:
+        return
+    found = Counter(t for t in prompt_ids if t in controls)
+    skeleton, _ = render_chat(renderer if renderer is not None else tokenizer,
+                              _text_free(messages), None, chat_template)
+    template_ids = tokenizer(skeleton, add_special_tokens=False)["input_ids"]
+    expected = Counter(t for t in template_ids if t in controls)
+    if found != expected:
+        extra = found - expected
+        missing = expected - found
+        diff = [f"{tokenizer.convert_ids_to_tokens(t)} {n:+d}" for t, n in extra.items()]
+        diff += [f"{tokenizer.convert_ids_to_tokens(t)} {-n:+d}" for t, n in missing.items()]
+        raise BackendError(
+            "the prompt's text holds control tokens the chat template did not put there ("
+            + ", ".join(sorted(diff))
+            + "); untrusted text must enter the prompt through PromptTemplate.render"
+        )
+
+
 def _strip_images(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Messages with image payloads dropped: the template needs only the content types, and
     PIL objects have no place in a Jinja context."""
@@ -222,6 +291,7 @@ def build_inputs(
     max_pixels: int | None = None,
     chat_template: str | None = None,
     pixels: Mapping[str, torch.Tensor] | None = None,
+    check_controls: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Model inputs for one conversation, without the stock processor (no torchvision needed).
 
@@ -241,21 +311,27 @@ def build_inputs(
         pixels: The image processor's ``pixel_values`` and ``image_grid_thw`` for `images`,
             computed beforehand (e.g. kept for a frame judged several times); `images` are
             then not processed again.
+        check_controls: Check that the prompt holds exactly the template's control tokens
+            (`check_control_tokens`); off only to measure an unprotected prompt.
 
     Returns:
         ``input_ids``, ``attention_mask``, ``mm_token_type_ids`` (each ``(1, L)``), plus
         ``pixel_values`` and ``image_grid_thw`` when there are images and ``labels`` when a
         completion is given.
+
+    Raises:
+        BackendError: A message text holds a control token (see `check_control_tokens`).
     """
     import torch
 
     if image_token_id is None:
         image_token_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    prompt_text, completion_text = render_chat(
-        tokenizer, _strip_images(messages), completion, chat_template
-    )
+    stripped = _strip_images(messages)
+    prompt_text, completion_text = render_chat(tokenizer, stripped, completion, chat_template)
     # Special tokens come from the template; the Qwen tokenizer adds none of its own.
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    if check_controls:
+        check_control_tokens(tokenizer, prompt_ids, stripped, chat_template)
 
     out: dict[str, torch.Tensor] = {}
     if images:
@@ -298,11 +374,19 @@ def _processor_inputs(
     completion: str | None,
     min_pixels: int | None,
     max_pixels: int | None,
+    check_controls: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The same inputs through the stock processor (torchvision installed)."""
     import torch
 
-    prompt_text, completion_text = render_chat(processor, _strip_images(messages), completion)
+    stripped = _strip_images(messages)
+    prompt_text, completion_text = render_chat(processor, stripped, completion)
+    if check_controls:
+        # The processor expands image placeholders inside its tokenization; the check wants
+        # the ids before that, so the text is tokenized once more (a few hundred tokens).
+        tokenizer = processor.tokenizer
+        ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        check_control_tokens(tokenizer, ids, stripped, renderer=processor)
     enc = processor(
         text=[prompt_text],
         images=list(images) or None,
@@ -368,6 +452,9 @@ class QwenInputBuilder:
         chat_template: Overrides the tokenizer's template (manual route only).
         fast_pixels: Compute ``pixel_values`` with `guard.backends.qwen_pixels` (the same
             values as the PIL image processor, several times faster) where it applies.
+        check_controls: Refuse a prompt whose ids hold other control tokens than the chat
+            template's (`check_control_tokens`). Off only to measure what an unprotected
+            prompt does (`python -m guard.bench.injection --raw`).
     """
 
     tokenizer: Any
@@ -379,6 +466,7 @@ class QwenInputBuilder:
     max_pixels: int | None = None
     chat_template: str | None = None
     fast_pixels: bool = True
+    check_controls: bool = True
 
     @property
     def uses_processor(self) -> bool:
@@ -507,7 +595,7 @@ class QwenInputBuilder:
         common: dict[str, Any] = {
             "image_token_id": self.image_token_id, "video_token_id": self.video_token_id,
             "completion": completion, "min_pixels": self.min_pixels,
-            "max_pixels": self.max_pixels,
+            "max_pixels": self.max_pixels, "check_controls": self.check_controls,
         }
         template = self.chat_template
         if self.processor is not None:
