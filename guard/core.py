@@ -418,10 +418,7 @@ class Guard:
             raw = proposal
             if isinstance(proposal, BaseModel):
                 raw = {k: getattr(proposal, k, None) for k in type(proposal).model_fields}
-            try:
-                judged = {"invalid": jsonable(raw, max_depth=8)}
-            except ValueError:
-                judged = {"invalid": safe_text(repr(raw)[:1000])}
+            judged = {"invalid": jsonable(raw, max_depth=8, cut=True)}
         return {
             "decision": decision.model_dump(mode="json"),
             "proposal": judged,

@@ -131,11 +131,17 @@ def _short_repr(obj: Any) -> str:
     return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
 
 
-def jsonable(value: Any, *, max_depth: int = MAX_ARGUMENT_DEPTH) -> Any:
+def jsonable(value: Any, *, max_depth: int = MAX_ARGUMENT_DEPTH, cut: bool = False) -> Any:
     """`value` as plain JSON data, for the proposal the judge reads and the audit log stores.
 
     Objects JSON cannot hold become short descriptions (arrays and bytes are summarised, not
     dumped into a prompt), text is made encodable, non-finite floats become strings.
+
+    Args:
+        value: what to convert.
+        max_depth: the deepest nesting accepted.
+        cut: replace what lies deeper by a marker instead of raising (for logging what was
+            refused).
 
     Raises:
         ValueError: `value` nests deeper than `max_depth` levels (or refers to itself).
@@ -143,6 +149,8 @@ def jsonable(value: Any, *, max_depth: int = MAX_ARGUMENT_DEPTH) -> Any:
 
     def walk(obj: Any, depth: int) -> Any:
         if depth > max_depth:
+            if cut:
+                return f"<nested deeper than {max_depth} levels>"
             raise ValueError(
                 f"arguments nest deeper than {max_depth} levels (or refer to themselves)"
             )
