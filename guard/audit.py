@@ -1,96 +1,430 @@
-"""The audit log: append-only JSONL, one record per decision, hash-chained.
+"""The audit log: append-only JSONL, one record per decision, hash-chained and anchored.
 
-Each record carries `prev` (the previous record's hash) and `hash` (SHA-256 of the record's
-canonical JSON without `hash`). Editing, deleting or reordering a record breaks the chain at
-that record, which `verify` reports. Records are flushed one by one (and fsynced if asked), so
-a crash loses at most the record being written.
+Each record carries `seq`, `prev` (the previous record's hash) and `hash` (SHA-256 of the
+record's canonical JSON without `hash`). Editing, deleting or reordering a record breaks the
+chain at that record, which `verify` reports. Next to the log `LOG` live:
+
+    LOG.head         the anchor: last seq and hash, oldest kept seq, the log file's identity;
+                     replaced atomically (tmp + rename) after every record. A cut tail shows
+                     as a log that ends before its head.
+    LOG.lock         taken with flock around every append, so threads and processes that share
+                     the log write one chain.
+    LOG.1, LOG.2...  rotated files (with `max_bytes`), oldest first; the first record of each
+                     file links to the last record of the one before.
+    LOG.torn-NS      bytes of a record a crashed writer left half-written, cut from the log when
+                     it was next opened; a `repair` record in the chain names them.
+
+A record is written whole or not at all: a short write is continued, a failed one is cut back
+and raised as `AuditError` (the guard turns that into a veto). Before each append the writer
+checks that the file at the path is still the one it writes to and ends where it left it; when
+another writer appended, it continues their chain; when the file was deleted, replaced or
+truncated under it, it writes a `reopen` record saying so (and what was lost) into the file now
+at the path, so no decision is written into a file nobody will read.
+
+Payloads are made JSON-safe before hashing: text UTF-8 cannot encode is escaped, strings over
+`MAX_FIELD_CHARS` become a digest and a prefix, unknown objects their repr, NaN and infinities
+strings, nesting beyond `MAX_DEPTH` is cut. So any payload can be audited, and `verify`
+recomputes the same hash from the stored JSON.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import logging
+import math
 import os
+import re
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from guard.errors import UsageError
+from guard.errors import AuditError, UsageError
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 
+MAX_FIELD_CHARS = 16 * 1024  # a longer string is stored as {"sha256", "prefix", "chars"}
+PREFIX_CHARS = 1024
+MAX_DEPTH = 64  # containers nested deeper are replaced by a note
+MAX_ARRAY_ITEMS = 4096  # a larger numpy array is stored as shape, dtype and digest
+MAX_RECORD_CHARS = 1 << 20  # about this much JSON per record; the rest is elided
+MAX_LINE_BYTES = 128 << 20  # the longest line reopen and verify hold in memory
+_BLOCK = 1 << 16
+_MAX_PROBLEMS = 50
 
-def _canonical(record: dict[str, Any]) -> bytes:
+
+# -- making a payload storable ------------------------------------------------------------------
+
+
+def _escape(s: str) -> str:
+    """`s` with what UTF-8 cannot encode (lone surrogates) written as backslash escapes."""
+    if s.isascii():
+        return s
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+    return s
+
+
+def _digest(s: str) -> dict[str, Any]:
+    return {
+        "sha256": hashlib.sha256(s.encode("utf-8")).hexdigest(),
+        "prefix": s[:PREFIX_CHARS],
+        "chars": len(s),
+    }
+
+
+def _key(k: object) -> str:
+    """A dict key as JSON would write it, escaped and bounded."""
+    if isinstance(k, str):
+        s = _escape(k)
+    elif k is None or isinstance(k, (bool, int, float)):
+        s = json.dumps(k) if not isinstance(k, int) or k.bit_length() < 1000 else hex(k)
+    else:
+        s = _safe_repr(k)
+    if len(s) > MAX_FIELD_CHARS:
+        return f"<key sha256={hashlib.sha256(s.encode()).hexdigest()} chars={len(s)}>"
+    return s
+
+
+def _safe_repr(v: object) -> str:
+    try:
+        return _escape(repr(v))
+    except Exception:
+        return f"<unrepresentable {type(v).__name__}>"
+
+
+class _Storable:
+    """Turns one payload into plain JSON data, within a per-record size budget."""
+
+    def __init__(self) -> None:
+        self.budget = MAX_RECORD_CHARS
+        self.open: set[int] = set()  # containers on the current path: a revisit is a cycle
+
+    def value(self, v: object, depth: int) -> Any:
+        if v is None or isinstance(v, bool):
+            return v
+        if isinstance(v, str):
+            return self.text(str.__str__(v))
+        if isinstance(v, int):
+            if v.bit_length() > 1000:  # past int->str's digit limit; hex has none
+                return {"int_hex": self.text(hex(v))}
+            self.budget -= 8
+            return int(v)
+        if isinstance(v, float):
+            self.budget -= 8
+            if math.isfinite(v):
+                return float(v)
+            return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            b = bytes(v)
+            self.budget -= 160
+            return {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest(),
+                    "hex": b[:64].hex()}
+        if type(v).__module__ == "numpy":
+            return self.numpy(v, depth)
+        if isinstance(v, (Mapping, list, tuple, set, frozenset)):
+            if depth >= MAX_DEPTH:
+                return f"<elided: nested deeper than {MAX_DEPTH} levels>"
+            if self.budget <= 0:
+                return "<elided: record size limit>"
+            if id(v) in self.open:
+                return "<cycle>"
+            self.budget -= 2
+            self.open.add(id(v))
+            try:
+                if isinstance(v, Mapping):
+                    return self.mapping(v, depth)
+                return self.sequence(v, depth)
+            finally:
+                self.open.discard(id(v))
+        if isinstance(v, os.PathLike):
+            return self.text(_escape(str(os.fspath(v))))
+        dump = getattr(v, "model_dump", None)  # pydantic models: their own JSON form
+        if callable(dump):
+            try:
+                return self.value(dump(mode="json"), depth)
+            except Exception:
+                pass
+        return self.text(_safe_repr(v))
+
+    def text(self, s: str) -> Any:
+        s = _escape(s)
+        if len(s) > MAX_FIELD_CHARS or (self.budget <= 0 and len(s) > 64):
+            self.budget -= PREFIX_CHARS + 128
+            return _digest(s)
+        self.budget -= len(s) + 2
+        return s
+
+    def mapping(self, v: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for n, (k, item) in enumerate(v.items()):
+            if self.budget <= 0:
+                out["<elided>"] = f"{len(v) - n} more items: record size limit"
+                break
+            key = _key(k)
+            self.budget -= len(key) + 4
+            out[key] = self.value(item, depth + 1)
+        return out
+
+    def sequence(self, v: Any, depth: int) -> list[Any]:
+        out: list[Any] = []
+        for n, item in enumerate(v):
+            if self.budget <= 0:
+                out.append(f"<elided: {len(v) - n} more items: record size limit>")
+                break
+            self.budget -= 1
+            out.append(self.value(item, depth + 1))
+        return out
+
+    def numpy(self, v: Any, depth: int) -> Any:
+        try:
+            if getattr(v, "ndim", 0) == 0:
+                return self.value(v.item(), depth)
+            if v.size <= MAX_ARRAY_ITEMS:
+                return self.value(v.tolist(), depth)
+            self.budget -= 200
+            return {"shape": list(v.shape), "dtype": str(v.dtype),
+                    "sha256": hashlib.sha256(v.tobytes()).hexdigest()}
+        except Exception:
+            return self.text(_safe_repr(v))
+
+
+def json_safe(value: object) -> Any:
+    """`value` as the audit log stores it: plain JSON data that any JSON reader accepts.
+
+    Text is escaped where UTF-8 cannot hold it, strings over `MAX_FIELD_CHARS` become
+    `{"sha256", "prefix", "chars"}`, bytes a digest, numpy values lists or a digest, NaN and
+    infinities strings, unknown objects their repr, cycles and nesting past `MAX_DEPTH` a note.
+    """
+    return _Storable().value(value, 0)
+
+
+def _canonical(record: Mapping[str, Any]) -> bytes:
+    # allow_nan stays on for reading: a record written by an older version may hold NaN, and
+    # its hash was computed that way. New records never do (json_safe).
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def record_hash(record: dict[str, Any]) -> str:
+def record_hash(record: Mapping[str, Any]) -> str:
     body = {k: v for k, v in record.items() if k != "hash"}
     return hashlib.sha256(_canonical(body)).hexdigest()
 
 
-def _last_record(path: Path) -> tuple[int, str]:
-    """(seq, hash) of the last complete record, reading only the file's tail."""
-    size = path.stat().st_size
-    if size == 0:
-        return -1, GENESIS
-    with path.open("rb") as f:
-        block = 1 << 16
-        pos, tail = size, b""
-        while pos > 0:
-            step = min(block, pos)
-            pos -= step
-            f.seek(pos)
-            tail = f.read(step) + tail
-            lines = [ln for ln in tail.split(b"\n") if ln.strip()]
-            # The first line of the buffer may be cut; a later one is whole.
-            for raw in reversed(lines[1:] if pos > 0 else lines):
-                try:
-                    rec = json.loads(raw)
-                    return int(rec["seq"]), str(rec["hash"])
-                except (ValueError, KeyError, TypeError):
-                    continue
-    return -1, GENESIS
+# -- files next to the log ----------------------------------------------------------------------
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def rotated_files(path: str | Path) -> list[Path]:
+    """The rotated files of the log at `path` (`path.1`, `path.2`, ...), oldest first."""
+    p = Path(path).expanduser()
+    pattern = re.compile(re.escape(p.name) + r"\.([0-9]+)")
+    found: list[tuple[int, Path]] = []
+    try:
+        entries = list(p.parent.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m and entry.is_file():
+            found.append((int(m.group(1)), entry))
+    return [f for _, f in sorted(found)]
+
+
+@dataclass(frozen=True)
+class Head:
+    """The anchor kept outside the log (`LOG.head`)."""
+
+    seq: int  # of the last record written
+    hash: str
+    first_seq: int  # seq of the oldest record still kept (rotation with `keep` prunes)
+    dev: int
+    ino: int
+    size: int
+
+
+def read_head(path: str | Path) -> Head | None:
+    """The head file of the log at `path`; None when there is none.
+
+    Raises:
+        ValueError: the head file exists but is not one this module wrote.
+    """
+    hp = _sibling(Path(path).expanduser(), ".head")
+    try:
+        raw = hp.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(f"{hp}: unreadable ({exc.strerror})") from None
+    try:
+        d = json.loads(raw)
+        return Head(seq=int(d["seq"]), hash=str(d["hash"]), first_seq=int(d["first_seq"]),
+                    dev=int(d["file"]["dev"]), ino=int(d["file"]["ino"]),
+                    size=int(d["file"]["size"]))
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise ValueError(f"{hp}: not a head file") from None
+
+
+def _parse_record(raw: bytes) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if (isinstance(rec, dict) and isinstance(rec.get("hash"), str)
+            and isinstance(rec.get("prev"), str) and type(rec.get("seq")) is int):
+        return rec
+    return None
+
+
+def _newlines_backward(fd: int, size: int) -> Iterator[int]:
+    """Offsets of the newlines in the file, last first; reads each byte once."""
+    pos = size
+    while pos > 0:
+        step = min(_BLOCK, pos)
+        pos -= step
+        block = os.pread(fd, step, pos)
+        i = len(block)
+        while (i := block.rfind(b"\n", 0, i)) >= 0:
+            yield pos + i
+
+
+@dataclass(frozen=True)
+class _Tail:
+    size: int
+    good_end: int  # just past the last newline: what follows is a torn record
+    seq: int | None  # of the last whole record (None: no record in the file)
+    digest: str
+
+
+def _scan_tail(fd: int) -> _Tail:
+    """The last whole record of the file, reading backwards only as far as it begins."""
+    size = os.fstat(fd).st_size
+    newlines = _newlines_backward(fd, size)
+    end = next(newlines, None)
+    good_end = 0 if end is None else end + 1
+    while end is not None:
+        start_nl = next(newlines, None)
+        start = 0 if start_nl is None else start_nl + 1
+        if end - start > MAX_LINE_BYTES:
+            raise AuditError(f"the log's last record is {end - start} bytes, more than the "
+                             f"{MAX_LINE_BYTES} this version reads back; rotate it by hand")
+        rec = _parse_record(os.pread(fd, end - start, start)) if end > start else None
+        if rec is not None:
+            return _Tail(size, good_end, rec["seq"], rec["hash"])
+        end = start_nl  # not a record (blank, or damage verify reports): look further back
+    return _Tail(size, good_end, None, GENESIS)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is down: a write may take only part (pipes, signals, quotas)."""
+    view = memoryview(data)
+    done = 0
+    while done < len(data):
+        n = os.write(fd, view[done:])
+        if n <= 0:
+            raise OSError(errno.EIO, f"write took no bytes ({done} of {len(data)} written)")
+        done += n
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- the writer ---------------------------------------------------------------------------------
 
 
 class AuditLog:
-    """Appends decision records to a hash-chained JSONL file. Thread-safe."""
+    """Appends decision records to a hash-chained JSONL file.
 
-    def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
+    Safe to share between threads; processes that open the same path write one chain (an
+    flock on `LOG.lock` orders them). A record is written whole or `append` raises.
+
+    Args:
+        path: The log file (`~` expanded); its directory is created.
+        fsync: fsync the log after every record and the head and directory after every
+            rename (survives power loss; costs disk flushes per decision).
+        max_bytes: Rotate before a record would take the file past this size (None: never).
+        keep: Rotated files to keep; older ones are deleted (None: keep all).
+
+    Raises:
+        UsageError: the path cannot be opened.
+        AuditError: a torn tail could not be repaired.
+    """
+
+    def __init__(self, path: str | Path, *, fsync: bool = False, max_bytes: int | None = None,
+                 keep: int | None = None) -> None:
         self.path = Path(path).expanduser()
         self.fsync = fsync
+        if max_bytes is not None and max_bytes < 1:
+            raise UsageError(f"audit.max_bytes = {max_bytes}: must be positive")
+        if keep is not None and keep < 0:
+            raise UsageError(f"audit.keep = {keep}: must be 0 or more")
+        self.max_bytes, self.keep = max_bytes, keep
+        self.head_path = _sibling(self.path, ".head")
         self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._fd = self._lock_fd = -1
+        self._ident = (0, 0)
+        self._offset = 0  # where this writer's last record ended
+        self._seq, self._prev = -1, GENESIS
+        self._first_seq = 0
+        self._head_failed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._seq, self._prev = (
-                _last_record(self.path) if self.path.exists() else (-1, GENESIS)
-            )
-            self._file = self.path.open("ab", buffering=0)
+            self._lock_fd = self._open_lock()
+            self._open_log()
         except OSError as exc:
+            self._close_fds()
             raise UsageError(
                 f"audit.path = {str(self.path)!r}: cannot open ({exc.strerror})"
             ) from None
+        try:
+            with self._locked():
+                self._adopt(None)
+        except BaseException:
+            self._close_fds()
+            raise
 
-    def append(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Write one record and return it (with its seq and hash)."""
-        with self._lock:
-            seq, digest = self._seq + 1, ""
-            # The chain fields are set last so a payload can never overwrite them.
-            record: dict[str, Any] = dict(payload)
-            record.update(seq=seq, ts=time.time(), kind=kind, prev=self._prev)
-            digest = record["hash"] = record_hash(record)
-            self._file.write(_canonical(record) + b"\n")  # unbuffered: one write per record
-            if self.fsync:
-                os.fsync(self._file.fileno())
-            self._seq, self._prev = seq, digest
-            return record
+    @classmethod
+    def from_config(cls, config: Any) -> AuditLog:
+        """The log an `AuditConfig` describes (path, fsync, max_bytes, keep)."""
+        return cls(config.path, fsync=config.fsync, max_bytes=getattr(config, "max_bytes", None),
+                   keep=getattr(config, "keep", None))
+
+    def append(self, kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Write one record and return it (with its seq, prev and hash).
+
+        Raises:
+            AuditError: the record could not be written whole (nothing of it stays in the log
+                when the cut-back succeeds), or the log is closed.
+        """
+        body = json_safe(payload)  # outside the lock: a big payload does not stall others
+        if not isinstance(body, dict):
+            body = {"payload": body}
+        kind_text = json_safe(str(kind) if not isinstance(kind, str) else kind)
+        with self._locked():
+            self._resync()
+            return self._write_record(str(kind_text), body)
 
     def close(self) -> None:
         with self._lock:
-            if not self._file.closed:
-                self._file.close()
+            self._close_fds()
 
     def __enter__(self) -> AuditLog:
         return self
@@ -98,46 +432,457 @@ class AuditLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- file handling (all under the locks) ----------------------------------------------------
+
+    def _open_lock(self) -> int:
+        return os.open(_sibling(self.path, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                       0o644)
+
+    def _open_log(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        st = os.fstat(fd)
+        self._ident = (st.st_dev, st.st_ino)
+
+    def _close_fds(self) -> None:
+        for fd in (self._fd, self._lock_fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fd = self._lock_fd = -1
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock:
+            if self._fd < 0:
+                raise AuditError(f"{self.path}: audit log is closed")
+            try:
+                if os.getpid() != self._pid:
+                    # A forked child shares the parent's lock description: flock would not
+                    # keep them apart. Take descriptors of its own.
+                    old_lock, self._lock_fd = self._lock_fd, self._open_lock()
+                    os.close(old_lock)
+                    self._open_log()
+                    self._pid = os.getpid()
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise AuditError(f"{self.path}: cannot lock the audit log ({exc})") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _resync(self) -> None:
+        """Make sure the next record goes to the file at the path, after its last record."""
+        try:
+            try:
+                st: os.stat_result | None = os.stat(self.path)
+            except FileNotFoundError:
+                st = None
+            if st is not None and (st.st_dev, st.st_ino) == self._ident:
+                if st.st_size == self._offset:
+                    return  # nobody touched it: the common case, two stat calls
+                event = None if st.st_size > self._offset else (
+                    f"log file truncated under the writer ({st.st_size} bytes, its records "
+                    f"ended at {self._offset})")
+            else:
+                # Deleted, or another file at the path: a sibling writer's rotation (its head
+                # then matches the new file's tail), logrotate, or someone's copy.
+                event = ("log file deleted under the writer" if st is None
+                         else "log file replaced under the writer")
+                self._open_log()
+            self._adopt(event)
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot check the audit log ({exc})") from None
+
+    def _adopt(self, event: str | None) -> None:
+        """Take the chain from the file: cut a torn tail into evidence, and when the file does
+        not end where the chain does (per this writer and the head), say so in a marker."""
+        try:
+            head = read_head(self.path)
+        except ValueError as exc:
+            log.warning("audit: %s; it will be rewritten", exc)
+            head = None
+        known_seq, known_hash = self._seq, self._prev
+        if head is not None and head.seq >= known_seq:
+            known_seq, known_hash = head.seq, head.hash
+            self._first_seq = head.first_seq
+        tail = _scan_tail(self._fd)
+        markers: list[tuple[str, dict[str, Any]]] = []
+        if tail.size > tail.good_end:
+            markers.append(("repair", self._cut_torn_tail(tail)))
+        self._offset = tail.good_end
+        writer_head = {"seq": known_seq, "hash": known_hash}
+        if tail.seq is None:
+            self._seq, self._prev = known_seq, known_hash
+            if known_seq >= 0:  # a chain exists, but not in this file: it is new or emptied
+                markers.append(("reopen", {
+                    "reason": event or f"log file empty, but its head says the chain reached "
+                                       f"seq {known_seq}",
+                    "writer_head": writer_head, "found": None}))
+        else:
+            self._seq, self._prev = tail.seq, tail.digest
+            behind = tail.seq < known_seq or (tail.seq == known_seq and tail.digest != known_hash)
+            if behind:
+                markers.append(("reopen", {
+                    "reason": event or "log file ends before its head",
+                    "writer_head": writer_head,
+                    "found": {"seq": tail.seq, "hash": tail.digest}}))
+        for kind, payload in markers:
+            self._write_record(kind, payload)
+
+    def _cut_torn_tail(self, tail: _Tail) -> dict[str, Any]:
+        """Copy the bytes after the last whole record into `LOG.torn-NS`, then cut them off."""
+        evidence = _sibling(self.path, f".torn-{time.time_ns()}")
+        sha = hashlib.sha256()
+        try:
+            out = os.open(evidence, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                pos = tail.good_end
+                while pos < tail.size:
+                    chunk = os.pread(self._fd, min(1 << 20, tail.size - pos), pos)
+                    if not chunk:
+                        break
+                    sha.update(chunk)
+                    _write_all(out, chunk)
+                    pos += len(chunk)
+                if self.fsync:
+                    os.fsync(out)
+            finally:
+                os.close(out)
+            os.ftruncate(self._fd, tail.good_end)
+        except OSError as exc:
+            raise AuditError(
+                f"{self.path}: the log ends in a torn record ({tail.size - tail.good_end} "
+                f"bytes) that could not be moved to {evidence.name}: {exc}") from None
+        log.warning("audit: %s ended in a torn record; %d bytes moved to %s", self.path,
+                    tail.size - tail.good_end, evidence.name)
+        return {"reason": "torn tail: a writer stopped mid-record",
+                "torn": {"offset": tail.good_end, "bytes": tail.size - tail.good_end,
+                         "sha256": sha.hexdigest(), "evidence": evidence.name}}
+
+    def _write_record(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        seq = self._seq + 1
+        # The chain fields are set last so a payload can never overwrite them.
+        record = dict(body)
+        record.update(seq=seq, ts=time.time(), kind=kind, prev=self._prev)
+        record["hash"] = record_hash(record)
+        line = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode() + b"\n"
+        if self.max_bytes is not None and 0 < self._offset and (
+                self._offset + len(line) > self.max_bytes):
+            self._rotate()
+        start = self._offset
+        try:
+            _write_all(self._fd, line)
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise AuditError(self._cut_back(start, len(line), exc)) from None
+        self._offset = start + len(line)
+        self._seq, self._prev = seq, record["hash"]
+        self._write_head()
+        return record
+
+    def _cut_back(self, start: int, length: int, exc: OSError) -> str:
+        """Remove a record's partial bytes; the message for the AuditError."""
+        why = exc.strerror or str(exc)
+        try:
+            os.ftruncate(self._fd, start)
+        except OSError as cut_exc:
+            # The next append (or open) sees the torn tail and moves it into evidence.
+            return (f"{self.path}: audit record ({length} bytes) not written: {why}; the "
+                    f"partial record could not be removed ({cut_exc.strerror})")
+        return f"{self.path}: audit record ({length} bytes) not written: {why}"
+
+    def _rotate(self) -> None:
+        """Move the log to `LOG.N` and start a new file; the chain goes on into it."""
+        try:
+            older = rotated_files(self.path)
+            number = int(older[-1].name.rsplit(".", 1)[1]) + 1 if older else 1
+            target = _sibling(self.path, f".{number}")
+            os.rename(self.path, target)
+            self._open_log()
+            self._offset = 0
+            if self.fsync:
+                _fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot rotate the audit log ({exc})") from None
+        if self.keep is not None:
+            rotated = [*older, target]
+            doomed = rotated[: max(0, len(rotated) - self.keep)]
+            if doomed:
+                survivors = rotated[len(doomed):]
+                first = _first_seq(survivors[0]) if survivors else None
+                # The head learns the new oldest seq before the files go, so a crash between
+                # the two never makes pruning look like deletion.
+                self._first_seq = first if first is not None else self._seq + 1
+                self._write_head()
+                for f in doomed:
+                    try:
+                        f.unlink()
+                    except OSError as exc:
+                        log.warning("audit: cannot delete rotated %s: %s", f, exc)
+
+    def _write_head(self) -> None:
+        data = json.dumps({
+            "seq": self._seq, "hash": self._prev, "first_seq": self._first_seq,
+            "file": {"dev": self._ident[0], "ino": self._ident[1], "size": self._offset},
+            "ts": time.time(),
+        }).encode()
+        tmp = _sibling(self.path, ".head.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, data)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.head_path)
+            if self.fsync:
+                _fsync_dir(self.path.parent)
+            self._head_failed = False
+        except OSError as exc:
+            # The record itself is in the log; the anchor lags until the next append. verify
+            # then reports records after the head (a note), never a lost decision.
+            if not self._head_failed:
+                log.warning("audit: cannot update %s: %s", self.head_path, exc)
+            self._head_failed = True
+
+
+def _first_seq(path: Path) -> int | None:
+    try:
+        with path.open("rb") as f:
+            raw = f.readline(MAX_LINE_BYTES)
+    except OSError:
+        return None
+    rec = _parse_record(raw)
+    return None if rec is None else int(rec["seq"])
+
+
+# -- verification -------------------------------------------------------------------------------
+
 
 @dataclass
 class VerifyResult:
+    """What `verify` found.
+
+    `ok` is False when any problem was found; `line`, `reason` and `file` locate the first.
+    `records` counts the records verified before the first problem (all of them when ok).
+    `notes` are events the chain records that are not damage (a repaired torn tail, a log
+    continued after rotation elsewhere, no head file).
+    """
+
     ok: bool
     records: int
-    line: int | None = None  # 1-based line of the first broken record
+    line: int | None = None  # 1-based line of the first problem, in `file`
     reason: str = ""
+    file: str | None = None
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    total: int = 0  # records read, including those after a problem
 
     def describe(self, path: str | Path) -> str:
+        """One summary line, then one line per problem and per note."""
+        span = f" in {len(self.files)} files" if len(self.files) > 1 else ""
         if self.ok:
-            return f"{path}: OK, {self.records} records, chain intact"
-        return (
-            f"{path}: line {self.line}: {self.reason} "
-            f"({self.records} records verified before it)"
-        )
+            lines = [f"{path}: OK, {self.records} records{span}, chain intact"]
+        else:
+            lines = [f"{path}: FAILED: {len(self.problems)} problem(s); {self.records} "
+                     f"records{span} verified before the first"]
+            lines += [f"problem: {p}" for p in self.problems]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _lines(f: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes) per line; None for a line longer than MAX_LINE_BYTES (skipped
+    without holding it)."""
+    n = 0
+    while True:
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        n += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            while (chunk := f.readline(1 << 20)) and not chunk.endswith(b"\n"):
+                pass
+            yield n, None
+        else:
+            yield n, raw
+
+
+class _Walk:
+    def __init__(self, head: Head | None) -> None:
+        self.head = head
+        self.result = VerifyResult(ok=True, records=0)
+        self.prev: str | None = None  # None after damage: the next link is not judged
+        self.expected_seq: int | None = None
+        self.started = False
+        self.last_seq: int | None = None
+        self.hash_at_head: str | None = None
+
+    def problem(self, where: str, line: int | None, reason: str) -> None:
+        r = self.result
+        if r.ok:
+            r.ok, r.line, r.reason, r.file, r.records = False, line, reason, where, r.total
+        if len(r.problems) < _MAX_PROBLEMS:
+            r.problems.append(f"{where}: line {line}: {reason}" if line else f"{where}: {reason}")
+        elif len(r.problems) == _MAX_PROBLEMS:
+            r.problems.append("... further problems not listed")
+
+    def file(self, path: Path, last: bool) -> None:
+        where = str(path)
+        with path.open("rb") as f:
+            for n, raw in _lines(f):
+                if raw is None:
+                    self.problem(where, n, f"line longer than {MAX_LINE_BYTES} bytes: "
+                                           "not read")
+                    self.prev = self.expected_seq = None
+                    continue
+                if not raw.strip():
+                    continue
+                if not raw.endswith(b"\n") and last:
+                    self.problem(where, n, "torn last record (no newline): a writer stopped "
+                                 "mid-record; the next writer to open the log moves it to "
+                                 "evidence and continues the chain")
+                    continue
+                self.record(where, n, raw)
+
+    def record(self, where: str, n: int, raw: bytes) -> None:
+        try:
+            rec = json.loads(raw)
+        except (ValueError, RecursionError):
+            self.problem(where, n, "not valid JSON (truncated or edited)")
+            self.prev = self.expected_seq = None
+            return
+        if (not isinstance(rec, dict) or not isinstance(rec.get("hash"), str)
+                or not isinstance(rec.get("prev"), str)):
+            self.problem(where, n, "not an audit record (no hash/prev)")
+            self.prev = self.expected_seq = None
+            return
+        seq = rec.get("seq")
+        reasons = []
+        if not self.started:
+            self.started = True
+            if rec["prev"] != GENESIS:
+                self.chain_start(where, n, seq)
+        elif self.prev is not None and rec["prev"] != self.prev:
+            reasons.append("chain broken: prev does not match the record before")
+        if record_hash(rec) != rec["hash"]:
+            reasons.append("hash mismatch: the record was edited")
+        if self.expected_seq is not None and seq != self.expected_seq:
+            reasons.append(f"seq {seq} != {self.expected_seq}")
+        if reasons:
+            self.problem(where, n, "; ".join(reasons))
+        self.result.total += 1
+        self.prev = rec["hash"]
+        self.expected_seq = seq + 1 if type(seq) is int else None
+        if type(seq) is int:
+            self.last_seq = seq
+            if self.head is not None and seq == self.head.seq:
+                self.hash_at_head = rec["hash"]
+        kind = rec.get("kind")
+        if kind == "repair":
+            self.repair(where, n, rec)
+        elif kind == "reopen":
+            self.reopen(where, n, rec)
+
+    def chain_start(self, where: str, n: int, seq: object) -> None:
+        first = self.head.first_seq if self.head is not None else None
+        if type(seq) is int and first is not None and seq > first:
+            self.problem(where, n, f"records seq {first}..{seq - 1} missing: the log starts at "
+                                   f"seq {seq}, its head says the oldest kept record is seq "
+                                   f"{first}")
+        else:
+            self.result.notes.append(
+                f"{where}: line {n}: the log starts at seq {seq}, after earlier records that "
+                "are not in it (rotated away, or in files not given)")
+
+    def repair(self, where: str, n: int, rec: dict[str, Any]) -> None:
+        torn = rec.get("torn")
+        if not isinstance(torn, dict):
+            torn = {}
+        name = str(torn.get("evidence", ""))
+        evidence = Path(where).with_name(name) if name else None
+        state = "evidence file missing"
+        if evidence is not None and evidence.is_file():
+            sha = hashlib.sha256()
+            with evidence.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    sha.update(chunk)
+            state = ("kept in " + name if sha.hexdigest() == torn.get("sha256")
+                     else f"evidence file {name} does not match the recorded sha256")
+        self.result.notes.append(
+            f"{where}: line {n}: torn tail repaired: {torn.get('bytes')} bytes cut at offset "
+            f"{torn.get('offset')} (sha256 {str(torn.get('sha256'))[:16]}...), {state}")
+
+    def reopen(self, where: str, n: int, rec: dict[str, Any]) -> None:
+        wh = rec.get("writer_head") if isinstance(rec.get("writer_head"), dict) else None
+        found = rec.get("found") if isinstance(rec.get("found"), dict) else None
+        reason = rec.get("reason", "")
+        if wh is not None and wh.get("hash") != rec["prev"]:
+            ends = found.get("seq") if found else None
+            self.problem(where, n, f"records lost: the writer's chain had reached seq "
+                                   f"{wh.get('seq')} (hash {str(wh.get('hash'))[:16]}...) but "
+                                   f"the log ended at seq {ends}: {reason}")
+        else:
+            self.result.notes.append(f"{where}: line {n}: writer reopened the log: {reason}")
+
+    def check_head(self, where: str) -> None:
+        h = self.head
+        if h is None:
+            self.result.notes.append(f"no head file ({where}.head): a cut tail would go "
+                                     "unnoticed")
+            return
+        ends = -1 if self.last_seq is None else self.last_seq
+        if ends < h.seq:
+            self.problem(where, None, f"tail truncated: head says {h.seq + 1} records / hash "
+                                      f"{h.hash[:16]}..., log ends at {ends + 1}")
+        elif self.hash_at_head != h.hash:
+            self.problem(where, None, f"record seq {h.seq} does not match the head (hash "
+                                      f"{str(self.hash_at_head)[:16]}..., head says "
+                                      f"{h.hash[:16]}...): the log was rewritten")
+        elif ends > h.seq:
+            self.result.notes.append(
+                f"{where}: {ends - h.seq} record(s) after the head's seq {h.seq} (a writer "
+                "stopped between a record and its head)")
 
 
 def verify(path: str | Path) -> VerifyResult:
-    """Walk the chain; report the first record whose hash or link does not hold."""
-    p = Path(path)
+    """Walk the chain of the log at `path` and its rotated files, and check it against its head.
+
+    Reads line by line (time linear in the log's size, memory bounded by `MAX_LINE_BYTES`) and
+    reports every problem, not only the first.
+
+    Raises:
+        UsageError: there is no log file at `path`.
+    """
+    p = Path(path).expanduser()
     if not p.is_file():
         raise UsageError(f"{p}: audit file not found")
-    prev, count, expected_seq = GENESIS, 0, 0
-    with p.open("rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                return VerifyResult(False, count, n, "not valid JSON (truncated or edited)")
-            if not isinstance(rec, dict) or "hash" not in rec or "prev" not in rec:
-                return VerifyResult(False, count, n, "not an audit record (no hash/prev)")
-            if rec["prev"] != prev:
-                return VerifyResult(
-                    False, count, n, "chain broken: prev does not match the record before"
-                )
-            if record_hash(rec) != rec["hash"]:
-                return VerifyResult(False, count, n, "hash mismatch: the record was edited")
-            if rec.get("seq") != expected_seq:
-                return VerifyResult(False, count, n, f"seq {rec.get('seq')} != {expected_seq}")
-            prev, count, expected_seq = rec["hash"], count + 1, expected_seq + 1
-    return VerifyResult(True, count)
+    files = [*rotated_files(p), p]
+    head: Head | None = None
+    head_error = None
+    try:
+        head = read_head(p)
+    except ValueError as exc:
+        head_error = str(exc)
+    walk = _Walk(head)
+    walk.result.files = [str(f) for f in files]
+    for f in files:
+        walk.file(f, last=f == p)
+    if head_error:
+        walk.problem(str(p), None, head_error)
+    else:
+        walk.check_head(str(p))
+    r = walk.result
+    if r.ok:
+        r.records = r.total
+    return r

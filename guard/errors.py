@@ -5,6 +5,8 @@ GuardError
 │   └── ConfigError       a config file or value that does not validate
 ├── InvalidInputError     an input that cannot be judged (bad image, oversized action text)
 ├── MissingExtraError     an optional stack is not installed; names the extra to install
+├── AuditError            a decision record could not be written whole (also an OSError);
+│                         the decision becomes a veto with status=error
 ├── BackendError          the judge failed (load or inference); becomes status=error
 │   └── BackendTimeout    the judge did not answer within its deadline; becomes status=timeout
 └── ActionVetoed          the guard vetoed a tool call (middleware); carries the decision
@@ -40,6 +42,13 @@ class MissingExtraError(GuardError, ImportError):
         )
         self.package = package
         self.extra = extra
+
+
+class AuditError(GuardError, OSError):
+    """The audit log could not take a record whole (disk full, file-size limit, no lock).
+
+    An OSError too, so callers that guarded the log's file operations keep catching it.
+    """
 
 
 class BackendError(GuardError):

@@ -1,0 +1,503 @@
+"""The audit log under hostile conditions: short writes, torn tails, two writers, a cut tail,
+a deleted or replaced file, rotation, oversized and non-JSON payloads (issue 11, item 7).
+
+Every test drives the real `AuditLog` on real files; the multi-writer tests use real processes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import itertools
+import json
+import math
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from guard import audit as audit_mod
+from guard.audit import AuditLog, verify
+from guard.errors import AuditError, GuardError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def write_log(path: Path, n: int, **kw) -> None:
+    with AuditLog(path, **kw) as log:
+        for i in range(n):
+            log.append("decision", {"decision": {"id": f"d{i}", "verdict": "veto"}})
+
+
+def strict_json(raw: str) -> dict:
+    """json.loads that refuses NaN/Infinity, which json.dumps writes by default."""
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-JSON token {token}")
+    return json.loads(raw, parse_constant=refuse)
+
+
+# -- 1. short writes ----------------------------------------------------------------------------
+
+
+def test_a_short_write_raises_and_leaves_no_cut_record(tmp_path, monkeypatch):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 2)
+    real_write = os.write
+    calls = []
+
+    def disk_fills(fd: int, data) -> int:
+        # the first call writes half the record, the second finds the disk full
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with AuditLog(p) as log:
+        monkeypatch.setattr(audit_mod.os, "write", disk_fills)
+        with pytest.raises(AuditError, match="No space left"):
+            log.append("decision", {"decision": {"id": "cut", "verdict": "allow"}})
+        monkeypatch.setattr(audit_mod.os, "write", real_write)
+        assert len(calls) == 2  # it looped on the short write before giving up
+        log.append("decision", {"decision": {"id": "after", "verdict": "veto"}})
+    r = verify(p)
+    assert r.ok, r.describe(p)
+    assert [x["decision"]["id"] for x in records(p)] == ["d0", "d1", "after"]
+    assert issubclass(AuditError, GuardError) and issubclass(AuditError, OSError)
+
+
+def test_a_write_that_returns_fewer_bytes_is_completed(tmp_path, monkeypatch):
+    p = tmp_path / "a.jsonl"
+    real_write = os.write
+
+    def dribble(fd: int, data) -> int:
+        return real_write(fd, bytes(data[:7]))  # a pipe-like writer: 7 bytes per call
+
+    with AuditLog(p) as log:
+        monkeypatch.setattr(audit_mod.os, "write", dribble)
+        log.append("decision", {"decision": {"id": "slow", "verdict": "allow"}})
+        monkeypatch.setattr(audit_mod.os, "write", real_write)
+    assert verify(p).ok and records(p)[0]["decision"]["id"] == "slow"
+
+
+FSIZE_SCRIPT = textwrap.dedent("""
+    import json, os, resource, sys, time
+    import numpy as np
+    from guard.backends.scripted import ScriptedBackend
+    from guard.config import GuardConfig
+    from guard.core import Guard
+    from guard.types import ActionProposal, Frame
+
+    path = sys.argv[1]
+    config = GuardConfig().with_overrides(**{"audit.path": path, "model.backend": "scripted"})
+    allow = "ALLOW\\nrisk: 0.0"
+    guard = Guard(config, backend=ScriptedBackend.answering(allow, allow))
+    def frame():
+        return Frame(image=np.zeros((32, 32, 3), np.uint8), stamp=time.time(), source="t")
+    first = guard.check(frame(), ActionProposal(name="warm_up", description="x"))
+    assert first.verdict.value == "allow", first
+    # The file may grow by 300 bytes: the next record (with a 4 kB action) cannot fit whole.
+    limit = os.path.getsize(path) + 300
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    d = guard.check(frame(), ActionProposal(name="move_arm", description="y" * 4000))
+    print(json.dumps({"verdict": d.verdict.value, "status": d.status.value,
+                      "error": d.error, "size": os.path.getsize(path), "limit": limit}))
+""")
+
+
+def test_a_file_size_limit_gives_an_error_veto_and_an_intact_log(tmp_path):
+    """The measured defect: RLIMIT_FSIZE cut the record and the check still returned ALLOW."""
+    p = tmp_path / "a.jsonl"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", FSIZE_SCRIPT, str(p)], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (out["verdict"], out["status"]) == ("veto", "error"), out
+    assert "audit write failed" in out["error"]
+    # What could not be written whole was cut back: the log is one intact record.
+    res = verify(p)
+    assert res.ok and res.records == 1, res.describe(p)
+    assert out["size"] < out["limit"]
+
+
+# -- 2. torn tails --------------------------------------------------------------------------------
+
+
+def test_a_torn_tail_is_moved_to_evidence_and_the_chain_goes_on(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 3)
+    torn = b'{"decision":{"id":"d3","verdict":"allo'  # a writer died mid-record
+    with p.open("ab") as f:
+        f.write(torn)
+    assert not verify(p).ok
+    write_log(p, 1)  # reopening repairs, then appends
+    res = verify(p)
+    assert res.ok, res.describe(p)
+    recs = records(p)
+    assert [r["kind"] for r in recs] == ["decision"] * 3 + ["repair", "decision"]
+    marker = recs[3]["torn"]
+    assert marker["bytes"] == len(torn)
+    assert marker["sha256"] == hashlib.sha256(torn).hexdigest()
+    evidence = tmp_path / marker["evidence"]
+    assert evidence.read_bytes() == torn
+    assert recs[3]["prev"] == recs[2]["hash"] and recs[4]["prev"] == recs[3]["hash"]
+    text = res.describe(p)
+    assert "torn tail repaired" in text and f"{len(torn)} bytes" in text
+
+
+def test_a_torn_tail_left_by_another_writer_is_repaired_before_appending(tmp_path):
+    p = tmp_path / "a.jsonl"
+    with AuditLog(p) as log:
+        log.append("decision", {"n": 0})
+        with p.open("ab") as f:  # a second writer that crashed mid-record
+            f.write(b'{"n":1,"ki')
+        log.append("decision", {"n": 2})
+    res = verify(p)
+    assert res.ok, res.describe(p)
+    assert [r["kind"] for r in records(p)] == ["decision", "repair", "decision"]
+
+
+def test_an_unrepaired_torn_tail_is_reported_as_such(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 2)
+    with p.open("ab") as f:
+        f.write(b'{"half":')
+    res = verify(p)
+    assert not res.ok and res.line == 3 and "torn last record" in res.reason
+
+
+# -- 3. two writers ------------------------------------------------------------------------------
+
+
+def _writer(path: str, tag: str, n: int, max_bytes: int | None, start) -> None:
+    log = AuditLog(path, **({"max_bytes": max_bytes} if max_bytes else {}))
+    start.wait(60)  # all processes write at the same time, not one after the other
+
+    def burst(t: int) -> None:
+        for i in range(n):
+            log.append("decision", {"w": tag, "t": t, "i": i})
+
+    threads = [threading.Thread(target=burst, args=(t,)) for t in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+
+
+@pytest.mark.parametrize("max_bytes", [None, 4000])
+def test_processes_and_threads_share_one_chain(tmp_path, max_bytes):
+    p = tmp_path / "a.jsonl"
+    ctx = mp.get_context("spawn")
+    start = ctx.Barrier(3)
+    procs = [ctx.Process(target=_writer, args=(str(p), f"p{k}", 60, max_bytes, start))
+             for k in range(3)]
+    for pr in procs:
+        pr.start()
+    for pr in procs:
+        pr.join(120)
+        assert pr.exitcode == 0
+    res = verify(p)
+    assert res.ok, res.describe(p)
+    assert res.records == 3 * 2 * 60
+    if max_bytes:
+        assert len(res.files) > 3  # rotated while three processes wrote
+
+
+def test_a_forked_child_takes_its_own_lock(tmp_path):
+    p = tmp_path / "a.jsonl"
+    log = AuditLog(p)
+    log.append("decision", {"who": "parent"})
+    ctx = mp.get_context("fork")
+    child = ctx.Process(target=lambda: [log.append("decision", {"who": "child", "i": i})
+                                        for i in range(50)])
+    child.start()
+    for i in range(50):
+        log.append("decision", {"who": "parent", "i": i})
+    child.join(60)
+    log.close()
+    assert child.exitcode == 0
+    res = verify(p)
+    assert res.ok and res.records == 101, res.describe(p)
+
+
+# -- 4. a cut tail -------------------------------------------------------------------------------
+
+
+def test_deleting_the_last_records_is_detected_through_the_head(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 5)
+    head = json.loads((tmp_path / "a.jsonl.head").read_text())
+    assert head["seq"] == 4 and head["hash"] == records(p)[-1]["hash"]
+    lines = p.read_text().splitlines(keepends=True)
+    p.write_text("".join(lines[:3]))
+    res = verify(p)
+    assert not res.ok
+    assert any("tail truncated: head says 5 records" in x and "log ends at 3" in x
+               for x in res.problems), res.problems
+
+
+def test_rewriting_the_last_record_is_detected_through_the_head(tmp_path):
+    from guard.audit import record_hash
+
+    p = tmp_path / "a.jsonl"
+    write_log(p, 3)
+    lines = p.read_text().splitlines()
+    rec = json.loads(lines[-1])
+    rec["decision"]["verdict"] = "allow"
+    rec["hash"] = record_hash(rec)
+    lines[-1] = json.dumps(rec, sort_keys=True, separators=(",", ":"))
+    p.write_text("\n".join(lines) + "\n")
+    res = verify(p)
+    assert not res.ok and any("does not match the head" in x for x in res.problems)
+
+
+def test_a_cut_tail_found_on_open_is_recorded_in_the_chain(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 5)
+    lines = p.read_text().splitlines(keepends=True)
+    p.write_text("".join(lines[:3]))
+    write_log(p, 1)  # the next writer notices and says so in the log itself
+    recs = records(p)
+    assert recs[3]["kind"] == "reopen" and recs[3]["writer_head"]["seq"] == 4
+    res = verify(p)
+    assert not res.ok and any("records lost" in x for x in res.problems), res.problems
+
+
+def test_a_log_without_head_verifies_with_a_note(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 2)
+    (tmp_path / "a.jsonl.head").unlink()
+    res = verify(p)
+    assert res.ok and any("no head file" in n for n in res.notes)
+
+
+# -- 5. a deleted or replaced file ---------------------------------------------------------------
+
+
+def test_a_deleted_log_file_does_not_swallow_records(tmp_path):
+    p = tmp_path / "a.jsonl"
+    with AuditLog(p) as log:
+        log.append("decision", {"n": 0})
+        log.append("decision", {"n": 1})
+        p.unlink()
+        rec = log.append("decision", {"n": 2})
+    recs = records(p)  # the record landed in a new file at the path, not in the void
+    assert [r["kind"] for r in recs] == ["reopen", "decision"]
+    assert recs[1]["hash"] == rec["hash"] and "deleted" in recs[0]["reason"]
+    res = verify(p)
+    assert not res.ok and any("missing" in x for x in res.problems), res.describe(p)
+
+
+def test_copytruncate_rotation_keeps_one_chain(tmp_path):
+    p = tmp_path / "a.jsonl"
+    with AuditLog(p) as log:
+        log.append("decision", {"n": 0})
+        log.append("decision", {"n": 1})
+        shutil.copy(p, tmp_path / "a.jsonl.1")  # logrotate copytruncate
+        with p.open("r+b") as f:
+            f.truncate(0)
+        log.append("decision", {"n": 2})
+    assert [r["kind"] for r in records(p)] == ["reopen", "decision"]
+    res = verify(p)
+    assert res.ok and res.records == 4, res.describe(p)
+
+
+def test_a_replaced_log_file_records_the_lost_records(tmp_path):
+    p = tmp_path / "a.jsonl"
+    with AuditLog(p) as log:
+        for i in range(4):
+            log.append("decision", {"n": i})
+        keep = p.read_text().splitlines(keepends=True)[:2]
+        tmp = tmp_path / "tmp"
+        tmp.write_text("".join(keep))
+        os.replace(tmp, p)  # someone put a shorter copy in place
+        log.append("decision", {"n": 4})
+    recs = records(p)
+    assert [r["kind"] for r in recs] == ["decision", "decision", "reopen", "decision"]
+    assert recs[2]["writer_head"]["seq"] == 3 and recs[2]["found"]["seq"] == 1
+    res = verify(p)
+    assert not res.ok and any("records lost" in x for x in res.problems)
+
+
+# -- 6. rotation ---------------------------------------------------------------------------------
+
+
+def test_rotation_carries_the_chain_into_the_next_file(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 40, max_bytes=1500)
+    files = [*sorted(tmp_path.glob("a.jsonl.*[0-9]"), key=lambda f: int(f.suffix[1:])), p]
+    assert len(files) > 3
+    for older, newer in itertools.pairwise(files):
+        assert older.stat().st_size <= 1500
+        assert records(newer)[0]["prev"] == records(older)[-1]["hash"]
+    res = verify(p)
+    assert res.ok and res.records == 40 and len(res.files) == len(files), res.describe(p)
+    assert f"{len(files)} files" in res.describe(p)
+
+
+def test_rotation_keep_prunes_and_verify_knows_what_was_kept(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 40, max_bytes=1500, keep=2)
+    rotated = sorted(tmp_path.glob("a.jsonl.*[0-9]"), key=lambda f: int(f.suffix[1:]))
+    assert len(rotated) == 2
+    res = verify(p)
+    assert res.ok, res.describe(p)
+    assert any("starts at seq" in n for n in res.notes)
+    rotated[0].unlink()  # deleting the oldest kept file is not pruning: it is detected
+    res = verify(p)
+    assert not res.ok and any("missing" in x for x in res.problems), res.describe(p)
+
+
+def test_a_missing_middle_file_breaks_the_chain(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 40, max_bytes=1500)
+    (tmp_path / "a.jsonl.2").unlink()
+    res = verify(p)
+    assert not res.ok and "chain broken" in res.reason
+
+
+# -- 7. oversized fields and 9. linear reopen ----------------------------------------------------
+
+
+def test_an_oversized_field_is_stored_as_digest_and_prefix(tmp_path):
+    p = tmp_path / "a.jsonl"
+    big = "x" * 2_000_000
+    with AuditLog(p) as log:
+        rec = log.append("decision", {"proposal": {"description": big, "args": [big, "ok"]}})
+    field = rec["proposal"]["description"]
+    assert field == {"sha256": hashlib.sha256(big.encode()).hexdigest(),
+                     "prefix": big[:1024], "chars": len(big)}
+    assert rec["proposal"]["args"][1] == "ok"
+    assert p.stat().st_size < 8000
+    assert verify(p).ok
+
+
+def test_reopening_after_a_huge_legacy_record_is_linear(tmp_path):
+    """The measured defect: a 20 MB record written by the old version took 3 s to reopen."""
+    from guard.audit import GENESIS, _canonical, record_hash
+
+    p = tmp_path / "a.jsonl"
+    rec = {"seq": 0, "ts": 0.0, "kind": "decision", "prev": GENESIS, "blob": "y" * 20_000_000}
+    rec["hash"] = record_hash(rec)
+    p.write_bytes(_canonical(rec) + b"\n")
+    t0 = time.perf_counter()
+    with AuditLog(p) as log:
+        opened = time.perf_counter() - t0
+        log.append("decision", {"n": 1})
+    assert opened < 1.0, f"reopen took {opened:.2f} s"
+    assert verify(p).ok
+
+
+def test_verify_skips_a_line_over_its_memory_bound(tmp_path, monkeypatch):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 3)
+    monkeypatch.setattr(audit_mod, "MAX_LINE_BYTES", 100)
+    res = verify(p)
+    assert not res.ok and "longer than 100 bytes" in res.reason and res.line == 1
+
+
+# -- 8. payloads that are not JSON ---------------------------------------------------------------
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<Opaque robot part>"
+
+
+class BrokenRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def nested(depth: int) -> list:
+    v: list = []
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
+def test_no_payload_makes_append_raise(tmp_path):
+    p = tmp_path / "a.jsonl"
+    cyclic: dict = {"name": "loop"}
+    cyclic["self"] = cyclic
+    shared: list = ["leaf"]
+    for _ in range(40):
+        shared = [shared, shared]  # 2**40 paths through 40 lists
+    payloads = [
+        {"action": "pass the knife \ud800 now", "\udc80key": "v"},
+        {"bytes": b"\x00\xffraw", "ba": bytearray(b"ab")},
+        {"array": np.arange(12, dtype=np.float32).reshape(3, 4), "scalar": np.float64(0.5),
+         "i": np.int64(7), "big_array": np.zeros((300, 300), dtype=np.uint8)},
+        {"object": object(), "opaque": Opaque(), "broken": BrokenRepr(), "set": {1, 2}},
+        {"nan": math.nan, "inf": math.inf, "ninf": -math.inf, "np_nan": np.float32("nan")},
+        {"deep_list": nested(10_000)},
+        {"deep_dict": json.loads("{\"a\":" * 900 + "1" + "}" * 900)},
+        {"cyclic": cyclic, "shared": shared},
+        {1: "int key", None: "none key", (1, 2): "tuple key", "big": 10 ** 5000},
+        {"path": Path("/tmp/x"), "tuple": (1, "a")},
+    ]
+    with AuditLog(p) as log:
+        for payload in payloads:
+            log.append("decision", payload)
+        log.append("kind \ud800", {"ok": True})
+    res = verify(p)
+    assert res.ok and res.records == len(payloads) + 1, res.describe(p)
+    for raw in p.read_text(encoding="utf-8").splitlines():
+        strict_json(raw)  # valid JSON: no NaN, no Infinity
+    recs = records(p)
+    assert recs[0]["action"] == "pass the knife \\ud800 now"
+    assert recs[2]["array"] == [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0],
+                                [8.0, 9.0, 10.0, 11.0]]
+    assert recs[2]["big_array"]["shape"] == [300, 300]
+    assert recs[4]["nan"] == "NaN" and recs[4]["ninf"] == "-Infinity"
+    assert recs[3]["opaque"] == "<Opaque robot part>"
+    assert p.stat().st_size < 2_000_000
+
+
+def test_a_lone_surrogate_in_a_check_is_audited(config, audit_path):
+    """Text UTF-8 cannot encode was a veto with zero audit records."""
+    from guard.backends.scripted import ScriptedBackend
+    from guard.core import Guard
+    from guard.types import ActionProposal
+
+    with Guard(config, backend=ScriptedBackend.answering("VETO\nrisk: 0.9")) as g:
+        d = g.check(None, ActionProposal(name="stove_on", description="turn on \ud800 the stove"))
+    (rec,) = records(audit_path)
+    assert rec["decision"]["id"] == d.id
+    assert "\\ud800" in rec["proposal"]["description"]
+    assert verify(audit_path).ok
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+
+def guard_cli(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "guard.cli.main", *map(str, args)],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_cli_verify_reports_each_problem_on_one_line(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 20, max_bytes=1500)
+    r = guard_cli("audit", "verify", p)
+    assert r.returncode == 0 and "20 records" in r.stdout and "files" in r.stdout, r.stdout
+    (tmp_path / "a.jsonl.head").write_text(
+        (tmp_path / "a.jsonl.head").read_text().replace('"seq": 19', '"seq": 25'))
+    r = guard_cli("audit", "verify", p)
+    assert r.returncode == 1 and "tail truncated" in r.stdout, r.stdout
+    problem_lines = [x for x in r.stdout.splitlines() if "tail truncated" in x]
+    assert len(problem_lines) == 1
