@@ -9,6 +9,7 @@ so the tests do not depend on their order.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Twist
 from guard_interfaces.msg import ActionProposal, Decision
 from guard_interfaces.srv import CheckAction
+from rclpy.duration import Duration
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
@@ -278,6 +280,56 @@ def test_stale_camera_gives_stale_vetoes_and_watchdog_zeros(graph: Graph) -> Non
     d = g.decision_for(g.propose("pick up the cup"))
     assert (d.verdict, d.status) == (Decision.VETO, "stale_frame")
     assert d.frame_stamp.sec > 0
+
+
+def test_frame_stamped_in_the_future_then_silence_stops_the_robot(graph: Graph) -> None:
+    # The measured defect: the gate had its own freshness test, for which a frame stamped an
+    # hour ahead was "fresh" for that hour; one such frame, then a silent camera, let moving
+    # commands through. Now the gate and the checks both use the core's rule.
+    g = graph
+    g.camera_on()
+    g.open_gate()
+    g.camera_off()
+    future = g.probe.node.get_clock().now() + Duration(seconds=3600)
+    for _ in range(3):  # best effort: one frame may be lost, three with one stamp are one
+        g.camera.publish(make_image(stamp=future.to_msg()))
+    values = g.diagnostic(lambda v: v["frame_age_ms"] and float(v["frame_age_ms"]) < -1e6,
+                          timeout=5.0)
+    assert values["camera_stale"] == "true"
+
+    moving = Twist()
+    moving.linear.x = 0.5
+    start = len(g.cmd_vel)
+    for _ in range(5):
+        g.cmd_vel_in.publish(moving)
+        time.sleep(0.05)
+    assert g.probe.wait(lambda: len(g.cmd_vel) - start >= 5, 5.0), g.node.log()
+    assert all(t.linear.x == 0.0 for t in g.cmd_vel[start:])
+    assert "ahead of the guard's clock" in g.node.log()
+
+    d = g.decision_for(g.propose("pick up the cup"))
+    assert (d.verdict, d.status) == (Decision.VETO, "stale_frame")
+    assert "ahead" in d.rationale
+    assert all(t.linear.x == 0.0 for t in g.cmd_vel[start:])
+
+
+def test_frames_without_stamp_are_aged_from_arrival(graph: Graph) -> None:
+    # A zero header stamp falls back to the arrival time (with one warning), and is then
+    # judged by the same rule as any stamp: fresh while frames keep coming, stale after.
+    g = graph
+    node = g.probe.node
+    timer = node.create_timer(1.0 / CAMERA_HZ, lambda: g.camera.publish(make_image()))
+    try:
+        g.diagnostic(lambda v: v["camera_stale"] == "false", timeout=10.0)
+        d = g.decision_for(g.propose("pick up the cup"))
+        assert (d.verdict, d.status) == (Decision.ALLOW, "ok"), d.rationale
+        assert d.frame_stamp.sec > 0  # the arrival time, not 0
+    finally:
+        node.destroy_timer(timer)
+    assert "no header stamp" in g.node.log()
+    g.diagnostic(lambda v: v["camera_stale"] == "true", timeout=5.0)
+    d = g.decision_for(g.propose("pick up the cup"))
+    assert (d.verdict, d.status) == (Decision.VETO, "stale_frame")
 
 
 def test_check_service(camera: Graph) -> None:

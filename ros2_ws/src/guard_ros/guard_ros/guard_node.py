@@ -58,6 +58,7 @@ from guard_ros.conversions import (
     stamp_to_seconds,
     verdict_code,
 )
+from guard_ros.gate import CmdVelGate, GatePolicy
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -276,13 +277,13 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         self._guard: Guard | None = None
         self._config_policy = PolicyConfig()  # the config file's, read on configure
         self._max_frames = 1
-        self._max_frame_age_s: float | None = None
         self._max_input_pixels = 50_000_000
         self._gate_enabled = False
         self._active = False
         self._frames: deque[_CameraFrame] = deque(maxlen=4)
         self._zero_stamp_warned = False
-        self._last_verdict: Verdict | None = None
+        # The gate's decision (latest verdict, newest frame, the core's freshness rule).
+        self._gate = CmdVelGate()
         self._gate_reason: str | None = None
         self._inflight = 0
         self._idle = threading.Condition(self._lock)
@@ -343,8 +344,6 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
                 guard.set_policy(**changes)
             except ConfigError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
-            age = guard.config.policy.max_frame_age_ms
-            self._max_frame_age_s = None if age is None else age / 1000.0
             self.get_logger().info('policy now: ' + ', '.join(
                 f'{k} {v}' for k, v in changes.items()))
         return SetParametersResult(successful=True)
@@ -372,15 +371,13 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         self._config_policy = base.policy
         self._max_frames = config.image.max_frames
         self._max_input_pixels = config.image.max_input_pixels
-        self._max_frame_age_s = (
-            None if policy.max_frame_age_ms is None else policy.max_frame_age_ms / 1000.0)
         self._gate_enabled = bool(params['gate_cmd_vel'])
         self._frames = deque(maxlen=max(params['frame_buffer'], self._max_frames))
         if params['frame_buffer'] < self._max_frames:
             self.get_logger().warning(
                 f"frame_buffer ({params['frame_buffer']}) is below image.max_frames "
                 f'({self._max_frames}): keeping {self._max_frames} frames')
-        self._last_verdict = None
+        self._gate.reset()
         self._gate_reason = None
 
         self._decision_pub = self.create_lifecycle_publisher(
@@ -524,6 +521,7 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
             entry = _CameraFrame(msg, stamp)
             with self._frames_lock:
                 self._frames.append(entry)
+            self._gate.on_frame(stamp)
             self._counts['frames'] += 1
         except Exception as exc:  # a camera callback must never take the node down
             self.get_logger().error(f'camera frame dropped: {exc!r}', throttle_duration_sec=5.0)
@@ -532,14 +530,6 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
 
     def _uses_sim_time(self) -> bool:
         return bool(self.get_parameter('use_sim_time').value)
-
-    def _camera_stale(self, now: float) -> bool:
-        frames = self._frames
-        if not frames:
-            return True
-        if self._max_frame_age_s is None:
-            return False
-        return now - frames[-1].stamp > self._max_frame_age_s
 
     # -- judging ---------------------------------------------------------------------------
 
@@ -629,7 +619,7 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
             out = self._decision_msg(msg, decision)
         self._record(decision)
         with self._gate_lock:
-            self._last_verdict = decision.verdict
+            self._gate.on_decision(decision.verdict)
             if decision.blocks and self._gate_enabled:
                 self._gate_tick('latest decision is a veto')
         if self._decision_pub is not None:
@@ -674,13 +664,9 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
 
     def _blocked_reason(self) -> str | None:
         guard = self._guard
-        if guard is None or guard.mode == 'shadow':
+        if guard is None:  # unconfigured: no gate publisher either
             return None
-        if self._last_verdict is Verdict.VETO:
-            return 'latest decision is a veto'
-        if self._camera_stale(self._now()):
-            return 'camera is stale' if self._frames else 'no camera frame yet'
-        return None
+        return self._gate.blocked_reason(self._now(), GatePolicy.of(guard.config.policy))
 
     def _on_cmd_vel(self, msg: Twist) -> None:
         if not self._active or self._cmd_vel_pub is None:
@@ -735,7 +721,9 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         """Return the guard's health as one DiagnosticStatus (as published on /diagnostics)."""
         guard = self._guard
         now = self._now()
-        stale = self._camera_stale(now)
+        # The gate's view of the camera, by the same rule the checks are judged by.
+        stale = guard is None or not self._gate.camera(
+            now, GatePolicy.of(guard.config.policy)).fresh
         with self._lock:
             times = list(self._decision_times)
             latency = self._last_latency_ms

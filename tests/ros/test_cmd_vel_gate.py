@@ -1,0 +1,114 @@
+"""The cmd_vel gate as a plain object (no ROS): when commands pass, and why they are zeroed.
+
+The gate judges the camera by the core's freshness rule with the guard's policy; before it
+had its own copy, which treated a frame stamped ahead of the clock as fresh for as long as
+the stamp lay ahead (one frame stamped +1 h, then a silent camera: the gate stayed open).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from guard_ros.gate import CmdVelGate, GatePolicy
+
+from guard.config import PolicyConfig
+from guard.freshness import frame_freshness
+from guard.types import Status, Verdict
+
+NOW = 1_700_000_000.0
+POLICY = GatePolicy(mode="enforce", max_frame_age_ms=1000.0, max_clock_skew_ms=100.0)
+
+
+def _gate(stamp: float | None = NOW, verdict: Verdict | None = Verdict.ALLOW) -> CmdVelGate:
+    gate = CmdVelGate()
+    if stamp is not None:
+        gate.on_frame(stamp)
+    if verdict is not None:
+        gate.on_decision(verdict)
+    return gate
+
+
+def test_fresh_frame_and_allow_pass() -> None:
+    assert _gate().blocked_reason(NOW + 0.5, POLICY) is None
+    # Annotate does not block; a frame slightly ahead (within the skew) is fresh.
+    assert _gate(NOW + 0.05, Verdict.ANNOTATE).blocked_reason(NOW, POLICY) is None
+
+
+def test_starts_closed_without_a_frame() -> None:
+    assert CmdVelGate().blocked_reason(NOW, POLICY) == "no camera frame yet"
+
+
+def test_veto_blocks_until_the_next_allow() -> None:
+    gate = _gate(verdict=Verdict.VETO)
+    assert gate.blocked_reason(NOW, POLICY) == "latest decision is a veto"
+    gate.on_decision(Verdict.ALLOW)
+    assert gate.blocked_reason(NOW, POLICY) is None
+
+
+@pytest.mark.parametrize("ahead_s", [5.0, 3600.0, 2**31 - 1 - NOW])
+def test_frame_stamped_in_the_future_closes_the_gate(ahead_s: float) -> None:
+    # The measured defect: +1 h, then silence; the gate must be closed at once, and stay so.
+    gate = _gate(NOW + ahead_s)
+    for later in (0.0, 1.0, 10.0, 60.0):
+        reason = gate.blocked_reason(NOW + later, POLICY)
+        assert reason is not None and "stale_frame" in reason, reason
+        # Ahead of the clock while the stamp is in the future, too old once it is past.
+        assert ("ahead" if later < ahead_s else "old") in reason, reason
+
+
+@pytest.mark.parametrize("stamp", [math.nan, math.inf, -math.inf])
+def test_non_finite_stamp_closes_the_gate(stamp: float) -> None:
+    reason = _gate(stamp).blocked_reason(NOW, POLICY)
+    assert reason is not None and "stale_frame" in reason
+
+
+def test_old_frame_closes_and_a_new_one_reopens() -> None:
+    gate = _gate()
+    assert "old" in (gate.blocked_reason(NOW + 1.5, POLICY) or "")
+    gate.on_frame(NOW + 1.4)
+    assert gate.blocked_reason(NOW + 1.5, POLICY) is None
+
+
+def test_the_gate_agrees_with_the_core_rule() -> None:
+    # The same answer as the one rule for every kind of stamp, so a frame the judge calls
+    # stale can never keep the gate open (and vice versa).
+    for stamp in (NOW, NOW - 0.999, NOW - 1.001, NOW + 0.099, NOW + 0.101, NOW + 3600.0,
+                  math.nan, None):
+        gate = _gate(stamp if stamp is not None else None)
+        rule = frame_freshness(stamp, NOW, max_age_ms=1000.0, max_skew_ms=100.0,
+                               has_frame=stamp is not None)
+        assert (gate.blocked_reason(NOW, POLICY) is None) == rule.fresh, stamp
+        assert gate.camera(NOW, POLICY).status == rule.status
+
+
+def test_policy_comes_from_the_guard_config() -> None:
+    policy = GatePolicy.of(PolicyConfig(max_frame_age_ms=200.0, max_clock_skew_ms=0.0))
+    assert (policy.max_frame_age_ms, policy.max_clock_skew_ms) == (200.0, 0.0)
+    gate = _gate()
+    assert gate.blocked_reason(NOW + 0.1, policy) is None
+    assert gate.blocked_reason(NOW + 0.3, policy) is not None
+    # Any stamp ahead of the clock at all is refused with a zero skew.
+    assert _gate(NOW + 0.001).blocked_reason(NOW, policy) is not None
+    # No age limit: still no future stamps, no NaN.
+    unlimited = GatePolicy(max_frame_age_ms=None)
+    assert _gate().blocked_reason(NOW + 1e6, unlimited) is None
+    assert _gate(NOW + 3600.0).blocked_reason(NOW, unlimited) is not None
+
+
+def test_shadow_mode_passes_everything() -> None:
+    shadow = GatePolicy(mode="shadow")
+    assert _gate(NOW + 3600.0, Verdict.VETO).blocked_reason(NOW, shadow) is None
+    assert CmdVelGate().blocked_reason(NOW, shadow) is None
+
+
+def test_reset_closes_the_gate() -> None:
+    gate = _gate()
+    gate.reset()
+    assert gate.blocked_reason(NOW, POLICY) == "no camera frame yet"
+    assert gate.last_verdict is None
+
+
+def test_statuses_are_the_cores() -> None:
+    assert _gate(NOW + 3600.0).camera(NOW, POLICY).status is Status.STALE_FRAME
+    assert CmdVelGate().camera(NOW, POLICY).status is Status.NO_FRAME
