@@ -43,9 +43,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from guard.errors import AuditError, UsageError
+
+if TYPE_CHECKING:
+    from guard.config import AuditConfig
 
 log = logging.getLogger(__name__)
 
@@ -402,10 +405,10 @@ class AuditLog:
             raise
 
     @classmethod
-    def from_config(cls, config: Any) -> AuditLog:
+    def from_config(cls, config: AuditConfig) -> AuditLog:
         """The log an `AuditConfig` describes (path, fsync, max_bytes, keep)."""
-        return cls(config.path, fsync=config.fsync, max_bytes=getattr(config, "max_bytes", None),
-                   keep=getattr(config, "keep", None))
+        return cls(config.path, fsync=config.fsync, max_bytes=config.max_bytes,
+                   keep=config.keep)
 
     def append(self, kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Write one record and return it (with its seq, prev and hash).
@@ -800,6 +803,10 @@ class _Walk:
             self.problem(where, n, f"records seq {first}..{seq - 1} missing: the log starts at "
                                    f"seq {seq}, its head says the oldest kept record is seq "
                                    f"{first}")
+        elif first is not None and first > 0 and seq == first:
+            self.result.notes.append(
+                f"{where}: line {n}: the log starts at seq {seq}: older rotated files were "
+                "pruned (audit.keep)")
         else:
             self.result.notes.append(
                 f"{where}: line {n}: the log starts at seq {seq}, after earlier records that "

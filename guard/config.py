@@ -149,6 +149,12 @@ class AuditConfig(_Strict):
     path: str = Field(default_factory=_default_audit_path)
     fsync: bool = False
     include_prompt: bool = False
+    # Rotate to path.1, path.2, ... (oldest first) before a record would take the file past
+    # max_bytes; the chain goes on into the new file. None: one file, never rotated.
+    max_bytes: int | None = Field(default=None, ge=1024)
+    # Rotated files to keep (older ones are deleted; verify then starts at the oldest kept).
+    # None: keep all.
+    keep: int | None = Field(default=None, ge=0)
 
 
 class GuardConfig(_Strict):

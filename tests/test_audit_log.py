@@ -348,6 +348,19 @@ def test_rotation_carries_the_chain_into_the_next_file(tmp_path):
     assert f"{len(files)} files" in res.describe(p)
 
 
+def test_rotation_settings_come_from_the_audit_config(tmp_path):
+    from guard.config import GuardConfig
+
+    p = tmp_path / "a.jsonl"
+    cfg = GuardConfig().with_overrides(**{"audit.path": str(p), "audit.max_bytes": 1500,
+                                          "audit.keep": 1}).audit
+    with AuditLog.from_config(cfg) as log:
+        for i in range(30):
+            log.append("decision", {"n": i})
+    assert len(list(tmp_path.glob("a.jsonl.*[0-9]"))) == 1
+    assert verify(p).ok
+
+
 def test_rotation_keep_prunes_and_verify_knows_what_was_kept(tmp_path):
     p = tmp_path / "a.jsonl"
     write_log(p, 40, max_bytes=1500, keep=2)
@@ -355,7 +368,7 @@ def test_rotation_keep_prunes_and_verify_knows_what_was_kept(tmp_path):
     assert len(rotated) == 2
     res = verify(p)
     assert res.ok, res.describe(p)
-    assert any("starts at seq" in n for n in res.notes)
+    assert any("older rotated files were pruned" in n for n in res.notes), res.notes
     rotated[0].unlink()  # deleting the oldest kept file is not pruning: it is detected
     res = verify(p)
     assert not res.ok and any("missing" in x for x in res.problems), res.describe(p)
