@@ -12,21 +12,26 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Load benchmark of guard_node: a camera stream and a proposal stream into a running node.
+"""Load benchmark of guard_node: camera, cmd_vel and bursts of proposals into a running node.
 
-    python -m guard_ros.bench                                  # 60 s, 30 Hz 640x480, 5 Hz
+    python -m guard_ros.bench                       # 30 s: 30 Hz 640x480 + 20 Hz cmd_vel + bursts
     python -m guard_ros.bench --duration 10 --judge-delay-ms 100
+    python -m guard_ros.bench --burst 0 --proposal-hz 5         # a steady stream instead
     python -m guard_ros.bench --config guard.yaml --json out.json   # a real judge
 
-It starts guard_node as its own process (by default with a constant judge that answers ALLOW
-after --judge-delay-ms and keeps nothing, so the figures are the node's, not a model's),
-publishes rgb8 frames and proposals at the given rates, and reports:
+The default scenario is the one of the node's load target: a 30 Hz 640x480 rgb8 camera, 20 Hz
+`cmd_vel_in` through the gate, and every `--burst-every` seconds a burst of `--burst` (15)
+proposals published at once to an instant judge (the scripted backend answering ALLOW after
+`--judge-delay-ms`, default 0). It starts guard_node as its own process (or, with
+`--judge constant`, with a judge that keeps nothing, for long memory runs), and reports:
 
-- camera callback p50/p99/max (ms, measured inside the node: the time a frame costs the
-  camera thread) and camera delay p99 (header stamp to callback, same machine clock);
-- decisions/s, proposals sent, decided, dropped (sent but never decided) and duplicated;
-- end-to-end decision latency p50/p99 (proposal published to decision received);
-- the node's resident memory at the start (after warm-up) and the end, and its samples.
+- decision delay p50/p95/p99/max (proposal published to decision received), the judge's own
+  time (`Decision.latency_ms`) p50/max beside it, and the decisions whose status was
+  `timeout` (or anything but `ok`);
+- the node's CPU (user + system time over the measured window, % of one core) and its
+  resident memory at the start (after warm-up) and the end;
+- camera callback p50/p99/max (ms, measured inside the node) and camera delay p99;
+- proposals sent, decided, dropped (sent but never decided) and duplicated; cmd_vel relayed.
 Not a test: nothing asserts the targets; the figures go to stdout (and --json).
 """
 
@@ -108,17 +113,29 @@ def _rss_mib(pid: int) -> float | None:
     return None
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    # utime + stime of the whole process (all threads), fields 14 and 15 of /proc/PID/stat;
+    # the command name (field 2) may hold spaces, so count from its closing parenthesis.
+    try:
+        fields = Path(f'/proc/{pid}/stat').read_text().rpartition(')')[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
 def _write_node_files(workdir: Path, args: argparse.Namespace) -> Path:
     import yaml
 
-    params: dict[str, Any] = {'diagnostics_period_s': 1.0, 'frame_buffer': 4}
+    params: dict[str, Any] = {'diagnostics_period_s': 1.0, 'frame_buffer': 4,
+                              'gate_cmd_vel': args.cmd_vel_hz > 0}
     if args.config:
         params['config'] = str(Path(args.config).resolve())
     else:
+        backend = 'scripted' if args.judge == 'scripted' else ConstantJudge.name
         config = {
-            'model': {'backend': ConstantJudge.name, 'scripted': {'responses': [
+            'model': {'backend': backend, 'scripted': {'responses': [
                 {'text': DEFAULT_ANSWER, 'delay_ms': args.judge_delay_ms}]}},
-            'policy': {'deadline_ms': 2000},
+            'policy': {'deadline_ms': args.deadline_ms},
             'audit': {'path': str(workdir / 'audit.jsonl')},
         }
         (workdir / 'guard.yaml').write_text(yaml.safe_dump(config))
@@ -135,6 +152,7 @@ def _write_node_files(workdir: Path, args: argparse.Namespace) -> Path:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the node, drive it for args.duration seconds, return the figures."""
     from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import Twist
     from guard_interfaces.msg import ActionProposal, Decision
     import numpy as np
     import rclpy
@@ -148,8 +166,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
     env.setdefault('XDG_STATE_HOME', str(workdir / 'state'))
     log = (workdir / 'node.log').open('w')
-    node_cmd = ['-m', 'guard_ros.guard_node'] if args.config else [
-        '-m', 'guard_ros.bench', NODE_FLAG]
+    constant = not args.config and args.judge == 'constant'
+    node_cmd = ['-m', 'guard_ros.bench', NODE_FLAG] if constant else [
+        '-m', 'guard_ros.guard_node']
     proc = subprocess.Popen(
         [sys.executable, *node_cmd, '--ros-args', '--params-file', str(params),
          '-r', f'__ns:={ns}'], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -161,29 +180,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     lock = threading.Lock()
     sent: dict[str, float] = {}
-    decided: dict[str, list[float]] = {}
+    # proposal id -> (time received, status, judge latency in ms), one per decision received.
+    decided: dict[str, list[tuple[float, str, float]]] = {}
     diagnostics: list[dict[str, str]] = []
+    counts = {'frames': 0, 'cmd_vel_in': 0, 'cmd_vel_out': 0, 'cmd_vel_nonzero': 0}
 
     def on_decision(msg: Any) -> None:
         with lock:
-            decided.setdefault(msg.proposal_id, []).append(time.monotonic())
+            decided.setdefault(msg.proposal_id, []).append(
+                (time.monotonic(), msg.status, msg.latency_ms))
 
     def on_diagnostics(msg: Any) -> None:
         for status in msg.status:
             if status.name == 'guard_node: guard':
                 diagnostics.append({kv.key: kv.value for kv in status.values})
 
+    def on_cmd_vel(msg: Any) -> None:
+        with lock:
+            counts['cmd_vel_out'] += 1
+            counts['cmd_vel_nonzero'] += msg.linear.x != 0.0
+
     node.create_subscription(Decision, f'{ns}/guard/decisions', on_decision, reliable)
     node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, reliable)
+    node.create_subscription(Twist, f'{ns}/cmd_vel', on_cmd_vel, 10)
     camera = node.create_publisher(Image, f'{ns}/camera/image_raw', qos_profile_sensor_data)
     proposals = node.create_publisher(ActionProposal, f'{ns}/guard/proposals', reliable)
+    cmd_vel = node.create_publisher(Twist, f'{ns}/cmd_vel_in', 10)
 
     frame = Image(height=args.height, width=args.width, encoding='rgb8', step=args.width * 3)
     rng = np.random.default_rng(0)
     frame.data = rng.integers(0, 255, (args.height, args.width, 3), np.uint8).tobytes()
-    counts = {'frames': 0}
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
+    timers = []
     try:
         deadline = time.monotonic() + args.startup_timeout
         while proposals.get_subscription_count() == 0 or camera.get_subscription_count() == 0:
@@ -197,37 +226,55 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with lock:
                 counts['frames'] += 1
 
-        def tick_proposal() -> None:
-            pid = uuid.uuid4().hex
+        def tick_cmd_vel() -> None:
+            twist = Twist()
+            twist.linear.x = 0.2
+            cmd_vel.publish(twist)
             with lock:
-                sent[pid] = time.monotonic()
-            proposals.publish(ActionProposal(
-                id=pid, name='pick', description='pick up the cup from the table'))
+                counts['cmd_vel_in'] += 1
+
+        def propose(n: int) -> None:
+            for _ in range(n):
+                pid = uuid.uuid4().hex
+                with lock:
+                    sent[pid] = time.monotonic()
+                proposals.publish(ActionProposal(
+                    id=pid, name='pick', description='pick up the cup from the table'))
 
         # Warm-up at full load: the first frames and proposals pay for lazy imports and
         # allocator growth in the node, which is not what the run measures.
-        cam_timer = node.create_timer(1.0 / args.camera_hz, tick_camera)
-        prop_timer = node.create_timer(1.0 / args.proposal_hz, tick_proposal)
+        timers.append(node.create_timer(1.0 / args.camera_hz, tick_camera))
+        if args.cmd_vel_hz > 0:
+            timers.append(node.create_timer(1.0 / args.cmd_vel_hz, tick_cmd_vel))
+        if args.proposal_hz > 0:
+            timers.append(node.create_timer(1.0 / args.proposal_hz, lambda: propose(1)))
+        if args.burst > 0:
+            timers.append(node.create_timer(args.burst_every, lambda: propose(args.burst)))
         time.sleep(args.warmup)
         with lock:
             sent.clear()
             decided.clear()
-            counts['frames'] = 0
+            for key in counts:
+                counts[key] = 0
         rss_start = _rss_mib(proc.pid)
+        cpu_start = _cpu_seconds(proc.pid)
         start = time.monotonic()
         rss_samples = []
         while (left := args.duration - (time.monotonic() - start)) > 0:
             time.sleep(min(5.0, left))
             rss_samples.append(round(_rss_mib(proc.pid) or 0.0, 1))
-        node.destroy_timer(prop_timer)
+        cpu_end = _cpu_seconds(proc.pid)
         elapsed = time.monotonic() - start
+        for timer in timers[2 if args.cmd_vel_hz > 0 else 1:]:
+            node.destroy_timer(timer)
         drain_until = time.monotonic() + args.drain
         while time.monotonic() < drain_until:
             with lock:
                 if all(pid in decided for pid in sent):
                     break
             time.sleep(0.05)
-        node.destroy_timer(cam_timer)
+        for timer in timers:
+            node.destroy_timer(timer)
         rss_end = _rss_mib(proc.pid)
         # One more diagnostics period so the node's figures cover the whole run.
         seen = len(diagnostics)
@@ -246,11 +293,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log.close()
 
     with lock:
-        latencies = [(times[0] - sent[pid]) * 1000.0 for pid, times in decided.items()
-                     if pid in sent]
-        n_decided = sum(1 for pid in sent if pid in decided)
+        firsts = {pid: times[0] for pid, times in decided.items() if pid in sent}
+        delays = [(got - sent[pid]) * 1000.0 for pid, (got, _, _) in firsts.items()]
+        judge_ms = [latency for _, _, latency in firsts.values()]
+        statuses: dict[str, int] = {}
+        for _, status, _ in firsts.values():
+            statuses[status] = statuses.get(status, 0) + 1
         duplicated = sum(len(times) - 1 for pid, times in decided.items() if pid in sent)
     last = diagnostics[-1] if diagnostics else {}
+    cpu = None if cpu_start is None or cpu_end is None else (cpu_end - cpu_start) / elapsed
 
     def figure(key: str) -> float | None:
         return float(last[key]) if last.get(key) else None
@@ -263,14 +314,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    'callback_p99_ms': figure('camera_callback_p99_ms'),
                    'callback_max_ms': figure('camera_callback_max_ms'),
                    'delay_p99_ms': figure('camera_delay_p99_ms')},
-        'proposals': {'hz': args.proposal_hz, 'sent': len(sent), 'decided': n_decided,
-                      'dropped': len(sent) - n_decided, 'duplicated': duplicated},
-        'decisions_per_s': round(n_decided / elapsed, 2) if elapsed else None,
-        'decision_latency_ms': {'p50': _round(percentile(latencies, 50)),
-                                'p99': _round(percentile(latencies, 99))},
-        'judge': args.config or f'constant, {args.judge_delay_ms:g} ms per answer',
+        'cmd_vel': {'hz': args.cmd_vel_hz, 'sent': counts['cmd_vel_in'],
+                    'out': counts['cmd_vel_out'], 'relayed_nonzero': counts['cmd_vel_nonzero']},
+        'proposals': {'hz': args.proposal_hz, 'burst': args.burst,
+                      'burst_every_s': args.burst_every, 'sent': len(sent),
+                      'decided': len(firsts), 'dropped': len(sent) - len(firsts),
+                      'duplicated': duplicated},
+        'statuses': statuses,
+        'timeouts': statuses.get('timeout', 0),
+        'decisions_per_s': round(len(firsts) / elapsed, 2) if elapsed else None,
+        'decision_delay_ms': {q: _round(percentile(delays, n)) for q, n in
+                              (('p50', 50), ('p95', 95), ('p99', 99), ('max', 100))},
+        'judge_latency_ms': {'p50': _round(percentile(judge_ms, 50)),
+                             'max': _round(max(judge_ms) if judge_ms else None)},
+        'node_cpu_percent': _round(None if cpu is None else 100.0 * cpu),
+        'judge': args.config or f'{args.judge}, {args.judge_delay_ms:g} ms per answer',
         'node_rss_mib': {'start': _round(rss_start), 'end': _round(rss_end),
                          'samples_every_5s': rss_samples},
+        'load_average': os.getloadavg()[0],
         'node_log': str(workdir / 'node.log'),
     }
 
@@ -279,19 +340,47 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
+def summary(figures: dict[str, Any]) -> str:
+    """Return the headline figures as a short Markdown table."""
+    delay = figures['decision_delay_ms']
+    judge = figures['judge_latency_ms']
+    p = figures['proposals']
+    rows = [
+        ('decision delay p50 / p95 / max',
+         f"{delay['p50']} / {delay['p95']} / {delay['max']} ms"),
+        ('judge time p50 / max', f"{judge['p50']} / {judge['max']} ms"),
+        ('node CPU', f"{figures['node_cpu_percent']} % of one core"),
+        ('timeouts', str(figures['timeouts'])),
+        ('proposals sent / decided / dropped', f"{p['sent']} / {p['decided']} / {p['dropped']}"),
+        ('camera callback p99', f"{figures['camera']['callback_p99_ms']} ms"),
+        ('load average (1 min, at the end)', f"{figures['load_average']:.2f}"),
+    ]
+    return '\n'.join(['| figure | value |', '|---|---|', *(f'| {k} | {v} |' for k, v in rows)])
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print its figures as JSON."""
+    """Run the benchmark and print its figures as JSON, then the headline table."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == [NODE_FLAG]:
         return _run_node(argv[1:])
     parser = argparse.ArgumentParser(prog='guard_bench', description=__doc__.split('\n\n')[0])
-    parser.add_argument('--duration', type=float, default=60.0, help='seconds (default 60)')
+    parser.add_argument('--duration', type=float, default=30.0, help='seconds (default 30)')
     parser.add_argument('--camera-hz', type=float, default=30.0)
-    parser.add_argument('--proposal-hz', type=float, default=5.0)
+    parser.add_argument('--cmd-vel-hz', type=float, default=20.0,
+                        help='cmd_vel_in rate through the gate; 0 turns the gate off')
+    parser.add_argument('--burst', type=int, default=15,
+                        help='proposals published at once every --burst-every s (0: none)')
+    parser.add_argument('--burst-every', type=float, default=5.0)
+    parser.add_argument('--proposal-hz', type=float, default=0.0,
+                        help='a steady proposal stream besides the bursts (0: none)')
     parser.add_argument('--width', type=int, default=640)
     parser.add_argument('--height', type=int, default=480)
-    parser.add_argument('--judge-delay-ms', type=float, default=50.0,
-                        help='scripted judge: answer after this long (default 50)')
+    parser.add_argument('--judge', choices=('scripted', 'constant'), default='scripted',
+                        help='scripted backend, or a constant judge that keeps nothing')
+    parser.add_argument('--judge-delay-ms', type=float, default=0.0,
+                        help='the judge answers after this long (default 0: instant)')
+    parser.add_argument('--deadline-ms', type=float, default=2000.0,
+                        help='policy.deadline_ms of the bench config (default 2000)')
     parser.add_argument('--config', help='guard YAML config for a real judge')
     parser.add_argument('--model', help='override model.id')
     parser.add_argument('--backend', help='override model.backend')
@@ -304,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = run(args)
     text = json.dumps(figures, indent=2)
     print(text)
+    print(summary(figures))
     if args.json:
         args.json.write_text(text + '\n')
     return 0 if figures['proposals']['dropped'] == 0 else 1
