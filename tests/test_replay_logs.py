@@ -180,6 +180,192 @@ def test_regenerated_fixture_matches_the_committed_one(tmp_path):
             committed / "metadata.yaml").read_text()
 
 
+# -- expected vs read, lost messages -----------------------------------------------------------
+
+
+def test_summary_counts_expected_and_read_messages_per_topic(scripted_config, tmp_path, capsys):
+    rc = cli(ROSBAG2_STYLE / "mcap", tmp_path / "out", "--config", str(scripted_config))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["messages"] == {"/camera/image_raw": {"expected": 6, "read": 6},
+                                   "/guard/proposals": {"expected": 6, "read": 6}}
+    assert summary["lost_messages"] == 0 and rc == 0
+    assert "messages read: /camera/image_raw 6/6, /guard/proposals 6/6" in capsys.readouterr().out
+
+
+def test_messages_the_index_counts_but_the_reader_never_returns_exit_1(
+    scripted_config, tmp_path, capsys
+):
+    """The bag's own index says 8 proposals and 6 can be read (what silently happened with
+    rosbag2's QoS text): every readable one is judged, the loss is reported, exit 1."""
+    bag = tmp_path / "bag"
+    shutil.copytree(ROSBAG2_STYLE / "sqlite3", bag)
+    meta = (bag / "metadata.yaml").read_text()
+    parts = meta.split("      message_count: 6")
+    assert len(parts) == 3
+    (bag / "metadata.yaml").write_text(
+        parts[0] + "      message_count: 6" + parts[1] + "      message_count: 8" + parts[2])
+    rc = cli(bag, tmp_path / "out", "--config", str(scripted_config))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["messages"]["/guard/proposals"] == {"expected": 8, "read": 6}
+    assert summary["lost_messages"] == 2 and summary["n_proposals"] == 6
+    assert rc == 1
+    assert "2 messages the index counts were never read" in capsys.readouterr().err
+
+
+def test_limit_is_not_a_loss(scripted_config, tmp_path):
+    rc = cli(ROSBAG2_STYLE / "mcap", tmp_path / "out", "--config", str(scripted_config),
+             "--limit", "2")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["n_proposals"] == 2 and summary["lost_messages"] is None and rc == 0
+
+
+# -- topics as the bag spells them --------------------------------------------------------------
+
+
+def test_topics_match_with_or_without_the_leading_slash(scripted_config, tmp_path):
+    plain = ROSBAG2_STYLE / "mcap"
+    slashless = write_bag(tmp_path / "slashless.mcap", items(), bare=True,
+                          image_topic="camera/image_raw", proposal_topic="guard/proposals")
+    for k, (bag, extra) in enumerate([
+        (plain, ["--proposal-topic", "guard/proposals", "--image-topic", "camera/image_raw"]),
+        (slashless, []),  # the defaults find the bag's own spelling
+        (slashless, ["--proposal-topic", "/guard/proposals"]),
+        (slashless, ["--proposal-topic", "guard/proposals"]),
+    ]):
+        out = tmp_path / f"out{k}"
+        assert cli(bag, out, "--config", str(scripted_config), *extra) == 0
+        decisions = lines(out / "decisions.jsonl")
+        assert {d["proposal"]["id"]: d["verdict"] for d in decisions} == EXPECTED, extra
+        assert all(d["status"] == "ok" for d in decisions)
+        summary = json.loads((out / "summary.json").read_text())
+        spelled = "/guard/proposals" if bag == plain else "guard/proposals"
+        assert summary["proposal_topic"] == spelled
+
+
+# -- usage errors on every path ------------------------------------------------------------------
+
+
+def _frames_only(path: Path, *, proposal_channel: bool) -> Path:
+    """An MCAP with frames and, optionally, an empty proposal channel."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from guard.replay.msgs import typestore
+    from guard.replay.writer import _frame_msg
+
+    store = typestore()
+    target = path.parent / (path.stem + "-dir")
+    with Writer(target, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conn = writer.add_connection("/camera/image_raw", "sensor_msgs/msg/Image",
+                                     typestore=store)
+        if proposal_channel:
+            writer.add_connection("/guard/proposals", "std_msgs/msg/String", typestore=store)
+        for item in items():
+            if isinstance(item, BagFrame):
+                msgtype, msg = _frame_msg(store, item, 90)
+                writer.write(conn, round(item.t * 1e9), store.serialize_cdr(msg, msgtype))
+    return target
+
+
+def _without_summary(mcap_file: Path, out: Path) -> Path:
+    """The MCAP cut right after its DataEnd record: every message is there, but no summary
+    or footer, so rosbags cannot open it and replay reads it record by record."""
+    data = mcap_file.read_bytes()
+    from guard.replay.mcapscan import OP_DATA_END
+
+    pos = 8
+    while data[pos] != OP_DATA_END:
+        pos += 9 + int.from_bytes(data[pos + 1 : pos + 9], "little")
+    end = pos + 9 + int.from_bytes(data[pos + 1 : pos + 9], "little")
+    out.write_bytes(data[:end])
+    return out
+
+
+@pytest.mark.parametrize("proposal_channel", [False, True], ids=["no-channel", "empty-channel"])
+def test_an_episode_without_proposals_is_a_usage_error(
+    proposal_channel, scripted_config, tmp_path, capsys
+):
+    folder = _frames_only(tmp_path / "frames", proposal_channel=proposal_channel)
+    [mcap_file] = folder.glob("*.mcap")
+    fallback = _without_summary(mcap_file, tmp_path / "nosummary.mcap")
+    jsonl = tmp_path / "frames.jsonl"
+    jsonl.write_text('{"t": 1.0, "frame": "f.png"}\n')
+    for episode in (folder, mcap_file, fallback, jsonl):
+        capsys.readouterr()
+        rc = cli(episode, tmp_path / "out", "--config", str(scripted_config))
+        err = capsys.readouterr().err
+        assert rc == 2, (episode, err)
+        assert err.count("\n") == 1 and "error:" in err and "proposal" in err, err
+    assert not (tmp_path / "out" / "decisions.jsonl").exists()
+
+
+def test_the_fallback_path_still_reads_a_summaryless_mcap(scripted_config, tmp_path):
+    bare = write_bag(tmp_path / "bare.mcap", items(), bare=True)
+    fallback = _without_summary(bare, tmp_path / "nosummary.mcap")
+    rc = cli(fallback, tmp_path / "out", "--config", str(scripted_config))
+    decisions = lines(tmp_path / "out" / "decisions.jsonl")
+    assert {d["proposal"]["id"]: d["verdict"] for d in decisions} == EXPECTED
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["messages"]["/guard/proposals"] == {"expected": None, "read": 6}
+    assert rc == 0
+
+
+@pytest.mark.parametrize("flag,topic", [
+    ("--proposal-topic", "/camera/image_raw"),
+    ("--proposal-topic", "camera/image_raw"),
+    ("--image-topic", "/guard/proposals"),
+])
+def test_a_topic_of_the_wrong_type_is_a_usage_error(flag, topic, scripted_config, tmp_path,
+                                                   capsys):
+    bare = write_bag(tmp_path / "bare.mcap", items(), bare=True)
+    fallback = _without_summary(bare, tmp_path / "nosummary.mcap")
+    for episode in (ROSBAG2_STYLE / "sqlite3", bare, fallback):
+        capsys.readouterr()
+        rc = cli(episode, tmp_path / "out", "--config", str(scripted_config), flag, topic)
+        err = capsys.readouterr().err
+        assert rc == 2, (episode, err)
+        assert err.count("\n") == 1 and " holds " in err and "not " in err, err
+    assert not (tmp_path / "out" / "decisions.jsonl").exists()
+
+
+# -- a judge that could not be reached -----------------------------------------------------------
+
+
+def test_replay_with_the_judge_down_exits_non_zero(tmp_path, capsys):
+    """An OpenAI-compatible judge on a port nobody listens on: every check fails to run."""
+    pytest.importorskip("httpx")
+    import socket
+
+    with socket.socket() as sock:  # a port that was free a moment ago refuses connections
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "down.yaml"
+    config.write_text(
+        "model:\n  backend: openai\n  id: judge\n  openai:\n"
+        f"    base_url: http://127.0.0.1:{port}/v1\n    timeout_s: 5\n"
+        "policy:\n  max_frame_age_ms: 1000\n")
+    rc = cli(ROSBAG2_STYLE / "sqlite3", tmp_path / "out", "--config", str(config))
+    captured = capsys.readouterr()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["checks"] == {"run": 6, "failed": 6, "judge_unreachable": True}
+    assert rc == 1
+    assert "6 of 6 checks failed to run" in captured.out
+    assert "the judge could not be reached" in captured.err
+    assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_some_failed_checks_are_counted_but_not_fatal(tmp_path, capsys):
+    config = tmp_path / "flaky.yaml"
+    config.write_text(SCRIPTED_CONFIG.replace(
+        '      - text: "ALLOW\\nrisk: 0.0"',
+        '      - text: "ALLOW\\nrisk: 0.0"\n      - raise_error: "connection reset"'))
+    rc = cli(ROSBAG2_STYLE / "mcap", tmp_path / "out", "--config", str(config))
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["checks"]["run"] == 6 and 0 < summary["checks"]["failed"] < 6
+    assert not summary["checks"]["judge_unreachable"]
+    assert f"{summary['checks']['failed']} of 6 checks failed to run" in capsys.readouterr().out
+    assert rc == 0
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="regenerate tests/data/replay/rosbag2_style")
     p.add_argument("--regenerate", action="store_true", required=True)

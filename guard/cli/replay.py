@@ -10,11 +10,14 @@ folder holding episode.jsonl. Writes DIR/decisions.jsonl, DIR/summary.json, DIR/
 and the audit log DIR/audit.jsonl unless --audit says where. Frame ages are measured in bag
 time: a proposal sees only frames recorded at or before it.
 
-Exit 0 when the whole episode was replayed (records that were read but are unusable, such as
-a proposal without a name or a frame that does not decode, are vetoed, counted in summary.json
-and reported on stderr); 1 when part of the episode could not be read at all (the recording is
-cut or unreadable, a JSONL line is not an event), or the model did not load; 2 for a usage
-error.
+Exit 0 when the whole episode was replayed and the judge answered (records that were read but
+are unusable, such as a proposal without a name or a frame that does not decode, are vetoed,
+counted in summary.json and reported on stderr). Exit 1 when part of the episode could not be
+read (the recording is cut or unreadable, a JSONL line is not an event, or fewer messages were
+read than the bag's index counts: summary.json's `messages`), when every check that went to
+the judge failed to run (error or timeout: the judge could not be reached), or when the model
+did not load. Exit 2 for a usage error: bad flags, an episode with no proposals, a topic that
+is not in the episode or holds the wrong type.
 """
 
 from __future__ import annotations
@@ -65,19 +68,31 @@ def run(args: argparse.Namespace) -> int:
     })
 
     from guard.cli.check import open_guard
+    from guard.replay.episode import open_episode
+    from guard.replay.report import messages_line
     from guard.replay.runner import replay
 
-    with open_guard(config) as guard:
-        result = replay(
-            episode, out, guard=guard, image_topic=args.image_topic,
-            proposal_topic=args.proposal_topic, limit=args.limit,
-            progress=False if args.no_progress else None,
-        )
+    # Opened before the model loads: an episode that cannot be replayed as asked (no proposals,
+    # a wrong topic) is a usage error found in a moment.
+    opened = open_episode(
+        episode, image_topic=args.image_topic, proposal_topic=args.proposal_topic,
+        max_input_pixels=config.image.max_input_pixels, max_file_bytes=config.image.max_file_bytes,
+    )
+    try:
+        with open_guard(config) as guard:
+            result = replay(
+                opened, out, guard=guard, limit=args.limit,
+                progress=False if args.no_progress else None,
+            )
+    finally:
+        opened.close()
     s = result.summary
-    v = s["verdicts"]
+    v, checks = s["verdicts"], s["checks"]
     print(f"{s['n_proposals']} proposals: {v['allow']} allow, {v['annotate']} annotate, "
-          f"{v['veto']} veto; latency p50 {_ms(s['latency_ms']['p50'])}, "
-          f"p95 {_ms(s['latency_ms']['p95'])}")
+          f"{v['veto']} veto; {checks['failed']} of {checks['run']} checks failed to run; "
+          f"latency p50 {_ms(s['latency_ms']['p50'])}, p95 {_ms(s['latency_ms']['p95'])}")
+    if s["messages"]:
+        print(f"messages read: {messages_line(s)}")
     labels = s["labels"]
     if labels:
         print(f"labels: recall on unsafe {_share(labels['recall_unsafe'])}, "
@@ -92,12 +107,21 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     from guard.replay.episode import LOST_KINDS
 
-    lost = {k: n for k, n in damaged["by_kind"].items() if k in LOST_KINDS}
+    code = 0
+    lost = [f"{k} {n}" for k, n in damaged["by_kind"].items() if k in LOST_KINDS]
+    if s["lost_messages"]:
+        lost.append(f"{s['lost_messages']} messages the index counts were never read "
+                    f"({messages_line(s)})")
     if lost:
-        print("guard replay: incomplete: part of the episode could not be read "
-              f"({', '.join(f'{k} {n}' for k, n in lost.items())})", file=sys.stderr)
-        return 1
-    return 0
+        print(f"guard replay: incomplete: part of the episode could not be read: "
+              f"{'; '.join(lost)}", file=sys.stderr)
+        code = 1
+    if checks["judge_unreachable"]:
+        statuses = s["statuses"]
+        print(f"guard replay: every check failed to run ({statuses['error']} error, "
+              f"{statuses['timeout']} timeout): the judge could not be reached", file=sys.stderr)
+        code = 1
+    return code
 
 
 def _ms(value: float | None) -> str:

@@ -55,23 +55,44 @@ def resolve_topic(
     flag: str,
     strict: bool = True,
 ) -> tuple[str | None, str | None]:
-    """(topic to replay, note). A topic asked for that the bag lacks is a usage error; with the
-    default missing, the only topic of an accepted type is taken (and noted). Not `strict` (a
-    damaged bag whose channel list may be incomplete): names are taken as given.
+    """(topic to replay, as the bag spells it; note). Names match with or without their
+    leading slash (`guard/proposals` is `/guard/proposals`, whichever way the bag wrote it).
+
+    A topic asked for that the bag lacks, or one that holds no type in `accepted`, is a usage
+    error; with the default missing, the only topic of an accepted type is taken (and noted).
+    Not `strict` (a damaged bag whose channel list may be incomplete): a name not seen is
+    taken as given.
     """
 
     def listing() -> str:
         return ", ".join(f"{t} [{'/'.join(sorted(ty))}]" for t, ty in sorted(available.items()))
 
+    def spelled(name: str) -> str | None:
+        if name in available:
+            return name
+        return next((t for t in sorted(available) if _norm(t) == _norm(name)), None)
+
+    def checked(topic: str, asked: str) -> str:
+        types = available.get(topic, set())
+        if types and not types & set(accepted):
+            raise UsageError(
+                f"{flag} {asked}: {topic} holds {'/'.join(sorted(types))}, not "
+                f"{' or '.join(accepted)}; topics: {listing()}"
+            )
+        return topic
+
     if requested is not None:
-        topic = _norm(requested)
-        if topic not in available and not strict:
-            return topic, f"{topic} was not seen in the readable part of the episode"
-        if topic not in available:
+        topic = spelled(requested)
+        if topic is None and not strict:
+            return _norm(requested), (
+                f"{_norm(requested)} was not seen in the readable part of the episode"
+            )
+        if topic is None:
             raise UsageError(f"{flag} {requested}: not in the episode; topics: {listing() or '-'}")
-        return topic, None
-    if default in available:
-        return default, None
+        return checked(topic, requested), None
+    topic = spelled(default)
+    if topic is not None:
+        return checked(topic, f"(default {default})"), None
     candidates = sorted(t for t, types in available.items() if types & set(accepted))
     if len(candidates) == 1:
         return candidates[0], f"{default} is not in the episode; using {candidates[0]}"
@@ -116,6 +137,8 @@ class BagEpisode(Episode):
         if path.is_dir():
             self.format = f"rosbag2-{self.format}"
         available: dict[str, set[str]] = {}
+        counts: dict[str, int] = {}  # messages per topic: the index's count, or those scanned
+        scan_complete = False
         try:
             reader = Reader(path)
             reader.open()
@@ -127,11 +150,41 @@ class BagEpisode(Episode):
                 return
             self._scan_files = mcaps
             self.notes.append(f"rosbags could not open the bag ({reason}); read record by record")
-            available = self._scan_topics()
+            available, counts, scan_complete = self._scan_topics()
         else:
             self._reader = reader
             for conn in reader.connections:
                 available.setdefault(conn.topic, set()).add(conn.msgtype)
+                counts[conn.topic] = counts.get(conn.topic, 0) + conn.msgcount
+        try:
+            self._pick_topics(image_topic, proposal_topic, available)
+        except UsageError:
+            self.close()
+            raise
+        assert self.proposal_topic is not None
+        n_proposals = counts.get(self.proposal_topic, 0)
+        if self._reader is not None or scan_complete:
+            # Nothing to judge is a mistake in what was asked for, not damage to report.
+            if n_proposals == 0:
+                self.close()
+                listing = ", ".join(f"{t} ({n})" for t, n in sorted(counts.items()))
+                raise UsageError(
+                    f"{path}: no proposals: {self.proposal_topic} holds no messages "
+                    f"(messages per topic: {listing or '-'}); pass --proposal-topic"
+                )
+        for topic in (self.image_topic, self.proposal_topic):
+            if topic is not None:
+                # Expected counts come from the bag's index (metadata.yaml, the MCAP summary,
+                # the sqlite3 table); a bag read record by record has none.
+                expected = counts.get(topic, 0) if self._reader is not None else None
+                self.messages[topic] = {"expected": expected, "read": 0}
+        if self._reader is not None:
+            self.expected_proposals = n_proposals
+
+    def _pick_topics(
+        self, image_topic: str | None, proposal_topic: str | None,
+        available: dict[str, set[str]],
+    ) -> None:
         strict = self._reader is not None
         self.image_topic, note = resolve_topic(
             image_topic, DEFAULT_IMAGE_TOPIC, available, msgs.IMAGE_TYPES, "--image-topic", strict
@@ -150,33 +203,37 @@ class BagEpisode(Episode):
         if note:
             self.notes.append(note)
         if self.proposal_topic is None:
-            self.close()
             raise UsageError(
-                f"{path}: no proposal topic ({DEFAULT_PROPOSAL_TOPIC} or any ActionProposal/"
+                f"{self.path}: no proposal topic ({DEFAULT_PROPOSAL_TOPIC} or any ActionProposal/"
                 "String topic); pass --proposal-topic"
-            )
-        if self._reader is not None:
-            self.expected_proposals = sum(
-                c.msgcount for c in self._reader.connections if c.topic == self.proposal_topic
             )
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _scan_topics(self) -> dict[str, set[str]]:
-        from guard.replay.mcapscan import Channel, McapTruncated, Schema, scan_mcap
+    def _scan_topics(self) -> tuple[dict[str, set[str]], dict[str, int], bool]:
+        """Topics with their types, messages per topic, and whether every file was read to
+        its end, from a pass over the files record by record."""
+        from guard.replay.mcapscan import Channel, McapTruncated, Message, Schema, scan_mcap
 
-        schemas: dict[int, str] = {}
         topics: dict[str, set[str]] = {}
+        counts: dict[str, int] = {}
+        complete = True
         for file in self._scan_files:
+            schemas: dict[int, str] = {}
+            channels: dict[int, str] = {}
             try:
                 for rec in scan_mcap(file):
                     if isinstance(rec, Schema):
                         schemas[rec.id] = rec.name
                     elif isinstance(rec, Channel):
                         topics.setdefault(rec.topic, set()).add(schemas.get(rec.schema_id, "?"))
+                        channels[rec.id] = rec.topic
+                    elif isinstance(rec, Message) and rec.channel_id in channels:
+                        topic = channels[rec.channel_id]
+                        counts[topic] = counts.get(topic, 0) + 1
             except McapTruncated:
-                continue  # reported once, when the messages are read
-        return topics
+                complete = False  # reported once, when the messages are read
+        return topics, counts, complete
 
     def _store_for(self, msgtype: str, definition: str) -> Any:
         """The typestore to read `msgtype` with: ours, or for an ActionProposal the bag defines
@@ -252,7 +309,7 @@ class BagEpisode(Episode):
             if msgtype == msgs.STRING:
                 try:
                     fields = json.loads(msg.data)
-                except ValueError:
+                except (ValueError, RecursionError):
                     fields = None
             return ProposalEvent(t_ns, topic, placeholder(default_id, t, fields), None, error)
         return ProposalEvent(t_ns, topic, proposal, label)
@@ -260,10 +317,18 @@ class BagEpisode(Episode):
     def _event(
         self, topic: str, msgtype: str, t_ns: int, raw: bytes, store: Any
     ) -> Event | None:
-        if topic == self.image_topic:
-            return self._frame(topic, msgtype, t_ns, raw, store)
-        if topic == self.proposal_topic:
-            return self._proposal(topic, msgtype, t_ns, raw, store)
+        try:
+            if topic == self.image_topic:
+                return self._frame(topic, msgtype, t_ns, raw, store)
+            if topic == self.proposal_topic:
+                return self._proposal(topic, msgtype, t_ns, raw, store)
+        except Exception as exc:  # one message that breaks a reader must not end the replay
+            error = f"{topic}: {msgtype} cannot be read ({type(exc).__name__}: {exc})"
+            self.add_damage(UNREADABLE_MESSAGE, error, topic, t_ns)
+            if topic == self.proposal_topic:
+                stand_in = placeholder(f"proposal-{self._n_proposals:05d}", t_ns / 1e9)
+                return ProposalEvent(t_ns, topic, stand_in, None, error)
+            return FrameEvent(t_ns, topic, t_ns / 1e9, None, error, reported=True)
         return None
 
     def events(self) -> Iterator[Event]:
@@ -307,6 +372,7 @@ class BagEpisode(Episode):
         try:
             for conn, t_ns, raw in self._reader.messages(connections=conns):
                 last_t = t_ns
+                self.count_read(conn.topic)
                 store = self._store_for(conn.msgtype, conn.msgdef.data)
                 event = self._event(conn.topic, conn.msgtype, t_ns, raw, store)
                 if event is not None:
@@ -340,6 +406,7 @@ class BagEpisode(Episode):
                     if topic not in (self.image_topic, self.proposal_topic):
                         continue
                     last_t = rec.log_time
+                    self.count_read(topic)
                     store = self._store_for(msgtype, definition)
                     event = self._event(topic, msgtype, rec.log_time, rec.data, store)
                     if event is not None:

@@ -145,7 +145,23 @@ class Episode:
         self.image_topic: str | None = None
         self.proposal_topic: str | None = None
         self.expected_proposals: int | None = None
+        # Per replayed topic: messages the episode's index says it holds ("expected", None
+        # when it has no index) and messages read from it ("read", damaged ones included).
+        self.messages: dict[str, dict[str, int | None]] = {}
         self.opened = True
+
+    def count_read(self, topic: str) -> None:
+        counts = self.messages.setdefault(topic, {"expected": None, "read": 0})
+        counts["read"] = (counts["read"] or 0) + 1
+
+    def lost_messages(self) -> dict[str, int]:
+        """Messages the index counts but the reader never returned, per topic (those > 0)."""
+        lost = {}
+        for topic, c in self.messages.items():
+            expected, read = c["expected"], c["read"] or 0
+            if expected is not None and expected > read:
+                lost[topic] = expected - read
+        return lost
 
     def add_damage(
         self, kind: str, detail: str, topic: str | None = None, t_ns: int | None = None
@@ -234,6 +250,9 @@ class JsonlEpisode(Episode):
         # stable: equal times keep the file's order
         self._events.sort(key=lambda e: e.t_ns)
         self.expected_proposals = sum(isinstance(e, ProposalEvent) for e in self._events)
+        if not self.expected_proposals and not self.damage:
+            # Nothing to judge and nothing damaged: the wrong file, not a replay to report.
+            raise UsageError(f"{path}: no proposals (no line has a \"proposal\")")
 
     def _frame_decoder(self, rel: str) -> Callable[[], np.ndarray]:
         path = self.root / rel
@@ -290,7 +309,9 @@ class JsonlEpisode(Episode):
                 self._events.append(ProposalEvent(t_ns, "jsonl", stand_in, None, error))
 
     def events(self) -> Iterator[Event]:
-        yield from self._events
+        for event in self._events:
+            self.count_read("frame" if isinstance(event, FrameEvent) else "proposal")
+            yield event
 
 
 def open_episode(

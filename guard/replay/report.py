@@ -6,7 +6,13 @@ episode's first message), `proposal`, `label` and `frames` (the frames judged: t
 stamp).
 
 summary.json: counts per verdict and status, latency p50/p95, label metrics (below), damaged
-input (counts per kind and the list), notes, and timing. Label metrics, over the proposals
+input (counts per kind and the list), notes, and timing. `messages` has, per replayed topic,
+the messages the episode's index counts (`expected`: metadata.yaml, the MCAP summary, the
+sqlite3 table; null without one) and those read (`read`, damaged ones included);
+`lost_messages` sums what was expected and never read (null when the replay stopped early, at
+--limit). `checks` counts the checks that went to the judge (`run`: status ok, error or
+timeout) and those that failed to run (`failed`: error or timeout); `judge_unreachable` is
+true when there was at least one and every one failed. Label metrics, over the proposals
 that carry a label:
   recall_unsafe     share of unsafe proposals vetoed;
   r0                share of unsafe proposals allowed (risk not identified; an annotate
@@ -128,7 +134,14 @@ def build_summary(
     limit: int | None,
     stopped_at_limit: bool,
     rationales: dict[str, Any] | None = None,
+    interrupted: bool = False,
 ) -> dict[str, Any]:
+    failed_statuses = (Status.ERROR, Status.TIMEOUT)
+    run = [j for j in judged if j.checked and (
+        j.decision.status is Status.OK or j.decision.status in failed_statuses)]
+    failed = [j for j in run if j.decision.status in failed_statuses]
+    complete = not stopped_at_limit and not interrupted
+    lost = episode.lost_messages() if complete else None
     verdicts = Counter(j.decision.verdict.value for j in judged)
     statuses = Counter(j.decision.status.value for j in judged)
     latencies = [j.decision.latency_ms for j in judged if j.checked]
@@ -160,6 +173,13 @@ def build_summary(
             "mean": float(np.mean(latencies)) if latencies else None,
             "max": max(latencies) if latencies else None,
         },
+        "checks": {
+            "run": len(run),
+            "failed": len(failed),
+            "judge_unreachable": bool(run) and len(failed) == len(run),
+        },
+        "messages": {topic: dict(c) for topic, c in episode.messages.items()},
+        "lost_messages": None if lost is None else sum(lost.values()),
         "labels": label_metrics(judged),
         "damaged": {
             "count": len(damage),
@@ -361,6 +381,14 @@ def latency_svg(judged: Sequence[Judged]) -> str:
     return "".join(parts)
 
 
+def messages_line(summary: dict[str, Any]) -> str:
+    """'TOPIC read/expected, ...' ('read' alone where the episode has no index)."""
+    return ", ".join(
+        f"{topic} {c['read']}" + ("" if c["expected"] is None else f"/{c['expected']}")
+        for topic, c in summary["messages"].items()
+    )
+
+
 def _summary_table(summary: dict[str, Any]) -> str:
     v, s, lat = summary["verdicts"], summary["statuses"], summary["latency_ms"]
     rows = [
@@ -372,6 +400,10 @@ def _summary_table(summary: dict[str, Any]) -> str:
         ("latency", f"p50 {_fmt(lat['p50'], '.1f')} ms, p95 {_fmt(lat['p95'], '.1f')} ms"),
         ("damaged input", _e(f"{summary['damaged']['count']} "
                              f"{summary['damaged']['by_kind'] or ''}")),
+        ("checks", _e(f"{summary['checks']['run']} run, {summary['checks']['failed']} failed"
+                      + (" (the judge could not be reached)"
+                         if summary["checks"]["judge_unreachable"] else ""))),
+        ("messages read", _e(messages_line(summary) or "-")),
     ]
     labels = summary.get("labels")
     if labels:

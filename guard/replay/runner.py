@@ -328,7 +328,7 @@ def replay(
     summary = build_summary(
         episode=episode, judged=loop.judged, n_frames=len(loop.frame_times), t_range=t_range,
         wall_s=wall_s, guard=guard, limit=limit, stopped_at_limit=loop.stopped_at_limit,
-        rationales={"all_done": all_done, "wait_s": wait_s},
+        rationales={"all_done": all_done, "wait_s": wait_s}, interrupted=interrupted is not None,
     )
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     page = render_html(summary, loop.judged, loop.frame_times, loop.broken_times, t0,
