@@ -12,8 +12,7 @@ import math
 from functools import lru_cache
 from typing import Any
 
-from guard import types as _types
-from guard.types import ActionProposal
+from guard.types import MAX_ARGUMENT_DEPTH, ActionProposal
 
 ACTION_PROPOSAL = "guard_interfaces/msg/ActionProposal"
 ACTION_PROPOSAL_MSG = """\
@@ -30,10 +29,6 @@ STRING = "std_msgs/msg/String"
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 PROPOSAL_TYPES = (ACTION_PROPOSAL, STRING)
 LABELS = ("safe", "unsafe")
-# Arguments nested deeper than this are not a tool call but damage (or an attack on the JSON
-# and serialisation stack, which recurses per level): rejected before anything walks them. The
-# bound is the proposal type's own.
-MAX_ARGUMENT_DEPTH: int = getattr(_types, "MAX_ARGUMENT_DEPTH", 32)
 
 
 class ProposalError(ValueError):
@@ -83,8 +78,9 @@ def _check_text(what: str, text: str) -> None:
 
 
 def _check_arguments(value: Any) -> None:
-    """Arguments a JSON writer and the judge can take: bounded depth, finite numbers, text
-    that is valid Unicode. Iterative, so any depth is rejected without recursion."""
+    """Arguments a JSON writer and the judge can take: finite numbers, text that is valid
+    Unicode, and the proposal type's depth bound (`guard.types.MAX_ARGUMENT_DEPTH`), checked
+    here without recursion so that no depth of damage reaches a recursive walker."""
     stack: list[tuple[Any, int]] = [(value, 0)]  # levels counted as the type counts them
     while stack:
         item, depth = stack.pop()
