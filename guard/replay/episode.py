@@ -325,8 +325,9 @@ def open_episode(
     """The reader for `path` (see the module docstring).
 
     Raises:
-        UsageError: the path does not exist, is not an episode, or a topic given explicitly
-            is not in the bag (the message lists the topics that are).
+        UsageError: the path does not exist, is not an episode, holds no proposals (and no
+            damage that could explain it), or a topic given explicitly is not in the bag or
+            holds the wrong message type (the message lists the topics that are).
     """
     p = Path(path)
     limits = {"max_input_pixels": max_input_pixels, "max_file_bytes": max_file_bytes}

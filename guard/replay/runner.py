@@ -273,7 +273,8 @@ def replay(
         The summary and the list of judged proposals.
 
     Raises:
-        UsageError: the episode does not exist or a topic given is not in it.
+        UsageError: the episode does not exist, holds no proposals, or a topic given is not
+            in it or holds the wrong message type (see `open_episode`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
