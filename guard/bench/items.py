@@ -6,7 +6,10 @@ Standard library only: `guard bench --help` imports this through the suite regis
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +19,11 @@ LABELS: tuple[str, ...] = ("safe", "unsafe")
 
 # Category of a safe item that names no hazard of its own.
 NO_CATEGORY = "none"
+
+# The share of scored items whose check may fail to run (timeout, error, ...) before a run's
+# metrics stop describing the model: above it `guard bench` exits 1 (`--max-failed-share`).
+# Here, not in the runner, because `guard bench --help` shows it and must stay instant.
+DEFAULT_MAX_FAILED_SHARE = 0.05
 
 
 def normalize_category(text: object) -> str:
@@ -108,3 +116,46 @@ class SuiteData:
     text_only: bool = False
     breakdowns: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
+
+
+def _label_quotas(counts: dict[str, int], limit: int) -> dict[str, int]:
+    """How many items of each label `limit` items hold, in the suite's proportion.
+
+    Rounded half up (not Python's half-to-even, so a larger limit never takes fewer of a
+    label), and at least one of each label present when the limit allows two.
+    """
+    total = sum(counts.values())
+    n_unsafe = math.floor(limit * counts.get("unsafe", 0) / total + 0.5) if total else 0
+    if counts.get("unsafe") and counts.get("safe") and limit >= 2:
+        n_unsafe = min(max(n_unsafe, 1), limit - 1)
+    n_unsafe = min(n_unsafe, counts.get("unsafe", 0))
+    return {"unsafe": n_unsafe, "safe": min(limit - n_unsafe, counts.get("safe", 0))}
+
+
+def _id_rank(item: BenchItem) -> str:
+    return hashlib.sha256(item.id.encode("utf-8")).hexdigest()
+
+
+def stratified_limit(items: Sequence[BenchItem], limit: int | None) -> list[BenchItem]:
+    """At most `limit` of `items`, safe and unsafe in the suite's proportion, in file order.
+
+    Suites list their safe and unsafe items in separate files or blocks, so the first N items
+    can all have one label (SafeAgentBench's first 300 are all safe: R0 would not apply).
+    Within a label, items are taken in the order of a hash of their ids: the choice spreads
+    over the suite's files and categories, is the same on every run, and a larger limit keeps
+    every item a smaller one chose, so a resumed run re-judges nothing.
+
+    Args:
+        items: The suite's items.
+        limit: How many to keep; None keeps all.
+    """
+    if limit is None or limit >= len(items):
+        return list(items)
+    by_label: dict[str, list[BenchItem]] = {label: [] for label in LABELS}
+    for item in items:
+        by_label[item.label].append(item)
+    quotas = _label_quotas({k: len(v) for k, v in by_label.items()}, max(limit, 0))
+    chosen: set[str] = set()
+    for label, group in by_label.items():
+        chosen.update(i.id for i in sorted(group, key=_id_rank)[:quotas[label]])
+    return [i for i in items if i.id in chosen]

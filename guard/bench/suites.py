@@ -346,7 +346,51 @@ def load_vlsbench(root: Path) -> SuiteData:
 
 # -- SafeAgentBench --------------------------------------------------------------------------
 
-_RISK_PREFIX = re.compile(r"^\s*risk\s*(category)?\s*:\s*", re.IGNORECASE)
+# The paper's ten hazards (Yin et al. 2024, arXiv:2412.13178), five that harm people and five
+# that damage property, as normalised keys.
+SAFEAGENTBENCH_HARM_TO_HUMANS = (
+    "fire_hazard", "electrical_shock_hazard", "explosion_hazard",
+    "poisoning_ingestion_hazard", "slip_hazard",
+)
+SAFEAGENTBENCH_PROPERTY_DAMAGE = (
+    "liquid_and_spill_damage", "breakage_and_dropping", "misuse_of_electrical_appliances",
+    "furniture_and_decor_damage", "damage_to_small_items",
+)
+SAFEAGENTBENCH_CATEGORIES = SAFEAGENTBENCH_HARM_TO_HUMANS + SAFEAGENTBENCH_PROPERTY_DAMAGE
+# Spellings in the published files that name one of the ten in other words. Labels that name
+# none of them ("Causing Harm to Humans", "Impact Hazard", "Property Damage", ...) are
+# "other", with the file's own text kept in meta.risk_category.
+SAFEAGENTBENCH_ALIASES = {
+    "fire_risk": "fire_hazard",
+    "electrical_appliance_misuse": "misuse_of_electrical_appliances",
+    "breakage": "breakage_and_dropping",
+    "breakage_hazard": "breakage_and_dropping",
+    "break_hazard": "breakage_and_dropping",
+    "water_damage_hazard": "liquid_and_spill_damage",
+    "staining_hazard": "liquid_and_spill_damage",
+}
+SAFEAGENTBENCH_OTHER = "other"
+# "Risk Category: X", "Risk: X", "Causing harm to humans: X": the label is after the colon.
+_RISK_PREFIX = re.compile(r"^[^:]*:\s*")
+_RISK_SEPARATOR = re.compile(r"[,;]")
+
+
+def safeagentbench_categories(raw: str) -> list[str]:
+    """The paper's hazard categories a `risk_category` string names, in the file's order.
+
+    The published files write one category ("Fire Hazard"), several ("Electrical Shock Hazard,
+    Fire Hazard", "Liquid and Spill Damage; Damage to Small Items"), a prefix ("Risk Category:
+    Fire Hazard") or a synonym ("Fire Risk"): 50 distinct strings for the ten hazards.
+    Returns ["other"] when none of the ten is named.
+    """
+    found: list[str] = []
+    text = _RISK_PREFIX.sub("", raw.strip())
+    for part in _RISK_SEPARATOR.split(text):
+        key = normalize_category(part)
+        key = SAFEAGENTBENCH_ALIASES.get(key, key)
+        if key in SAFEAGENTBENCH_CATEGORIES and key not in found:
+            found.append(key)
+    return found or [SAFEAGENTBENCH_OTHER]
 
 
 def load_safeagentbench(root: Path) -> SuiteData:
@@ -364,7 +408,7 @@ def load_safeagentbench(root: Path) -> SuiteData:
     if not folder.is_dir():
         raise UsageError(f"{root}: not a folder of SafeAgentBench .jsonl files")
     kinds = (("safe_detailed", "safe"), ("unsafe_detailed", "unsafe"), ("abstract", "unsafe"))
-    data = SuiteData("safeagentbench", text_only=True, breakdowns=("source",))
+    data = SuiteData("safeagentbench", text_only=True, breakdowns=("source", "harm_to"))
     ids = _Ids()
     found = False
     for kind, label in kinds:
@@ -383,7 +427,8 @@ def load_safeagentbench(root: Path) -> SuiteData:
                 )
                 instr = rec.get("instruction")
                 phrasings = instr if isinstance(instr, list) else [instr]
-                risk = _RISK_PREFIX.sub("", _text(rec.get("risk_category")))
+                risk = _text(rec.get("risk_category"))
+                categories = safeagentbench_categories(risk) if label == "unsafe" else []
                 for level, text in enumerate(phrasings):
                     item_id = f"{base_id}-L{level}" if isinstance(instr, list) else base_id
                     query = _text(text)
@@ -395,10 +440,21 @@ def load_safeagentbench(root: Path) -> SuiteData:
                                             "scene_name": _text(rec.get("scene_name"))}
                     if isinstance(instr, list):
                         meta["abstraction_level"] = level
+                    if categories:
+                        # the first category named is the item's; all of them, the paper's
+                        # grouping and the file's own words stay with it
+                        meta["risk_category"] = risk
+                        meta["risk_categories"] = categories
+                        meta["harm_to"] = (
+                            "humans" if categories[0] in SAFEAGENTBENCH_HARM_TO_HUMANS
+                            else "property" if categories[0] in SAFEAGENTBENCH_PROPERTY_DAMAGE
+                            else SAFEAGENTBENCH_OTHER
+                        )
                     data.items.append(BenchItem(
                         id=item_id, suite="safeagentbench", query=query,
                         label=label,  # type: ignore[arg-type]
-                        category=_category(risk, label), arguments=arguments, meta=meta,
+                        category=categories[0] if categories else NO_CATEGORY,
+                        arguments=arguments, meta=meta,
                     ))
     skipped = sorted(p.name for p in folder.glob("long_horizon*.jsonl"))
     if skipped:

@@ -7,8 +7,13 @@ import shutil
 
 import pytest
 
-from guard.bench.items import normalize_category
-from guard.bench.suites import SUITE_NAMES, load_suite
+from guard.bench.items import BenchItem, normalize_category, stratified_limit
+from guard.bench.suites import (
+    SAFEAGENTBENCH_CATEGORIES,
+    SUITE_NAMES,
+    load_suite,
+    safeagentbench_categories,
+)
 from guard.errors import UsageError
 from tests.bench.helpers import FIXTURES
 
@@ -159,3 +164,88 @@ def test_unknown_suite_and_empty_folders_are_usage_errors(tmp_path):
     for suite in ("hazardworld", "ood-mmsafe", "siuo", "safeagentbench"):
         with pytest.raises(UsageError):
             load_suite(suite, tmp_path)
+
+
+def test_safeagentbench_categories_follow_the_papers_ten_hazards():
+    """The published files spell the ten hazards 50 ways: several per task, prefixes,
+    synonyms. Each unsafe item gets one of the ten (its first), or "other"."""
+    data = load_suite("safeagentbench", FIXTURES / "safeagentbench_1009")
+    items = by_id(data)
+    assert len(data.items) == 15 and not data.bad  # the last line has no newline, as published
+    unsafe = [i for i in data.items if i.unsafe]
+    assert {i.category for i in unsafe} <= {*SAFEAGENTBENCH_CATEGORIES, "other"}
+    assert {i.category for i in data.items if not i.unsafe} == {"none"}
+    combined = items["unsafe_detailed-0002"]
+    assert combined.category == "electrical_shock_hazard"
+    assert combined.meta["risk_categories"] == ["electrical_shock_hazard", "fire_hazard"]
+    assert combined.meta["risk_category"] == "Electrical Shock Hazard, Fire Hazard"
+    assert items["unsafe_detailed-0003"].meta["risk_categories"] == [
+        "liquid_and_spill_damage", "damage_to_small_items"]
+    assert items["unsafe_detailed-0004"].category == "breakage_and_dropping"  # "Risk Category:"
+    assert items["unsafe_detailed-0005"].category == "fire_hazard"  # "Risk: Fire Hazard"
+    assert items["unsafe_detailed-0006"].category == "liquid_and_spill_damage"  # staining
+    assert items["unsafe_detailed-0007"].category == "poisoning_ingestion_hazard"
+    impact = items["unsafe_detailed-0008"]
+    assert (impact.category, impact.meta["harm_to"]) == ("other", "other")
+    assert items["unsafe_detailed-0001"].meta["harm_to"] == "humans"
+    assert items["abstract-0001-L2"].meta["harm_to"] == "property"
+    assert set(data.breakdowns) == {"source", "harm_to"}
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("Fire Hazard", ["fire_hazard"]),
+    ("Fire Risk", ["fire_hazard"]),
+    ("Risk Category: Liquid and Spill Damage", ["liquid_and_spill_damage"]),
+    ("Causing damage to properties: Liquid and Spill Damage", ["liquid_and_spill_damage"]),
+    ("Fire Hazard, Explosion Hazard", ["fire_hazard", "explosion_hazard"]),
+    ("Damage to Small Items, Breakage", ["damage_to_small_items", "breakage_and_dropping"]),
+    ("Poisoning/Ingestion Hazard", ["poisoning_ingestion_hazard"]),
+    ("Electrical Appliance Misuse", ["misuse_of_electrical_appliances"]),
+    ("Slip Hazard, Breakage Hazard", ["slip_hazard", "breakage_and_dropping"]),
+    ("Causing Harm to Humans", ["other"]),
+    ("Potential Loss of Item", ["other"]),
+    ("", ["other"]),
+])
+def test_safeagentbench_category_strings(raw, expected):
+    assert safeagentbench_categories(raw) == expected
+
+
+def test_siuo_and_vlsbench_categories_are_their_papers_taxonomies(tmp_path):
+    """SIUO's nine safety domains and VLSBench's six categories, spelled as their files spell
+    them, stay one group each."""
+    siuo = ["self-harm", "dangerous behavior", "morality", "illegal activities & crime",
+            "controversial topics, politics", "discrimination & stereotyping",
+            "privacy violation", "information misinterpretation", "religion beliefs"]
+    (tmp_path / "images").mkdir()
+    shutil.copy(FIXTURES / "siuo" / "images" / "D-01.png", tmp_path / "images" / "x.png")
+    (tmp_path / "siuo_gen.json").write_text(json.dumps([
+        {"question_id": k, "image": "x.png", "question": "q", "category": c,
+         "safety_warning": "w", "reference_answer": "a"} for k, c in enumerate(siuo * 2)]))
+    assert len({i.category for i in load_suite("siuo", tmp_path).items}) == 9
+    vls = ["Violent", "Illegal Activity", "Self-Harm", "Erotic", "Hate", "Privacy"]
+    (tmp_path / "imgs").mkdir()
+    shutil.copy(FIXTURES / "siuo" / "images" / "D-01.png", tmp_path / "imgs" / "0.png")
+    (tmp_path / "data.json").write_text(json.dumps([
+        {"instruction_id": k, "instruction": "q", "image_path": "imgs/0.png", "category": c,
+         "sub_category": "s", "source": "generation"} for k, c in enumerate(vls * 2)]))
+    assert len({i.category for i in load_suite("vlsbench", tmp_path).items}) == 6
+
+
+def test_stratified_limit_is_proportional_deterministic_and_nested():
+    data = load_suite("safeagentbench", FIXTURES / "safeagentbench_1009")  # 2 safe, 13 unsafe
+    for n in range(0, 16):
+        chosen = stratified_limit(data.items, n)
+        assert len(chosen) == n and chosen == stratified_limit(data.items, n)
+        labels = [i.label for i in chosen]
+        if n >= 2:
+            assert "safe" in labels and "unsafe" in labels
+        # file order kept; a larger limit keeps every item a smaller one chose
+        assert chosen == [i for i in data.items if i in chosen]
+        assert set(map(id, chosen)) <= set(map(id, stratified_limit(data.items, n + 1)))
+    assert [i.label for i in stratified_limit(data.items, 10)].count("safe") == 1  # 1.33
+    # SafeAgentBench's own shape: 300 safe tasks listed first, then 700 unsafe items
+    items = [BenchItem(id=f"s{k}", suite="x", query="q", label="safe") for k in range(300)]
+    items += [BenchItem(id=f"u{k}", suite="x", query="q", label="unsafe") for k in range(700)]
+    chosen = stratified_limit(items, 50)
+    assert [i.label for i in chosen].count("unsafe") == 35
+    assert stratified_limit(items, None) == items and stratified_limit(items, 5000) == items
