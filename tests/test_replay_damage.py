@@ -160,6 +160,29 @@ def test_a_check_that_raises_is_an_error_veto_and_the_replay_goes_on(tmp_path, c
     assert result.summary["n_proposals"] == 3
 
 
+def test_outputs_are_written_even_when_the_guard_itself_fails(tmp_path, config):
+    episode = tmp_path / "ep.jsonl"
+    episode.write_text("".join(
+        json.dumps({"t": 1.0 + k, "proposal": {"id": f"p{k}", "name": "move"}}) + "\n"
+        for k in range(3)))
+
+    class BrokenGuard(Guard):
+        def check(self, frames: Any, proposal: Any, *, now: float | None = None) -> Any:
+            if proposal.id == "p1":
+                raise RuntimeError("boom")
+            return super().check(frames, proposal, now=now)
+
+        def reject(self, *args: Any, **kwargs: Any) -> Any:
+            raise OSError("audit disk gone")
+
+    with BrokenGuard(config, backend=ScriptedBackend()) as guard, pytest.raises(OSError):
+        replay(episode, tmp_path / "out", guard=guard, progress=False)
+    decisions, summary = outputs(tmp_path / "out")
+    assert [d["proposal"]["id"] for d in decisions] == ["p0"]
+    assert any("replay stopped after 1 proposals: OSError" in n for n in summary["notes"])
+    assert summary["lost_messages"] is None  # incomplete, not "nothing lost"
+
+
 # -- bags -------------------------------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ from guard.replay.episode import (
     ProposalEvent,
     open_episode,
 )
+from guard.replay.msgs import printable
 from guard.replay.report import (
     Judged,
     annotate_frame,
@@ -301,6 +302,12 @@ def replay(
     except KeyboardInterrupt as exc:  # write what was judged, then stop as asked
         interrupted = exc
         episode.notes.append(f"interrupted after {len(loop.judged)} proposals")
+    except Exception as exc:  # a fault of ours or of the guard: report what was judged, re-raise
+        interrupted = exc
+        episode.notes.append(
+            f"replay stopped after {len(loop.judged)} proposals: {type(exc).__name__}: "
+            f"{printable(str(exc))}"
+        )
     finally:
         episode.close()
         if bar is not None:
