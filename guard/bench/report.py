@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from guard.bench.items import BadItem, BenchItem, SuiteData
+from guard.bench.items import DEFAULT_MAX_FAILED_SHARE, BadItem, BenchItem, SuiteData
 from guard.bench.metrics import DEFINITIONS, Outcome, breakdown, summarize
 from guard.errors import MissingExtraError
 
@@ -30,6 +30,7 @@ def outcome_from_record(record: dict[str, Any], groups: Sequence[str] = ()) -> O
         blocked=bool(s["blocked"]),
         check_ok=bool(s["check_ok"]),
         latency_ms=float(d.get("latency_ms") or 0.0),
+        status=str(d.get("status") or "error"),
         category_match=s.get("category_match"),
         hazard_matched=s.get("hazard_matched"),
         hazard_similarity=s.get("hazard_similarity"),
@@ -51,9 +52,16 @@ def build_results(
     seed: int = 0,
     n_boot: int = 1000,
     complete: bool = True,
+    max_failed_share: float = DEFAULT_MAX_FAILED_SHARE,
 ) -> dict[str, Any]:
     """results.json: the contract fields (suite, n, r0, false_veto_rate, per_category,
     latency_ms p50/p95) first, then everything else. Metrics that do not apply are None.
+
+    Rates are over the checks that ran; failed checks are counted (`failed`,
+    `failed_by_status`) and a note says how many were left out of the rates.
+    `judge_unreachable` is true when items were scored and not one check ran;
+    `failed_over_limit` when the failure rate is above `max_failed_share` (or the judge was
+    unreachable): either way the metrics do not describe the model, and the CLI exits 1.
 
     Args:
         suite: The loaded suite (its bad items and notes are reported).
@@ -63,6 +71,7 @@ def build_results(
         seed: Bootstrap seed.
         n_boot: Bootstrap resamples.
         complete: False for the partial results of an interrupted run.
+        max_failed_share: The failure rate above which the run does not count.
     """
     scored = [records[i.id] for i in selected if records.get(i.id, {}).get("scored")]
     outcomes = [outcome_from_record(r, suite.breakdowns) for r in scored]
@@ -72,6 +81,10 @@ def build_results(
     ]
     summary = summarize(outcomes, n_boot=n_boot, seed=seed)
     pending = sum(1 for i in selected if i.id not in records)
+    n, failed = summary["n"], summary["failed"]
+    unreachable = n > 0 and failed == n
+    over_limit = unreachable or (n > 0 and failed / n > max_failed_share)
+    notes = _failure_notes(summary, unreachable, over_limit, max_failed_share)
     results: dict[str, Any] = {
         "suite": suite.name,
         "n": summary.pop("n"),
@@ -83,16 +96,38 @@ def build_results(
         "n_selected": len(selected),
         "n_pending": pending,
         "n_bad": len(bad),
+        "judge_unreachable": unreachable,
+        "failed_over_limit": over_limit,
+        "max_failed_share": max_failed_share,
         **summary,
         "breakdowns": {g: breakdown(outcomes, _group_key(g)) for g in suite.breakdowns},
         "bad_items": [b.to_dict() for b in bad[:MAX_LISTED_BAD]],
         "bad_items_truncated": len(bad) > MAX_LISTED_BAD,
-        "notes": list(suite.notes),
+        "notes": notes + list(suite.notes),
         "run": run,
         "definitions": DEFINITIONS,
     }
     results["breakdowns"] = {k: v for k, v in results["breakdowns"].items() if v}
     return results
+
+
+def _failure_notes(summary: dict[str, Any], unreachable: bool, over_limit: bool,
+                   limit: float) -> list[str]:
+    """What the failed checks did to the metrics, in words (results.json and results.md)."""
+    n, failed = summary["n"], summary["failed"]
+    if not failed:
+        return []
+    by_status = ", ".join(f"{k} {v}" for k, v in summary["failed_by_status"].items())
+    if unreachable:
+        return [f"the judge could not be reached: none of the {n} checks ran ({by_status}); "
+                "no rate applies and this run does not describe the model"]
+    note = (f"{failed} of {n} checks did not run ({by_status}); every rate is over the "
+            f"{summary['n_ran']} that ran, and fail_closed gives them with the failed checks "
+            "counted as vetoes that identified nothing")
+    if over_limit:
+        note += (f"; that is more than the {limit:g} share a run may lose, so these metrics "
+                 "do not describe the model")
+    return [note]
 
 
 def write_results(results: dict[str, Any], path: Path) -> None:
@@ -121,7 +156,9 @@ def markdown_table(results: dict[str, Any]) -> str:
         f"# guard bench: {results['suite']}",
         "",
         f"Model `{run.get('model', '?')}`, policy `{run.get('policy', '?')}`; "
-        f"{results['n']} items scored ({nu} unsafe, {ns} safe), {results['n_bad']} bad"
+        f"{results['n']} items scored, {results.get('failed', 0)} of them checks that did not "
+        f"run; rates over the {results.get('n_ran', results['n'])} that ran ({nu} unsafe, "
+        f"{ns} safe); {results['n_bad']} bad"
         + ("" if results.get("complete") else f", {results.get('n_pending', 0)} pending "
            "(interrupted: re-run to finish)") + ".",
         "",
@@ -134,7 +171,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         ("false-alarm rate (annotate or veto)", "false_alarm_rate", f"{ns} safe"),
         ("safety rate S (unsafe vetoed)", "safety_rate", f"{nu} unsafe"),
         ("effectiveness rate E (safe not vetoed)", "effectiveness_rate", f"{ns} safe"),
-        ("check failures (status != ok)", "failure_rate", f"{results['n']} all"),
+        ("checks that did not run (status != ok)", "failure_rate", f"{results['n']} scored"),
         ("hazard category accuracy", "category_accuracy", "flagged unsafe"),
         ("hazard semantic match", "hazard_match_rate", "unsafe with reference hazard"),
         ("R0 semantic (missed or wrong hazard)", "r0_semantic", "unsafe with reference hazard"),
@@ -143,6 +180,13 @@ def markdown_table(results: dict[str, Any]) -> str:
         if results.get(key) is None and key not in ("r0", "false_veto_rate"):
             continue
         lines.append(f"| {name} | {_f(results.get(key))} | {_ci(ci.get(key))} | {over} |")
+    fc = results.get("fail_closed")
+    if results.get("failed") and fc:
+        # what the robot would have done: a failed check is a veto that identified nothing
+        lines.append(f"| R0, failed checks counted | {_f(fc['r0'])} | | "
+                     f"{fc['n_unsafe']} unsafe scored |")
+        lines.append(f"| false-veto rate, failed checks counted | "
+                     f"{_f(fc['false_veto_rate'])} | | {fc['n_safe']} safe scored |")
     judge = results.get("llm_judge")
     if judge:
         jci = judge.get("ci95") or {}
@@ -157,11 +201,12 @@ def markdown_table(results: dict[str, Any]) -> str:
 
     def group_table(title: str, groups: dict[str, dict[str, Any]]) -> None:
         lines.extend(["", f"## {title}", "",
-                      "| group | n | unsafe | safe | R0 | false-veto | S | E |",
-                      "|---|---|---|---|---|---|---|---|"])
+                      "| group | n | failed | unsafe ran | safe ran | R0 | false-veto | S | E |",
+                      "|---|---|---|---|---|---|---|---|---|"])
         for g, m in groups.items():
             lines.append(
-                f"| {g} | {m['n']} | {m['n_unsafe']} | {m['n_safe']} | {_f(m['r0'])} | "
+                f"| {g} | {m['n']} | {m.get('failed', 0)} | {m['n_unsafe']} | {m['n_safe']} | "
+                f"{_f(m['r0'])} | "
                 f"{_f(m['false_veto_rate'])} | {_f(m['safety_rate'])} | "
                 f"{_f(m['effectiveness_rate'])} |"
             )

@@ -21,8 +21,13 @@ is what keeps a vLLM server (or a fleet behind one endpoint) busy: vLLM batches 
 requests itself (continuous batching). The transformers backend serialises calls on one model, so
 more than one in flight there only adds queueing (and deadline pressure).
 
-Resumption: a re-run skips items already scored in per_item.jsonl; items that were in flight
-when the run stopped, and bad items found while running, are tried again.
+Resumption: a re-run skips items whose check ran (status ok) in per_item.jsonl; items whose
+check did not run (the judge was down, a timeout, an unparseable answer), items that were in
+flight when the run stopped, and bad items found while running are tried again, and their old
+records are dropped from per_item.jsonl first.
+
+Failed checks are never scored as measurements: results count them (`failed`,
+`failed_by_status`) and compute every rate over the checks that ran (guard.bench.metrics).
 """
 
 from __future__ import annotations
@@ -34,12 +39,13 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from guard.bench.items import BenchItem, SuiteData
+from guard.bench.items import DEFAULT_MAX_FAILED_SHARE, BenchItem, SuiteData, stratified_limit
 from guard.bench.judges import LLMJudge, structured_scores
-from guard.bench.oracle import proposal_for
+from guard.bench.oracle import OracleBackend, proposal_for
 from guard.bench.report import build_results, markdown_table, write_plot, write_results
 from guard.errors import InvalidInputError, UsageError
 
@@ -87,6 +93,14 @@ def read_per_item(path: Path) -> dict[str, dict[str, Any]]:
             if isinstance(rec, dict) and isinstance(rec.get("id"), str):
                 records[rec["id"]] = rec
     return records
+
+
+def check_ran(record: dict[str, Any]) -> bool:
+    """Whether a per_item.jsonl record holds a decision whose check ran (status ok): the only
+    records a resumed run keeps."""
+    decision = record.get("decision")
+    return bool(record.get("scored")) and isinstance(decision, dict) and (
+        decision.get("status") == "ok")
 
 
 def _write_records(path: Path, records: dict[str, dict[str, Any]]) -> None:
@@ -178,7 +192,13 @@ def evaluate_item(
         except (InvalidInputError, ValueError) as exc:
             return {**base, "scored": False, "bad": str(exc).splitlines()[0][:300],
                     "source": str(item.image.name)}
-    decision = guard.check(frames or None, proposal_for(item)).model_dump(mode="json")
+    # The oracle answers by item id: tell it which item this check is for.
+    checking: AbstractContextManager[object] = (
+        guard.backend.checking(item) if isinstance(guard.backend, OracleBackend)
+        else nullcontext()
+    )
+    with checking:
+        decision = guard.check(frames or None, proposal_for(item)).model_dump(mode="json")
     record: dict[str, Any] = {**base, "scored": True, "decision": decision,
                               "scores": structured_scores(item, decision), "meta": item.meta}
     if judge is not None:
@@ -263,6 +283,7 @@ def run_bench(
     n_boot: int = 1000,
     plot: bool = True,
     run_info: dict[str, Any] | None = None,
+    max_failed_share: float = DEFAULT_MAX_FAILED_SHARE,
 ) -> dict[str, Any]:
     """Run (or resume) a benchmark and write its outputs.
 
@@ -271,7 +292,8 @@ def run_bench(
         guard: The guard under test (its config should have `policy.max_frame_age_ms` null,
             and `policy.require_frame` false for text-only suites; the CLI sets both).
         out_dir: The run folder (created).
-        limit: Only the first `limit` items.
+        limit: Only `limit` items, safe and unsafe in the suite's proportion
+            (`stratified_limit`: the same items on every run).
         concurrency: Items in flight at once.
         judge: An LLM judge to rate each decision as a free-form answer, or None.
         semantic: A semantic hazard matcher, or None.
@@ -281,6 +303,8 @@ def run_bench(
         n_boot: Bootstrap resamples.
         plot: Write results.png (needs matplotlib).
         run_info: Extra facts for results.json's "run" section.
+        max_failed_share: Above this share of failed checks, results.json says
+            `failed_over_limit` (the CLI then exits 1).
 
     Returns:
         The results (also written to results.json).
@@ -293,7 +317,7 @@ def run_bench(
         raise UsageError(f"--concurrency {concurrency}: must be >= 1")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    selected = suite.items[:limit] if limit is not None else list(suite.items)
+    selected = stratified_limit(suite.items, limit)
     identity = {
         "suite": suite.name,
         "model": guard.backend.model_id,
@@ -305,7 +329,13 @@ def run_bench(
     per_item = out / PER_ITEM_FILE
     _repair_tail(per_item)
     records = read_per_item(per_item)
-    pending = [i for i in selected if not records.get(i.id, {}).get("scored")]
+    # Only checks that ran are results; the rest (the judge was down, a timeout, a bad item)
+    # are judged again, and their old records go so per_item.jsonl holds one truth per item.
+    kept = {k: r for k, r in records.items() if check_ran(r)}
+    retried = sum(1 for i in selected if i.id in records and i.id not in kept)
+    if len(kept) != len(records):
+        _write_records(per_item, kept)
+    pending = [i for i in selected if i.id not in kept]
     run = {
         "model": guard.backend.model_id,
         "backend": guard.config.model.backend,
@@ -320,6 +350,8 @@ def run_bench(
         "seed": seed,
         "bootstrap": n_boot,
         "resumed_items": len(selected) - len(pending),
+        "retried_items": retried,
+        "max_failed_share": max_failed_share,
         **(run_info or {}),
     }
     bar = _progress(len(pending), f"bench {suite.name}", progress)
@@ -331,7 +363,7 @@ def run_bench(
         records = read_per_item(per_item)
         run["wall_s"] = time.monotonic() - t0
         partial = build_results(suite, selected, records, run=run, seed=seed, n_boot=n_boot,
-                                complete=False)
+                                complete=False, max_failed_share=max_failed_share)
         write_results(partial, out / RESULTS_FILE)
         (out / TABLE_FILE).write_text(markdown_table(partial), encoding="utf-8")
         raise
@@ -344,7 +376,8 @@ def run_bench(
         run["semantic"] = {"model": semantic.model_id, "threshold": semantic.threshold}
         apply_semantic(semantic, selected, records)
         _write_records(per_item, records)
-    results = build_results(suite, selected, records, run=run, seed=seed, n_boot=n_boot)
+    results = build_results(suite, selected, records, run=run, seed=seed, n_boot=n_boot,
+                            max_failed_share=max_failed_share)
     write_results(results, out / RESULTS_FILE)
     (out / TABLE_FILE).write_text(markdown_table(results), encoding="utf-8")
     if plot:

@@ -10,11 +10,17 @@
         --judge-model Qwen/Qwen2.5-72B-Instruct --judge-base-url http://judge:8000/v1
 
 Writes results.json (metrics with bootstrap 95% CIs), per_item.jsonl, results.md and
-results.png in --out. Re-running the same command resumes: items already in per_item.jsonl are
-skipped. `--backend oracle` answers every item with its reference answer (a check that the
-metrics read right: R0 and the false-veto rate must be 0). Exit 0 when the run completed, 2 for
-a usage error, 1 when the model or judge did not load, 130 when interrupted (partial results
-are written; re-run to finish).
+results.png in --out. Re-running the same command resumes: items whose check ran are skipped,
+items whose check did not run (a judge that was down, a timeout) are judged again. Rates are
+over the checks that ran; failed checks are counted in the summary line and in results.json
+(`failed`, `failed_by_status`). `--backend oracle` answers every item with its reference answer
+(a check that the metrics read right: R0 and the false-veto rate must be 0).
+
+Exit codes: 0 the run completed and at most --max-failed-share of its checks failed to run;
+1 the model or judge did not load, the judge could not be reached (no check ran), or more
+than --max-failed-share of the checks failed to run (results are written either way; re-run
+to retry the failed items); 2 usage error; 130 interrupted (partial results are written;
+re-run to finish).
 """
 
 from __future__ import annotations
@@ -28,9 +34,30 @@ from typing import Any
 ORACLE = "oracle"
 
 
+EXIT_OK, EXIT_FAILURE = 0, 1
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: must be between 0 and 1")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from guard.bench.items import DEFAULT_MAX_FAILED_SHARE
     from guard.bench.suites import SUITES
     from guard.cli.check import add_judge_arguments
+
+    p.epilog = (
+        "Exit codes: 0 done; 1 the model or judge did not load, the judge could not be "
+        "reached (no check ran), or more than --max-failed-share of the checks did not run; "
+        "2 usage error; 130 interrupted. Re-run the same command to resume: failed checks "
+        "are judged again."
+    )
 
     p.add_argument("--suite", required=True, choices=list(SUITES), metavar="NAME",
                    help="; ".join(f"{k}: {v[1]}" for k, v in SUITES.items()))
@@ -40,7 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run folder: results.json, per_item.jsonl, results.md, results.png")
     add_judge_arguments(p)
     p.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="only the first N items")
+                   help="only N items, safe and unsafe in the suite's proportion, chosen by a "
+                   "hash of their ids (the same items every run; a larger N keeps them)")
+    p.add_argument("--max-failed-share", type=_share, default=DEFAULT_MAX_FAILED_SHARE,
+                   metavar="S",
+                   help="exit 1 when more than this share of the checks did not run "
+                   f"(timeout, error, ...; default {DEFAULT_MAX_FAILED_SHARE:g}); a run where "
+                   "no check ran always exits 1. Rates are over the checks that ran")
     p.add_argument("--concurrency", type=int, default=None, metavar="N",
                    help="items in flight at once (default: 1 for the transformers backend, "
                    "else policy.max_inflight); with --backend openai, N requests in flight")
@@ -190,14 +223,30 @@ def run(args: argparse.Namespace) -> int:
             suite, guard, args.out, limit=args.limit, concurrency=concurrency, judge=judge,
             semantic=semantic, fresh=args.fresh, progress=False if args.no_progress else None,
             seed=args.seed, n_boot=args.bootstrap, plot=not args.no_plot,
-            run_info={"data": str(args.data)},
+            run_info={"data": str(args.data)}, max_failed_share=args.max_failed_share,
         )
     finally:
         guard.close()
         if judge is not None:
             judge.close()
     _print_summary(results, args.out)
-    return 0
+    return _exit_status(results, args.max_failed_share)
+
+
+def _exit_status(results: dict[str, Any], max_failed_share: float) -> int:
+    """EXIT_FAILURE, with one line on stderr, when the failed checks void the run."""
+    n, failed = results["n"], results["failed"]
+    statuses = ", ".join(f"{k} {v}" for k, v in results["failed_by_status"].items())
+    if results["judge_unreachable"]:
+        print(f"guard bench: the judge could not be reached: none of the {n} checks ran "
+              f"({statuses}); re-run the same command once it is up", file=sys.stderr)
+        return EXIT_FAILURE
+    if results["failed_over_limit"]:
+        print(f"guard bench: {failed} of {n} checks did not run ({statuses}), more than "
+              f"--max-failed-share {max_failed_share:g}; the rates cover only the "
+              f"{results['n_ran']} that ran; re-run to retry the failed ones", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _print_summary(results: dict[str, Any], out: str) -> None:
@@ -210,7 +259,11 @@ def _print_summary(results: dict[str, Any], out: str) -> None:
     lat = results["latency_ms"]
     p50 = "n/a" if lat["p50"] is None else f"{lat['p50']:.1f}"
     p95 = "n/a" if lat["p95"] is None else f"{lat['p95']:.1f}"
-    print(f"{results['suite']}: {results['n']} items scored, {results['n_bad']} bad; "
+    failed = results["failed"]
+    by_status = ", ".join(f"{k} {v}" for k, v in results["failed_by_status"].items())
+    failures = f"{failed} failed to run" + (f" ({by_status})" if failed else "")
+    print(f"{results['suite']}: {results['n']} items scored, {failures}, "
+          f"{results['n_bad']} bad; over the {results['n_ran']} checks that ran: "
           f"R0 {f('r0')}; false-veto {f('false_veto_rate')}; "
           f"latency p50/p95 {p50}/{p95} ms")
     print(str(Path(out) / "results.json"))

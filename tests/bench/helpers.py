@@ -14,6 +14,8 @@ from pathlib import Path
 
 from guard.backends.base import JudgeOutput, JudgeRequest
 from guard.bench.oracle import OracleBackend
+from guard.core import Guard
+from guard.errors import BackendError
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -58,9 +60,9 @@ def guard_cli(*args: object, timeout: float = 300) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-class InterruptingOracle(OracleBackend):
-    """The oracle, until its call number `after` + 1: that one raises KeyboardInterrupt, as a
-    Ctrl-C arriving while the model runs."""
+class DownAfterOracle(OracleBackend):
+    """The oracle for its first `after` calls; then a judge that went down: every call fails
+    as an unreachable server does."""
 
     def __init__(self, items, after: int, **kw):
         super().__init__(items, **kw)
@@ -71,8 +73,26 @@ class InterruptingOracle(OracleBackend):
             self.calls += 1
             n = self.calls
         if n > self.after:
-            raise KeyboardInterrupt
+            raise BackendError("connection refused")
         return super().judge(request)
+
+
+class InterruptingGuard(Guard):
+    """A guard whose call number `after` + 1 raises KeyboardInterrupt in the caller's thread,
+    as a Ctrl-C arriving while a check runs."""
+
+    def __init__(self, config, *, backend, after: int):
+        super().__init__(config, backend=backend)
+        self.after, self.calls = after, 0
+        self._calls_lock = threading.Lock()
+
+    def check(self, frames, proposal, **kw):
+        with self._calls_lock:
+            self.calls += 1
+            n = self.calls
+        if n > self.after:
+            raise KeyboardInterrupt
+        return super().check(frames, proposal, **kw)
 
 
 class SlowOracle(OracleBackend):
@@ -94,10 +114,19 @@ class SlowOracle(OracleBackend):
                 self.running -= 1
 
 
+def free_port() -> int:
+    """A local TCP port nothing listens on (bound and released: a closed port)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class FakeOpenAIServer:
     """An OpenAI-compatible chat endpoint answering every request with `reply`."""
 
-    def __init__(self, reply: str):
+    def __init__(self, reply: str, port: int = 0):
         self.reply, self.requests = reply, []
         outer = self
 
@@ -116,7 +145,7 @@ class FakeOpenAIServer:
             def log_message(self, *a):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 

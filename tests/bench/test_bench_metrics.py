@@ -20,7 +20,7 @@ def o(label, verdict, status="ok", category="fire", latency=10.0, **kw):
     return Outcome(
         label=label, category=category, verdict=verdict,
         risk_identified=ok and verdict in ("annotate", "veto"), blocked=verdict == "veto",
-        check_ok=ok, latency_ms=latency, **kw,
+        check_ok=ok, latency_ms=latency, status=status, **kw,
     )
 
 
@@ -38,22 +38,40 @@ CASE = [
 
 def test_headline_rates_by_hand():
     s = summarize(CASE, n_boot=200)
-    assert (s["n"], s["n_unsafe"], s["n_safe"]) == (7, 4, 3)
-    # identified: veto and annotate (2 of 4); the failed check identified nothing
-    assert s["r0"] == pytest.approx(2 / 4)
+    # the failed check is counted, not scored: rates are over the 6 checks that ran
+    assert (s["n"], s["n_ran"], s["n_unsafe"], s["n_safe"]) == (7, 6, 3, 3)
+    assert (s["failed"], s["failed_by_status"]) == (1, {"error": 1})
+    assert s["failure_rate"] == pytest.approx(1 / 7)
+    # identified: veto and annotate (2 of the 3 unsafe checks that ran)
+    assert s["r0"] == pytest.approx(1 / 3)
     assert s["false_veto_rate"] == pytest.approx(1 / 3)
     assert s["false_alarm_rate"] == pytest.approx(2 / 3)
-    # blocked: the judged veto and the fail-closed one
-    assert s["safety_rate"] == pytest.approx(2 / 4)
+    assert s["safety_rate"] == pytest.approx(1 / 3)
     assert s["effectiveness_rate"] == pytest.approx(2 / 3)
-    assert s["failure_rate"] == pytest.approx(1 / 7)
     assert s["category_accuracy"] is None and s["hazard_match_rate"] is None
     assert s["r0_semantic"] is None and s["llm_judge"] is None
+    # what the robot would have done: the failed check vetoed and identified nothing
+    fc = s["fail_closed"]
+    assert (fc["n_unsafe"], fc["n_safe"]) == (4, 3)
+    assert fc["r0"] == pytest.approx(2 / 4) and fc["safety_rate"] == pytest.approx(2 / 4)
+    assert fc["false_veto_rate"] == pytest.approx(1 / 3)
+
+
+def test_a_judge_that_never_answered_measures_nothing():
+    down = [o("unsafe", "veto", status="error"), o("safe", "veto", status="timeout"),
+            o("safe", "veto", status="error", category="none")]
+    s = summarize(down, n_boot=10)
+    assert (s["n"], s["n_ran"], s["failed"]) == (3, 0, 3)
+    assert s["failed_by_status"] == {"error": 2, "timeout": 1}
+    assert s["r0"] is None and s["false_veto_rate"] is None and s["failure_rate"] == 1.0
+    assert s["latency_ms"]["p50"] is None and s["ci95"]["r0"] is None
+    assert s["fail_closed"]["r0"] == 1.0 and s["fail_closed"]["false_veto_rate"] == 1.0
 
 
 def test_latency_percentiles_use_linear_interpolation():
     s = summarize(CASE, n_boot=10)
-    assert s["latency_ms"] == {"p50": 40.0, "p95": pytest.approx(67.0), "mean": 40.0, "n": 7}
+    # over the checks that ran: the failed one's 40 ms timed nothing
+    assert s["latency_ms"] == {"p50": 40.0, "p95": pytest.approx(67.5), "mean": 40.0, "n": 6}
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert percentile([], 50) is None
 
@@ -122,14 +140,14 @@ def test_bootstrap_edge_cases():
 def test_summary_intervals_repeat_exactly():
     a = summarize(CASE, n_boot=300, seed=3)["ci95"]
     assert a == summarize(CASE, n_boot=300, seed=3)["ci95"]
-    assert a["r0"][0] <= 0.5 <= a["r0"][1]
+    assert a["r0"][0] <= 1 / 3 <= a["r0"][1]
 
 
 def test_breakdown_per_category_by_hand():
     groups = breakdown(CASE, lambda x: x.category)
     assert list(groups) == ["fire", "none"]
     fire, none = groups["fire"], groups["none"]
-    assert (fire["n"], fire["n_unsafe"], fire["n_safe"]) == (4, 4, 0)
-    assert fire["r0"] == 0.5 and fire["false_veto_rate"] is None
+    assert (fire["n"], fire["failed"], fire["n_unsafe"], fire["n_safe"]) == (4, 1, 3, 0)
+    assert fire["r0"] == pytest.approx(1 / 3) and fire["false_veto_rate"] is None
     assert none["false_veto_rate"] == pytest.approx(1 / 3) and none["r0"] is None
     assert breakdown(CASE, lambda x: None) == {}
