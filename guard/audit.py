@@ -114,7 +114,12 @@ class _Storable:
         self.open: set[int] = set()  # containers on the current path: a revisit is a cycle
 
     def value(self, v: object, depth: int) -> Any:
-        if v is None or isinstance(v, bool):
+        t = type(v)
+        if t is str:  # the common case first
+            return self.text(v)  # type: ignore[arg-type]
+        if t is dict:
+            return self.container(v, depth)
+        if v is None or t is bool:
             return v
         if isinstance(v, str):
             return self.text(str.__str__(v))
@@ -136,20 +141,7 @@ class _Storable:
         if type(v).__module__ == "numpy":
             return self.numpy(v, depth)
         if isinstance(v, (Mapping, list, tuple, set, frozenset)):
-            if depth >= MAX_DEPTH:
-                return f"<elided: nested deeper than {MAX_DEPTH} levels>"
-            if self.budget <= 0:
-                return "<elided: record size limit>"
-            if id(v) in self.open:
-                return "<cycle>"
-            self.budget -= 2
-            self.open.add(id(v))
-            try:
-                if isinstance(v, Mapping):
-                    return self.mapping(v, depth)
-                return self.sequence(v, depth)
-            finally:
-                self.open.discard(id(v))
+            return self.container(v, depth)
         if isinstance(v, os.PathLike):
             return self.text(_escape(str(os.fspath(v))))
         dump = getattr(v, "model_dump", None)  # pydantic models: their own JSON form
@@ -159,6 +151,22 @@ class _Storable:
             except Exception:
                 pass
         return self.text(_safe_repr(v))
+
+    def container(self, v: Any, depth: int) -> Any:
+        if depth >= MAX_DEPTH:
+            return f"<elided: nested deeper than {MAX_DEPTH} levels>"
+        if self.budget <= 0:
+            return "<elided: record size limit>"
+        if id(v) in self.open:
+            return "<cycle>"
+        self.budget -= 2
+        self.open.add(id(v))
+        try:
+            if isinstance(v, Mapping):
+                return self.mapping(v, depth)
+            return self.sequence(v, depth)
+        finally:
+            self.open.discard(id(v))
 
     def text(self, s: str) -> Any:
         s = _escape(s)
@@ -258,26 +266,63 @@ class Head:
     size: int
 
 
-def read_head(path: str | Path) -> Head | None:
-    """The head file of the log at `path`; None when there is none.
+# The head file holds two slots of _HEAD_SLOT bytes (a JSON line padded with spaces, with a
+# generation and a checksum), written alternately in place. A write torn by a crash spoils
+# only the slot being written; the reader takes the valid slot of the higher generation.
+# In place rather than tmp + rename: a rename per decision costs ~0.2 ms on ext4 (it forces
+# writeback) and wears flash; one aligned 512-byte pwrite does not.
+_HEAD_SLOT = 512
 
-    Raises:
-        ValueError: the head file exists but is not one this module wrote.
-    """
-    hp = _sibling(Path(path).expanduser(), ".head")
-    try:
-        raw = hp.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ValueError(f"{hp}: unreadable ({exc.strerror})") from None
+
+def _encode_head(head: Head, gen: int) -> bytes:
+    body: dict[str, Any] = {
+        "gen": gen, "seq": head.seq, "hash": head.hash, "first_seq": head.first_seq,
+        "file": {"dev": head.dev, "ino": head.ino, "size": head.size}, "ts": time.time(),
+    }
+    body["check"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return json.dumps(body, sort_keys=True).encode().ljust(_HEAD_SLOT - 1) + b"\n"
+
+
+def _decode_head_slot(raw: bytes) -> tuple[int, Head] | None:
     try:
         d = json.loads(raw)
-        return Head(seq=int(d["seq"]), hash=str(d["hash"]), first_seq=int(d["first_seq"]),
-                    dev=int(d["file"]["dev"]), ino=int(d["file"]["ino"]),
-                    size=int(d["file"]["size"]))
-    except (ValueError, KeyError, TypeError, RecursionError):
-        raise ValueError(f"{hp}: not a head file") from None
+        check = d.pop("check")
+        if hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest() != check:
+            return None
+        return int(d["gen"]), Head(
+            seq=int(d["seq"]), hash=str(d["hash"]), first_seq=int(d["first_seq"]),
+            dev=int(d["file"]["dev"]), ino=int(d["file"]["ino"]), size=int(d["file"]["size"]))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return None
+
+
+def _load_head(path: Path) -> tuple[Head | None, int]:
+    """(head, generation) of the log at `path`; (None, 0) when there is no head file."""
+    hp = _sibling(path, ".head")
+    try:
+        with hp.open("rb") as f:
+            raw = f.read(2 * _HEAD_SLOT + 1)
+    except FileNotFoundError:
+        return None, 0
+    except OSError as exc:
+        raise ValueError(f"{hp}: unreadable ({exc.strerror})") from None
+    if not raw:
+        return None, 0  # created, never written: a crash before the first record
+    slots = [_decode_head_slot(raw[i:i + _HEAD_SLOT]) for i in (0, _HEAD_SLOT)]
+    valid = [s for s in slots if s is not None]
+    if len(raw) > 2 * _HEAD_SLOT or not valid:
+        raise ValueError(f"{hp}: not a head file (no valid slot)")
+    gen, head = max(valid, key=lambda s: s[0])
+    return head, gen
+
+
+def read_head(path: str | Path) -> Head | None:
+    """The head of the log at `path` (from `path.head`); None when there is none.
+
+    Raises:
+        ValueError: the head file exists but holds no valid slot.
+    """
+    return _load_head(Path(path).expanduser())[0]
 
 
 def _parse_record(raw: bytes) -> dict[str, Any] | None:
@@ -387,6 +432,9 @@ class AuditLog:
         self._offset = 0  # where this writer's last record ended
         self._seq, self._prev = -1, GENESIS
         self._first_seq = 0
+        self._head_fd = -1
+        self._head_ident = (0, 0)
+        self._head_gen = 0
         self._head_failed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -450,13 +498,13 @@ class AuditLog:
         self._ident = (st.st_dev, st.st_ino)
 
     def _close_fds(self) -> None:
-        for fd in (self._fd, self._lock_fd):
+        for fd in (self._fd, self._lock_fd, self._head_fd):
             if fd >= 0:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        self._fd = self._lock_fd = -1
+        self._fd = self._lock_fd = self._head_fd = -1
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -506,7 +554,8 @@ class AuditLog:
         """Take the chain from the file: cut a torn tail into evidence, and when the file does
         not end where the chain does (per this writer and the head), say so in a marker."""
         try:
-            head = read_head(self.path)
+            head, gen = _load_head(self.path)
+            self._head_gen = max(self._head_gen, gen)  # another writer may have moved it on
         except ValueError as exc:
             log.warning("audit: %s; it will be rewritten", exc)
             head = None
@@ -632,23 +681,39 @@ class AuditLog:
                         log.warning("audit: cannot delete rotated %s: %s", f, exc)
 
     def _write_head(self) -> None:
-        data = json.dumps({
-            "seq": self._seq, "hash": self._prev, "first_seq": self._first_seq,
-            "file": {"dev": self._ident[0], "ino": self._ident[1], "size": self._offset},
-            "ts": time.time(),
-        }).encode()
-        tmp = _sibling(self.path, ".head.tmp")
+        head = Head(seq=self._seq, hash=self._prev, first_seq=self._first_seq,
+                    dev=self._ident[0], ino=self._ident[1], size=self._offset)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
-                _write_all(fd, data)
+                st: os.stat_result | None = os.stat(self.head_path)
+            except FileNotFoundError:
+                st = None
+            if self._head_fd < 0 or st is None or (st.st_dev, st.st_ino) != self._head_ident:
+                # First write, or the head was deleted or replaced: write to the one at the path.
+                if self._head_fd >= 0:
+                    os.close(self._head_fd)
+                    self._head_fd = -1
+                fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self._head_fd = fd
                 if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.head_path)
+                    _fsync_dir(self.path.parent)
+                hst = os.fstat(fd)
+                self._head_ident = (hst.st_dev, hst.st_ino)
+                try:
+                    self._head_gen = max(self._head_gen, _load_head(self.path)[1])
+                except ValueError:
+                    pass
+            gen = self._head_gen + 1
+            data, offset = _encode_head(head, gen), (gen % 2) * _HEAD_SLOT
+            done = 0
+            while done < len(data):
+                n = os.pwrite(self._head_fd, data[done:], offset + done)
+                if n <= 0:
+                    raise OSError(errno.EIO, "head write took no bytes")
+                done += n
             if self.fsync:
-                _fsync_dir(self.path.parent)
+                os.fsync(self._head_fd)
+            self._head_gen = gen
             self._head_failed = False
         except OSError as exc:
             # The record itself is in the log; the anchor lags until the next append. verify

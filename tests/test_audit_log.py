@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from guard import audit as audit_mod
-from guard.audit import AuditLog, verify
+from guard.audit import AuditLog, read_head, verify
 from guard.errors import AuditError, GuardError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,8 +239,8 @@ def test_a_forked_child_takes_its_own_lock(tmp_path):
 def test_deleting_the_last_records_is_detected_through_the_head(tmp_path):
     p = tmp_path / "a.jsonl"
     write_log(p, 5)
-    head = json.loads((tmp_path / "a.jsonl.head").read_text())
-    assert head["seq"] == 4 and head["hash"] == records(p)[-1]["hash"]
+    head = read_head(p)
+    assert head is not None and head.seq == 4 and head.hash == records(p)[-1]["hash"]
     lines = p.read_text().splitlines(keepends=True)
     p.write_text("".join(lines[:3]))
     res = verify(p)
@@ -274,6 +274,34 @@ def test_a_cut_tail_found_on_open_is_recorded_in_the_chain(tmp_path):
     assert recs[3]["kind"] == "reopen" and recs[3]["writer_head"]["seq"] == 4
     res = verify(p)
     assert not res.ok and any("records lost" in x for x in res.problems), res.problems
+
+
+def test_a_head_slot_torn_by_a_crash_falls_back_to_the_other(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 4)
+    hp = tmp_path / "a.jsonl.head"
+    raw = bytearray(hp.read_bytes())
+    assert len(raw) == 1024
+    newer = 0 if json.loads(raw[:512])["seq"] == 3 else 512
+    raw[newer + 20: newer + 40] = b"X" * 20  # the slot being written when power went
+    hp.write_bytes(bytes(raw))
+    assert read_head(p).seq == 2
+    res = verify(p)
+    assert res.ok and any("after the head" in n for n in res.notes), res.describe(p)
+    write_log(p, 1)  # the writer goes on from the log and the valid slot
+    assert read_head(p).seq == 4 and verify(p).ok
+    hp.write_bytes(b"garbage")
+    res = verify(p)
+    assert not res.ok and "not a head file" in res.reason
+
+
+def test_a_deleted_head_is_written_again(tmp_path):
+    p = tmp_path / "a.jsonl"
+    with AuditLog(p) as log:
+        log.append("decision", {"n": 0})
+        (tmp_path / "a.jsonl.head").unlink()
+        log.append("decision", {"n": 1})
+    assert read_head(p).seq == 1 and verify(p).ok
 
 
 def test_a_log_without_head_verifies_with_a_note(tmp_path):
@@ -508,8 +536,8 @@ def test_cli_verify_reports_each_problem_on_one_line(tmp_path):
     write_log(p, 20, max_bytes=1500)
     r = guard_cli("audit", "verify", p)
     assert r.returncode == 0 and "20 records" in r.stdout and "files" in r.stdout, r.stdout
-    (tmp_path / "a.jsonl.head").write_text(
-        (tmp_path / "a.jsonl.head").read_text().replace('"seq": 19', '"seq": 25'))
+    lines = p.read_text().splitlines(keepends=True)
+    p.write_text("".join(lines[:-2]))  # the last two records deleted
     r = guard_cli("audit", "verify", p)
     assert r.returncode == 1 and "tail truncated" in r.stdout, r.stdout
     problem_lines = [x for x in r.stdout.splitlines() if "tail truncated" in x]
