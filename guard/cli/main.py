@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("guard.cli.demo", "judge a short synthetic episode with the embedded model; print "
              "the verdicts and where the report is"),
     "bench": ("guard.cli.bench", "run a safety benchmark suite through the guard and score it"),
+    "faults": ("guard.cli.faults", "run the fault matrix (bad clocks, hung backends, hostile "
+               "text, audit faults, ...) against your config; exit 1 on any silent allow"),
 }
 
 
