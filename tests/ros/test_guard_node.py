@@ -368,3 +368,33 @@ def test_diagnostics(camera: Graph) -> None:
     assert int(values["vetoes"]) >= 0
     assert float(values["camera_callback_p99_ms"]) < 50.0
     assert values["_message"].startswith("guarding")
+
+
+def test_proposals_beyond_the_queue_are_answered_with_audited_vetoes(
+        ros_graph: dict[str, Any]) -> None:
+    # A planner that outpaces a slow judge by more than the proposal queue depth: before, the
+    # middleware dropped the oldest proposals silently (no decision, nothing audited); now
+    # each one past the depth is answered at once with an error veto, in the audit log.
+    probe = ros_graph["probe"]
+    config = {"model": {"backend": "scripted", "scripted": {"responses": [
+        {"text": "ALLOW\nrisk: 0.0", "delay_ms": 400}]}},
+        "policy": {"deadline_ms": 2000, "require_frame": False}}
+    node = ros_graph["start"](
+        "slow", config, **{"qos_overrides.{ns}/guard/proposals.subscription.depth": 2})
+    wait_active(probe, node)
+    g = Graph(probe, node)
+    assert wait_for(lambda: g.proposals.get_subscription_count() > 0, 10.0), node.log()
+    sent = []
+    for _ in range(6):
+        sent.append(g.propose("pick up the cup"))
+        time.sleep(0.05)  # each one reaches the node; the judge is still on the first
+    decisions = [g.decision_for(pid, timeout=15.0) for pid in sent]
+    for d in decisions:
+        assert len([x for x in g.decisions if x.proposal_id == d.proposal_id]) == 1
+    refused = [d for d in decisions if "not judged" in d.rationale]
+    assert refused, [(d.status, d.rationale) for d in decisions]
+    assert all((d.verdict, d.status) == (Decision.VETO, "error") for d in refused)
+    assert not any(d.proposal_id in [p.id for p in g.approved] for d in refused)
+    audit = (node.workdir / "audit.jsonl").read_text()
+    assert all(pid in audit for pid in sent)
+

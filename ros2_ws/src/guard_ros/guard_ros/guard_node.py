@@ -33,6 +33,7 @@ from collections import deque
 import dataclasses
 import logging
 import os
+import queue
 import sys
 import threading
 import time
@@ -61,8 +62,7 @@ from guard_ros.conversions import (
 from guard_ros.gate import CmdVelGate, GatePolicy
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 import rclpy
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -70,13 +70,17 @@ from sensor_msgs.msg import CompressedImage, Image
 
 NODE_NAME = 'guard_node'
 
-# One thread per callback group (camera, proposals, check service, cmd_vel gate, diagnostics,
-# default for lifecycle and parameter services): a model call blocks at most its own group's
-# thread, so camera frames and the cmd_vel watchdog never queue behind it.
-EXECUTOR_THREADS = 6
+# Threads: the executor's (main) thread runs every callback and only stores, relays or
+# queues; model calls run on two threads of their own, one judging `guard/proposals` in
+# arrival order and one serving `guard/check`, so camera frames, the cmd_vel gate and the
+# lifecycle never wait for a model. A single-threaded executor, because rclpy's
+# MultiThreadedExecutor hands every message to a pool thread and rebuilds its wait set
+# around it: at 30 Hz camera + 20 Hz cmd_vel that cost the node over three times the CPU
+# and, on a loaded machine, seconds of decision delay (README, Benchmark).
 
-# Proposals wait in the reader's queue while an earlier one is judged (one at a time, in
-# order). Deep enough that a planner's burst is not dropped; overridable like every topic QoS.
+# Proposals wait in a queue while an earlier one is judged (one at a time, in order). Deep
+# enough that a planner's burst is not dropped; its depth (overridable like every topic QoS)
+# also bounds that queue: a proposal beyond it is answered at once with an audited veto.
 PROPOSAL_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 CONTROL_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -293,13 +297,11 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         self._camera_cb_ms: deque[float] = deque(maxlen=_TIMING_SAMPLES)
         self._camera_delay_ms: deque[float] = deque(maxlen=_TIMING_SAMPLES)
 
-        self._camera_group = MutuallyExclusiveCallbackGroup()
-        self._judge_group = MutuallyExclusiveCallbackGroup()
-        self._check_group = MutuallyExclusiveCallbackGroup()
-        # The gate's input and its watchdog share a group so a pass-through and a zero never
-        # race each other out of order.
-        self._gate_group = MutuallyExclusiveCallbackGroup()
-        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
+        # Judging threads (started on activate): proposals in order, and the check service.
+        self._proposal_queue: queue.Queue[ActionProposalMsg | None] = queue.Queue()
+        self._proposal_depth = PROPOSAL_QOS.depth
+        self._proposal_thread: threading.Thread | None = None
+        self._check_server: _CheckServer | None = None
 
         self._decision_pub = None
         self._approved_pub = None
@@ -310,7 +312,6 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         self._camera_sub = None
         self._proposal_sub = None
         self._cmd_vel_sub = None
-        self._check_srv = None
 
     # -- parameters ------------------------------------------------------------------------
 
@@ -387,14 +388,12 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         if self._gate_enabled:
             self._cmd_vel_pub = self.create_lifecycle_publisher(Twist, 'cmd_vel', CONTROL_QOS)
             self._watchdog_timer = self.create_timer(
-                params['watchdog_period_ms'] / 1000.0, self._on_watchdog,
-                callback_group=self._gate_group)
+                params['watchdog_period_ms'] / 1000.0, self._on_watchdog)
         # Not a lifecycle publisher: an inactive guard should still say so on /diagnostics.
         self._diagnostics_pub = self.create_publisher(
             DiagnosticArray, '/diagnostics', CONTROL_QOS)
         self._diagnostics_timer = self.create_timer(
-            params['diagnostics_period_s'], self._on_diagnostics,
-            callback_group=self._diagnostics_group)
+            params['diagnostics_period_s'], self._on_diagnostics)
         with self._lock:
             self._guard = guard
         self.get_logger().info(
@@ -411,16 +410,22 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         overridable = QoSOverridingOptions.with_default_policies()
         self._camera_sub = self.create_subscription(
             image_type, 'camera/image_raw', self._on_image, qos_profile_sensor_data,
-            callback_group=self._camera_group, qos_overriding_options=overridable)
-        self._proposal_sub = self.create_subscription(
+            qos_overriding_options=overridable)
+        self._proposal_queue = queue.Queue()
+        self._proposal_thread = threading.Thread(
+            target=self._judge_proposals, args=(self._proposal_queue,),
+            name='guard-proposals', daemon=True)
+        self._proposal_thread.start()
+        proposals = self.create_subscription(
             ActionProposalMsg, 'guard/proposals', self._on_proposal, PROPOSAL_QOS,
-            callback_group=self._judge_group, qos_overriding_options=overridable)
+            qos_overriding_options=overridable)
+        self._proposal_depth = max(1, int(proposals.qos_profile.depth or 1))
+        self._proposal_sub = proposals
         if self._gate_enabled:
             self._cmd_vel_sub = self.create_subscription(
                 Twist, 'cmd_vel_in', self._on_cmd_vel, CONTROL_QOS,
-                callback_group=self._gate_group, qos_overriding_options=overridable)
-        self._check_srv = self.create_service(
-            CheckAction, 'guard/check', self._on_check, callback_group=self._check_group)
+                qos_overriding_options=overridable)
+        self._check_server = _CheckServer(self)
         self._active = True
         result = super().on_activate(state)
         self.get_logger().info('active')
@@ -467,15 +472,24 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         for sub in (self._camera_sub, self._proposal_sub, self._cmd_vel_sub):
             if sub is not None:
                 self.destroy_subscription(sub)
-        if self._check_srv is not None:
-            self.destroy_service(self._check_srv)
-        self._camera_sub = self._proposal_sub = self._cmd_vel_sub = self._check_srv = None
+        self._camera_sub = self._proposal_sub = self._cmd_vel_sub = None
+        server, self._check_server = self._check_server, None
+        if server is not None:
+            guard = self._guard
+            deadline_s = guard.config.policy.deadline_ms / 1000.0 if guard else 0.0
+            server.close(timeout=2.0 + deadline_s)
+        # Proposals already received are still judged and answered (the sentinel queues
+        # behind them); the publishers stay up until they are.
+        thread, self._proposal_thread = self._proposal_thread, None
+        if thread is not None:
+            self._proposal_queue.put(None)
 
     def _wait_idle(self) -> None:
-        # A proposal being judged still gets its decision out before the publishers stop.
+        # Proposals received still get their decisions out before the publishers stop.
         guard = self._guard
-        limit = 1.0 + (guard.config.policy.deadline_ms / 1000.0 if guard else 0.0)
+        per_check = 1.0 + (guard.config.policy.deadline_ms / 1000.0 if guard else 0.0)
         with self._idle:
+            limit = per_check * max(1, self._inflight)
             self._idle.wait_for(lambda: self._inflight == 0, timeout=limit)
 
     def _release(self) -> None:
@@ -534,20 +548,49 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
     # -- judging ---------------------------------------------------------------------------
 
     def _on_proposal(self, msg: ActionProposalMsg) -> None:
+        # Only queues (the executor's thread must stay free for the camera and the gate).
         self._counts['proposals'] += 1
         with self._lock:
+            behind = self._inflight
             self._inflight += 1
+        if behind < self._proposal_depth:
+            self._proposal_queue.put(msg)
+            return
+        # Too far behind to judge this one in useful time: answered at once, and audited.
         try:
-            decision = self._judge(msg, None)
-            self._publish(msg, decision)
-        except Exception as exc:  # an exception in a callback would stop the executor
-            self.get_logger().error(f'publishing the decision failed: {exc!r}')
+            self._answer(msg, self._veto(
+                msg, Status.ERROR, f'not judged: {behind} proposals already wait for the '
+                f'judge (queue depth {self._proposal_depth})'))
         finally:
-            with self._idle:
-                self._inflight -= 1
-                self._idle.notify_all()
+            self._done_one()
+
+    def _judge_proposals(self, proposals: queue.Queue[ActionProposalMsg | None]) -> None:
+        # The proposal thread: one at a time, in arrival order, each answered exactly once.
+        while (msg := proposals.get()) is not None:
+            try:
+                self._answer(msg, self._judge(msg, None))
+            except Exception as exc:  # the thread must live on for the next proposal
+                self.get_logger().error(f'publishing the decision failed: {exc!r}')
+            finally:
+                self._done_one()
+
+    def _done_one(self) -> None:
+        with self._idle:
+            self._inflight -= 1
+            self._idle.notify_all()
+
+    def _veto(self, msg: ActionProposalMsg, status: Status, reason: str) -> Decision:
+        """A fail-closed decision the node makes itself, audited by the guard when one exists."""
+        guard = self._guard
+        if guard is not None:
+            try:
+                return guard.reject(ActionProposal(id=msg.id, name=msg.name), status, reason)
+            except Exception as exc:  # the audit itself failed: still an answer, a veto
+                reason = f'{reason}; not audited: {exc!r}'
+        return _unjudged(msg.id, reason)
 
     def _on_check(self, request: Any, response: Any) -> Any:
+        # Runs on the check server's own thread.
         with self._lock:
             self._inflight += 1
         try:
@@ -559,13 +602,11 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
                 response.decision = self._decision_msg(request.proposal, decision)
             except Exception as exc:  # still an answer, and a veto
                 self.get_logger().error(f'decision not convertible: {exc!r}')
-                response.decision = self._decision_msg(
-                    request.proposal, _unjudged(request.proposal.id, f'internal error: {exc!r}'))
+                response.decision = self._decision_msg(request.proposal, self._veto(
+                    request.proposal, Status.ERROR, f'internal error: {exc!r}'))
             return response
         finally:
-            with self._idle:
-                self._inflight -= 1
-                self._idle.notify_all()
+            self._done_one()
 
     def _judge(self, msg: ActionProposalMsg, image: Image | None) -> Decision:
         """One decision for one proposal, whatever happens (fail closed)."""
@@ -603,19 +644,15 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
             return guard.check(frames, proposal, now=now)
         except Exception as exc:  # a bug here must still answer, and answer veto
             self.get_logger().error(f'check failed unexpectedly: {exc!r}')
-            try:
-                return guard.reject(
-                    ActionProposal(id=msg.id, name=msg.name), Status.ERROR,
-                    f'internal error: {exc!r}')
-            except Exception:
-                return _unjudged(msg.id, f'internal error: {exc!r}')
+            return self._veto(msg, Status.ERROR, f'internal error: {exc!r}')
 
-    def _publish(self, msg: ActionProposalMsg, decision: Decision) -> None:
+    def _answer(self, msg: ActionProposalMsg, decision: Decision) -> None:
+        """Publish a proposal's decision, move the gate and relay the proposal if it may run."""
         try:
             out = self._decision_msg(msg, decision)
         except Exception as exc:
             self.get_logger().error(f'decision not convertible: {exc!r}')
-            decision = _unjudged(msg.id, f'internal error: {exc!r}')
+            decision = self._veto(msg, Status.ERROR, f'internal error: {exc!r}')
             out = self._decision_msg(msg, decision)
         self._record(decision)
         with self._gate_lock:
@@ -786,6 +823,46 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
                 f'diagnostics not published: {exc!r}', throttle_duration_sec=10.0)
 
 
+class _CheckServer:
+    """`guard/check` on a thread of its own, so a check waits for the model off the executor.
+
+    rclpy runs a service callback on the thread of the executor its node is in, and a node
+    is in one executor; the service therefore lives on a small helper node (`<name>_check`,
+    no parameters) spun by its own single-threaded executor. The service name is resolved by
+    the guard node, so its namespace and remappings apply exactly as they did before.
+    """
+
+    def __init__(self, owner: GuardNode) -> None:
+        """Create the helper node and the service, and start serving."""
+        name = owner.resolve_service_name('guard/check')
+        self._node = rclpy.create_node(
+            f'{owner.get_name()}_check', namespace=owner.get_namespace(),
+            context=owner.context, use_global_arguments=False,
+            start_parameter_services=False)
+        self._node.create_service(CheckAction, name, owner._on_check)
+        self._executor = SingleThreadedExecutor(context=owner.context)
+        self._executor.add_node(self._node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, name='guard-check', daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self._node.context.ok():
+            try:
+                self._executor.spin_once(timeout_sec=_SPIN_TIMEOUT_S)
+            except Exception:  # shutting down under it (context invalid): the same stop
+                if self._stop.is_set() or not self._node.context.ok():
+                    return
+                raise
+
+    def close(self, timeout: float) -> None:
+        """Stop serving; a check in progress (bounded by its deadline) is answered first."""
+        self._stop.set()
+        self._thread.join(timeout)
+        self._executor.shutdown(timeout_sec=1.0)
+        self._node.destroy_node()
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return ''
@@ -815,7 +892,7 @@ def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     node = GuardNode()
     code = 0
-    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         if node.get_parameter('autostart').value:
