@@ -25,7 +25,8 @@ proposals published at once to an instant judge (the scripted backend answering 
 `--judge-delay-ms`, default 0). It starts guard_node as its own process (or, with
 `--judge constant`, with a judge that keeps nothing, for long memory runs), and reports:
 
-- decision delay p50/p95/p99/max (proposal published to decision received), the judge's own
+- decision delay p50/p95/p99/max (proposal published to decision received), the same up to
+  the node publishing the decision (its header stamp; without the way back), the judge's own
   time (`Decision.latency_ms`) p50/max beside it, and the decisions whose status was
   `timeout` (or anything but `ok`);
 - the node's CPU (user + system time over the measured window, % of one core) and its
@@ -180,15 +181,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     lock = threading.Lock()
     sent: dict[str, float] = {}
-    # proposal id -> (time received, status, judge latency in ms), one per decision received.
-    decided: dict[str, list[tuple[float, str, float]]] = {}
+    sent_wall: dict[str, float] = {}
+    # proposal id -> (time received, status, judge latency in ms, header stamp in s), one per
+    # decision received; the header stamp is the node's clock when it published the decision.
+    decided: dict[str, list[tuple[float, str, float, float]]] = {}
     diagnostics: list[dict[str, str]] = []
     counts = {'frames': 0, 'cmd_vel_in': 0, 'cmd_vel_out': 0, 'cmd_vel_nonzero': 0}
 
     def on_decision(msg: Any) -> None:
         with lock:
             decided.setdefault(msg.proposal_id, []).append(
-                (time.monotonic(), msg.status, msg.latency_ms))
+                (time.monotonic(), msg.status, msg.latency_ms,
+                 msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9))
 
     def on_diagnostics(msg: Any) -> None:
         for status in msg.status:
@@ -238,6 +242,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 pid = uuid.uuid4().hex
                 with lock:
                     sent[pid] = time.monotonic()
+                    sent_wall[pid] = time.time()
                 proposals.publish(ActionProposal(
                     id=pid, name='pick', description='pick up the cup from the table'))
 
@@ -253,6 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(args.warmup)
         with lock:
             sent.clear()
+            sent_wall.clear()
             decided.clear()
             for key in counts:
                 counts[key] = 0
@@ -294,10 +300,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     with lock:
         firsts = {pid: times[0] for pid, times in decided.items() if pid in sent}
-        delays = [(got - sent[pid]) * 1000.0 for pid, (got, _, _) in firsts.items()]
-        judge_ms = [latency for _, _, latency in firsts.values()]
+        delays = [(got - sent[pid]) * 1000.0 for pid, (got, *_) in firsts.items()]
+        # Published by the node, same machine clock: the delay without the way back.
+        at_node = [(stamp - sent_wall[pid]) * 1000.0
+                   for pid, (*_, stamp) in firsts.items()]
+        judge_ms = [latency for _, _, latency, _ in firsts.values()]
         statuses: dict[str, int] = {}
-        for _, status, _ in firsts.values():
+        for _, status, _, _ in firsts.values():
             statuses[status] = statuses.get(status, 0) + 1
         duplicated = sum(len(times) - 1 for pid, times in decided.items() if pid in sent)
     last = diagnostics[-1] if diagnostics else {}
@@ -325,6 +334,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         'decisions_per_s': round(len(firsts) / elapsed, 2) if elapsed else None,
         'decision_delay_ms': {q: _round(percentile(delays, n)) for q, n in
                               (('p50', 50), ('p95', 95), ('p99', 99), ('max', 100))},
+        'decision_published_ms': {q: _round(percentile(at_node, n)) for q, n in
+                                  (('p50', 50), ('p95', 95), ('max', 100))},
         'judge_latency_ms': {'p50': _round(percentile(judge_ms, 50)),
                              'max': _round(max(judge_ms) if judge_ms else None)},
         'node_cpu_percent': _round(None if cpu is None else 100.0 * cpu),
@@ -348,6 +359,8 @@ def summary(figures: dict[str, Any]) -> str:
     rows = [
         ('decision delay p50 / p95 / max',
          f"{delay['p50']} / {delay['p95']} / {delay['max']} ms"),
+        ('decision published by the node p50 / p95 / max',
+         '{p50} / {p95} / {max} ms'.format(**figures['decision_published_ms'])),
         ('judge time p50 / max', f"{judge['p50']} / {judge['max']} ms"),
         ('node CPU', f"{figures['node_cpu_percent']} % of one core"),
         ('timeouts', str(figures['timeouts'])),
