@@ -23,6 +23,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import weakref
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -197,6 +199,12 @@ def render_chat(
     return prompt, full[len(prompt) :]
 
 
+#: Per tokenizer, the control tokens its chat template renders for each conversation shape.
+_TEMPLATE_CONTROLS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Counter[int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def control_token_ids(tokenizer: Any) -> frozenset[int]:
     """Ids of every token the tokenizer adds on top of its BPE vocabulary: the chat, vision,
     box and end markers, and also the ones Qwen3 adds as non-special (``<think>``,
@@ -244,16 +252,25 @@ def check_control_tokens(
         BackendError: Some control token occurs more or fewer times than the template alone
             produces; the guard's check then fails closed.
     """
-    from collections import Counter
-
     controls = control_token_ids(tokenizer)
     if not controls:
         return
     found = Counter(t for t in prompt_ids if t in controls)
-    skeleton, _ = render_chat(renderer if renderer is not None else tokenizer,
-                              _text_free(messages), None, chat_template)
-    template_ids = tokenizer(skeleton, add_special_tokens=False)["input_ids"]
-    expected = Counter(t for t in template_ids if t in controls)
+    skeleton = _text_free(messages)
+    # The template's own control tokens depend on the conversation's shape only (the texts
+    # are neutral words), so they are rendered once per shape, template and vocabulary size.
+    key = (json.dumps(skeleton, sort_keys=True, default=str), chat_template,
+           renderer is not None, len(controls))
+    try:
+        per_tokenizer = _TEMPLATE_CONTROLS.setdefault(tokenizer, {})
+    except TypeError:  # not weak-referenceable: no cache
+        per_tokenizer = {}
+    expected = per_tokenizer.get(key)
+    if expected is None:
+        text, _ = render_chat(renderer if renderer is not None else tokenizer, skeleton, None,
+                              chat_template)
+        template_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        expected = per_tokenizer[key] = Counter(t for t in template_ids if t in controls)
     if found != expected:
         extra = found - expected
         missing = expected - found
