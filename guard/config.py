@@ -65,6 +65,9 @@ class ModelConfig(_Strict):
     rationale: Literal["sync", "async", "off"] = "sync"
     prefix_cache: bool = True
     frame_cache: int = Field(default=4, ge=0, le=256)
+    # One throwaway judgement when the guard is built, so that first-call costs (seconds on
+    # a CPU) fall on loading, not on the first real check's deadline.
+    warmup: bool = True
     openai: OpenAIOptions = Field(default_factory=OpenAIOptions)
     scripted: ScriptedOptions = Field(default_factory=ScriptedOptions)
 

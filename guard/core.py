@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from guard.audit import AuditLog
@@ -98,6 +99,8 @@ class Guard:
         )
         try:
             self.backend = backend if backend is not None else create_backend(self.config)
+            if self.config.model.warmup:
+                self.warmup()
         except BaseException:
             self._executor.shutdown(wait=False)
             self.audit.close()
@@ -112,6 +115,29 @@ class Guard:
     @property
     def mode(self) -> str:
         return self.config.policy.mode
+
+    def warmup(self) -> float | None:
+        """Run one throwaway judgement (a grey 640x480 frame, the configured template) through
+        a backend that offers `warmup`, before any deadline runs: the deadline covers
+        judging, not loading. Returns its duration in seconds, None when the backend has no
+        warm-up. Not audited (no decision is made); a failure is logged, and the first real
+        check then meets it again and fails closed."""
+        warm = getattr(self.backend, "warmup", None)
+        if warm is None:
+            return None
+        grey = np.full((480, 640, 3), 128, dtype=np.uint8)
+        request = JudgeRequest(
+            prompt=self._template.render(
+                "warm up", (fit_max_pixels(grey, self.config.image.max_pixels),)
+            ),
+            max_new_tokens=min(16, self.config.model.max_new_tokens),
+        )
+        t0 = time.perf_counter()
+        try:
+            warm(request)
+        except Exception as exc:
+            log.warning("backend warm-up failed: %s", exc)
+        return time.perf_counter() - t0
 
     def set_mode(self, mode: str) -> None:
         """Switch enforce/shadow at runtime (the policy fingerprint follows)."""

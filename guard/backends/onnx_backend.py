@@ -327,6 +327,11 @@ class OnnxBackend:
         self._check(request)
         return self.engine.judge(self._fitted(request), self._max_new_tokens)
 
+    def warmup(self, request: JudgeRequest) -> None:
+        """Answer one throwaway request so first-call costs (session warm-up, caches) stay
+        out of the first real check's deadline."""
+        self.judge(request)
+
     def judge_batch(self, requests: Sequence[JudgeRequest]) -> list[JudgeOutput]:
         """Answer several requests in one batch (see `TransformersBackend.judge_batch`)."""
         for r in requests:

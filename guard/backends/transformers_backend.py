@@ -525,6 +525,12 @@ class TransformersBackend:
         _add_generate_timing(out.timings_ms)
         return out
 
+    def warmup(self, request: JudgeRequest) -> None:
+        """Answer one throwaway request: the first call in a process pays for kernel choice,
+        allocator growth and tokenizer caches (3.6 s instead of ~50 ms for the embedded
+        model on 2 CPU cores), which must not count against a real check's deadline."""
+        self.judge(request)
+
     def judge_batch(self, requests: Sequence[JudgeRequest]) -> list[JudgeOutput]:
         """Answer several requests in one batch (replay, benchmarks): the same answers as one
         by one, in one forward per step. A request with ``rationale="off"`` gets its verdict
