@@ -410,6 +410,24 @@ def test_a_missing_middle_file_breaks_the_chain(tmp_path):
     assert not res.ok and "chain broken" in res.reason
 
 
+def test_fsync_mode_keeps_the_same_guarantees(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 10, fsync=True, max_bytes=1500)
+    with p.open("ab") as f:
+        f.write(b'{"torn":')
+    write_log(p, 10, fsync=True, max_bytes=1500)
+    res = verify(p)
+    assert res.ok and res.records == 21, res.describe(p)
+    assert any("torn tail repaired" in n for n in res.notes)
+
+
+def test_appending_to_a_closed_log_is_an_audit_error(tmp_path):
+    log = AuditLog(tmp_path / "a.jsonl")
+    log.close()
+    with pytest.raises(AuditError, match="closed"):
+        log.append("decision", {"n": 0})
+
+
 # -- 7. oversized fields and 9. linear reopen ----------------------------------------------------
 
 
