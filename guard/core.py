@@ -57,6 +57,7 @@ class _PendingRationale:
     future: cf.Future[str]
     verdict_probs: dict[str, float] | None
     rules: RuleOutcome
+    done: cf.Future[RationaleDone] = field(default_factory=cf.Future)
 
 
 class Guard:
@@ -94,9 +95,7 @@ class Guard:
         self._rationales_pending = 0
         self._rationales_idle = threading.Condition()
         self.stats = {"checks": 0, "vetoes": 0, "timeouts": 0, "errors": 0, "abandoned": 0}
-        self.audit = audit if audit is not None else AuditLog(
-            self.config.audit.path, fsync=self.config.audit.fsync
-        )
+        self.audit = audit if audit is not None else AuditLog.from_config(self.config.audit)
         try:
             self.backend = backend if backend is not None else create_backend(self.config)
             if self.config.model.warmup:
@@ -172,6 +171,17 @@ class Guard:
         now: float | None = None,
         entered: float | None = None,
     ) -> Decision:
+        """`judge`'s decision alone: what a front end on the actuation path needs."""
+        return self.judge(frames, proposal, now=now, entered=entered).decision
+
+    def judge(
+        self,
+        frames: FramesArg | FrameSource,
+        proposal: ProposalArg,
+        *,
+        now: float | None = None,
+        entered: float | None = None,
+    ) -> Judgement:
         """Judge one proposal against the latest frame(s). Never raises for what it is given:
         a check that could not run is a fail-closed decision, and every decision is audited
         before it is returned.
@@ -189,6 +199,9 @@ class Guard:
         The deadline (`policy.deadline_ms`) is a wall-clock promise from the moment `check` is
         entered: frame acquisition, resizing, judging and parsing all sit inside it, and an
         answer that arrives late is a timeout veto, whatever delayed it.
+
+        Returns:
+            The decision with how it was reached (`Judgement`).
         """
         t0 = time.monotonic() if entered is None else entered
         deadline = t0 + self.config.policy.deadline_ms / 1000.0
@@ -196,7 +209,9 @@ class Guard:
         try:
             decision = self._check(frames, proposal, now, deadline, trace)
             if decision.status is Status.OK and time.monotonic() > deadline:
-                trace.pending = None  # its verdict was not in time: nothing to complete
+                if trace.pending is not None:  # its verdict was not in time: nothing to complete
+                    trace.pending.future.cancel()
+                    trace.pending = None
                 decision = self._failed(
                     Status.TIMEOUT,
                     f"answer arrived {(time.monotonic() - deadline) * 1000:.0f} ms after "
@@ -209,6 +224,7 @@ class Guard:
             log.exception("guard check failed unexpectedly")
             decision = self._failed(Status.ERROR, f"internal error: {exc!r}", trace.rules)
         except BaseException as exc:  # Ctrl-C or exit in the caller: audit, then let it go
+            trace.pending = None
             decision = self._failed(Status.ERROR, f"interrupted: {exc!r}", trace.rules)
             decision.latency_ms = (time.monotonic() - t0) * 1000.0
             self._finish(decision, proposal, trace)
@@ -235,7 +251,7 @@ class Guard:
             trace.proposal = _as_proposal(proposal)
         except InvalidInputError:
             pass  # audited as what arrived
-        return self._finish(decision, proposal, trace)
+        return self._finish(decision, proposal, trace).decision
 
     def on_rationale(self, callback: RationaleCallback) -> None:
         """Call `callback` with the completed decision whenever an async rationale finishes.
@@ -307,9 +323,8 @@ class Guard:
         job = _Job(self, frames, action, now, deadline, rules)
         future = self._executor.submit(job.run)
         try:
-            decision, trace.record, trace.frames, trace.pending = future.result(
-                timeout=max(0.0, deadline - time.monotonic())
-            )
+            decision, done = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            trace.absorb(done)
         except cf.TimeoutError:
             if not future.cancel():
                 with self._lock:
@@ -396,7 +411,7 @@ class Guard:
             error=error,
         )
 
-    def _finish(self, decision: Decision, proposal: Any, trace: _Trace) -> Decision:
+    def _finish(self, decision: Decision, proposal: Any, trace: _Trace) -> Judgement:
         """Count and audit a decision; an unlogged decision is never an allow."""
         pending = trace.pending
         if decision.frame_stamp is None and trace.frames:
@@ -425,9 +440,18 @@ class Guard:
                 decision.risk = 1.0
                 decision.error = f"audit write failed: {exc}"
         log.debug("decision %s", decision.model_dump_json())
+        judgement = Judgement(
+            decision=decision,
+            proposal=trace.proposal,
+            frames=trace.frames,
+            prompt=trace.prompt,
+            answer=trace.record.get("answer"),
+            timings_ms=dict(trace.record.get("timings_ms") or {}),
+        )
         if pending is not None:
             # Attached after the decision's own record, so the rationale record follows it.
             snapshot = decision.model_copy(deep=True)
+            judgement.rationale = pending.done
             with self._rationales_idle:
                 self._rationales_pending += 1
             pending.future.add_done_callback(
@@ -435,7 +459,7 @@ class Guard:
             )
         elif trace.pending is not None:
             trace.pending.future.cancel()
-        return decision
+        return judgement
 
     def _audit_payload(self, decision: Decision, proposal: Any, trace: _Trace) -> dict[str, Any]:
         if trace.proposal is not None:
@@ -507,6 +531,7 @@ class Guard:
             self.audit.append("rationale", payload)
         except Exception as exc:  # the decision itself is already audited
             log.error("audit write of a rationale failed: %s", exc)
+        pending.done.set_result(RationaleDone(completed, payload))
         for callback in list(self._rationale_callbacks):
             try:
                 callback(completed)
@@ -516,16 +541,49 @@ class Guard:
 
 @dataclass
 class _Trace:
-    """What one check learned on its way, for its audit record."""
+    """What one check learned on its way, for its audit record and its `Judgement`."""
 
     proposal: ActionProposal | None = None
     rules: RuleOutcome = field(default_factory=RuleOutcome)
     frames: list[Frame] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)
+    prompt: dict[str, str] | None = None
     pending: _PendingRationale | None = None
 
+    def absorb(self, job: _Trace) -> None:
+        """Take what a job that finished in time learned."""
+        self.frames, self.record = job.frames, job.record
+        self.prompt, self.pending = job.prompt, job.pending
 
-JobResult = tuple[Decision, dict[str, Any], list[Frame], "_PendingRationale | None"]
+
+@dataclass
+class RationaleDone:
+    """An async rationale, finished: the completed decision (same id, verdict and risk; hazards
+    and rationale from the whole answer) and its audit record's fields."""
+
+    decision: Decision
+    record: dict[str, Any]
+
+
+@dataclass
+class Judgement:
+    """What one check did, for callers that need more than the decision (replay, bench): the
+    decision, the prompt text and answer it came from, the backend's timings, the frames
+    judged, and with ``model.rationale: async`` a future of the finished rationale.
+
+    Everything here is also in the audit record; nobody needs to read the log back.
+    """
+
+    decision: Decision
+    proposal: ActionProposal | None = None
+    frames: list[Frame] = field(default_factory=list)
+    prompt: dict[str, str] | None = None
+    answer: str | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    rationale: cf.Future[RationaleDone] | None = None
+
+
+JobResult = tuple[Decision, _Trace]
 
 
 class _Job:
@@ -544,11 +602,14 @@ class _Job:
     def run(self) -> JobResult:
         guard, rules = self.guard, self.rules
         policy, image_cfg = guard.config.policy, guard.config.image
-        record: dict[str, Any] = {}
+        # The job's own trace: the caller takes it only from a job that finished in time.
+        trace = _Trace()
+        record = trace.record
         frames: list[Frame] = []
 
         def failed(status: Status, error: str) -> JobResult:
-            return guard._failed(status, error, rules), record, frames, None
+            trace.frames = frames
+            return guard._failed(status, error, rules), trace
 
         self.stage = "acquiring frames"
         try:
@@ -586,8 +647,9 @@ class _Job:
             deadline=self.deadline,
             rationale=guard.config.model.rationale,
         )
+        trace.prompt = {"system": request.prompt.system, "user": request.prompt.user}
         if guard.config.audit.include_prompt:
-            record["prompt"] = {"system": request.prompt.system, "user": request.prompt.user}
+            record["prompt"] = trace.prompt
         self.stage = "judging"
         try:
             output = guard.backend.judge(request)
@@ -599,8 +661,9 @@ class _Job:
             msg = str(exc) if isinstance(exc, GuardError) else f"{type(exc).__name__}: {exc}"
             return failed(Status.ERROR, f"backend failed: {msg}")
         self.stage = "parsing the answer"
-        decision, pending = guard._judged(request, output, rules, record)
-        return decision, record, frames, pending
+        decision, trace.pending = guard._judged(request, output, rules, record)
+        trace.frames = frames
+        return decision, trace
 
 
 def _output_problem(output: Any, max_chars: int) -> str | None:
@@ -666,4 +729,4 @@ def _as_frames(frames: FramesArg) -> list[Frame]:
     return out
 
 
-__all__ = ["BackendError", "Guard"]
+__all__ = ["BackendError", "Guard", "Judgement", "RationaleDone"]

@@ -145,10 +145,10 @@ def test_a_check_that_raises_is_an_error_veto_and_the_replay_goes_on(tmp_path, c
         for k in range(3)))
 
     class RaisingGuard(Guard):
-        def check(self, frames: Any, proposal: Any, *, now: float | None = None) -> Any:
+        def judge(self, frames: Any, proposal: Any, **kw: Any) -> Any:
             if proposal.id == "p1":
                 raise RuntimeError("boom")
-            return super().check(frames, proposal, now=now)
+            return super().judge(frames, proposal, **kw)
 
     with RaisingGuard(config, backend=ScriptedBackend()) as guard:
         result = replay(episode, tmp_path / "out", guard=guard, progress=False)
@@ -167,10 +167,10 @@ def test_outputs_are_written_even_when_the_guard_itself_fails(tmp_path, config):
         for k in range(3)))
 
     class BrokenGuard(Guard):
-        def check(self, frames: Any, proposal: Any, *, now: float | None = None) -> Any:
+        def judge(self, frames: Any, proposal: Any, **kw: Any) -> Any:
             if proposal.id == "p1":
                 raise RuntimeError("boom")
-            return super().check(frames, proposal, now=now)
+            return super().judge(frames, proposal, **kw)
 
         def reject(self, *args: Any, **kwargs: Any) -> Any:
             raise OSError("audit disk gone")

@@ -63,9 +63,11 @@ class Judged:
     frames: list[dict[str, Any]] = field(default_factory=list)
     thumbnail: bytes | None = None
     timings_ms: dict[str, float] | None = None
-    # From the decision's `rationale` audit record (rationale: async): whether the whole answer
+    # From the decision's finished rationale (rationale: async): whether the whole answer
     # would have decided the same, or why there is no rationale.
     async_rationale: dict[str, Any] | None = None
+    # The rationale still being generated when the decision was made (rationale: async).
+    rationale: Any = None
 
 
 # -- decisions.jsonl -------------------------------------------------------------------------

@@ -13,7 +13,8 @@ decision; the damage is also listed in the summary. Nothing in the episode can c
 With ``model.rationale: async`` the decisions come back before their rationales; the replay
 waits for the guard's pending rationales (`Guard.wait_rationales`, bounded by
 ``rationale_timeout_s``) before it writes anything, and fills each decision's hazards and
-rationale in from its ``rationale`` audit record, so the report reads like a ``sync`` run's.
+rationale in from its finished rationale (`Judgement.rationale`), so the report reads like a
+``sync`` run's. Timings come from the `Judgement` too: the audit log is written, never read.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guard.errors import InvalidInputError
 from guard.replay.episode import (
@@ -46,6 +48,9 @@ from guard.replay.report import (
     render_html,
 )
 from guard.types import Status
+
+if TYPE_CHECKING:
+    from guard.core import Guard, Judgement, RationaleDone
 
 DECISIONS_FILE = "decisions.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -91,33 +96,9 @@ def _progress(total: int | None, enabled: bool | None) -> Any:
                 disable=None if enabled is None else not enabled)
 
 
-def _from_audit(
-    audit_path: Path, ids: set[str]
-) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
-    """The backend's own timings and the async rationale records per decision, from the audit
-    log the guard wrote."""
-    timings: dict[str, dict[str, float]] = {}
-    rationales: dict[str, dict[str, Any]] = {}
-    if not ids or not audit_path.is_file():
-        return timings, rationales
-    with audit_path.open("rb") as fh:
-        for raw in fh:
-            try:
-                rec = json.loads(raw)
-                if rec.get("kind") == "rationale":
-                    if rec.get("decision_id") in ids:
-                        rationales[rec["decision_id"]] = rec
-                    continue
-                did = rec["decision"]["id"]
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue
-            if did in ids and isinstance(rec.get("timings_ms"), dict):
-                timings[did] = rec["timings_ms"]
-    return timings, rationales
-
-
 def _attach_rationale(j: Judged, rec: dict[str, Any]) -> None:
-    """Fill a verdict-only decision's hazards and rationale in from its rationale record."""
+    """Fill a verdict-only decision's hazards and rationale in from its finished rationale
+    (the fields of its audit record)."""
     from guard.types import Hazard
 
     j.async_rationale = {k: rec[k] for k in _RATIONALE_FIELDS if k in rec}
@@ -132,7 +113,7 @@ def _attach_rationale(j: Judged, rec: dict[str, Any]) -> None:
 
 
 class _Loop:
-    def __init__(self, guard: Any, episode: Episode, limit: int | None, bar: Any) -> None:
+    def __init__(self, guard: Guard, episode: Episode, limit: int | None, bar: Any) -> None:
         self.guard, self.episode, self.limit, self.bar = guard, episode, limit, bar
         self.max_frames = guard.config.image.max_frames
         self.frames: list[FrameEvent] = []  # sorted by t_ns, at most FRAME_BUFFER
@@ -180,6 +161,8 @@ class _Loop:
         frame_stamp = newest.stamp if newest else None
         proposal, now = event.proposal, event.t_ns / 1e9
         checked, note, pixels = False, "", None
+        timings: dict[str, float] | None = None
+        rationale: Future[RationaleDone] | None = None
         frames_info = [{"topic": f.topic, "t": f.t_ns / 1e9, "stamp": f.stamp} for f in visible]
         if event.error is not None:
             decision = self.guard.reject(proposal, Status.INVALID_INPUT,
@@ -201,29 +184,34 @@ class _Loop:
                                              frame_stamp=frame_stamp)
                 note = "frame unreadable"
             else:
-                decision = self._check(frames or None, proposal, now, frame_stamp)
-                checked = True
+                judgement = self._check(frames or None, proposal, now, frame_stamp)
+                decision, checked = judgement.decision, True
+                timings, rationale = judgement.timings_ms or None, judgement.rationale
                 pixels = frames[-1].image if frames else None
                 if not frames:
                     note = "no frame yet"
         j = Judged(index=len(self.judged) + 1, t_ns=event.t_ns, topic=event.topic,
                    proposal=proposal, label=event.label, decision=decision, checked=checked,
-                   frames=frames_info)
+                   frames=frames_info, timings_ms=timings)
+        j.rationale = rationale
         if len(self.judged) < MAX_REPORT_IMAGES:
             j.thumbnail = annotate_frame(pixels, decision, event.label, note)
         self.judged.append(j)
         if self.bar is not None:
             self.bar.update(1)
 
-    def _check(self, frames: Any, proposal: Any, now: float, frame_stamp: float | None) -> Any:
-        """`guard.check`, and a fail-closed error veto should it raise anyway: one proposal's
+    def _check(self, frames: Any, proposal: Any, now: float,
+               frame_stamp: float | None) -> Judgement:
+        """`guard.judge`, and a fail-closed error veto should it raise anyway: one proposal's
         failure must not end the replay of the others."""
+        from guard.core import Judgement
+
         try:
-            return self.guard.check(frames, proposal, now=now)
+            return self.guard.judge(frames, proposal, now=now)
         except Exception as exc:
-            return self.guard.reject(proposal, Status.ERROR,
-                                     f"the check raised {type(exc).__name__}: {exc}",
-                                     frame_stamp=frame_stamp)
+            return Judgement(self.guard.reject(
+                proposal, Status.ERROR, f"the check raised {type(exc).__name__}: {exc}",
+                frame_stamp=frame_stamp))
 
     def _frame(self, f: FrameEvent) -> Any:
         from guard.types import Frame
@@ -249,7 +237,7 @@ def replay(
     episode: str | Path | Episode,
     out_dir: str | Path,
     *,
-    guard: Any,
+    guard: Guard,
     image_topic: str | None = None,
     proposal_topic: str | None = None,
     limit: int | None = None,
@@ -321,16 +309,13 @@ def replay(
     if callable(wait) and interrupted is None:
         all_done = bool(wait(rationale_timeout_s))
     wait_s = time.perf_counter() - t_wait
-    timings, rationales = _from_audit(Path(guard.audit.path),
-                                      {j.decision.id for j in loop.judged})
     t0 = loop.t_first if loop.t_first is not None else 0
     # backslashreplace: text UTF-8 cannot hold (a lone surrogate) is written as its JSON
     # escape rather than ending the replay before its summary is written
     with (out / DECISIONS_FILE).open("w", encoding="utf-8", errors="backslashreplace") as fh:
         for j in loop.judged:
-            j.timings_ms = timings.get(j.decision.id)
-            if j.decision.id in rationales:
-                _attach_rationale(j, rationales[j.decision.id])
+            if j.rationale is not None and j.rationale.done():
+                _attach_rationale(j, j.rationale.result().record)
             fh.write(json.dumps(decision_record(j, t0), ensure_ascii=False) + "\n")
     t_range = (t0, loop.t_last) if loop.t_last is not None else None
     summary = build_summary(
