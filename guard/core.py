@@ -31,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from guard.audit import AuditLog
 from guard.backends import Backend, JudgeOutput, JudgeRequest, create_backend
-from guard.config import GuardConfig, PolicyConfig
+from guard.config import AuditConfig, GuardConfig, PolicyConfig
 from guard.errors import BackendError, BackendTimeout, ConfigError, GuardError, InvalidInputError
 from guard.freshness import frame_freshness
 from guard.imaging import check_array, fit_max_pixels
@@ -715,6 +715,41 @@ def _as_proposal(proposal: ProposalArg) -> ActionProposal:
     )
 
 
+def unjudged(
+    status: Status,
+    error: str,
+    *,
+    audit: AuditConfig | None = None,
+    proposal: ProposalArg | None = None,
+) -> Decision:
+    """The audited fail-closed decision of a front end that has no Guard to ask (its config did
+    not validate, its model did not load, a node not yet configured): a veto, whatever
+    `on_failure` says, since no policy was read. It goes to the audit log `audit` names (the
+    default log when None); a log that cannot be written is named in the decision's error.
+    """
+    if status is Status.OK:
+        raise ValueError("unjudged() needs a failure status")
+    decision = Decision(
+        verdict=Verdict.VETO, status=status, risk=1.0, model="none", policy="none",
+        rationale=f"check did not run ({status.value}): {error}", error=error,
+    )
+    payload: dict[str, Any] = {"decision": decision.model_dump(mode="json")}
+    if proposal is not None:
+        try:
+            valid = _as_proposal(proposal)
+            decision.proposal_id = valid.id
+            payload["proposal"] = valid.model_dump(mode="json")
+        except InvalidInputError:
+            payload["proposal"] = {"invalid": jsonable(proposal, max_depth=8, cut=True)}
+        payload["decision"]["proposal_id"] = decision.proposal_id
+    try:
+        with AuditLog.from_config(audit or AuditConfig()) as log_:
+            log_.append("decision", payload)
+    except Exception as exc:  # nothing more to fall back on: say so in the decision
+        decision.error = f"{error}; audit write failed: {exc}"
+    return decision
+
+
 def _as_frames(frames: FramesArg) -> list[Frame]:
     if frames is None:
         return []
@@ -729,4 +764,4 @@ def _as_frames(frames: FramesArg) -> list[Frame]:
     return out
 
 
-__all__ = ["BackendError", "Guard", "Judgement", "RationaleDone"]
+__all__ = ["BackendError", "Guard", "Judgement", "RationaleDone", "unjudged"]

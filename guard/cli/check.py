@@ -106,23 +106,14 @@ def _emit(decision: Decision) -> int:
 
 
 def _standalone_veto(status: str, error: str, audit_path: str | None) -> int:
-    """Print (and audit) a veto for a check that failed before a Guard existed: a config that
-    does not validate, a model that does not load."""
-    from guard.audit import AuditLog
+    """Print the core's audited veto for a check that failed before a Guard existed: a config
+    that does not validate, a model that does not load."""
     from guard.config import AuditConfig
-    from guard.errors import UsageError
-    from guard.types import Decision, Status, Verdict
+    from guard.core import unjudged
+    from guard.types import Status
 
-    decision = Decision(
-        verdict=Verdict.VETO, status=Status(status), risk=1.0, model="none", policy="none",
-        rationale=f"check did not run ({status}): {error}", error=error,
-    )
-    try:
-        with AuditLog(audit_path or AuditConfig().path) as log:
-            log.append("decision", {"decision": decision.model_dump(mode="json")})
-    except (UsageError, OSError) as exc:
-        print(f"guard check: audit: {exc}", file=sys.stderr)
-    return _emit(decision)
+    audit = AuditConfig(path=audit_path) if audit_path else None
+    return _emit(unjudged(Status(status), error, audit=audit))
 
 
 def run(args: argparse.Namespace) -> int:
