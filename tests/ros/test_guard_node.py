@@ -69,9 +69,9 @@ class Graph:
         self.camera = probe.publisher(Image, f"{ns}/camera/image_raw", qos_profile_sensor_data)
         self._camera_timer = None
 
-    def propose(self, description: str, arguments: str = "") -> str:
+    def propose(self, description: str, arguments: str = "", name: str = "act") -> str:
         pid = "p-" + uuid.uuid4().hex[:10]
-        msg = ActionProposal(id=pid, name="act", description=description,
+        msg = ActionProposal(id=pid, name=name, description=description,
                              arguments_json=arguments)
         msg.header.frame_id = "base_link"
         self.proposals.publish(msg)
@@ -242,6 +242,18 @@ def test_invalid_arguments_json_is_an_invalid_input_veto(camera: Graph) -> None:
     d = camera.decision_for(camera.propose("pick up the cup", arguments="{not json"))
     assert (d.verdict, d.status) == (Decision.VETO, "invalid_input")
     assert "arguments_json" in d.rationale
+
+
+def test_a_nameless_or_too_deep_proposal_is_an_audited_invalid_input_veto(
+        camera: Graph) -> None:
+    # The node once judged a proposal with an empty tool name that replay rejects; one
+    # validation (the proposal type's, through the guard) now decides for every front end.
+    deep = '{"a": ' * 40 + "1" + "}" * 40
+    for pid in (camera.propose("pick up the cup", name=""),
+                camera.propose("pick up the cup", arguments=deep)):
+        d = camera.decision_for(pid)
+        assert (d.verdict, d.status) == (Decision.VETO, "invalid_input"), d.rationale
+        assert pid in (camera.node.workdir / "audit.jsonl").read_text()
 
 
 def test_veto_closes_the_cmd_vel_gate(camera: Graph) -> None:

@@ -42,11 +42,11 @@ from typing import Any
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist
-from guard.config import load_config, PolicyConfig
-from guard.core import Guard
+from guard.config import AuditConfig, load_config, PolicyConfig
+from guard.core import Guard, unjudged
 from guard.errors import ConfigError
 from guard.imaging import decode_image_bytes
-from guard.types import ActionProposal, Decision, Frame, Status, Verdict
+from guard.types import Decision, Frame, Status, Verdict
 from guard_interfaces.msg import ActionProposal as ActionProposalMsg
 from guard_interfaces.msg import Decision as DecisionMsg
 from guard_interfaces.msg import Hazard as HazardMsg
@@ -279,6 +279,8 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         # recorded, no command judged open before it can still go out after its zero.
         self._gate_lock = threading.Lock()
         self._guard: Guard | None = None
+        # Where a veto made without a guard is audited: the last config's log, else the default.
+        self._audit_config: AuditConfig | None = None
         self._config_policy = PolicyConfig()  # the config file's, read on configure
         self._max_frames = 1
         self._max_input_pixels = 50_000_000
@@ -369,6 +371,7 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
             return TransitionCallbackReturn.FAILURE
 
         policy = config.policy
+        self._audit_config = config.audit
         self._config_policy = base.policy
         self._max_frames = config.image.max_frames
         self._max_input_pixels = config.image.max_input_pixels
@@ -584,10 +587,12 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         guard = self._guard
         if guard is not None:
             try:
-                return guard.reject(ActionProposal(id=msg.id, name=msg.name), status, reason)
+                # A mapping: the guard validates it, so even a nameless proposal is audited.
+                return guard.reject({'id': msg.id, 'name': msg.name}, status, reason)
             except Exception as exc:  # the audit itself failed: still an answer, a veto
                 reason = f'{reason}; not audited: {exc!r}'
-        return _unjudged(msg.id, reason)
+        return unjudged(status, reason, audit=self._audit_config,
+                        proposal={'id': msg.id, 'name': msg.name})
 
     def _on_check(self, request: Any, response: Any) -> Any:
         # Runs on the check server's own thread.
@@ -612,7 +617,8 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         """One decision for one proposal, whatever happens (fail closed)."""
         guard = self._guard
         if guard is None:
-            return _unjudged(msg.id, 'the guard is not configured')
+            return unjudged(Status.ERROR, 'the guard is not configured',
+                            audit=self._audit_config, proposal={'id': msg.id, 'name': msg.name})
         try:
             header_stamp = stamp_to_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec)
             base = {
@@ -620,10 +626,12 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
                 'stamp': header_stamp or None,
             }
             try:
-                proposal = ActionProposal(**base, arguments=parse_arguments_json(
-                    msg.arguments_json))
+                arguments = parse_arguments_json(msg.arguments_json)
             except ValueError as exc:
-                return guard.reject(ActionProposal(**base), Status.INVALID_INPUT, str(exc))
+                return guard.reject(base, Status.INVALID_INPUT, str(exc))
+            # Validated by the guard (a blank name, arguments nested too deep: an audited
+            # invalid_input veto), exactly as replay and the middleware are.
+            proposal = {**base, 'arguments': arguments}
 
             now = self._now()
             if image is not None:
@@ -871,14 +879,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f'{value:.3f}'
     return str(value)
-
-
-def _unjudged(proposal_id: str, reason: str) -> Decision:
-    # Only when the Guard itself is unusable: still exactly one answer, and it is a veto.
-    return Decision(
-        verdict=Verdict.VETO, status=Status.ERROR, risk=1.0,
-        rationale=f'check did not run (error): {reason}', proposal_id=proposal_id,
-        error=reason)
 
 
 def main(args: list[str] | None = None) -> int:
