@@ -497,3 +497,32 @@ def test_always_needs_torchvision(
     monkeypatch.setattr(qwen_inputs, "torchvision_works", lambda: False)
     with pytest.raises(BackendError, match="needs torchvision"):
         create_backend(_config(tiny_dirs["qwen3_vl"], **{"model.use_processor": "always"}))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("mode", ["off", "sync"])
+def test_non_finite_logits_fail_the_check(tiny_dirs: dict[str, Path], bad: float,
+                                          mode: str) -> None:
+    """NaN or inf at a verdict logit once gave ALLOW with risk 0.0 (argmax picks the NaN)."""
+    from guard.core import Guard
+    from guard.types import Frame, Status, Verdict
+
+    config = _config(tiny_dirs["qwen2_5_vl"], **{
+        "model.rationale": mode, "model.prefix_cache": False, "model.frame_cache": 0,
+        "model.warmup": False, "policy.max_frame_age_ms": None,
+        "audit.path": str(Path(tiny_dirs["qwen2_5_vl"]).parent / "nan_audit.jsonl")})
+    with Guard(config) as g:
+        engine = g.backend.engine  # type: ignore[attr-defined]
+        real = engine.runner.forward
+        allow_id = engine.verdict_token_ids(("ALLOW", "ANNOTATE", "VETO"))["ALLOW"]
+
+        def poisoned(*args: Any, **kwargs: Any) -> Any:
+            logits, past = real(*args, **kwargs)
+            logits = np.array(logits, copy=True)
+            logits[..., allow_id] = bad
+            return logits, past
+
+        engine.runner.forward = poisoned
+        d = g.check(Frame(image=np.asarray(_image()), stamp=None), {"name": "stove_on"})
+    assert (d.verdict, d.status) == (Verdict.VETO, Status.ERROR), d
+    assert "logits" in (d.error or ""), d.error  # the engine refuses them itself

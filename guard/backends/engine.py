@@ -527,6 +527,8 @@ class VerdictFirstEngine:
             for r, toks in enumerate(state.tokens):
                 if len(toks) < min_new_tokens:
                     logits[r, sorted(self.eos)] = _NEG_INF
+        if np.isnan(logits).any():
+            raise BackendError("NaN logits during generation")
         nxt = logits.argmax(axis=-1)
         for r in range(len(state.done)):
             if state.done[r]:
@@ -551,6 +553,10 @@ class VerdictFirstEngine:
         if not ids:
             return _Verdict(None, None)
         sel = logits[list(ids.values())].astype(np.float64)
+        if np.isnan(logits).any() or np.isposinf(sel).any() or np.isneginf(sel).all():
+            # argmax picks a NaN, and a softmax over inf is NaN: a broken model (fp16
+            # overflow, bad weights) must fail the check, not answer.
+            raise BackendError(f"non-finite logits at the verdict position: {sel.tolist()}")
         # A softmax over the verdict tokens' logits equals their vocabulary probabilities
         # renormalised among themselves, without underflow when all are unlikely.
         e = np.exp(sel - sel.max())
