@@ -8,7 +8,6 @@ from whether the check ran (`status`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 import uuid
@@ -223,14 +222,17 @@ class ActionProposal(BaseModel):
     def _finite_stamp(cls, v: float | None) -> float | None:
         return v if v is None or math.isfinite(v) else None
 
-    def as_text(self) -> str:
-        """The action as the judge reads it."""
-        parts = [self.description.strip() or self.name]
-        if self.description.strip():
-            parts.append(f"(tool: {self.name})")
-        if self.arguments:
-            parts.append("arguments: " + json.dumps(self.arguments, sort_keys=True, default=str))
-        return " ".join(parts)
+    def as_text(self, action_format: str | None = None) -> str:
+        """The action as the judge reads it: `guard.prompting.action.render_action`, the one
+        rendering every front end and training share.
+
+        Args:
+            action_format: A format identifier (`guard.prompting.action.ACTION_FORMATS`); None
+                is the default, ``tool_call_v1``: "description (tool: name) arguments: {...}".
+        """
+        from guard.prompting.action import render_action  # guard.prompting imports this module
+
+        return render_action(self.name, self.description, self.arguments, action_format)
 
 
 class Hazard(BaseModel):

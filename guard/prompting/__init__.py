@@ -1,5 +1,13 @@
-"""Prompt templates (data files) and the strict parser of the judge's answer."""
+"""Prompt templates (data files), the one rendering of a proposal into the judge's words, and
+the strict parser of the judge's answer."""
 
+from guard.prompting.action import (
+    ACTION_FORMATS,
+    DEFAULT_ACTION_FORMAT,
+    render_action,
+    resolve_action_format,
+    trained_action_format,
+)
 from guard.prompting.parser import ParsedAnswer, ParseError, parse_answer
 from guard.prompting.template import (
     DEFAULT_TEMPLATE,
@@ -9,5 +17,7 @@ from guard.prompting.template import (
     trained_template,
 )
 
-__all__ = ["DEFAULT_TEMPLATE", "ParseError", "ParsedAnswer", "PromptTemplate", "load_template",
-           "parse_answer", "resolve_template", "trained_template"]
+__all__ = ["ACTION_FORMATS", "DEFAULT_ACTION_FORMAT", "DEFAULT_TEMPLATE", "ParseError",
+           "ParsedAnswer", "PromptTemplate", "load_template", "parse_answer", "render_action",
+           "resolve_action_format", "resolve_template", "trained_action_format",
+           "trained_template"]
