@@ -30,9 +30,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from guard.errors import ConfigError
+from guard.prompting.action import ACTION_FORMATS, DEFAULT_ACTION_FORMAT
 
 Method = Literal["sft", "grpo", "dpo", "caspo"]
 METHODS: tuple[str, ...] = ("sft", "grpo", "dpo", "caspo")
@@ -100,6 +108,10 @@ class WorldSource(_Strict):
     house_rules: float = Field(default=0.0, ge=0.0, le=1.0)
     """Share of heating items with a house rule in their action text (`training.house_rules`)."""
     house_rule_seed: int = 0
+    bare_phrase_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of items proposed as the bare phrase (`training.data.world_items`)."""
+    unnamed_tool_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of items whose tool is unnamed, ``action`` (`training.data.world_items`)."""
 
 
 class FolderSource(_Strict):
@@ -120,6 +132,9 @@ class DataSpec(_Strict):
         train: The training items.
         eval: Optional evaluation items (trl's ``eval_strategy`` decides when).
         template: The guard prompt template (name or path), as the judge uses at inference.
+        action_format: How a proposal is rendered into the prompt's action text
+            (`guard.prompting.action`); recorded in the model folder, so the guard renders
+            proposals the same way at inference.
         constitution: Privileged context used by `constitution_rate` (SFT) and, unless the
             trainer section sets its own, by CASPO's teacher.
         constitution_rate: SFT only: share of examples whose prompt carries the constitution,
@@ -134,8 +149,16 @@ class DataSpec(_Strict):
     eval: Source | None = None
     unlabeled: Source | None = None
     template: str = "consequence_compact"
+    action_format: str = DEFAULT_ACTION_FORMAT
     constitution: str = "hazardworld"
     constitution_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @field_validator("action_format")
+    @classmethod
+    def _known_action_format(cls, v: str) -> str:
+        if v not in ACTION_FORMATS:
+            raise ValueError(f"unknown action format {v!r} (known: {', '.join(ACTION_FORMATS)})")
+        return v
 
 
 class RunConfig(_Strict):

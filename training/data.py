@@ -8,9 +8,11 @@ Sources give `GuardItem`s (an image, an action, a label and the reference answer
   ``guard world generate`` writes.
 
 Row builders turn items into the chat-format rows trl's trainers read, with the prompt the
-guard itself renders at inference (`guard.prompting` templates; ``consequence_compact`` for
-small models) and the guard's answer format as the target (verdict first, then risk, hazards,
-consequence):
+guard itself renders at inference: the item's proposal (tool name, description, arguments)
+rendered by the guard's one rendering (`guard.prompting.action.render_action`, in the run's
+``data.action_format``) inside the guard's template (`guard.prompting` templates;
+``consequence_compact`` for small models), and the guard's answer format as the target (verdict
+first, then risk, hazards, consequence):
 
 - `sft_rows`: ``prompt`` + ``completion`` (the reference answer) + ``image``;
 - `preference_rows`: ``prompt`` + ``chosen`` (reference) + ``rejected`` (a wrong-verdict answer);
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from guard.prompting import load_template
+from guard.prompting.action import UNNAMED_TOOL, render_action
 
 if TYPE_CHECKING:
     import datasets
@@ -48,7 +51,7 @@ class GuardItem:
 
     Attributes:
         id: Unique id.
-        query: The action text.
+        query: The action in words: the proposal's description.
         image: A PIL image, or a path to one (loaded lazily by the dataset).
         label: "safe", "unsafe", or None when unknown (unscorable for rewards).
         category: Hazard category ("none" when safe).
@@ -56,6 +59,8 @@ class GuardItem:
         hazard: One-sentence hazard ("" when safe).
         consequence: One-sentence consequence.
         meta: Source-specific fields kept for evaluation (``split``, ``target_rule``, ``ood``).
+        tool: The proposal's tool name (the world's action key, e.g. ``stove_on``).
+        arguments: The proposal's tool arguments.
     """
 
     id: str
@@ -67,6 +72,14 @@ class GuardItem:
     hazard: str = ""
     consequence: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    tool: str = UNNAMED_TOOL
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+def action_text(item: GuardItem, action_format: str | None = None) -> str:
+    """The item's proposal as the judge reads it: the guard's one rendering
+    (`guard.prompting.action.render_action`), exactly as `ActionProposal.as_text` gives it."""
+    return render_action(item.tool, item.query, item.arguments, action_format)
 
 
 def world_items(
@@ -78,6 +91,8 @@ def world_items(
     config: WorldConfig | None = None,
     house_rules: float = 0.0,
     house_rule_seed: int = 0,
+    bare_phrase_rate: float = 0.0,
+    unnamed_tool_rate: float = 0.0,
 ) -> list[GuardItem]:
     """Items ``start .. start+n-1`` of a synthetic world split, rendered in memory.
 
@@ -90,6 +105,14 @@ def world_items(
         house_rules: Share of heating items that get a house rule in their action text
             (`training.house_rules`: teaches the model to apply rules stated in its context).
         house_rule_seed: Seeds which items get a rule and what it names.
+        bare_phrase_rate: Share of items proposed as the bare phrase (the phrase as the tool
+            name, no description): the shape of a proposal that only names its action.
+        unnamed_tool_rate: Share of items whose tool is unnamed (``action``, what ``guard
+            check --action TEXT`` and benchmark items without a tool send).
+            The rest carry the world's action key as the tool name and the phrase as the
+            description, as the world's episodes and ``guard world generate`` items do. These
+            shapes are all rendered by the one rendering; mixing them keeps a model trained on
+            tool calls reading the other shapes front ends send.
 
     Returns:
         The items, images as PIL.
@@ -99,12 +122,19 @@ def world_items(
     from guard.world import WorldConfig, iter_items, render_item
     from training.house_rules import draw_house_rule, with_house_rule
 
+    if not (0.0 <= bare_phrase_rate and 0.0 <= unnamed_tool_rate
+            and bare_phrase_rate + unnamed_tool_rate <= 1.0):
+        raise ValueError("bare_phrase_rate and unnamed_tool_rate must be >= 0 and sum to <= 1,"
+                         f" got {bare_phrase_rate} and {unnamed_tool_rate}")
     cfg = config or WorldConfig()
     rng = random.Random(house_rule_seed)
+    # its own stream: the items and their house rules are the same whatever the rates
+    shape_rng = random.Random(f"shape-{house_rule_seed}")
     items = []
     for it in iter_items(split, n, seed=seed, config=cfg, start=start):
         rule = (draw_house_rule(it.action, it.scene.objects, rng, house_rules)
                 if house_rules else None)
+        shape = shape_rng.random()
         item = GuardItem(
             id=it.id,
             query=it.query,
@@ -116,8 +146,15 @@ def world_items(
             consequence=it.consequence,
             meta={"split": it.split, "target_rule": it.rule, "ood": it.ood,
                   "action": it.action},
+            tool=it.action,
         )
-        items.append(item if rule is None else with_house_rule(item, rule))
+        if rule is not None:
+            item = with_house_rule(item, rule)
+        if shape < bare_phrase_rate:
+            item.tool, item.query = item.query, ""
+        elif shape < bare_phrase_rate + unnamed_tool_rate:
+            item.tool = UNNAMED_TOOL
+        items.append(item)
     return items
 
 
@@ -127,7 +164,8 @@ def folder_items(path: str | Path, limit: int | None = None) -> list[GuardItem]:
     The folder holds ``items.jsonl`` (one object per line) or ``items.json`` / ``data.json``
     (a list), with ``id``, ``image`` (relative to the folder), ``query``, and optionally
     ``category``, ``hazard``, ``consequence``, ``label`` (safe/unsafe) and
-    ``reference_answer`` (built from the other fields when absent).
+    ``reference_answer`` (built from the other fields when absent), ``tool`` (the proposal's
+    tool name; ``action`` when absent, as ``guard bench`` names it) and ``arguments``.
 
     Args:
         path: The folder (or the items file itself).
@@ -160,6 +198,7 @@ def folder_items(path: str | Path, limit: int | None = None) -> list[GuardItem]:
         if label is not None and label not in ("safe", "unsafe"):
             raise ValueError(f"{p}: record {k} has label {label!r}; expected safe or unsafe")
         category = rec.get("category") or ("none" if label == "safe" else "unknown")
+        tool, arguments = rec.get("tool"), rec.get("arguments")
         item = GuardItem(
             id=str(rec["id"]),
             query=str(rec["query"]),
@@ -170,6 +209,8 @@ def folder_items(path: str | Path, limit: int | None = None) -> list[GuardItem]:
             hazard=rec.get("hazard") or "",
             consequence=rec.get("consequence") or "",
             meta={k2: rec.get(k2) for k2 in ("split", "target_rule", "ood", "action")},
+            tool=tool if isinstance(tool, str) and tool.strip() else UNNAMED_TOOL,
+            arguments=arguments if isinstance(arguments, dict) else {},
         )
         if not item.reference_answer:
             item.reference_answer = reference_answer(item)
@@ -213,15 +254,15 @@ def _rule_category(rule: str | None) -> str | None:
     return r.category if r is not None else None
 
 
-def prompt_messages(query: str, template: str = "consequence_compact",
+def prompt_messages(action: str, template: str = "consequence_compact",
                     n_images: int = 1) -> list[dict[str, Any]]:
-    """The guard's chat prompt for an action, with image placeholders.
+    """The guard's chat prompt for an action text (`action_text`), with image placeholders.
 
     Rendered by the same template file the guard's judge uses (images first, then the text),
     so training prompts and inference prompts are the same conversation.
     """
     # the template only counts the images; the pixels travel in the dataset's image column
-    chat = load_template(template).render(query, cast(Any, (None,) * n_images))
+    chat = load_template(template).render(action, cast(Any, (None,) * n_images))
     msgs = chat.messages()
     for m in msgs:
         for part in m["content"]:
@@ -249,12 +290,14 @@ def sft_rows(
     constitution: Constitution | None = None,
     constitution_rate: float = 0.0,
     seed: int = 0,
+    action_format: str | None = None,
 ) -> list[dict[str, Any]]:
     """Prompt + reference-answer rows for supervised training.
 
     Args:
         items: The items.
         template: Prompt template name or path.
+        action_format: How proposals are rendered (`guard.prompting.action`); None: default.
         constitution: Privileged context to put in a share of the prompts, so that the model
             learns to read rules given in its context (what CASPO's teacher relies on).
         constitution_rate: Share of rows whose prompt carries `constitution`.
@@ -265,7 +308,7 @@ def sft_rows(
     rng = random.Random(seed)
     rows = []
     for item in items:
-        prompt = prompt_messages(item.query, template)
+        prompt = prompt_messages(action_text(item, action_format), template)
         with_rules = constitution is not None and rng.random() < constitution_rate
         if with_rules and constitution is not None:
             prompt = constitution.apply(prompt)
@@ -276,30 +319,32 @@ def sft_rows(
     return rows
 
 
-def preference_rows(items: Iterable[GuardItem],
-                    template: str = "consequence_compact") -> list[dict[str, Any]]:
+def preference_rows(items: Iterable[GuardItem], template: str = "consequence_compact", *,
+                    action_format: str | None = None) -> list[dict[str, Any]]:
     """Prompt + chosen (reference) + rejected (wrong verdict) rows for DPO."""
     rows = []
     for item in items:
-        row = _base_row(item, prompt_messages(item.query, template))
+        row = _base_row(item, prompt_messages(action_text(item, action_format), template))
         row["chosen"] = item.reference_answer
         row["rejected"] = wrong_verdict_answer(item)
         rows.append(row)
     return rows
 
 
-def prompt_rows(items: Iterable[GuardItem],
-                template: str = "consequence_compact") -> list[dict[str, Any]]:
+def prompt_rows(items: Iterable[GuardItem], template: str = "consequence_compact", *,
+                action_format: str | None = None) -> list[dict[str, Any]]:
     """Prompt-only rows for on-policy RL (GRPO, CASPO); rewards read label and category."""
-    return [_base_row(item, prompt_messages(item.query, template)) for item in items]
+    return [_base_row(item, prompt_messages(action_text(item, action_format), template))
+            for item in items]
 
 
-def unlabeled_rows(items: Iterable[GuardItem],
-                   template: str = "consequence_compact") -> list[dict[str, Any]]:
+def unlabeled_rows(items: Iterable[GuardItem], template: str = "consequence_compact", *,
+                   action_format: str | None = None) -> list[dict[str, Any]]:
     """`prompt_rows` with the answer removed (label, category, rule): the outcome rewards
     return None for them, and nothing downstream can read what the label was."""
     return [{**row, "id": f"unlabeled-{row['id']}", "label": None, "category": None,
-             "target_rule": None} for row in prompt_rows(items, template)]
+             "target_rule": None}
+            for row in prompt_rows(items, template, action_format=action_format)]
 
 
 def to_dataset(rows: Sequence[dict[str, Any]]) -> datasets.Dataset:
@@ -342,6 +387,7 @@ def clean_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 __all__ = [
     "GuardItem",
+    "action_text",
     "clean_messages",
     "folder_items",
     "load_image",

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from training.data import GuardItem, prompt_messages
+from training.data import GuardItem, action_text, prompt_messages
 from training.rewards import blocks, category_score, identified_risk, parse_or_none
 
 #: Tokens generated for a verdict-only evaluation: enough for the longest verdict word of a
@@ -146,8 +146,8 @@ def load_for_eval(model_dir: str | Path, dtype: str = "float32") -> tuple[Any, A
 
 def generate_answers(model: Any, processor: Any, items: Sequence[GuardItem], *,
                      template: str = "consequence_compact", batch_size: int = 32,
-                     max_new_tokens: int = 128) -> list[str]:
-    """Greedy answers for `items`, in order."""
+                     max_new_tokens: int = 128, action_format: str | None = None) -> list[str]:
+    """Greedy answers for `items`, in order (proposals rendered in `action_format`)."""
     import torch
     from trl.data_utils import prepare_multimodal_messages
 
@@ -160,7 +160,8 @@ def generate_answers(model: Any, processor: Any, items: Sequence[GuardItem], *,
         batch = items[start:start + batch_size]
         images = [[load_image(it.image)] for it in batch]
         texts = [processor.apply_chat_template(
-            prepare_multimodal_messages(prompt_messages(it.query, template), images=im),
+            prepare_multimodal_messages(
+                prompt_messages(action_text(it, action_format), template), images=im),
             tokenize=False, add_generation_prompt=True) for it, im in zip(batch, images,
                                                                             strict=True)]
         enc = processor(images=images, text=texts, padding=True, padding_side="left",
@@ -176,6 +177,7 @@ def generate_answers(model: Any, processor: Any, items: Sequence[GuardItem], *,
 def evaluate(model: Any, processor: Any, items: Sequence[GuardItem], *,
              template: str = "consequence_compact", batch_size: int = 32,
              max_new_tokens: int = 128, verdict_only: bool = False,
+             action_format: str | None = None,
              ) -> tuple[dict[str, Any], list[ItemResult]]:
     """Answer and score `items`; returns the report (with ``wall_s``) and per-item results.
 
@@ -186,7 +188,8 @@ def evaluate(model: Any, processor: Any, items: Sequence[GuardItem], *,
     if verdict_only:
         max_new_tokens = min(max_new_tokens, VERDICT_TOKENS)
     answers = generate_answers(model, processor, items, template=template,
-                               batch_size=batch_size, max_new_tokens=max_new_tokens)
+                               batch_size=batch_size, max_new_tokens=max_new_tokens,
+                               action_format=action_format)
     results = [score(it, a, verdict_only=verdict_only)
                for it, a in zip(items, answers, strict=True)]
     rep = report(results)
@@ -197,7 +200,8 @@ def evaluate(model: Any, processor: Any, items: Sequence[GuardItem], *,
 
 def constitution_effect(model: Any, processor: Any, items: Sequence[GuardItem],
                         constitution: Any, *, template: str = "consequence_compact",
-                        batch_size: int = 32) -> dict[str, Any]:
+                        batch_size: int = 32,
+                        action_format: str | None = None) -> dict[str, Any]:
     """How much stating the constitution changes the model's verdict: CASPO's teacher signal.
 
     For each item, the probability of VETO among the verdict words' first tokens at the
@@ -224,7 +228,8 @@ def constitution_effect(model: Any, processor: Any, items: Sequence[GuardItem],
             texts, images = [], []
             for it in batch:
                 im = [load_image(it.image)]
-                msgs = prepare_multimodal_messages(prompt_messages(it.query, template), images=im)
+                msgs = prepare_multimodal_messages(
+                    prompt_messages(action_text(it, action_format), template), images=im)
                 if teacher:
                     msgs = constitution.apply(msgs)
                 texts.append(processor.apply_chat_template(msgs, tokenize=False,
@@ -264,21 +269,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="world seed")
     p.add_argument("--preset", default="default", help="world preset")
     p.add_argument("--template", default="consequence_compact")
+    p.add_argument("--action-format", default=None,
+                   help="how proposals are rendered (guard.prompting.action); default: the "
+                   "one the model folder records, else tool_call_v1")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--verdict-only", action="store_true",
                    help="generate a few tokens and score the verdict line only")
     p.add_argument("--out", help="write the report (and per-item answers beside it) here")
     args = p.parse_args(argv)
+    from guard.prompting.action import resolve_action_format
     from guard.world import WorldConfig
     from training.data import world_items
 
+    action_format = resolve_action_format(args.action_format, args.model)
     items = world_items(args.split, args.n, seed=args.seed,
                         config=WorldConfig.preset(args.preset))
     model, processor = load_for_eval(args.model)
     rep, results = evaluate(model, processor, items, template=args.template,
                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                            verdict_only=args.verdict_only)
+                            verdict_only=args.verdict_only, action_format=action_format)
     text = json.dumps(rep, indent=2)
     if args.out:
         out = Path(args.out)

@@ -48,7 +48,9 @@ def load_items(source: WorldSource | FolderSource) -> list[Any]:
     world = WorldConfig.preset(source.preset, **source.overrides)
     return world_items(source.split, source.n, seed=source.seed, start=source.start,
                        config=world, house_rules=source.house_rules,
-                       house_rule_seed=source.house_rule_seed)
+                       house_rule_seed=source.house_rule_seed,
+                       bare_phrase_rate=source.bare_phrase_rate,
+                       unnamed_tool_rate=source.unnamed_tool_rate)
 
 
 def build_rows(cfg: RunConfig, items: list[Any]) -> list[dict[str, Any]]:
@@ -56,14 +58,16 @@ def build_rows(cfg: RunConfig, items: list[Any]) -> list[dict[str, Any]]:
     from training.constitution import load_constitution
     from training.data import preference_rows, prompt_rows, sft_rows
 
+    fmt = cfg.data.action_format
     if cfg.method == "sft":
         constitution = (load_constitution(cfg.data.constitution)
                         if cfg.data.constitution_rate else None)
         return sft_rows(items, cfg.data.template, constitution=constitution,
-                        constitution_rate=cfg.data.constitution_rate, seed=cfg.seed)
+                        constitution_rate=cfg.data.constitution_rate, seed=cfg.seed,
+                        action_format=fmt)
     if cfg.method == "dpo":
-        return preference_rows(items, cfg.data.template)
-    return prompt_rows(items, cfg.data.template)
+        return preference_rows(items, cfg.data.template, action_format=fmt)
+    return prompt_rows(items, cfg.data.template, action_format=fmt)
 
 
 @dataclass
@@ -126,7 +130,8 @@ def build(cfg: RunConfig, out: str | Path, *, reward_funcs: list[Any] | None = N
 
     train_rows = build_rows(cfg, load_items(cfg.data.train))
     if cfg.data.unlabeled is not None:
-        train_rows += unlabeled_rows(load_items(cfg.data.unlabeled), cfg.data.template)
+        train_rows += unlabeled_rows(load_items(cfg.data.unlabeled), cfg.data.template,
+                                     action_format=cfg.data.action_format)
     train_ds = to_dataset(train_rows)
     eval_ds = (to_dataset(build_rows(cfg, load_items(cfg.data.eval)))
                if cfg.data.eval is not None else None)
@@ -167,6 +172,16 @@ def build(cfg: RunConfig, out: str | Path, *, reward_funcs: list[Any] | None = N
     return Run(config=cfg, out=out, trainer=trainer, processor=processor)
 
 
+def _write_run_config(model_dir: Path, text: str) -> None:
+    """The run config beside a saved model, also under the name the guard reads its template
+    and action format from (`guard.prompting.action.TRAINING_RUN_CONFIG`): a model folder is
+    prompted as it was trained."""
+    from guard.prompting.action import TRAINING_RUN_CONFIG
+
+    for name in (RUN_CONFIG_FILE, TRAINING_RUN_CONFIG):
+        (model_dir / name).write_text(text, encoding="utf-8")
+
+
 def save(run: Run, *, merged: bool = False) -> Path:
     """Write the final model, processor files and run config to ``OUT/model``."""
     trainer, out = run.trainer, run.out
@@ -176,14 +191,14 @@ def save(run: Run, *, merged: bool = False) -> Path:
     trainer.save_model(str(model_dir))
     if trainer.accelerator.is_main_process:
         run.processor.save_pretrained(str(model_dir))
-        (model_dir / RUN_CONFIG_FILE).write_text(run.config.to_yaml(), encoding="utf-8")
+        _write_run_config(model_dir, run.config.to_yaml())
         spec = run.config.model
         if merged and spec.lora is not None and spec.quantization == "none":
             merged_dir = out / "model_merged"
             policy = trainer.accelerator.unwrap_model(trainer.model)
             policy.merge_and_unload().save_pretrained(str(merged_dir))
             run.processor.save_pretrained(str(merged_dir))
-            (merged_dir / RUN_CONFIG_FILE).write_text(run.config.to_yaml(), encoding="utf-8")
+            _write_run_config(merged_dir, run.config.to_yaml())
     return model_dir
 
 

@@ -11,6 +11,7 @@ from guard.prompting import parse_answer
 from training.constitution import load_constitution
 from training.data import (
     GuardItem,
+    action_text,
     folder_items,
     preference_rows,
     prompt_messages,
@@ -39,7 +40,7 @@ def test_world_items_carry_the_reference_answer_and_labels(items: list[GuardItem
 def test_rows_hold_the_guard_prompt_with_an_image_placeholder(items: list[GuardItem]) -> None:
     rows = sft_rows(items)
     prompt = rows[0]["prompt"]
-    assert prompt == prompt_messages(items[0].query)
+    assert prompt == prompt_messages(action_text(items[0]))
     assert [m["role"] for m in prompt] == ["system", "user"]
     assert prompt[1]["content"][0] == {"type": "image"}
     assert items[0].query in prompt[1]["content"][1]["text"]
@@ -131,7 +132,7 @@ def test_processor_and_collator_tokenize_as_the_guard_infers(
     processor = load_processor(folder)
     builder = input_builder(processor, AutoConfig.from_pretrained(folder))
     rows = list(to_dataset(sft_rows(items[:2])))  # through Arrow, as the trainers see them
-    msgs = prompt_messages(items[0].query)
+    msgs = prompt_messages(action_text(items[0]))
     infer = builder.from_messages(msgs, [items[0].image])
     # trl's GRPO path: the processor's own chat template + image expansion
     for m in msgs:

@@ -61,6 +61,11 @@ def test_supervised_methods_move_the_weights_and_save_a_loadable_model(
     model_dir = tmp_path / "model"
     assert (model_dir / "run_config.yaml").is_file()
     assert load_run_config(model_dir / "run_config.yaml").method == method
+    # and records, where the guard reads it, how it was prompted (template, action format)
+    from guard.prompting import trained_action_format, trained_template
+
+    assert trained_template(model_dir) == "consequence_compact"
+    assert trained_action_format(model_dir) == "tool_call_v1"
     # the guard's own judge loads what training wrote, unchanged
     from PIL import Image
 
