@@ -35,16 +35,25 @@ from guard.config import ScriptedStep
 from guard.errors import BackendError
 from guard.imaging import fit_max_pixels
 from guard.prompting import ParseError, parse_answer
+from guard.prompting.action import UNNAMED_TOOL
 from guard.types import ActionProposal, Frame
 
 _UNSAFE_FIELD = re.compile(r"[|\n\r]+")
 
 
 def proposal_for(item: BenchItem) -> ActionProposal:
-    """The proposal the runner sends the guard for `item` (one place, so the oracle agrees)."""
+    """The proposal the runner sends the guard for `item` (one place, so the oracle agrees).
+
+    The tool name and arguments are the item's own when its record names them (``tool``,
+    ``arguments``: the world's items do), so the judge reads the text training rendered for
+    the same item (`training.data.folder_items`); else ``plan`` for a step plan, ``action``.
+    """
+    tool, arguments = item.meta.get("tool"), item.arguments or item.meta.get("arguments")
+    if not (isinstance(tool, str) and tool.strip()):
+        tool = "plan" if item.arguments.get("steps") else UNNAMED_TOOL
     return ActionProposal(
-        id=item.id, name="plan" if item.arguments.get("steps") else "action",
-        description=item.query, arguments=dict(item.arguments),
+        id=item.id, name=tool, description=item.query,
+        arguments=dict(arguments) if isinstance(arguments, dict) else {},
     )
 
 

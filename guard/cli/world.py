@@ -3,6 +3,8 @@ the schema the `ood-mmsafe` suite reads).
 
     guard world generate --split train --n 2000 --out data/train --seed 0
     guard world generate --split test_ood --n 500 --out data/test_ood --preset hard
+    guard world generate --split test_iid --n 200 --start 1000000000 --out data/demo_scenes
+        # the scenes `guard demo --steps 200` and the example episodes judge, as items
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n", required=True, type=int, metavar="N", help="number of items")
     g.add_argument("--out", required=True, metavar="DIR", help="output folder")
     g.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    g.add_argument("--start", type=int, default=0, metavar="I",
+                   help="index of the first item (default 0; 1000000000: the scenes of the "
+                   "world's episodes, which `guard demo` and the example replays judge)")
     g.add_argument("--preset", default="default", choices=["default", "easy", "hard"],
                    help="difficulty preset (default: learnable by a small model on CPU)")
     g.add_argument("--image-size", default=None, metavar="PX|WxH",
@@ -29,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 0:
         raise UsageError(f"--n {args.n}: must be >= 0")
+    if args.start < 0:
+        raise UsageError(f"--start {args.start}: must be >= 0")
     from pydantic import ValidationError
 
     from guard.world import WorldConfig, generate
@@ -46,5 +53,6 @@ def run(args: argparse.Namespace) -> int:
         except ValidationError as exc:
             msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
             raise UsageError(f"--image-size {args.image_size!r}: {msg}") from None
-    print(generate(args.split, args.n, args.out, seed=args.seed, config=config))
+    print(generate(args.split, args.n, args.out, seed=args.seed, config=config,
+                   start=args.start))
     return 0

@@ -11,6 +11,7 @@ items.jsonl fields (OOD-MMSafe style first, then the world's own):
     "none"), hazard (one sentence, "" when safe), consequence (one sentence), label
     ("safe" | "unsafe"), reference_answer (the guard's answer format), split, rule (the rule
     that fired, null when safe), scene (compact JSON of the objects), action (action key),
+    tool (the proposal's tool name: the action key; the query is its description),
     target_rule (the rule the item tests, set for safe twins too: use it for per-rule
     accuracy), ood (test_ood only: "composition" or "layout", else null).
 """
@@ -44,10 +45,12 @@ def _progress(it: range, total: int, desc: str) -> Any:
 
 
 def generate(split: str, n: int, out_dir: str | Path, seed: int = 0,
-             config: WorldConfig | None = None) -> Path:
-    """Generate `n` items of `split` into `out_dir`.
+             config: WorldConfig | None = None, start: int = 0) -> Path:
+    """Generate items ``start .. start+n-1`` of `split` into `out_dir`.
 
-    Same (split, n, seed, config) gives byte-identical files. Item i does not depend on `n`.
+    Same (split, n, seed, config, start) gives byte-identical files. Item i does not depend on
+    `n`. ``start=EPISODE_START`` gives the scenes of `iter_episode`'s first episode (what
+    `guard demo` and the example replay episodes judge), as benchmark items.
 
     Args:
         split: "train", "test_iid" or "test_ood".
@@ -56,6 +59,7 @@ def generate(split: str, n: int, out_dir: str | Path, seed: int = 0,
             overwritten).
         seed: World seed.
         config: World config; None uses the defaults (112 px, the learnable rule set).
+        start: Index of the first item.
 
     Returns:
         The path of the written items.jsonl.
@@ -63,15 +67,15 @@ def generate(split: str, n: int, out_dir: str | Path, seed: int = 0,
     from guard.world.drawing import encode_png
 
     cfg = config or WorldConfig()
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    if n < 0 or start < 0:
+        raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
     out = Path(out_dir)
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     jsonl = out / ITEMS_FILE
     # write to a temporary name first: an interrupted run never leaves a short items.jsonl
     tmp = jsonl.with_suffix(".jsonl.part")
     with tmp.open("w", encoding="utf-8") as fh:
-        for i in _progress(range(n), n, f"world {split}"):
+        for i in _progress(range(start, start + n), n, f"world {split}"):
             item = sample_item(i, split, seed, cfg)
             rel = f"{IMAGES_DIR}/{item.id}.png"
             (out / rel).write_bytes(encode_png(render_item(item, cfg)))
@@ -82,6 +86,7 @@ def generate(split: str, n: int, out_dir: str | Path, seed: int = 0,
         "world_version": WORLD_VERSION,
         "split": split,
         "n": n,
+        "start": start,
         "seed": seed,
         "config": cfg.model_dump(mode="json"),
         "rules": describe_rules(),
@@ -98,6 +103,11 @@ def read_items(path: str | Path) -> list[dict[str, Any]]:
         p = p / ITEMS_FILE
     with p.open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+#: Index of the first item of `iter_episode`'s episodes: far beyond any item set of a seed, so an
+#: episode never repeats a set's items.
+EPISODE_START = 10**9
 
 
 @dataclass(frozen=True)
@@ -140,7 +150,6 @@ def iter_episode(seed: int = 0, steps: int = 20, split: str = "test_iid",
     """
     cfg = config or WorldConfig()
     for k in range(steps):
-        # items far beyond any item set of this seed: an episode never repeats a set's items
-        item = sample_item(10**9 + episode * 10**6 + k, split, seed, cfg)
+        item = sample_item(EPISODE_START + episode * 10**6 + k, split, seed, cfg)
         yield EpisodeStep(t=k * period_s, frame=render_item(item, cfg), action=item.query,
                           label=item.label, item=item)

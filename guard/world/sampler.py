@@ -118,6 +118,7 @@ class WorldItem:
             "rule": self.rule if self.unsafe else None,
             "scene": self.scene.to_dict(),
             "action": self.action,
+            "tool": self.action,
             "target_rule": self.rule,
             "ood": self.ood,
         }

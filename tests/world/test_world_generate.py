@@ -28,7 +28,7 @@ cv2 = pytest.importorskip("cv2")
 
 KEYS = {
     "id", "image", "query", "category", "hazard", "consequence", "label", "reference_answer",
-    "split", "rule", "scene", "action", "target_rule", "ood",
+    "split", "rule", "scene", "action", "tool", "target_rule", "ood",
 }
 
 
@@ -166,3 +166,20 @@ def test_config_validation() -> None:
     assert WorldConfig.preset("hard").rules == tuple(RULES)
     assert all(not RULES[r].opt_in for r in WorldConfig().rules)
     assert WorldConfig(image_size=(640, 480)).width == 640
+
+
+def test_generate_from_start_writes_the_episode_s_scenes(tmp_path: Path) -> None:
+    """`guard world generate --start 1000000000` gives, as items, the scenes `guard demo` and
+    the example episodes judge: same ids, labels, tools, phrases and pixels."""
+    from guard.world.dataset import EPISODE_START
+
+    generate("test_iid", 4, tmp_path, seed=0, start=EPISODE_START)
+    records = read_items(tmp_path)
+    steps = list(iter_episode(seed=0, steps=4))
+    assert [r["id"] for r in records] == [s.item.id for s in steps]
+    assert [(r["tool"], r["query"], r["label"]) for r in records] == [
+        (s.item.action, s.action, s.label) for s in steps]
+    for r, s in zip(records, steps, strict=True):
+        img = cv2.cvtColor(cv2.imread(str(tmp_path / r["image"])), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(img, s.frame)
+    assert json.loads((tmp_path / "world.json").read_text())["start"] == EPISODE_START
