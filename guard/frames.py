@@ -14,8 +14,8 @@ Each stamps its frames on the wall clock (`time.time()`), the clock the guard me
 age against in the middleware; a source that stops delivering makes its last frame stale, so
 the guard vetoes with `status=stale_frame` instead of judging an old view.
 
-`ros_image_to_rgb` and `ros_compressed_to_rgb` convert `sensor_msgs/Image` and
-`CompressedImage` messages (rclpy's or rosbags' classes) and are shared with `guard replay`.
+ROS messages are converted by `guard.wire` (`ros_image_to_rgb`, `ros_compressed_to_rgb`, kept
+importable from here), the one adapter the node and `guard replay` use as well.
 """
 
 from __future__ import annotations
@@ -29,105 +29,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from guard.errors import InvalidInputError, UsageError
-from guard.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_INPUT_PIXELS, decode_image_bytes
+from guard.errors import UsageError
+from guard.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_INPUT_PIXELS
 from guard.types import Frame
+from guard.wire import header_stamp_ns, ns_to_seconds, ros_compressed_to_rgb, ros_image_to_rgb
 
 FrameResult = Frame | Sequence[Frame] | None
 FrameSource = Callable[[], FrameResult] | Callable[[], Awaitable[FrameResult]]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-# sensor_msgs/Image encodings we turn into RGB: name -> (channels, bytes per channel, order).
-# 8UC3/8UC4 carry no colour order; OpenCV (and so most drivers that emit them) use BGR.
-_ENCODINGS: dict[str, tuple[int, int, str]] = {
-    "rgb8": (3, 1, "rgb"),
-    "bgr8": (3, 1, "bgr"),
-    "rgba8": (4, 1, "rgb"),
-    "bgra8": (4, 1, "bgr"),
-    "8uc3": (3, 1, "bgr"),
-    "8uc4": (4, 1, "bgr"),
-    "mono8": (1, 1, "mono"),
-    "8uc1": (1, 1, "mono"),
-    "mono16": (1, 2, "mono"),
-    "16uc1": (1, 2, "mono"),
-}
-
-
-def ros_stamp(header: Any) -> float | None:
-    """Seconds of a `std_msgs/Header` stamp; None when it is unset (zero)."""
-    stamp = getattr(header, "stamp", None)
-    if stamp is None:
-        return None
-    sec, nanosec = int(getattr(stamp, "sec", 0)), int(getattr(stamp, "nanosec", 0))
-    if sec == 0 and nanosec == 0:
-        return None
-    return sec + nanosec * 1e-9
-
-
-def _as_bytes(data: Any) -> np.ndarray:
-    if isinstance(data, np.ndarray):
-        return data.reshape(-1).view(np.uint8) if data.dtype != np.uint8 else data.reshape(-1)
-    try:
-        return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
-    except TypeError:  # a plain list of ints (hand-built messages)
-        return np.asarray(data, dtype=np.uint8).reshape(-1)
-
-
-def ros_image_to_rgb(
-    msg: Any, *, source: str = "image", max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
-) -> np.ndarray:
-    """RGB uint8 pixels of a `sensor_msgs/Image` (any object with its fields).
-
-    Raises:
-        InvalidInputError: unsupported encoding, or a size that does not match the data.
-    """
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    encoding = str(msg.encoding)
-    spec = _ENCODINGS.get(encoding.lower())
-    if spec is None:
-        raise InvalidInputError(f"{source}: unsupported image encoding {encoding!r}")
-    channels, depth, order = spec
-    if height <= 0 or width <= 0:
-        raise InvalidInputError(f"{source}: image is empty ({width}x{height})")
-    if height * width > max_input_pixels:
-        raise InvalidInputError(
-            f"{source}: image is {width}x{height} = {height * width} pixels, over the "
-            f"{max_input_pixels} pixel limit"
-        )
-    row = width * channels * depth
-    data = _as_bytes(msg.data)
-    if step < row or data.size < step * (height - 1) + row:
-        raise InvalidInputError(
-            f"{source}: {encoding} {width}x{height} needs step >= {row} and "
-            f"{step * (height - 1) + row} bytes, got step {step} and {data.size} bytes"
-        )
-    if data.size < step * height:  # a last row without its padding: pad so reshape works
-        data = np.concatenate([data, np.zeros(step * height - data.size, np.uint8)])
-    rows = data[: step * height].reshape(height, step)[:, :row]
-    if depth == 2:
-        big = bool(getattr(msg, "is_bigendian", 0))
-        values = np.ascontiguousarray(rows).view(">u2" if big else "<u2")
-        # 16-bit mono (often depth in mm): keep the high byte, enough for the judge to see
-        pixels = (values >> 8).astype(np.uint8).reshape(height, width, channels)
-    else:
-        pixels = rows.reshape(height, width, channels)
-    if order == "mono":
-        return np.ascontiguousarray(np.repeat(pixels, 3, axis=2))
-    pixels = pixels[:, :, :3]
-    if order == "bgr":
-        pixels = pixels[:, :, ::-1]
-    return np.ascontiguousarray(pixels)
-
-
-def ros_compressed_to_rgb(
-    msg: Any, *, source: str = "image", max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
-) -> np.ndarray:
-    """RGB uint8 pixels of a `sensor_msgs/CompressedImage` (JPEG, PNG, ...)."""
-    return decode_image_bytes(
-        _as_bytes(msg.data).tobytes(), source=source, max_input_pixels=max_input_pixels
-    )
-
 
 def _bgr_to_rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
@@ -407,7 +317,8 @@ class RosImageTopic:
         msg, received = latest
         stamp = received
         if self.stamp_mode == "header":
-            stamp = ros_stamp(msg.header) or received
+            header = ns_to_seconds(header_stamp_ns(getattr(msg, "header", None)))
+            stamp = received if header is None else header
         convert = ros_compressed_to_rgb if self.compressed else ros_image_to_rgb
         return Frame(image=convert(msg, source=self.topic), stamp=stamp, source=self.topic)
 
@@ -439,5 +350,4 @@ __all__ = [
     "StaticFrame",
     "ros_compressed_to_rgb",
     "ros_image_to_rgb",
-    "ros_stamp",
 ]

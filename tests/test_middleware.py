@@ -562,7 +562,7 @@ def test_ros_image_16bit_and_bad_messages():
     short = Msg(height=4, width=4, encoding="rgb8", step=12, data=b"\0" * 20, is_bigendian=0)
     with pytest.raises(InvalidInputError, match="needs step"):
         ros_image_to_rgb(short)
-    odd = Msg(height=1, width=1, encoding="bayer_rggb8", step=1, data=b"\0", is_bigendian=0)
+    odd = Msg(height=1, width=1, encoding="nv21", step=1, data=b"\0", is_bigendian=0)
     with pytest.raises(InvalidInputError, match="unsupported image encoding"):
         ros_image_to_rgb(odd)
     with pytest.raises(InvalidInputError):

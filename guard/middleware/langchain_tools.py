@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from guard.errors import ActionVetoed
-from guard.middleware.decorator import GuardOptions, Judge, OnVeto, WarningHandler, jsonable
+from guard.middleware.decorator import GuardOptions, Judge, OnVeto, WarningHandler
 from guard.middleware.decorator import log_warning as _log_warning
 from guard.middleware.openai_tools import veto_message
 from guard.types import ActionProposal
+from guard.wire.proposals import proposal_from_call
 
 TOOL_ERROR = "tool_error"
 
@@ -85,9 +86,7 @@ def guard_langchain_tool(
     judge = Judge(guard, options)
 
     def proposal(kwargs: dict[str, Any]) -> ActionProposal:
-        return ActionProposal(
-            name=tool.name, description=tool.description or "", arguments=jsonable(kwargs)
-        )
+        return proposal_from_call(tool.name, kwargs, description=tool.description or "")
 
     def run(**kwargs: Any) -> Any:
         p, decision = judge.propose(lambda: proposal(kwargs), tool.name)

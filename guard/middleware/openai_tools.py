@@ -6,7 +6,9 @@
 Accepts Chat Completions tool calls (`{"id", "type": "function", "function": {"name",
 "arguments"}}`), Responses API items (`{"type": "function_call", "call_id", "name",
 "arguments"}`), as dicts or as the `openai` SDK's objects; the reply has the matching shape.
-No `openai` package is needed.
+No `openai` package is needed. Tool calls become proposals in `guard.wire.proposals` (the
+adapter every front end shares); `ToolCall`, `parse_tool_call` and `proposal_from_tool_call`
+are re-exported here.
 
 The model sees every outcome as the tool's output, so it can re-plan: the result, a veto (with
 the hazards and rationale), or an error for a call that could not be made. Arguments that are
@@ -17,90 +19,15 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from guard.errors import ActionVetoed
 from guard.middleware.decorator import jsonable
 from guard.middleware.toolset import GuardedToolset
-from guard.types import ActionProposal, Status, new_id
+from guard.types import ActionProposal, Status
+from guard.wire.proposals import ToolCall, parse_tool_call, proposal_from_tool_call
 
 _MAX_RAW = 1000
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """One tool call, normalised.
-
-    Attributes:
-        id: The call's id (`tool_call_id` / `call_id`), echoed in the reply.
-        name: The tool name.
-        arguments: The parsed arguments, or None when they are not a JSON object.
-        raw_arguments: The arguments string as the model wrote it.
-        error: Why the arguments could not be used, else None.
-        api: "chat" (Chat Completions) or "responses" (Responses API).
-    """
-
-    id: str
-    name: str
-    arguments: dict[str, Any] | None
-    raw_arguments: str
-    error: str | None = None
-    api: Literal["chat", "responses"] = "chat"
-
-
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    if isinstance(obj, dict):
-        return obj.get(key, default)
-    return getattr(obj, key, default)
-
-
-def parse_tool_call(tool_call: Any) -> ToolCall:
-    """Normalise a Chat Completions or Responses API tool call (dict or SDK object)."""
-    function = _get(tool_call, "function")
-    if function is not None:
-        api: Literal["chat", "responses"] = "chat"
-        call_id, name, raw = _get(tool_call, "id", ""), _get(function, "name"), _get(
-            function, "arguments", ""
-        )
-    else:
-        api = "responses"
-        call_id = _get(tool_call, "call_id") or _get(tool_call, "id", "")
-        name, raw = _get(tool_call, "name"), _get(tool_call, "arguments", "")
-    name = str(name or "")
-    if isinstance(raw, dict):  # some clients hand over parsed arguments
-        return ToolCall(str(call_id or ""), name, raw, json.dumps(raw), None, api)
-    raw = "" if raw is None else str(raw)
-    error, arguments = None, None
-    try:
-        parsed = json.loads(raw) if raw.strip() else {}
-    except ValueError as exc:
-        error = f"arguments are not valid JSON ({exc})"
-    else:
-        if isinstance(parsed, dict):
-            arguments = parsed
-        else:
-            error = f"arguments must be a JSON object, got {type(parsed).__name__}"
-    if not name:
-        error = "the tool call has no function name"
-    return ToolCall(str(call_id or ""), name, arguments, raw, error, api)
-
-
-def proposal_from_tool_call(tool_call: Any, *, description: str = "") -> ActionProposal:
-    """An ActionProposal for a tool call, to judge it without a toolset.
-
-    Raises:
-        ValueError: the call has no name or its arguments are not a JSON object.
-    """
-    call = parse_tool_call(tool_call)
-    if call.error is not None or call.arguments is None:
-        raise ValueError(f"tool call {call.name or '?'}: {call.error}")
-    return ActionProposal(
-        id=call.id or new_id(),
-        name=call.name,
-        description=description,
-        arguments=jsonable(call.arguments),
-    )
 
 
 def veto_message(exc: ActionVetoed) -> str:

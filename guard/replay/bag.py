@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from guard.errors import UsageError
-from guard.frames import ros_compressed_to_rgb, ros_image_to_rgb, ros_stamp
 from guard.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_INPUT_PIXELS
 from guard.replay import msgs
 from guard.replay.episode import (
@@ -34,6 +33,12 @@ from guard.replay.episode import (
     FrameEvent,
     ProposalEvent,
     placeholder,
+)
+from guard.wire import (
+    header_stamp_ns,
+    ns_to_seconds,
+    ros_compressed_to_rgb,
+    ros_image_to_rgb,
 )
 
 DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
@@ -262,7 +267,7 @@ class BagEpisode(Episode):
             error = f"{topic}: {msgtype} does not deserialize ({type(exc).__name__}: {exc})"
             self.add_damage(UNREADABLE_MESSAGE, error, topic, t_ns)
             return FrameEvent(t_ns, topic, t, None, error, reported=True)
-        stamp = ros_stamp(getattr(msg, "header", None))
+        stamp = ns_to_seconds(header_stamp_ns(getattr(msg, "header", None)))
         if stamp is None or abs(stamp - t) > MAX_STAMP_SKEW_S:
             if stamp is not None and not self._skew_noted:
                 self._skew_noted = True

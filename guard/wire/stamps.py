@@ -1,0 +1,63 @@
+"""Time on the wire: `builtin_interfaces/Time` (sec, nanosec) kept as integer nanoseconds.
+
+Float seconds cannot hold an epoch time to the nanosecond (a double has 53 bits; epoch
+nanoseconds need 61), so a stamp that goes through them comes back wrong: 123456789 ns after
+an epoch second returns as 123456768. Front ends therefore keep the integer and republish
+it; float seconds are only for the decision schema's `frame_stamp` and for frame ages, where
+a microsecond is plenty.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any
+
+NS_PER_S = 1_000_000_000
+
+
+def time_to_ns(stamp: Any) -> int:
+    """Nanoseconds of a `builtin_interfaces/Time` (any object with `sec` and `nanosec`)."""
+    return int(getattr(stamp, "sec", 0)) * NS_PER_S + int(getattr(stamp, "nanosec", 0))
+
+
+def header_stamp_ns(header: Any) -> int | None:
+    """Nanoseconds of a `std_msgs/Header` stamp; None when the header or its stamp is unset
+    (zero: the sender did not say when)."""
+    stamp = getattr(header, "stamp", None)
+    if stamp is None:
+        return None
+    ns = time_to_ns(stamp)
+    return ns or None
+
+
+def ns_to_time(ns: int) -> tuple[int, int]:
+    """`(sec, nanosec)` of a `builtin_interfaces/Time`; nanosec always in [0, 1e9)."""
+    sec, nanosec = divmod(int(ns), NS_PER_S)
+    return sec, nanosec
+
+
+def ns_to_seconds(ns: int | None) -> float | None:
+    """Float seconds of `ns`, correctly rounded (Python divides integers exactly)."""
+    return None if ns is None else int(ns) / NS_PER_S
+
+
+def seconds_to_ns(seconds: float | None) -> int | None:
+    """The nanosecond nearest to float `seconds`; None for None, NaN or infinity.
+
+    Only for times that exist as float seconds alone (a clock read as a float, a stamp from
+    JSON); a stamp that arrived as (sec, nanosec) keeps its integer instead.
+    """
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return round(Fraction(seconds) * NS_PER_S)
+
+
+__all__ = [
+    "NS_PER_S",
+    "header_stamp_ns",
+    "ns_to_seconds",
+    "ns_to_time",
+    "seconds_to_ns",
+    "time_to_ns",
+]
