@@ -257,6 +257,9 @@ class Decision(BaseModel):
     model: str = "none"
     policy: str = ""
     frame_stamp: float | None = None
+    # The same time as integer nanoseconds, where the front end had it (a ROS header stamp):
+    # float seconds cannot hold an epoch time to the nanosecond, and ROS gets its Time back.
+    frame_stamp_ns: int | None = None
     # Beyond the contract's minimum: what was judged and under which mode.
     proposal_id: str = ""
     mode: Literal["enforce", "shadow"] = "enforce"
@@ -268,6 +271,14 @@ class Decision(BaseModel):
     def _finite_frame_stamp(cls, v: float | None) -> float | None:
         # A NaN/inf stamp was never fresh (guard/freshness.py); JSON cannot carry it either.
         return v if v is None or math.isfinite(v) else None
+
+    @field_validator("frame_stamp_ns", mode="before")
+    @classmethod
+    def _time_ns(cls, v: Any) -> Any:
+        # A ROS Time (int32 sec, uint32 nanosec) fits int64; a bool is not a time.
+        if isinstance(v, bool) or (isinstance(v, int) and not -(2**63) <= v < 2**63):
+            raise ValueError(f"frame_stamp_ns must be int64 nanoseconds, got {v!r}")
+        return v
 
     @property
     def blocks(self) -> bool:
