@@ -38,8 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="answer within N ms or veto with status=timeout (overrides the config)")
 
 
-def add_judge_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags every judging subcommand shares (check, replay, bench)."""
+def add_judge_arguments(p: argparse.ArgumentParser, *, audit: bool = True) -> None:
+    """The flags every judging subcommand shares (check, replay, bench, faults; `audit=False`
+    for a command that keeps its own logs)."""
     p.add_argument("--config", default=None, metavar="YAML",
                    help="guard config (default: built-in defaults; see configs/default.yaml)")
     p.add_argument("--model", default=None, metavar="ID_OR_PATH",
@@ -52,8 +53,9 @@ def add_judge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", default=None, metavar="NAME_OR_YAML",
                    help="prompt template (overrides prompt.template; default: the one the "
                    "model folder was trained with, else consequence_v1)")
-    p.add_argument("--audit", default=None, metavar="PATH",
-                   help="audit log file (overrides audit.path)")
+    if audit:
+        p.add_argument("--audit", default=None, metavar="PATH",
+                       help="audit log file (overrides audit.path)")
 
 
 def load_judge_config(args: argparse.Namespace, **extra: object) -> GuardConfig:
@@ -69,7 +71,7 @@ def load_judge_config(args: argparse.Namespace, **extra: object) -> GuardConfig:
         "model.backend": args.backend,
         "model.adapter": args.adapter,
         "prompt.template": args.template,
-        "audit.path": args.audit,
+        "audit.path": getattr(args, "audit", None),
         **extra,
     }
     # A flag left out (None) keeps the config's value.

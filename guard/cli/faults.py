@@ -16,13 +16,9 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, metavar="YAML",
-                   help="guard config to test (default: built-in defaults)")
-    p.add_argument("--model", default=None, metavar="ID_OR_PATH",
-                   help="judge model (overrides model.id; default: the config's, else the "
-                   "embedded hazardworld-small)")
-    p.add_argument("--backend", default=None, metavar="NAME",
-                   help="judge backend (overrides model.backend)")
+    from guard.cli.check import add_judge_arguments
+
+    add_judge_arguments(p, audit=False)  # the run keeps its own audit logs under --out
     p.add_argument("--out", default=None, metavar="DIR",
                    help="where faults.json, table.md and the run's own audit logs go "
                    "(default: a new temporary folder)")
@@ -40,7 +36,6 @@ def run(args: argparse.Namespace) -> int:
     from guard.errors import UsageError
     from guard.faults import CLASSES, default_scenes, run_matrix, temp_out
 
-    args.adapter = args.template = args.audit = None  # flags `check` has and faults has not
     config = load_judge_config(args)
     if config.model.id is None and config.model.backend in ("transformers", "onnx"):
         from guard.cli.demo import DEFAULT_MODEL_DIR
