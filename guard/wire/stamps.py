@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Any
+from typing import Any, overload
 
 NS_PER_S = 1_000_000_000
 
@@ -37,6 +37,12 @@ def ns_to_time(ns: int) -> tuple[int, int]:
     return sec, nanosec
 
 
+@overload
+def ns_to_seconds(ns: int) -> float: ...
+@overload
+def ns_to_seconds(ns: None) -> None: ...
+@overload
+def ns_to_seconds(ns: int | None) -> float | None: ...
 def ns_to_seconds(ns: int | None) -> float | None:
     """Float seconds of `ns`, correctly rounded (Python divides integers exactly)."""
     return None if ns is None else int(ns) / NS_PER_S

@@ -1,90 +1,18 @@
-"""guard_ros pieces that need no ROS graph: image conversions, verdict codes, parameters, bags.
+"""guard_ros pieces that need no ROS graph: verdict codes, parameters, bags.
 
 guard_ros.conversions and the bag reader import no ROS at all; the parameter checks live in
-the node module and need rclpy importable (skipped otherwise).
+the node module and need rclpy importable (skipped otherwise). Image, stamp and proposal
+conversions are `guard.wire`'s (tests/test_wire.py, and tests/ros/test_wire_ros.py through
+the node's and replay's entry points).
 """
 
 from __future__ import annotations
 
-import array
 from typing import Any
 
-import numpy as np
 import pytest
 from conftest import DATA
-from guard_ros.conversions import (
-    ImageConversionError,
-    image_to_rgb,
-    parse_arguments_json,
-    percentile,
-    seconds_to_stamp,
-    stamp_to_seconds,
-    verdict_code,
-)
-
-RGB = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10  # H=2, W=3
-
-
-def _fields(pixels: np.ndarray, encoding: str, pad: int = 0) -> dict:
-    h, w = pixels.shape[:2]
-    rows = pixels.reshape(h, -1)
-    padded = np.concatenate([rows, np.full((h, pad), 7, np.uint8)], axis=1)
-    return {"height": h, "width": w, "encoding": encoding, "step": rows.shape[1] + pad,
-            "data": array.array("B", padded.tobytes())}
-
-
-@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8"])
-@pytest.mark.parametrize("pad", [0, 5])
-def test_colour_encodings_give_rgb(encoding: str, pad: int) -> None:
-    pixels = RGB
-    if encoding.startswith("bgr"):
-        pixels = pixels[:, :, ::-1]
-    if encoding.endswith("a8"):
-        pixels = np.concatenate([pixels, np.full((2, 3, 1), 255, np.uint8)], axis=2)
-    out = image_to_rgb(**_fields(np.ascontiguousarray(pixels), encoding, pad))
-    assert out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
-    np.testing.assert_array_equal(out, RGB)
-
-
-def test_mono8_is_grey_rgb() -> None:
-    grey = np.array([[0, 100, 200], [50, 150, 250]], np.uint8)
-    out = image_to_rgb(**_fields(grey[:, :, None], "mono8", pad=3))
-    assert out.shape == (2, 3, 3)
-    np.testing.assert_array_equal(out[:, :, 1], grey)
-    np.testing.assert_array_equal(out[:, :, 0], out[:, :, 2])
-
-
-def test_last_row_without_padding_is_accepted() -> None:
-    fields = _fields(RGB, "rgb8", pad=4)
-    fields["data"] = fields["data"][:-4]
-    np.testing.assert_array_equal(image_to_rgb(**fields), RGB)
-
-
-def test_result_does_not_alias_the_message() -> None:
-    fields = _fields(RGB, "rgb8")
-    out = image_to_rgb(**fields)
-    fields["data"][0] = 99
-    assert out[0, 0, 0] == RGB[0, 0, 0]
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"encoding": "yuv422"}, "unsupported image encoding 'yuv422'"),
-        ({"encoding": "16UC1"}, "unsupported"),
-        ({"height": 0}, "empty"),
-        ({"step": 4}, "step 4 is smaller"),
-        ({"data": b"\x00" * 10}, "needs 18"),
-    ],
-)
-def test_bad_images_say_why(change: dict, message: str) -> None:
-    with pytest.raises(ImageConversionError, match=message):
-        image_to_rgb(**{**_fields(RGB, "rgb8"), **change})
-
-
-def test_pixel_limit() -> None:
-    with pytest.raises(ImageConversionError, match="over the 5 pixel limit"):
-        image_to_rgb(**_fields(RGB, "rgb8"), max_pixels=5)
+from guard_ros.conversions import percentile, verdict_code
 
 
 def test_verdict_codes_match_the_message_constants() -> None:
@@ -97,23 +25,6 @@ def test_verdict_codes_match_the_message_constants() -> None:
     guard_interfaces = pytest.importorskip("guard_interfaces.msg")
     d = guard_interfaces.Decision
     assert (d.ALLOW, d.ANNOTATE, d.VETO) == tuple(verdict_code(v) for v in Verdict)
-
-
-def test_stamps() -> None:
-    assert stamp_to_seconds(12, 500_000_000) == 12.5
-    assert seconds_to_stamp(12.5) == (12, 500_000_000)
-    assert seconds_to_stamp(1.9999999999) == (2, 0)  # carried, never nanosec == 1e9
-    assert seconds_to_stamp(None) == (0, 0)
-    assert seconds_to_stamp(float("nan")) == (0, 0)
-
-
-def test_arguments_json() -> None:
-    assert parse_arguments_json("") == {}
-    assert parse_arguments_json(' {"a": [1]} ') == {"a": [1]}
-    with pytest.raises(ValueError, match="not valid JSON"):
-        parse_arguments_json("{nope")
-    with pytest.raises(ValueError, match="JSON object, got list"):
-        parse_arguments_json("[1, 2]")
 
 
 def test_percentile() -> None:

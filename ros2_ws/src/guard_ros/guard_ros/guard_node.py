@@ -45,20 +45,21 @@ from geometry_msgs.msg import Twist
 from guard.config import AuditConfig, load_config, PolicyConfig
 from guard.core import Guard, unjudged
 from guard.errors import ConfigError
-from guard.imaging import decode_image_bytes
 from guard.types import Decision, Frame, Status, Verdict
+from guard.wire import (
+    header_stamp_ns,
+    ns_to_seconds,
+    ns_to_time,
+    proposal_fields_from_msg,
+    ProposalError,
+    ros_message_to_rgb,
+    seconds_to_ns,
+)
 from guard_interfaces.msg import ActionProposal as ActionProposalMsg
 from guard_interfaces.msg import Decision as DecisionMsg
 from guard_interfaces.msg import Hazard as HazardMsg
 from guard_interfaces.srv import CheckAction
-from guard_ros.conversions import (
-    image_to_rgb,
-    parse_arguments_json,
-    percentile,
-    seconds_to_stamp,
-    stamp_to_seconds,
-    verdict_code,
-)
+from guard_ros.conversions import percentile, verdict_code
 from guard_ros.gate import CmdVelGate, GatePolicy
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 import rclpy
@@ -208,14 +209,17 @@ class _CameraFrame:
     """One received camera message, turned into a `Frame` only when a check needs it.
 
     Converting (or JPEG-decoding) every frame would cost the camera callback milliseconds for
-    images nobody judges; the message is kept instead and converted once, on first use.
+    images nobody judges; the message is kept instead and converted once, on first use. Its
+    time is kept as the integer nanoseconds of the header (`stamp_ns`), which the decision
+    gives back to ROS exactly; `stamp` is the same time in float seconds, for frame ages.
     """
 
-    __slots__ = ('_error', '_frame', 'msg', 'stamp')
+    __slots__ = ('_error', '_frame', 'msg', 'stamp', 'stamp_ns')
 
-    def __init__(self, msg: Image | CompressedImage, stamp: float) -> None:
+    def __init__(self, msg: Image | CompressedImage, stamp_ns: int) -> None:
         self.msg = msg
-        self.stamp = stamp
+        self.stamp_ns = stamp_ns
+        self.stamp = ns_to_seconds(stamp_ns)
         self._frame: Frame | None = None
         self._error: str | None = None
 
@@ -224,7 +228,8 @@ class _CameraFrame:
         if self._frame is None and self._error is None:
             try:
                 self._frame = Frame(
-                    image=_msg_to_rgb(self.msg, max_input_pixels, source),
+                    image=ros_message_to_rgb(
+                        self.msg, source=source, max_input_pixels=max_input_pixels),
                     stamp=self.stamp, source=source)
             except Exception as exc:  # the reason is kept: every check of it fails the same
                 self._error = str(exc)
@@ -234,13 +239,29 @@ class _CameraFrame:
         return self._frame
 
 
-def _msg_to_rgb(msg: Image | CompressedImage, max_input_pixels: int, source: str) -> Any:
-    if isinstance(msg, CompressedImage):
-        return decode_image_bytes(
-            bytes(msg.data), source=source, max_input_pixels=max_input_pixels)
-    return image_to_rgb(
-        height=msg.height, width=msg.width, encoding=msg.encoding, step=msg.step,
-        data=msg.data, max_pixels=max_input_pixels)
+def frame_time_ns(decision: Decision, entries: list[_CameraFrame]) -> int | None:
+    """Return the judged frame's time in integer nanoseconds.
+
+    The guard reports the newest frame's float `stamp` as it was given, so the camera message
+    it came from is found by that value and its header time returned exactly; without one,
+    the nanosecond nearest to `frame_stamp`. None when no frame was judged.
+    """
+    if decision.frame_stamp_ns is not None:
+        return decision.frame_stamp_ns
+    if decision.frame_stamp is None:
+        return None
+    for entry in reversed(entries):
+        if entry.stamp == decision.frame_stamp:
+            return entry.stamp_ns
+    return seconds_to_ns(decision.frame_stamp)
+
+
+def time_msg(ns: int | None) -> Time:
+    """Return the `builtin_interfaces/Time` of `ns`: zero (unknown) for None or out of range."""
+    sec, nanosec = ns_to_time(ns) if ns is not None else (0, 0)
+    if not -(2**31) <= sec < 2**31:
+        sec, nanosec = 0, 0
+    return Time(sec=sec, nanosec=nanosec)
 
 
 def _image_is_empty(image: Image) -> bool:
@@ -520,25 +541,28 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         # The node clock: wall time, or the simulation / bag clock with use_sim_time.
         return float(self.get_clock().now().nanoseconds) * 1e-9
 
+    def _now_ns(self) -> int:
+        return int(self.get_clock().now().nanoseconds)
+
     def _on_image(self, msg: Image | CompressedImage) -> None:
         # Only stores: conversion happens when a check needs the frame, never here.
         start = time.perf_counter()
         try:
-            stamp = stamp_to_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec)
-            if stamp == 0.0:
+            stamp_ns = header_stamp_ns(msg.header)
+            if stamp_ns is None:
                 # No capture time: the arrival time is the best bound there is.
-                stamp = self._now()
+                stamp_ns = self._now_ns()
                 if not self._zero_stamp_warned:
                     self._zero_stamp_warned = True
                     self.get_logger().warning(
                         'camera frames have no header stamp: their age is measured from '
                         'arrival, which hides delays before it')
             elif not self._uses_sim_time():
-                self._camera_delay_ms.append((time.time() - stamp) * 1000.0)
-            entry = _CameraFrame(msg, stamp)
+                self._camera_delay_ms.append((time.time_ns() - stamp_ns) / 1e6)
+            entry = _CameraFrame(msg, stamp_ns)
             with self._frames_lock:
                 self._frames.append(entry)
-            self._gate.on_frame(stamp)
+            self._gate.on_frame(entry.stamp)
             self._counts['frames'] += 1
         except Exception as exc:  # a camera callback must never take the node down
             self.get_logger().error(f'camera frame dropped: {exc!r}', throttle_duration_sec=5.0)
@@ -620,23 +644,21 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
             return unjudged(Status.ERROR, 'the guard is not configured',
                             audit=self._audit_config, proposal={'id': msg.id, 'name': msg.name})
         try:
-            header_stamp = stamp_to_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec)
-            base = {
-                'id': msg.id, 'name': msg.name, 'description': msg.description,
-                'stamp': header_stamp or None,
-            }
+            stamp = ns_to_seconds(header_stamp_ns(msg.header))
             try:
-                arguments = parse_arguments_json(msg.arguments_json)
-            except ValueError as exc:
+                # The adapter replay reads proposals with; the guard then validates the
+                # mapping (a blank name, arguments nested too deep: an audited invalid_input
+                # veto), exactly as replay and the middleware do.
+                proposal = proposal_fields_from_msg(msg, stamp=stamp)
+            except ProposalError as exc:
+                base = {'id': msg.id, 'name': msg.name, 'description': msg.description,
+                        'stamp': stamp}
                 return guard.reject(base, Status.INVALID_INPUT, str(exc))
-            # Validated by the guard (a blank name, arguments nested too deep: an audited
-            # invalid_input veto), exactly as replay and the middleware are.
-            proposal = {**base, 'arguments': arguments}
 
-            now = self._now()
+            now_ns = self._now_ns()
+            now = ns_to_seconds(now_ns)
             if image is not None:
-                stamp = stamp_to_seconds(image.header.stamp.sec, image.header.stamp.nanosec)
-                entries = [_CameraFrame(image, stamp or now)]
+                entries = [_CameraFrame(image, header_stamp_ns(image.header) or now_ns)]
                 source = 'guard/check image'
             else:
                 with self._frames_lock:
@@ -647,9 +669,13 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
                 try:
                     frames.append(entry.frame(self._max_input_pixels, source))
                 except ValueError as exc:
-                    return guard.reject(
+                    decision = guard.reject(
                         proposal, Status.INVALID_INPUT, str(exc), frame_stamp=entry.stamp)
-            return guard.check(frames, proposal, now=now)
+                    decision.frame_stamp_ns = entry.stamp_ns
+                    return decision
+            decision = guard.check(frames, proposal, now=now)
+            decision.frame_stamp_ns = frame_time_ns(decision, entries)
+            return decision
         except Exception as exc:  # a bug here must still answer, and answer veto
             self.get_logger().error(f'check failed unexpectedly: {exc!r}')
             return self._veto(msg, Status.ERROR, f'internal error: {exc!r}')
@@ -700,8 +726,8 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         ]
         out.rationale = decision.rationale
         out.latency_ms = float(decision.latency_ms)
-        sec, nanosec = seconds_to_stamp(decision.frame_stamp)
-        out.frame_stamp = Time(sec=sec, nanosec=nanosec)
+        # The judged camera message's own header time, to the nanosecond.
+        out.frame_stamp = time_msg(frame_time_ns(decision, []))
         out.model = decision.model
         return out
 
