@@ -92,6 +92,16 @@ def _label(value: Any) -> str | None:
     return text
 
 
+def _loads(text: str | bytes, what: str) -> Any:
+    """JSON `text`, or a ProposalError that starts with `what` ("arguments are ", "")."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ProposalError(f"{what}not valid JSON ({exc})") from None
+    except RecursionError:  # json recurses per level: hostile nesting ends here, in one line
+        raise ProposalError(f"{what}nested too deeply to parse") from None
+
+
 def parse_arguments(value: Any) -> dict[str, Any]:
     """Arguments from JSON object text ('' or None: none) or an already parsed object.
 
@@ -103,12 +113,7 @@ def parse_arguments(value: Any) -> dict[str, Any]:
     if isinstance(value, (str, bytes)):
         if not value.strip():
             return {}
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            raise ProposalError(f"arguments are not valid JSON ({exc})") from None
-        except RecursionError:
-            raise ProposalError("arguments are nested too deeply to parse") from None
+        value = _loads(value, "arguments are ")
     if not isinstance(value, dict):
         raise ProposalError(f"arguments must be a JSON object, got {type(value).__name__}")
     _check_arguments(value)
@@ -169,12 +174,7 @@ def proposal_from_json(
             valid Unicode, arguments nested deeper than MAX_ARGUMENT_DEPTH.
     """
     if isinstance(data, (str, bytes)):
-        try:
-            data = json.loads(data)
-        except ValueError as exc:
-            raise ProposalError(f"not valid JSON ({exc})") from None
-        except RecursionError:
-            raise ProposalError("nested too deeply to parse as JSON") from None
+        data = _loads(data, "")
     if not isinstance(data, dict):
         raise ProposalError(f"a proposal must be a JSON object, got {type(data).__name__}")
     name = data.get("name")
