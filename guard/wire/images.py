@@ -21,9 +21,12 @@ Rows may be padded (`step` above the row size; the last row may lack its padding
 32-bit samples may be big-endian (`is_bigendian`). Anything else is an InvalidInputError
 with one line saying why, which the guard turns into an `invalid_input` veto.
 
-Why not rosbags-image: it needs OpenCV (an extra the ROS install lacks), ignores `step` (a
-padded image comes out sheared), converts neither 32FC1 nor 8UC1 to RGB, reads 8UC3 as RGB,
-and asserts on an undecodable CompressedImage.
+Why not rosbags-image (0.10.4, measured on the cases of tests/wire_cases.py): it needs OpenCV
+(an extra the ROS install lacks); it ignores `step`, so every image with padded rows came out
+sheared (wrong pixels for all 27 encodings it accepts); it refuses 8UC1, 8UC4, 16UC1 and 32FC1
+to RGB, reads 8UC3 as RGB, and asserts on an undecodable CompressedImage. It is faster
+(OpenCV SIMD: bgr8 640x480 0.08 ms against 0.6 ms here, yuv422 0.35 ms against 19 ms), which
+matters little: a frame is converted only when a check judges it, once.
 """
 
 from __future__ import annotations
