@@ -416,6 +416,7 @@ class Guard:
         pending = trace.pending
         if decision.frame_stamp is None and trace.frames:
             decision.frame_stamp = trace.frames[-1].stamp
+            decision.frame_stamp_ns = trace.frames[-1].stamp_ns
         if decision.frame_stamp is not None and not math.isfinite(decision.frame_stamp):
             decision.frame_stamp = None
         if trace.proposal is not None:

@@ -65,6 +65,9 @@ class Frame(BaseModel):
     image: np.ndarray
     stamp: float | None = None
     source: str = ""
+    # The same time as integer nanoseconds where the source had it (a ROS header): carried to
+    # `Decision.frame_stamp_ns` and the audit record, since float seconds lose it.
+    stamp_ns: int | None = None
 
     @field_validator("image")
     @classmethod

@@ -56,3 +56,16 @@ def test_an_async_rationale_arrives_on_the_judgement(config, frame):
     assert done.decision.id == j.decision.id
     assert done.decision.hazards[0].category == "fire"
     assert done.record["agrees"] is True and done.record["rationale"] == "The towel ignites."
+
+
+def test_integer_frame_time_reaches_the_decision_and_the_audit(config, frame, audit_path):
+    import json
+
+    stamp_ns = 1_700_000_000_123_456_789
+    timed = frame.model_copy(update={"stamp_ns": stamp_ns, "stamp": stamp_ns / 1e9})
+    with Guard(config.with_overrides(**{"policy.max_frame_age_ms": None}),
+               backend=ScriptedBackend.answering("ALLOW\nrisk: 0.0")) as g:
+        d = g.check(timed, ActionProposal(name="stove_on"))
+    assert d.frame_stamp_ns == stamp_ns
+    (rec,) = [json.loads(x) for x in audit_path.read_text().splitlines()]
+    assert rec["decision"]["frame_stamp_ns"] == stamp_ns

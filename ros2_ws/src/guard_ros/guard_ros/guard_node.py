@@ -230,7 +230,7 @@ class _CameraFrame:
                 self._frame = Frame(
                     image=ros_message_to_rgb(
                         self.msg, source=source, max_input_pixels=max_input_pixels),
-                    stamp=self.stamp, source=source)
+                    stamp=self.stamp, stamp_ns=self.stamp_ns, source=source)
             except Exception as exc:  # the reason is kept: every check of it fails the same
                 self._error = str(exc)
         if self._error is not None:
