@@ -57,19 +57,12 @@ def write_episode(out: Path, steps: int, seed: int, split: str) -> Path:
     import dataclasses
 
     from guard.replay.make_example import T0, example_items
-    from guard.replay.writer import BagProposal, write_jsonl
+    from guard.replay.writer import write_jsonl
 
-    items = example_items(steps, seed, split)
-    shifted = []
-    for i in items:
-        i = dataclasses.replace(i, t=round(i.t - T0, 6))
-        if isinstance(i, BagProposal):
-            # The action as the world phrases it and nothing else: that is the text the
-            # default model was trained on (a "(tool: ...)" suffix is text it never saw).
-            p = dict(i.proposal)
-            p["name"], p["description"] = p.pop("description"), ""
-            i = dataclasses.replace(i, proposal=p)
-        shifted.append(i)
+    # The proposals as the example episodes carry them (tool name, description, arguments):
+    # the guard renders them as every front end does (`ActionProposal.as_text`).
+    shifted = [dataclasses.replace(i, t=round(i.t - T0, 6))
+               for i in example_items(steps, seed, split)]
     return write_jsonl(out / "episode.jsonl", shifted, image_format="png")
 
 
