@@ -9,8 +9,9 @@ splits.
 
 The judge sees each item as the model was trained to read it: the prompt template named in the
 model folder's ``training_run_config.yaml`` (``data.template``; else the config's) and the
-item's action phrase alone (``--action-text query``, what training renders), not the guard's
-usual ``description (tool: name)`` text, which a model trained on bare phrases never saw.
+item's proposal as every front end and training render it (``--action-text proposal``, the
+default: ``phrase (tool: name)``, `guard.prompting.action`). ``--action-text query`` sends the
+phrase alone, for models trained before training rendered proposals that way.
 
 Each (split, variant) is an ordinary benchmark run (`guard.bench.runner.run_bench`, the
 hazardworld suite) in ``OUT/SPLIT/VARIANT``, so every number means what ``guard bench`` means
@@ -109,7 +110,7 @@ def _verdicts(run_dir: Path) -> dict[str, str]:
 
 def run(model: str, data: Sequence[Path], out: Path, variants: Sequence[str], *,
         limit: int | None, base: Any, n_boot: int = 500,
-        action_text: str = "query", threads: int | None = None) -> list[dict[str, Any]]:
+        action_text: str = "proposal", threads: int | None = None) -> list[dict[str, Any]]:
     """Benchmark each variant on each split; the table's rows."""
     from guard.bench.runner import run_bench
     from guard.bench.suites import load_suite
@@ -190,10 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--template", default=None,
                    help="prompt template (default: data.template of the model folder's "
                    "training_run_config.yaml, else the config's)")
-    p.add_argument("--action-text", default="query", choices=ACTION_TEXTS,
-                   help="what the judge reads as the action: the item's phrase alone (query, "
-                   "as training renders it; default) or the guard's proposal text "
-                   "'phrase (tool: action)' (proposal)")
+    p.add_argument("--action-text", default="proposal", choices=ACTION_TEXTS,
+                   help="what the judge reads as the action: the guard's proposal text "
+                   "'phrase (tool: name)' (proposal, as every front end and training render "
+                   "it; default) or the item's phrase alone (query, for models trained on "
+                   "bare phrases)")
     p.add_argument("--limit", type=int, default=None, help="first N items of each split")
     p.add_argument("--deadline-ms", type=float, default=600_000,
                    help="per-check deadline (default 600000: CPU runs are slow, not failed)")
