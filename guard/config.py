@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from guard.errors import ConfigError
 from guard.types import Verdict
@@ -72,12 +79,35 @@ class ModelConfig(_Strict):
     scripted: ScriptedOptions = Field(default_factory=ScriptedOptions)
 
 
+GRID_FACTORS = {"qwen2-vl": 28, "qwen2.5-vl": 28, "qwen3-vl": 32}
+"""Side multiple of each Qwen-VL family's image grid: patch size x merge (14 x 2, 16 x 2)."""
+
+
 class ImageConfig(_Strict):
+    """How frames are sized for the judge (the rule: `guard.imaging`)."""
+
+    # The pixel budget: the guard's area bounds; a local model folder's processor bounds
+    # apply where tighter.
     max_pixels: int = Field(default=401_408, ge=784)
     min_pixels: int = Field(default=3_136, ge=1)
+    # Side multiple of a judge that cannot report its own grid (a remote server whose model
+    # folder is not readable here): a number, or a family name from GRID_FACTORS.
+    grid_factor: int = Field(default=28, ge=1, le=1024)
     max_frames: int = Field(default=1, ge=1, le=16)
     max_input_pixels: int = Field(default=50_000_000, ge=1)
     max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+
+    @field_validator("grid_factor", mode="before")
+    @classmethod
+    def _family(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().isdigit():
+            try:
+                return GRID_FACTORS[value.strip().lower()]
+            except KeyError:
+                raise ValueError(
+                    f"expected a side multiple or one of {', '.join(GRID_FACTORS)}"
+                ) from None
+        return value
 
     @model_validator(mode="after")
     def _order(self) -> ImageConfig:

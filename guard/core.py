@@ -34,7 +34,7 @@ from guard.backends import Backend, JudgeOutput, JudgeRequest, create_backend
 from guard.config import AuditConfig, GuardConfig, PolicyConfig
 from guard.errors import BackendError, BackendTimeout, ConfigError, GuardError, InvalidInputError
 from guard.freshness import frame_freshness
-from guard.imaging import check_array, fit_max_pixels
+from guard.imaging import check_array, resize_for_judge
 from guard.policy import RuleOutcome, compile_rules, decide, evaluate_rules, failure_verdict
 from guard.prompting import ParseError, load_template, parse_answer, resolve_template
 from guard.types import ActionProposal, Decision, Frame, Status, Verdict, jsonable, safe_text
@@ -127,7 +127,7 @@ class Guard:
         grey = np.full((480, 640, 3), 128, dtype=np.uint8)
         request = JudgeRequest(
             prompt=self._template.render(
-                "warm up", (fit_max_pixels(grey, self.config.image.max_pixels),)
+                "warm up", (resize_for_judge(grey, self.config.image, self.backend),)
             ),
             max_new_tokens=min(16, self.config.model.max_new_tokens),
         )
@@ -641,7 +641,8 @@ class _Job:
             return failed(fresh.status, fresh.reason)
 
         self.stage = "resizing frames"
-        images = tuple(fit_max_pixels(f.image, image_cfg.max_pixels) for f in frames)
+        images = tuple(resize_for_judge(f.image, image_cfg, guard.backend,
+                                        source=f.source or "frame") for f in frames)
         request = JudgeRequest(
             prompt=guard._template.render(self.action, images),
             max_new_tokens=guard.config.model.max_new_tokens,

@@ -26,40 +26,18 @@ Qwen3-VL at several sizes, 640 x 480 among them.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from guard.imaging import smart_resize
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
 _BICUBIC = 3  # PIL.Image.Resampling.BICUBIC, the processors' default
-
-
-def smart_resize(height: int, width: int, factor: int, min_pixels: int,
-                 max_pixels: int) -> tuple[int, int]:
-    """The stock processor's target size: both sides multiples of `factor`, area within
-    ``[min_pixels, max_pixels]``, aspect ratio kept as well as possible (same arithmetic as
-    ``transformers.models.qwen2_vl.image_processing_pil_qwen2_vl.smart_resize``)."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(
-            f"absolute aspect ratio must be smaller than 200, got "
-            f"{max(height, width) / min(height, width)}"
-        )
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
 
 
 @functools.lru_cache(maxsize=8)
