@@ -32,6 +32,7 @@ from guard.backends.base import JudgeOutput, JudgeRequest
 from guard.backends.engine import VerdictFirstEngine, verdict_first_tokens
 from guard.backends.onnx_export import DECODER_FILE, EMBED_FILE, META_FILE, VISION_FILE
 from guard.errors import BackendError, BackendTimeout, ConfigError
+from guard.imaging import ImageGrid
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -247,6 +248,17 @@ class OnnxBackend:
             use_processor="never",
         )
         self.tokenizer = self.inputs.tokenizer
+        # The vision graph's one input size in pixels: its patch grid (from the export) times
+        # the patch size. Frames are resized straight to it, which the processor then keeps.
+        own = self.inputs.image_grid
+        patch = int(self.inputs.image_processor.patch_size)
+        _, grid_h, grid_w = (int(x) for x in self.meta["image_grid_thw"])
+        self.graph_size = (grid_w * patch, grid_h * patch)
+        self.image_grid = ImageGrid(
+            own.factor if own else patch * int(self.meta["spatial_merge_size"]),
+            own.min_pixels if own else None, own.max_pixels if own else None,
+            size=self.graph_size,
+        )
         self._verdict_ids: dict[tuple[str, ...], dict[str, int] | None] = {}
         self.engine = VerdictFirstEngine(
             self.runner,
@@ -306,12 +318,13 @@ class OnnxBackend:
         return self._verdict_ids[words]
 
     def fit(self, image: Image.Image) -> Image.Image:
-        """`image` at the export's resolution (the vision graph's only input size)."""
-        if image.size == self.image_size and image.mode == "RGB":
+        """`image` at the vision graph's only input size (`graph_size`: the export's
+        ``--image-size`` on the processor's grid), resampled once, as the guard's core does."""
+        if image.size == self.graph_size and image.mode == "RGB":
             return image
         from PIL import Image as PILImage
 
-        return image.convert("RGB").resize(self.image_size, PILImage.Resampling.BICUBIC)
+        return image.convert("RGB").resize(self.graph_size, PILImage.Resampling.BICUBIC)
 
     def _fitted(self, request: JudgeRequest) -> JudgeRequest:
         images = tuple(self.fit(im) for im in request.prompt.images)

@@ -6,8 +6,13 @@ This is how the guard model runs on a separate GPU server or a fleet behind one 
     guard check --image f.jpg --action "turn on the stove" \
         --backend openai --model Qwen/Qwen2.5-VL-7B-Instruct
 
-Images go inline as base64 JPEG data URLs. Every request has an explicit timeout: the smaller
-of `model.openai.timeout_s` and what is left of the check's deadline.
+Images go inline as base64 JPEG data URLs, at the size a local backend would show the same
+model (`guard.imaging`): the guard resizes each frame to the served model's patch grid under the
+pixel budget, so the server's processor keeps it. The grid is read from the model folder when
+``model.id`` is one (as `transformers serve DIR` serves it), else it is ``image.grid_factor``
+(28 for Qwen2.5-VL, 32 for Qwen3-VL) under ``image.min_pixels``/``image.max_pixels``; set
+those to the server's processor bounds or tighter. Every request has an explicit timeout: the
+smaller of `model.openai.timeout_s` and what is left of the check's deadline.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from guard._deps import require
 from guard.backends.base import JudgeOutput, JudgeRequest
 from guard.config import OpenAIOptions
 from guard.errors import BackendError, BackendTimeout, ConfigError
+from guard.imaging import ImageGrid, folder_grid
 from guard.prompting.untrusted import break_markers
 
 if TYPE_CHECKING:
@@ -40,10 +46,18 @@ def image_data_url(image: Image.Image, quality: int = 90) -> str:
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, model: str, options: OpenAIOptions | None = None) -> None:
+    def __init__(self, model: str, options: OpenAIOptions | None = None,
+                 image_grid: ImageGrid | None = None) -> None:
+        """Args:
+            model: The served model's name (``model`` in each request).
+            options: Server address, timeout, sampling.
+            image_grid: The served model's image grid, which the guard resizes frames to
+                (`guard.imaging`); None: frames are only downscaled to ``image.max_pixels``.
+        """
         httpx = require("httpx", "the openai backend")
         self.options = options or OpenAIOptions()
         self._model = model
+        self.image_grid = image_grid
         headers = {}
         key = os.environ.get(self.options.api_key_env)
         if key:
@@ -59,7 +73,10 @@ class OpenAIBackend:
     def from_config(cls, config: GuardConfig) -> OpenAIBackend:
         if not config.model.id:
             raise ConfigError("model.id: the openai backend needs the served model's name")
-        return cls(config.model.id, config.model.openai)
+        # The grid of the served model: its folder's processor config when model.id names a
+        # folder here (the server loads the same file), else the configured family's factor.
+        grid = folder_grid(config.model.id) or ImageGrid(config.image.grid_factor)
+        return cls(config.model.id, config.model.openai, grid)
 
     @property
     def model_id(self) -> str:

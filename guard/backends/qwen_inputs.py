@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from guard.backends.base import ChatPrompt
+    from guard.imaging import ImageGrid
 
 log = logging.getLogger(__name__)
 
@@ -488,6 +489,22 @@ class QwenInputBuilder:
     @property
     def uses_processor(self) -> bool:
         return self.processor is not None
+
+    @property
+    def image_grid(self) -> ImageGrid | None:
+        """The sizes its image processor keeps as they are: the processor's factor and the
+        area bounds this builder passes it (the processor's own where `min_pixels` or
+        `max_pixels` is None); None for a processor without patch and merge sizes."""
+        from guard.imaging import ImageGrid, processor_grid
+
+        own = processor_grid(self.image_processor)
+        if own is None:
+            return None
+        return ImageGrid(
+            own.factor,
+            self.min_pixels if self.min_pixels is not None else own.min_pixels,
+            self.max_pixels if self.max_pixels is not None else own.max_pixels,
+        )
 
     @classmethod
     def from_pretrained(

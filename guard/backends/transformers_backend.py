@@ -33,6 +33,7 @@ from guard.backends.base import JudgeOutput, JudgeRequest
 from guard.backends.engine import VerdictFirstEngine, verdict_first_tokens
 from guard.backends.qwen_inputs import QwenInputBuilder, UseProcessor
 from guard.errors import BackendError, BackendTimeout, ConfigError
+from guard.imaging import ImageGrid, pixel_bounds
 
 if TYPE_CHECKING:
     import torch
@@ -304,8 +305,10 @@ class TransformersBackend:
             max_new_tokens: Cap on generated tokens; a request's own cap applies within it.
             use_processor: "auto", "always" or "never" use the stock ``AutoProcessor``
                 (see ``guard.backends.qwen_inputs``).
-            min_pixels: Lower bound on each resized image's area.
-            max_pixels: Upper bound on each resized image's area.
+            min_pixels: Lower bound on each resized image's area (``image.min_pixels``); the
+                processor's own applies where it is higher.
+            max_pixels: Upper bound on each resized image's area (``image.max_pixels``); the
+                processor's own applies where it is lower.
             prefix_cache: Reuse the keys and values of the fixed system prompt.
             frame_cache: Frames whose preprocessing, vision features and prompt prefix through
                 the image are kept for the next proposal on the same frame (0: off).
@@ -362,8 +365,12 @@ class TransformersBackend:
             image_token_id=config.image_token_id,
             video_token_id=getattr(config, "video_token_id", None),
             use_processor=use_processor,
-            min_pixels=min_pixels,
-            max_pixels=max_pixels,
+        )
+        # The one pixel budget (guard.imaging.pixel_bounds): the guard's bounds and the model
+        # folder's processor bounds, whichever is tighter, so that a frame the guard resized
+        # to `image_grid` passes the processor unchanged.
+        self.inputs.min_pixels, self.inputs.max_pixels = pixel_bounds(
+            min_pixels, max_pixels, self.inputs.image_grid
         )
         self.tokenizer = self.inputs.tokenizer
         self._generation_config = self._greedy_config(model.generation_config)
@@ -417,6 +424,12 @@ class TransformersBackend:
             prefix_cache=m.prefix_cache,
             frame_cache=m.frame_cache,
         )
+
+    @property
+    def image_grid(self) -> ImageGrid | None:
+        """The sizes the model's image processor keeps (its patch grid under the pixel budget):
+        the guard resizes each frame straight to one (`guard.imaging.resize_for_judge`)."""
+        return self.inputs.image_grid
 
     # -- loading ---------------------------------------------------------------------------
 
