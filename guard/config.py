@@ -122,6 +122,10 @@ class PromptConfig(_Strict):
     template: str | None = None
     """A built-in template name or a YAML path; None: the template the model folder was
     trained with (its training_run_config.yaml), else consequence_v1."""
+    action_format: str | None = None
+    """How a proposal becomes the judge's action text (guard/prompting/action.py):
+    tool_call_v1 or phrase_v0; None: the format the model folder was trained with, else
+    tool_call_v1."""
 
 
 class RuleMatch(_Strict):

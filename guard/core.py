@@ -36,7 +36,13 @@ from guard.errors import BackendError, BackendTimeout, ConfigError, GuardError, 
 from guard.freshness import frame_freshness
 from guard.imaging import check_array, resize_for_judge
 from guard.policy import RuleOutcome, compile_rules, decide, evaluate_rules, failure_verdict
-from guard.prompting import ParseError, load_template, parse_answer, resolve_template
+from guard.prompting import (
+    ParseError,
+    load_template,
+    parse_answer,
+    resolve_action_format,
+    resolve_template,
+)
 from guard.types import ActionProposal, Decision, Frame, Status, Verdict, jsonable, safe_text
 
 log = logging.getLogger("guard")
@@ -82,6 +88,10 @@ class Guard:
         self._rules = compile_rules(self.config.policy.rules)
         #: The prompt template in use (configured, else the model's trained one).
         self.template_name = resolve_template(self.config.prompt.template, self.config.model.id)
+        #: How a proposal becomes the judge's words (configured, else the model's trained one).
+        self.action_format = resolve_action_format(
+            self.config.prompt.action_format, self.config.model.id
+        )
         self._template = load_template(self.template_name)
         self._policy_id = self.config.policy.fingerprint()
         # Longer answers are refused before parsing: parsing stays inside the deadline.
@@ -307,7 +317,7 @@ class Guard:
     ) -> Decision:
         policy = self.config.policy
         trace.proposal = _as_proposal(proposal)
-        action = trace.proposal.as_text()
+        action = trace.proposal.as_text(self.action_format)
         if not action.strip():
             raise InvalidInputError("the action text is empty")
         if len(action) > policy.max_action_chars:
@@ -315,7 +325,7 @@ class Guard:
                 f"action text is {len(action)} characters, over max_action_chars "
                 f"({policy.max_action_chars})"
             )
-        trace.rules = rules = evaluate_rules(self._rules, trace.proposal)
+        trace.rules = rules = evaluate_rules(self._rules, trace.proposal, action)
         if rules.skips_model:
             return self._by_rules(rules)
         if not callable(frames):

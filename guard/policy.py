@@ -91,8 +91,12 @@ class RuleOutcome:
         return self.verdict in (Verdict.VETO, Verdict.ALLOW)
 
 
-def evaluate_rules(rules: list[CompiledRule], proposal: ActionProposal) -> RuleOutcome:
-    text = proposal.as_text()
+def evaluate_rules(
+    rules: list[CompiledRule], proposal: ActionProposal, text: str | None = None
+) -> RuleOutcome:
+    """The rules that match `proposal`; `text` is its action text as the judge reads it
+    (default: the default rendering)."""
+    text = proposal.as_text() if text is None else text
     matched = [c.rule for c in rules if c.matches(proposal, text)]
     if not matched:
         return RuleOutcome()

@@ -194,8 +194,6 @@ def test_bench_items_prompt_as_training_does(tmp_path: Path) -> None:
     assert all(r["tool"] == r["action"] for r in records)
 
 
-@pytest.mark.xfail(strict=True, reason="the Guard does not yet pass the model folder's "
-                   "format to ActionProposal.as_text (guard/core.py)")
 def test_the_guard_renders_in_the_model_folder_s_format(tmp_path: Path) -> None:
     folder = _folder(tmp_path / "model", "data:\n  action_format: phrase_v0\n")
     backend = _Recording()
@@ -208,4 +206,10 @@ def test_the_guard_renders_in_the_model_folder_s_format(tmp_path: Path) -> None:
     with Guard(config, backend=backend) as guard:
         guard.check(frame, {"name": "stove_on", "description": "turn on the stove"})
     assert _users(backend) == ["Action: turn on the stove"]
+    # a configured format wins over the folder's record
+    backend = _Recording()
+    config = config.with_overrides(**{"prompt.action_format": "tool_call_v1"})
+    with Guard(config, backend=backend) as guard:
+        guard.check(frame, {"name": "stove_on", "description": "turn on the stove"})
+    assert _users(backend) == ["Action: turn on the stove (tool: stove_on)"]
 

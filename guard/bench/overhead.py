@@ -66,7 +66,7 @@ def run(model: str, reps: int, max_new_tokens: int, image: Path, threads: int) -
     frame = Frame.from_path(image)
     proposal = ActionProposal(name="stove_on", description="turn on the stove")
     pil = fit_max_pixels(frame.image, config.image.max_pixels)
-    prompt = guard._template.render(proposal.as_text(), (pil,))
+    prompt = guard._template.render(proposal.as_text(guard.action_format), (pil,))
     gen_cfg = backend._generation_config_for(max_new_tokens)
 
     def bare_generate(inputs: dict[str, Any]) -> Any:
