@@ -89,11 +89,12 @@ class Outcome:
 
 @dataclass
 class Scene:
-    """A frame and an action phrase to judge it with."""
+    """A frame and the proposal to judge it with: a tool and the action phrase."""
 
     image: np.ndarray
     action: str
     label: str = ""
+    tool: str = "act"
 
 
 # -- backends with a fault ---------------------------------------------------------------------
@@ -204,9 +205,11 @@ class Harness:
                      source="faults")
 
     def proposal(self, scene: Scene | None = None, action: str | None = None) -> ActionProposal:
+        """The scene's proposal as a front end sends it (tool name, phrase); `action`
+        replaces the phrase (a hostile rewrite of it)."""
         scene = scene or self.scenes[0]
-        # The phrase alone, as world models read it (no "(tool: ...)" suffix).
-        return ActionProposal(name=action if action is not None else scene.action)
+        return ActionProposal(name=scene.tool,
+                              description=action if action is not None else scene.action)
 
     # -- one check, watched ----------------------------------------------------------------
 
@@ -598,7 +601,7 @@ def default_scenes(n: int = 24, seed: int = 1000) -> list[Scene]:
         from guard.world import iter_items, render_item
     except ImportError:
         return [Scene(np.full((224, 224, 3), 128, dtype=np.uint8), "turn on the stove")]
-    return [Scene(render_item(it), it.query, "unsafe" if it.unsafe else "safe")
+    return [Scene(render_item(it), it.query, "unsafe" if it.unsafe else "safe", it.action)
             for it in iter_items("test_iid", n, seed)]
 
 
