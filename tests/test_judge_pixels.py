@@ -277,3 +277,25 @@ def test_an_onnx_judge_gets_frames_at_its_graph_size_resampled_once(
         # What the graph sees is the guard's one resample (fit() and the processor keep it).
         assert g.backend.fit(seen[-1]) is seen[-1]  # type: ignore[attr-defined]
     assert [im.size for im in seen] == [EXPECTED["qwen2_5_vl"]] * 2
+
+
+@pytest.mark.parametrize("arch", list(EXPECTED))
+def test_the_torchvision_processor_keeps_the_judge_size_too(
+    tiny_dirs: dict[str, Path], arch: str
+) -> None:
+    """The stock fast (torchvision) processor, where torchvision imports (not on CPU-only
+    machines whose torchvision binary does not load beside torch: skipped there)."""
+    import torch
+    from transformers import AutoImageProcessor
+
+    from guard.backends.qwen_inputs import torchvision_works
+
+    if not torchvision_works():
+        pytest.skip("torchvision does not import here")
+    proc = AutoImageProcessor.from_pretrained(str(tiny_dirs[arch]), backend="torchvision")
+    grid = ImageGrid(FACTOR[arch], 3136, 200_704)
+    im = resize_for_judge(CAMERA, GuardConfig().image, type("J", (), {"image_grid": grid})())
+    resized = proc(images=[im], return_tensors="pt")
+    kept = proc(images=[im], return_tensors="pt", do_resize=False)
+    assert torch.equal(resized["image_grid_thw"], kept["image_grid_thw"])
+    torch.testing.assert_close(resized["pixel_values"], kept["pixel_values"], rtol=0, atol=1e-6)
