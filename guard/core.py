@@ -347,8 +347,14 @@ class Guard:
             )
         except BaseException as exc:
             if future.done() and not future.cancelled() and future.exception() is exc:
-                # Raised by the job (a backend's SystemExit, KeyboardInterrupt, ...): the
-                # judge failed; the caller was not interrupted.
+                # Raised in the job, not in the caller (who was not interrupted): bad input
+                # found while preparing, a bug of ours, or a backend's SystemExit or
+                # KeyboardInterrupt (the job turns its ordinary exceptions into decisions).
+                if isinstance(exc, InvalidInputError):
+                    return self._failed(Status.INVALID_INPUT, str(exc), rules)
+                if isinstance(exc, Exception):
+                    log.error("guard check failed unexpectedly: %r", exc)
+                    return self._failed(Status.ERROR, f"internal error: {exc!r}", rules)
                 return self._failed(Status.ERROR, f"backend failed: {exc!r}", rules)
             raise
         return decision

@@ -385,3 +385,17 @@ def test_cli_invalid_utf8_on_stdin_is_judged_and_audited(tmp_path, image_file):
 def test_cli_empty_tool_name_is_invalid_input(tmp_path, image_file):
     r = _cli(["--image", str(image_file), "--action", "x", "--tool", ""], tmp_path)
     assert r.returncode == 3 and json.loads(r.stdout)["status"] == "invalid_input"
+
+
+def test_invalid_input_found_while_preparing_is_invalid_input(config, frame, monkeypatch):
+    """Bad input found on the worker (while resizing) is invalid_input, not 'backend failed'."""
+    import guard.core as core
+    from guard.errors import InvalidInputError
+
+    def refuse(*a, **k):
+        raise InvalidInputError("frame: odd")
+
+    monkeypatch.setattr(core, "resize_for_judge", refuse)
+    with guard_answering(config, ALLOW) as g:
+        d = g.check(frame, STOVE)
+    assert (d.verdict, d.status, d.error) == (Verdict.VETO, Status.INVALID_INPUT, "frame: odd")
