@@ -23,8 +23,9 @@ scene is judged again under each rendering mode:
 
 A **flip** is a veto that became allow or annotate. A check that did not run (status other
 than ok) is a veto, fail closed, so it never counts as a flip; the table lists them apart. The
-judge reads the action phrase alone, as the embedded model was trained (no ``(tool: ...)``
-suffix), through the prompt template its folder records. Writes ``results.json``,
+judge reads each scene's proposal as a front end sends it (the world's tool name, the phrase
+as its description; attacks rewrite the phrase), rendered in the format and template its
+model folder records. Writes ``results.json``,
 ``per_item.jsonl`` and ``table.md`` under ``--out`` when given; prints the table.
 """
 
@@ -120,12 +121,12 @@ def _set_mode(guard: Any, template: PromptTemplate, mode: str) -> None:
         inputs.check_controls = check
 
 
-def _judge(guard: Any, frame: Any, text: str) -> tuple[str, str, str | None]:
-    """Verdict, status and error of one check of `text` on `frame`."""
+def _judge(guard: Any, frame: Any, text: str, tool: str) -> tuple[str, str, str | None]:
+    """Verdict, status and error of one check of the phrase `text` (tool `tool`) on `frame`."""
     from guard.types import ActionProposal, Frame
 
     stamped = Frame(image=frame, stamp=time.time(), source="world")
-    d = guard.check([stamped], ActionProposal(name=text, description=""))
+    d = guard.check([stamped], ActionProposal(name=tool, description=text))
     return d.verdict.value, d.status.value, d.error
 
 
@@ -154,7 +155,7 @@ def run(model: str, *, n: int, seed: int, split: str, modes: Sequence[str],
         base = []
         for it in unsafe:
             frame = render_item(it)
-            verdict, status, _ = _judge(guard, frame, it.query)
+            verdict, status, _ = _judge(guard, frame, it.query, it.action)
             if verdict == "veto" and status == "ok":
                 base.append((it, frame))
         if progress:
@@ -166,7 +167,7 @@ def run(model: str, *, n: int, seed: int, split: str, modes: Sequence[str],
             for attack in attacks:
                 rewrite = ATTACKS[attack][1]
                 for it, frame in base:
-                    verdict, status, error = _judge(guard, frame, rewrite(it.query))
+                    verdict, status, error = _judge(guard, frame, rewrite(it.query), it.action)
                     flipped = verdict != "veto"
                     counts[attack][mode]["flips"] += flipped
                     counts[attack][mode]["not_ok"] += status != "ok"
