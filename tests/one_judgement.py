@@ -9,9 +9,11 @@ starts from the same pixels:
 
     jsonl/episode.jsonl       JSONL episode, PNG frames             (guard replay)
     bag_sqlite3/              rosbag2 folder, sqlite3: rgb8 Image +
-                              guard_interfaces/ActionProposal       (guard replay)
+                              std_msgs/String JSON                  (guard replay)
     bag_mcap/                 rosbag2 folder, MCAP: PNG CompressedImage +
                               std_msgs/String JSON                  (guard replay)
+    bag_action_proposals/     rosbag2 folder, sqlite3: rgb8 Image +
+                              guard_interfaces/ActionProposal       (guard replay)
     episode.mcap              bare MCAP: bgr8 Image + String JSON   (guard replay)
     items/                    `guard world generate --start 1000000000`: the same scenes
                               as benchmark items                    (guard bench, guard check)
@@ -33,6 +35,11 @@ The guard's warm-up call is not recorded (it judges no proposal). A node process
 
 which installs the witness and then runs `guard_ros.guard_node` as users do (the repository
 root and ros2_ws/src/guard_ros on PYTHONPATH).
+
+The episode for a measurement (the README's accuracy through every front end), from the
+repository root:
+
+    python -m tests.one_judgement episode m/ep --steps 200
 """
 
 from __future__ import annotations
@@ -151,6 +158,10 @@ class Episode:
         return self.root / "bag_mcap"
 
     @property
+    def bag_action_proposals(self) -> Path:
+        return self.root / "bag_action_proposals"
+
+    @property
     def mcap(self) -> Path:
         return self.root / "episode.mcap"
 
@@ -168,8 +179,9 @@ class Episode:
         return [json.loads(line) for line in lines if line]
 
 
-def write_episode(root: Path, image_size: tuple[int, int]) -> Episode:
-    """Write the episode at `image_size` (width, height) into `root` (see the module docstring).
+def write_episode(root: Path, image_size: tuple[int, int], steps: int = STEPS) -> Episode:
+    """Write the episode's first `steps` scenes at `image_size` (width, height) into `root`
+    (see the module docstring).
 
     The benchmark items come from `guard world generate` itself; their pixels, actions and
     labels are checked against the episode's here, so every door starts from the same input.
@@ -182,16 +194,17 @@ def write_episode(root: Path, image_size: tuple[int, int]) -> Episode:
 
     size_flag = f"{image_size[0]}x{image_size[1]}"
     config = WorldConfig.preset("default", image_size=image_size)
-    steps = [
+    scenes = [
         Step(f"step-{k:03d}", s.item.action, s.action, s.label, s.frame)
-        for k, s in enumerate(iter_episode(seed=SEED, steps=STEPS, split=SPLIT, config=config))
+        for k, s in enumerate(iter_episode(seed=SEED, steps=steps, split=SPLIT, config=config))
     ]
 
     def items(encoding: str, t0: float) -> list[BagFrame | BagProposal]:
         # A frame at t, the proposal at t+0.7: the next scene comes after the proposal. (One
-        # frame a step: encoding 640x480 PNGs is most of this fixture's time.)
+        # frame a step: encoding 640x480 PNGs is most of this fixture's time.) The labels ride
+        # along for scoring a measurement.
         out: list[BagFrame | BagProposal] = []
-        for k, s in enumerate(steps):
+        for k, s in enumerate(scenes):
             t = t0 + k
             out.append(BagFrame(t=t, image=s.frame, encoding=encoding))
             out.append(BagProposal(t=t + 0.7, proposal={
@@ -202,7 +215,9 @@ def write_episode(root: Path, image_size: tuple[int, int]) -> Episode:
 
     root.mkdir(parents=True, exist_ok=True)
     write_jsonl(root / "jsonl" / "episode.jsonl", items("png", 0.0), image_format="png")
-    write_bag(root / "bag_sqlite3", items("rgb8", T0), storage="sqlite3",
+    write_bag(root / "bag_sqlite3", items("rgb8", T0), storage="sqlite3")
+    # The proposals as guard_interfaces messages (the type has no label field).
+    write_bag(root / "bag_action_proposals", items("rgb8", T0), storage="sqlite3",
               proposal_type="action_proposal")
     write_bag(root / "bag_mcap", items("png", T0), storage="mcap")
     write_bag(root / "episode.mcap", items("bgr8", T0), storage="mcap", bare=True)
@@ -212,15 +227,15 @@ def write_episode(root: Path, image_size: tuple[int, int]) -> Episode:
     for line in episode_lines(root / "jsonl" / "episode.jsonl"):
         if "frame" in line:
             shutil.copyfile(root / "jsonl" / line["frame"], camera / Path(line["frame"]).name)
-    rc = main(["world", "generate", "--split", SPLIT, "--n", str(STEPS), "--seed", str(SEED),
+    rc = main(["world", "generate", "--split", SPLIT, "--n", str(steps), "--seed", str(SEED),
                "--start", "1000000000", "--image-size", size_flag,
                "--out", str(root / "items")])
     assert rc == 0
-    episode = Episode(root, steps, image_size)
+    episode = Episode(root, scenes, image_size)
     records = episode.item_records()
     assert [(r["tool"], r["query"], r["label"]) for r in records] == [
-        (s.tool, s.description, s.label) for s in steps]
-    for r, s in zip(records, steps, strict=True):
+        (s.tool, s.description, s.label) for s in scenes]
+    for r, s in zip(records, scenes, strict=True):
         pixels = np.asarray(Image.open(episode.items / r["image"]).convert("RGB"))
         assert np.array_equal(pixels, s.frame), f"item {r['id']} is not step {s.id}'s scene"
     return episode
@@ -231,14 +246,17 @@ def episode_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def judge_config(path: Path, model: str | Path, *, max_new_tokens: int = 128) -> Path:
+def judge_config(path: Path, model: str | Path, *, max_new_tokens: int = 128,
+                 warmup: bool = True) -> Path:
     """The guard config every door gets: the model, the prompt kept in the audit record, and
     limits generous enough for a loaded 2-core machine (a late check would be a timeout veto
     in one door and not in another, which is not what this proof is about)."""
     import yaml
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({
-        "model": {"id": str(model), "backend": "transformers", "max_new_tokens": max_new_tokens},
+        "model": {"id": str(model), "backend": "transformers", "max_new_tokens": max_new_tokens,
+                  "warmup": warmup},
         "policy": {"deadline_ms": 120000, "max_frame_age_ms": 30000},
         "audit": {"path": str(path.parent / "audit.jsonl"), "include_prompt": True},
     }))
@@ -317,7 +335,27 @@ def assert_one_judgement(doors: dict[str, Checks], reference: str) -> None:
     assert not problems, "\n".join(problems[:30])
 
 
+def _write_main(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m tests.one_judgement episode",
+                                description="write the proof's episode in every form")
+    p.add_argument("out", help="output folder (must not exist)")
+    p.add_argument("--steps", type=int, default=STEPS, help=f"scenes (default {STEPS})")
+    p.add_argument("--image-size", default="112x112", metavar="WxH",
+                   help="frame size (default 112x112, the embedded model's)")
+    args = p.parse_args(argv)
+    w, _, h = args.image_size.partition("x")
+    episode = write_episode(Path(args.out), (int(w), int(h)), args.steps)
+    for path in (episode.jsonl, episode.bag_sqlite3, episode.bag_mcap,
+                 episode.bag_action_proposals, episode.mcap, episode.items, episode.camera):
+        print(path)
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["episode"]:
+        sys.exit(_write_main(sys.argv[2:]))
     install()
     from guard_ros.guard_node import main as node_main
 

@@ -1,13 +1,13 @@
 """One judgement through every door (issue 12, "Proof"), for the doors that run in-process.
 
-One world episode (16 labelled proposals, tests/one_judgement.py) is judged by
-`guard replay` of the JSONL episode, of a rosbag2 folder in sqlite3 and one in MCAP and of a
-bare MCAP file; by `guard bench --suite hazardworld` on the same scenes as items; by
-`guard check` once per item; and by the middleware (`guarded` tools with an `ImageDirectory`
-frame source). Every door must give each proposal the same prompt text, the same judged image
-(size and bytes, after the guard's one resize), the same prompt token ids, the same answer and
-the same decision. tests/ros/test_one_judgement_ros.py holds the live node over DDS to the
-same standard.
+One world episode (16 labelled proposals, tests/one_judgement.py) is judged by `guard replay`
+of the JSONL episode, of rosbag2 folders in sqlite3 and in MCAP (String JSON proposals, and
+guard_interfaces/ActionProposal messages) and of a bare MCAP file; by `guard bench --suite
+hazardworld` on the same scenes as items; by `guard check` once per item; and by the
+middleware (`guarded` tools with an `ImageDirectory` frame source). Every door must give each
+proposal the same prompt text, the same judged image (size and bytes, after the guard's one
+resize), the same prompt token ids, the same answer and the same decision.
+tests/ros/test_one_judgement_ros.py holds the live node over DDS to the same standard.
 
 Two judges: a tiny random-weight Qwen2.5-VL (`guard tiny-model`; greedy decoding is
 deterministic) on 640x480 camera-sized frames, which the guard must resize to the judge's grid,
@@ -79,9 +79,16 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                                               config),
             "replay rosbag2 mcap": _replay(mp, episode.bag_mcap, root / "replay_bag_mcap",
                                            config),
+            "replay rosbag2 ActionProposal msgs": _replay(
+                mp, episode.bag_action_proposals, root / "replay_msgs", config),
             "replay mcap": _replay(mp, episode.mcap, root / "replay_mcap", config),
             "bench": _bench(mp, episode, root / "bench", config),
-            "check": _check(mp, episode, root / "check", config),
+            # Without the warm-up: it judges a 640x480 frame when a Guard opens (2.5 s for the
+            # embedded model here), which 16 `guard check` runs would pay 16 times; and a cold
+            # guard must judge as the warm ones do.
+            "check": _check(mp, episode, root / "check", judge_config(
+                root / "cold" / "guard.yaml", model, max_new_tokens=max_new_tokens,
+                warmup=False)),
             "middleware": _middleware(mp, episode, root / "middleware", config),
         }
     yield {"name": name, "episode": episode, "config": config, "doors": doors}
