@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("transformers")
@@ -245,3 +246,30 @@ def test_token_ids_are_the_recorded_prompt_tokenized(run: dict[str, Any]) -> Non
         again = witness(Tokenizer(), Request(prompt))
         assert again["input_ids"] == seen["input_ids"]
         assert again["image_grid_thw"] == seen["image_grid_thw"]
+
+
+def test_the_proof_sees_one_changed_pixel(run: dict[str, Any], tmp_path: Path) -> None:
+    """A negative control: the same episode with one pixel of one frame changed by one level
+    is told apart, at that step and no other (the comparison is not vacuous)."""
+    import shutil
+
+    from PIL import Image
+
+    if run["name"] != "tiny":
+        pytest.skip("one judge is enough for the control")
+    episode: Episode = run["episode"]
+    copy = tmp_path / "jsonl"
+    shutil.copytree(episode.jsonl.parent, copy)
+    frame = copy / "frames" / "00003.png"
+    pixels = np.asarray(Image.open(frame)).copy()
+    pixels[0, 0, 0] ^= 1
+    Image.fromarray(pixels).save(frame)
+    with pytest.MonkeyPatch.context() as mp:
+        install(mp.setattr)
+        changed = _replay(mp, copy / "episode.jsonl", tmp_path / "replay", run["config"])
+    with pytest.raises(AssertionError) as caught:
+        assert_one_judgement({"replay jsonl": run["doors"]["replay jsonl"], "changed": changed},
+                             reference="replay jsonl")
+    problems = str(caught.value).splitlines()
+    assert problems and all(p.startswith("changed step 3 ") for p in problems), problems
+    assert any(p.startswith("changed step 3 images") for p in problems)
