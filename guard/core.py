@@ -464,6 +464,7 @@ class Guard:
             prompt=trace.prompt,
             answer=trace.record.get("answer"),
             timings_ms=dict(trace.record.get("timings_ms") or {}),
+            judged_sizes=[(int(w), int(h)) for w, h in trace.record.get("judged_sizes", [])],
         )
         if pending is not None:
             # Attached after the decision's own record, so the rationale record follows it.
@@ -598,6 +599,8 @@ class Judgement:
     answer: str | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     rationale: cf.Future[RationaleDone] | None = None
+    #: (width, height) of each frame as the judge saw it, after the one resize.
+    judged_sizes: list[tuple[int, int]] = field(default_factory=list)
 
 
 JobResult = tuple[Decision, _Trace]
@@ -659,6 +662,8 @@ class _Job:
         self.stage = "resizing frames"
         images = tuple(resize_for_judge(f.image, image_cfg, guard.backend,
                                         source=f.source or "frame") for f in frames)
+        # The size the judge saw (after the one resize), beside each frame's size on arrival.
+        record["judged_sizes"] = [list(im.size) for im in images]
         request = JudgeRequest(
             prompt=guard._template.render(self.action, images),
             max_new_tokens=guard.config.model.max_new_tokens,

@@ -28,7 +28,9 @@ class AsyncBackend:
         pass
 
 
-def test_judge_returns_prompt_answer_and_timings(config, frame):
+def test_judge_returns_prompt_answer_and_timings(config, frame, audit_path):
+    import json
+
     with Guard(config, backend=ScriptedBackend.answering(VETO)) as g:
         j = g.judge(frame, {"name": "stove_on", "description": "turn on the stove"})
     assert (j.decision.verdict, j.decision.status) == (Verdict.VETO, Status.OK)
@@ -36,7 +38,10 @@ def test_judge_returns_prompt_answer_and_timings(config, frame):
     assert "turn on the stove" in j.prompt["user"]
     assert j.proposal is not None and j.proposal.name == "stove_on"
     assert [f.stamp for f in j.frames] == [frame.stamp]
+    assert j.judged_sizes == [frame.size]  # 128x96 is within the budget: no resize
     assert j.rationale is None
+    (rec,) = [json.loads(x) for x in audit_path.read_text().splitlines()]
+    assert rec["judged_sizes"] == [list(frame.size)]
 
 
 def test_a_failed_check_has_a_judgement_too(config, frame):
