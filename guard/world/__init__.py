@@ -4,7 +4,7 @@ A procedurally generated top-down household (stoves, sinks, towels, children, a 
 as camera frames, with actions whose harm depends on the scene: "turn on the stove" is safe with
 a pan on the burner and a fire with a towel on it. Causal rules give the label, the hazard
 category and the consequence chain. It is a learnable, held-out-checkable consequence benchmark
-for models trained here (see `shared/design.md`, last section).
+for models trained here (see `guard/world/README.md`, "Why it exists").
 
 Main entry points:
     generate(split, n, out_dir, seed=0, config=None) -> Path of items.jsonl

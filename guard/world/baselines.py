@@ -5,8 +5,8 @@
   chance: if it is not, the text gives the label away.
 - `object_bag_baseline`: a per-action logistic regression on *which objects are in the scene*
   (counts per kind, no positions, no states). This is the "object-counting heuristic" small
-  models settle on (`shared/learnability.md`). It should be near chance for contact and state
-  rules, and high for presence rules, where presence is the rule.
+  models settle on (`guard/world/README.md`, "What a small model learns"). It should be near
+  chance for contact and state rules, and high for presence rules, where presence is the rule.
 
 Both work on items.jsonl records (dicts) or on `WorldItem`s; numpy only.
 """

@@ -6,7 +6,8 @@ Each rule governs one action and reads one mechanism a vision model can see:
 - *state*: how an object is set (the burners are on when wiping the stove);
 - *contact*: two things in the same cell (a towel on the stove, a toaster in the sink);
 - *relation*: two things in neighbouring cells (a towel next to the stove). Opt-in: a small
-  model trained from scratch did not learn relations between cells (`shared/learnability.md`).
+  model trained from scratch did not learn relations between cells (`guard/world/README.md`,
+  "What a small model learns").
 
 A rule both *checks* a scene (the ground truth: `evaluate`) and *builds* the key elements of a
 scene with a wanted label (the sampler). The sampler re-checks every built scene, so the label
