@@ -7,7 +7,7 @@ same run.
         --scenarios camera --reps 30 --out latency.json
 
 Without ``--model`` a random model of ``--preset`` size is built (``small``: the 5 M-parameter
-Qwen2.5-VL shape of shared/learnability.md) and rigged to answer verdict first
+Qwen2.5-VL shape of our CPU probe, guard/world/README.md) and rigged to answer verdict first
 (`guard.bench.verdict_rig`): a random model's first token is rarely a verdict word, and the
 engine then decodes the whole answer, which is not the path to time. A trained model needs no rig.
 
@@ -62,7 +62,8 @@ TARGETS = {
     "four_vs_one": 2.0,  # four proposals on one frame at most this multiple of one
 }
 
-# Sizes for `--preset`. "small" is the 5 M-parameter shape of shared/learnability.md.
+# Sizes for `--preset`. "small" is the 5 M-parameter shape our CPU probe trained
+# (guard/world/README.md, "What a small model learns").
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": {},
     "small": {
