@@ -76,7 +76,8 @@ fi
 [[ -n "$PY" ]] || { step="finding Python"; fail "no python3 on PATH; activate a venv first"; }
 
 # One interpreter start gives everything below (each start of a venv holding the ROS wheels
-# costs a re-exec, see deps.md). Printed as shell assignments; values are shell-quoted.
+# costs a re-exec: their .pth hook restarts Python once to set LD_LIBRARY_PATH). Printed as
+# shell assignments; values are shell-quoted.
 env_query='
 import importlib.metadata as md, os, re, shlex, sys, sysconfig
 if sys.version_info < (3, 10):

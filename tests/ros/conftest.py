@@ -4,9 +4,9 @@ guard_ros is an ament_python package under ros2_ws/src; it is not pip-installed,
 goes on sys.path here (and on PYTHONPATH of every node process started below). On a ROS 2
 install, a sourced colcon workspace provides the same package.
 
-Isolation (deps.md): every node process and the probe talking to it share a ROS_DOMAIN_ID of
-their own, discovery is localhost-only, logs go to a tmp dir, and each node runs in a unique
-namespace, so even two test runs that drew the same domain cannot cross answers.
+Isolation: every node process and the probe talking to it share a ROS_DOMAIN_ID of their own,
+discovery is localhost-only, logs go to a tmp dir, and each node runs in a unique namespace, so
+even two test runs that drew the same domain cannot cross answers.
 """
 
 from __future__ import annotations
