@@ -179,6 +179,34 @@ def test_one_decision_per_proposal_and_relay_in_enforce(camera: Graph) -> None:
     assert relayed == [pid for pid in sent if pid in relayed]  # in the order proposed
 
 
+def _audit_decision(g: Graph, pid: str) -> dict[str, Any]:
+    records = [json.loads(line) for line in
+               (g.node.workdir / "audit.jsonl").read_text().splitlines() if line]
+    found = [r["decision"] for r in records
+             if r.get("kind") == "decision" and r["decision"]["proposal_id"] == pid]
+    assert len(found) == 1, (pid, found)
+    return found[0]
+
+
+def test_decision_fields_join_the_audit_record(camera: Graph) -> None:
+    # A decision on the bus once had no id, mode, policy, rules or error: nothing joined it
+    # with its audit record. Now every one carries the record's own values.
+    g = camera
+    for text, status in (("put the towel on the stove", Decision.STATUS_OK),
+                         ("explode the battery test", Decision.STATUS_ERROR)):
+        pid = g.propose(text)
+        d = g.decision_for(pid)
+        record = _audit_decision(g, pid)
+        assert d.status == status == record["status"]
+        assert len(d.id) == 32 and int(d.id, 16) >= 0  # the guard's hex UUID4
+        assert (d.id, d.mode, d.policy, list(d.rules), d.error) == (
+            record["id"], record["mode"], record["policy"], record["rules"],
+            record["error"] or "")
+        assert d.mode == "enforce" and d.policy.startswith("default@")
+    assert "driver crashed" in d.error
+    assert len({d.id for d in g.decisions}) == len(g.decisions)  # one id per decision
+
+
 def test_shadow_mode_at_runtime_relays_everything(camera: Graph) -> None:
     g = camera
     # Refused values say why; read-on-configure parameters are refused while configured.

@@ -75,6 +75,11 @@ CONTRACT = {
         "latency_ms": "float",
         "frame_stamp": "builtin_interfaces/Time",
         "model": "string",
+        "id": "string",
+        "mode": "string",
+        "policy": "string",
+        "rules": "sequence<string>",
+        "error": "string",
     },
     CheckAction.Request: {
         "proposal": "guard_interfaces/ActionProposal",
@@ -113,6 +118,11 @@ def make_decision(proposal_id: str = "p-1") -> Decision:
         latency_ms=42.5,
         frame_stamp=Time(sec=12, nanosec=0),
         model="rules",
+        id="0123456789abcdef0123456789abcdef",
+        mode="enforce",
+        policy="default@59381e4793d8",
+        rules=["heat_source_cloth"],
+        error="",
     )
 
 
@@ -125,6 +135,15 @@ def test_verdict_constants() -> None:
     assert (Decision.ALLOW, Decision.ANNOTATE, Decision.VETO) == (0, 1, 2)
     # A default-constructed Decision is ALLOW (0): publishers must always set the verdict.
     assert Decision().verdict == Decision.ALLOW
+
+
+def test_status_constants_are_the_guards_statuses() -> None:
+    from guard.types import Status
+
+    names = {f"STATUS_{s.name}": s.value for s in Status}
+    assert {n: getattr(Decision, n) for n in names} == names
+    # Default-constructed: no status, so a publisher that forgets it is visibly wrong.
+    assert Decision().status == "" and Decision().id == "" and list(Decision().rules) == []
 
 
 def test_messages_construct_and_serialize() -> None:

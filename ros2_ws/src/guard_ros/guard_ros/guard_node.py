@@ -729,6 +729,12 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         # The judged camera message's own header time, to the nanosecond.
         out.frame_stamp = time_msg(frame_time_ns(decision, []))
         out.model = decision.model
+        # The audit record's own fields, so a decision on the bus joins its record by id.
+        out.id = decision.id
+        out.mode = decision.mode
+        out.policy = decision.policy
+        out.rules = list(decision.rules)
+        out.error = decision.error or ''
         return out
 
     # -- cmd_vel gate ----------------------------------------------------------------------
