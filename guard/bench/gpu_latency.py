@@ -1,19 +1,22 @@
-"""The latency benchmark on a GPU with full-size random models: a Qwen2.5-VL-7B-sized and a
-Qwen3-VL-4B-sized model built from the real architectures' configs (random weights: timing does
-not need trained ones), 640 x 480 camera frames, bf16 and bitsandbytes 4-bit.
+"""The judge's latency on a CUDA GPU at full model size: Qwen2.5-VL-7B and Qwen3-VL-4B shapes.
 
-Written for a session that is lent a GPU (an H200: 139 GiB, 15 minutes of device time in all).
-One preset per call keeps each command under the 10-minute limit:
+Builds a model of each preset's real architecture (``FULL_SIZE`` in `guard.bench.latency`, from
+the published configs) with random bf16 weights on the GPU (timing needs no trained weights),
+saves it to local disk (``--work``; by default a new temporary folder, left in place), rigs it
+to answer verdict first (`guard.bench.verdict_rig`) and runs `guard.bench.latency`'s ``camera``
+scenario (640 x 480 frames, the consequence_v1 prompt) for each backend of ``--backends``:
+``transformers`` (bf16) and ``transformers-4bit`` (bitsandbytes, quantized on load) by default.
+For each preset it prints a table of medians (p95) in ms and writes ``PRESET.json`` and
+``PRESET.md`` to ``--out``. Exits 2 when no CUDA device is visible.
 
-    python -m guard.bench.gpu_latency --presets qwen2.5-vl-7b --out "$OUT"
-    python -m guard.bench.gpu_latency --presets qwen3-vl-4b --out "$OUT"
+    python -m guard.bench.gpu_latency --out runs/gpu-latency                  # both presets
+    python -m guard.bench.gpu_latency --presets qwen3-vl-4b --reps 16 --out runs/gpu-latency
 
-Each call builds the model on the GPU in bf16, saves it to local disk (the 4-bit variant is
-quantized on load), rigs it to answer verdict first, and runs `guard.bench.latency`'s camera
-scenario for ``transformers`` (bf16) and ``transformers-4bit``. It writes ``PRESET.json`` and
-``PRESET.md`` to ``--out`` and prints the table. Reference floor on an H200: about 6 ms of
-prefill compute for 300 tokens of a 7 B model; a 7 B bf16 decode step cannot beat about 3 ms
-(4.8 TB/s of memory bandwidth).
+``--presets`` takes a comma list; one preset per call keeps each call shorter. Needs a CUDA build
+of torch, ``pip install -e .[quant]`` (bitsandbytes) for the 4-bit backend, and local disk for
+the saved weights (about 17 GB for the 7 B preset in bf16). For reading the figures: prefill of
+300 tokens of a 7 B model is about 6 ms of compute on an H200, and one bf16 decode step of a 7 B
+model cannot take less than about 3 ms there (4.8 TB/s of memory bandwidth).
 """
 
 from __future__ import annotations
