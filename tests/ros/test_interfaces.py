@@ -1,4 +1,4 @@
-"""guard_interfaces: the ROS 2 contract of design.md, checked on the built messages.
+"""guard_interfaces: the ROS 2 message contract, checked on the built messages.
 
 Needs rclpy and a built guard_interfaces. Where only the PyPI wheels exist::
 
@@ -48,7 +48,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning"),
 ]
 
-# The field lists of design.md's ROS 2 contract, as rosidl reports them. A renamed or retyped
+# The field lists of the ROS 2 contract, as rosidl reports them. A renamed or retyped
 # field breaks every node and bag that speaks these types, so it must fail here first.
 CONTRACT = {
     ActionProposal: {
@@ -199,7 +199,7 @@ PEER = textwrap.dedent(
 
 @pytest.fixture
 def ros_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Isolates this test's ROS graph (deps.md): own domain, localhost only, logs in tmp."""
+    """Isolates this test's ROS graph: own domain, localhost only, logs in tmp."""
     # Derived from the pid so concurrent pytest runs on one machine rarely share a domain; the
     # topic names are unique per test as well, so a shared domain still cannot cross answers.
     env = {
