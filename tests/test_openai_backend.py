@@ -82,7 +82,7 @@ def test_request_carries_the_image_inline_and_the_decision_comes_back(server, co
     system, user = body["messages"]
     assert system["role"] == "system"
     image, text = user["content"]
-    assert image["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    assert image["image_url"]["url"].startswith("data:image/png;base64,")  # lossless
     assert "turn on the stove" in text["text"]
 
 
@@ -135,3 +135,20 @@ def test_unreachable_server_is_an_error_veto(config, frame):
         d = g.check(frame, ActionProposal(name="stove"))
     assert (d.verdict, d.status) == (Verdict.VETO, Status.ERROR)
     assert "127.0.0.1:9" in d.error
+
+
+def test_frames_travel_lossless_by_default_and_as_jpeg_on_request():
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from guard.backends.openai_backend import image_data_url
+
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    png = image_data_url(Image.fromarray(pixels))
+    assert png.startswith("data:image/png;base64,")
+    back = np.asarray(Image.open(io.BytesIO(base64.b64decode(png.split(",", 1)[1]))))
+    assert np.array_equal(back, pixels)  # the server judges the pixels a local judge would
+    assert image_data_url(Image.fromarray(pixels), "jpeg").startswith("data:image/jpeg;base64,")
