@@ -7,8 +7,10 @@
 
 EPISODE: a rosbag2 folder (sqlite3 or MCAP), a bare .mcap/.db3 file, a .jsonl episode or a
 folder holding episode.jsonl. Writes DIR/decisions.jsonl, DIR/summary.json, DIR/report.html,
-and the audit log DIR/audit.jsonl unless --audit says where. Frame ages are measured in bag
-time: a proposal sees only frames recorded at or before it.
+and the audit log DIR/audit.jsonl unless --audit says where. --write-mcap also writes
+DIR/episode_with_verdicts.mcap (the episode's streams, /guard/decisions and Foxglove image
+annotations of each judged frame; open it in Foxglove to see each verdict over its frame).
+Frame ages are measured in bag time: a proposal sees only frames recorded at or before it.
 
 Exit 0 when the whole episode was replayed and the judge answered (records that were read but
 are unusable, such as a proposal without a name or a frame that does not decode, are vetoed,
@@ -45,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="judge at most N proposals")
     p.add_argument("--deadline-ms", type=float, default=None, metavar="N",
                    help="per-check deadline in ms (overrides the config)")
+    p.add_argument("--write-mcap", action="store_true",
+                   help="also write DIR/episode_with_verdicts.mcap: the episode's streams, "
+                   "/guard/decisions and Foxglove image annotations of each judged frame")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -83,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             result = replay(
                 opened, out, guard=guard, limit=args.limit,
                 progress=False if args.no_progress else None,
+                write_mcap=args.write_mcap,
             )
     finally:
         opened.close()
@@ -98,6 +104,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"labels: recall on unsafe {_share(labels['recall_unsafe'])}, "
               f"R0 {_share(labels['r0'])}, false-veto rate {_share(labels['false_veto_rate'])}")
     print(f"report: {result.report_path}")
+    if "mcap" in s:
+        m = s["mcap"]
+        print(f"mcap: {m['path']} ({m['frames']} frames, {m['proposals']} proposals, "
+              f"{m['decisions']} decisions, {m['annotations']} annotated frames)")
+        if m["n_skipped"]:
+            print(f"guard replay: note: {m['n_skipped']} messages not copied into the MCAP "
+                  f"(listed in {result.summary_path})", file=sys.stderr)
     damaged = s["damaged"]
     for note in s["notes"]:
         print(f"guard replay: note: {note}", file=sys.stderr)

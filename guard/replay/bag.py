@@ -32,6 +32,7 @@ from guard.replay.episode import (
     Event,
     FrameEvent,
     ProposalEvent,
+    Recorded,
     placeholder,
 )
 from guard.wire import (
@@ -267,7 +268,8 @@ class BagEpisode(Episode):
             error = f"{topic}: {msgtype} does not deserialize ({type(exc).__name__}: {exc})"
             self.add_damage(UNREADABLE_MESSAGE, error, topic, t_ns)
             return FrameEvent(t_ns, topic, t, None, error, reported=True)
-        stamp = ns_to_seconds(header_stamp_ns(getattr(msg, "header", None)))
+        header_ns = header_stamp_ns(getattr(msg, "header", None))
+        stamp = ns_to_seconds(header_ns)
         if stamp is None or abs(stamp - t) > MAX_STAMP_SKEW_S:
             if stamp is not None and not self._skew_noted:
                 self._skew_noted = True
@@ -281,7 +283,7 @@ class BagEpisode(Episode):
         decode: Callable[[], np.ndarray] = partial(
             convert, msg, source=source, max_input_pixels=self._max_input_pixels
         )
-        return FrameEvent(t_ns, topic, stamp, decode)
+        return FrameEvent(t_ns, topic, stamp, decode, header_stamp_ns=header_ns or 0)
 
     def _proposal(
         self, topic: str, msgtype: str, t_ns: int, raw: bytes, store: Any
@@ -320,6 +322,14 @@ class BagEpisode(Episode):
         return ProposalEvent(t_ns, topic, proposal, label)
 
     def _event(
+        self, topic: str, msgtype: str, t_ns: int, raw: bytes, store: Any, definition: str = ""
+    ) -> Event | None:
+        event = self._read_event(topic, msgtype, t_ns, raw, store)
+        if event is not None:
+            event.recorded = Recorded(msgtype, bytes(raw), definition)
+        return event
+
+    def _read_event(
         self, topic: str, msgtype: str, t_ns: int, raw: bytes, store: Any
     ) -> Event | None:
         try:
@@ -379,7 +389,8 @@ class BagEpisode(Episode):
                 last_t = t_ns
                 self.count_read(conn.topic)
                 store = self._store_for(conn.msgtype, conn.msgdef.data)
-                event = self._event(conn.topic, conn.msgtype, t_ns, raw, store)
+                event = self._event(conn.topic, conn.msgtype, t_ns, raw, store,
+                                    conn.msgdef.data or "")
                 if event is not None:
                     yield event
         except Exception as exc:  # a corrupt page or chunk: keep what was read
@@ -413,7 +424,8 @@ class BagEpisode(Episode):
                     last_t = rec.log_time
                     self.count_read(topic)
                     store = self._store_for(msgtype, definition)
-                    event = self._event(topic, msgtype, rec.log_time, rec.data, store)
+                    event = self._event(topic, msgtype, rec.log_time, rec.data, store,
+                                        definition)
                     if event is not None:
                         yield event
         except McapTruncated as exc:

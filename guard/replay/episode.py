@@ -74,6 +74,22 @@ class Damage:
         return {"kind": self.kind, "topic": self.topic, "t": self.t, "detail": self.detail}
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """A message exactly as a bag recorded it, kept so it can be copied into another bag
+    (`guard replay --write-mcap`) without a second read.
+
+    Attributes:
+        msgtype: Its type name (e.g. sensor_msgs/msg/Image).
+        data: Its CDR bytes.
+        definition: The ros2msg definition the bag carries for the type ("" when none).
+    """
+
+    msgtype: str
+    data: bytes
+    definition: str = ""
+
+
 @dataclass(eq=False)
 class FrameEvent:
     """A camera frame as recorded; decoded only when a proposal needs it.
@@ -84,6 +100,11 @@ class FrameEvent:
         stamp: Capture time in seconds (the header stamp when usable, else bag time).
         decode: Returns RGB uint8 pixels or raises InvalidInputError; None with `error`.
         error: Why this frame cannot be used (it was recorded, but is unreadable).
+        recorded: The message as recorded (bags), for copying it.
+        header_stamp_ns: The message's header stamp as recorded, integer nanoseconds (0 when
+            unset; None for JSONL frames, which have no header). Viewers match overlays to an
+            image by this exact value.
+        file: The image file of a JSONL frame.
     """
 
     t_ns: int
@@ -93,6 +114,9 @@ class FrameEvent:
     error: str | None = None
     reported: bool = False
     _pixels: np.ndarray | None = field(default=None, repr=False)
+    recorded: Recorded | None = field(default=None, repr=False)
+    header_stamp_ns: int | None = None
+    file: Path | None = None
 
     def pixels(self) -> np.ndarray:
         """The decoded frame (cached); raises InvalidInputError, remembering why."""
@@ -121,6 +145,7 @@ class ProposalEvent:
         proposal: The proposal (a placeholder naming what is known when `error` is set).
         label: "safe" / "unsafe" when the episode carries one, else None.
         error: Why it cannot be judged as it is (then it becomes an invalid_input veto).
+        recorded: The message as recorded (bags), for copying it.
     """
 
     t_ns: int
@@ -128,6 +153,7 @@ class ProposalEvent:
     proposal: ActionProposal
     label: str | None = None
     error: str | None = None
+    recorded: Recorded | None = field(default=None, repr=False)
 
 
 Event = FrameEvent | ProposalEvent
@@ -289,7 +315,8 @@ class JsonlEpisode(Episode):
         if "frame" in obj:
             rel = obj["frame"]
             if isinstance(rel, str) and rel:
-                self._events.append(FrameEvent(t_ns, "jsonl", t, self._frame_decoder(rel)))
+                self._events.append(FrameEvent(t_ns, "jsonl", t, self._frame_decoder(rel),
+                                               file=self.root / rel))
             else:
                 error = f"line {n}: 'frame' must be a path string"
                 self.add_damage(UNDECODABLE_FRAME, error, "jsonl", t_ns)
@@ -364,6 +391,7 @@ __all__ = [
     "FrameEvent",
     "JsonlEpisode",
     "ProposalEvent",
+    "Recorded",
     "open_episode",
     "time_ns",
 ]

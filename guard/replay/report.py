@@ -68,6 +68,9 @@ class Judged:
     async_rationale: dict[str, Any] | None = None
     # The rationale still being generated when the decision was made (rationale: async).
     rationale: Any = None
+    # The newest frame given to the judge (topic, t_ns, stamp_ns: its header stamp as recorded,
+    # width, height), for drawing the verdict over it; None when no frame was judged.
+    judged_frame: dict[str, Any] | None = None
 
 
 # -- decisions.jsonl -------------------------------------------------------------------------

@@ -161,6 +161,7 @@ class _Loop:
         frame_stamp = newest.stamp if newest else None
         proposal, now = event.proposal, event.t_ns / 1e9
         checked, note, pixels = False, "", None
+        judged_frame: dict[str, Any] | None = None
         timings: dict[str, float] | None = None
         rationale: Future[RationaleDone] | None = None
         frames_info = [{"topic": f.topic, "t": f.t_ns / 1e9, "stamp": f.stamp} for f in visible]
@@ -188,12 +189,21 @@ class _Loop:
                 decision, checked = judgement.decision, True
                 timings, rationale = judgement.timings_ms or None, judgement.rationale
                 pixels = frames[-1].image if frames else None
+                if newest is not None and pixels is not None:
+                    stamp_ns = newest.header_stamp_ns
+                    judged_frame = {
+                        "topic": newest.topic, "t_ns": newest.t_ns,
+                        # a JSONL frame has no header: it is written with its time as stamp
+                        "stamp_ns": newest.t_ns if stamp_ns is None else stamp_ns,
+                        "width": int(pixels.shape[1]), "height": int(pixels.shape[0]),
+                    }
                 if not frames:
                     note = "no frame yet"
         j = Judged(index=len(self.judged) + 1, t_ns=event.t_ns, topic=event.topic,
                    proposal=proposal, label=event.label, decision=decision, checked=checked,
                    frames=frames_info, timings_ms=timings)
         j.rationale = rationale
+        j.judged_frame = judged_frame
         if len(self.judged) < MAX_REPORT_IMAGES:
             j.thumbnail = annotate_frame(pixels, decision, event.label, note)
         self.judged.append(j)
@@ -243,6 +253,7 @@ def replay(
     limit: int | None = None,
     progress: bool | None = None,
     rationale_timeout_s: float | None = RATIONALE_TIMEOUT_S,
+    write_mcap: bool = False,
 ) -> ReplayResult:
     """Replay an episode through `guard` and write decisions.jsonl, summary.json, report.html.
 
@@ -257,6 +268,9 @@ def replay(
         progress: Show a progress bar (None: only on a terminal).
         rationale_timeout_s: How long to wait for async rationales after the last decision
             (None: as long as they take). Those still running are reported as pending.
+        write_mcap: Also write MCAP_FILE: the episode's streams, the decisions and Foxglove
+            annotations of each judged frame (`guard.replay.foxglove`); the episode is read a
+            second time for it. Its counts are in summary.json under `mcap`.
 
     Returns:
         The summary and the list of judged proposals.
@@ -318,11 +332,16 @@ def replay(
                 _attach_rationale(j, j.rationale.result().record)
             fh.write(json.dumps(decision_record(j, t0), ensure_ascii=False) + "\n")
     t_range = (t0, loop.t_last) if loop.t_last is not None else None
+    mcap_counts = None
+    if write_mcap and interrupted is None:
+        mcap_counts = _write_mcap(episode, guard, loop.judged, out, t0)
     summary = build_summary(
         episode=episode, judged=loop.judged, n_frames=len(loop.frame_times), t_range=t_range,
         wall_s=wall_s, guard=guard, limit=limit, stopped_at_limit=loop.stopped_at_limit,
         rationales={"all_done": all_done, "wait_s": wait_s}, interrupted=interrupted is not None,
     )
+    if mcap_counts is not None:
+        summary["mcap"] = mcap_counts
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     page = render_html(summary, loop.judged, loop.frame_times, loop.broken_times, t0,
                        loop.t_last if loop.t_last is not None else t0)
@@ -330,6 +349,24 @@ def replay(
     if interrupted is not None:
         raise interrupted
     return ReplayResult(summary=summary, out_dir=out, judged=loop.judged)
+
+
+def _write_mcap(episode: Episode, guard: Guard, judged: list[Judged], out: Path,
+                t0: int) -> dict[str, Any]:
+    """Write the verdict MCAP from a second read of `episode` (same reader, same topics)."""
+    from guard.replay.foxglove import MCAP_FILE, write_mcap
+
+    image_cfg = guard.config.image
+    again = open_episode(
+        episode.path,
+        image_topic=episode.image_topic if episode.format != "jsonl" else None,
+        proposal_topic=episode.proposal_topic if episode.format != "jsonl" else None,
+        max_input_pixels=image_cfg.max_input_pixels, max_file_bytes=image_cfg.max_file_bytes,
+    )
+    try:
+        return write_mcap(again, judged, out / MCAP_FILE, t0).to_json()
+    finally:
+        again.close()
 
 
 __all__ = ["DECISIONS_FILE", "REPORT_FILE", "SUMMARY_FILE", "ReplayResult", "replay"]
