@@ -11,6 +11,21 @@ VENV="${GUARD_VENV:-$ROOT/.venv}"
 cd "$ROOT"
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+
+# tests/test_openai_serve.py starts a real OpenAI-compatible server (`transformers serve`),
+# which needs torchvision; torchvision cannot import beside the CPU torch below, so the server
+# gets an environment of its own (torch 2.14.1 + torchvision 0.29.1, about 5.5 GB). Without
+# it that one test skips and says why.
+SERVE_VENV="${GUARD_SERVE_VENV:-$ROOT/.venv-serve}"
+if [ ! -x "$SERVE_VENV/bin/transformers" ]; then
+  ( python3 -m venv "$SERVE_VENV" \
+    && "$SERVE_VENV/bin/python" -m pip --disable-pip-version-check -q install \
+         torch==2.14.1 torchvision==0.29.1 \
+    && "$SERVE_VENV/bin/python" -m pip --disable-pip-version-check -q install \
+         "transformers[serving]==5.24.0" ) \
+    || echo "tests/run.sh: the serving environment did not install; test_openai_serve skips"
+fi
+export GUARD_SERVE_PYTHON="$SERVE_VENV/bin/python"
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 pip() { python -m pip --disable-pip-version-check -q "$@"; }
