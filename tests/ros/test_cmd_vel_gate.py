@@ -7,10 +7,19 @@ the stamp lay ahead (one frame stamped +1 h, then a silent camera: the gate stay
 
 from __future__ import annotations
 
+import json
 import math
+from typing import Any
 
 import pytest
-from guard_ros.gate import CmdVelGate, GatePolicy
+from guard_ros.gate import (
+    Action,
+    CmdVelGate,
+    GatePolicy,
+    GateState,
+    StopReason,
+    inactive,
+)
 
 from guard.config import PolicyConfig
 from guard.freshness import frame_freshness
@@ -112,3 +121,107 @@ def test_reset_closes_the_gate() -> None:
 def test_statuses_are_the_cores() -> None:
     assert _gate(NOW + 3600.0).camera(NOW, POLICY).status is Status.STALE_FRAME
     assert CmdVelGate().camera(NOW, POLICY).status is Status.NO_FRAME
+
+
+# -- the state, nav2's stop_pub_timeout, and "an invalid source means stop" -------------------
+
+
+def test_no_decision_yet_stops_even_with_a_fresh_camera() -> None:
+    # Nothing judged yet is not "allowed": the gate stops until the first proposal decision.
+    gate = _gate(verdict=None)
+    state = gate.state(NOW, POLICY)
+    assert (state.passing, state.reason) == (False, StopReason.NO_DECISION_YET)
+    gate.on_decision(Verdict.ANNOTATE)
+    assert gate.state(NOW, POLICY).passing
+
+
+def test_reasons_in_order_veto_then_camera_then_no_decision() -> None:
+    assert CmdVelGate().state(NOW, POLICY).reason is StopReason.STALE_CAMERA
+    assert _gate(None, Verdict.VETO).state(NOW, POLICY).reason is StopReason.VETO
+    assert _gate(NOW - 5.0, None).state(NOW, POLICY).reason is StopReason.STALE_CAMERA
+
+
+class _BrokenPolicy:
+    """Shaped like a GatePolicy, but its age limit cannot be read."""
+
+    mode = "enforce"
+    max_clock_skew_ms = 100.0
+
+    @property
+    def max_frame_age_ms(self) -> float:
+        raise RuntimeError("policy unreadable")
+
+
+def test_a_check_that_cannot_run_stops() -> None:
+    # The node had its own except-and-stop around the gate; the gate now decides it.
+    broken: Any = _BrokenPolicy()
+    state = _gate().state(NOW, broken)
+    assert state.reason is StopReason.STALE_CAMERA and "policy unreadable" in state.detail
+    assert _gate().on_command(NOW, broken).action is Action.ZERO
+
+
+def test_stop_pub_timeout_sends_zeros_then_goes_quiet() -> None:
+    # The measured defect: zeros were sent forever (31 in 3 s with no camera). Now: zeros on
+    # every command and tick for stop_pub_timeout after stopping, then nothing, as nav2 does.
+    gate = CmdVelGate(stop_pub_timeout=2.0)
+    gate.on_frame(NOW)
+    gate.on_decision(Verdict.VETO)
+    ticks = [gate.on_tick(NOW + 0.1 * i, POLICY) for i in range(31)]
+    assert [t.action for t in ticks] == [Action.ZERO] * 21 + [Action.QUIET] * 10
+    assert [t.changed for t in ticks] == [True] + [False] * 30
+    assert gate.on_command(NOW + 3.0, POLICY).action is Action.QUIET
+    # Passing again, then a new stop: zeros again for the full timeout.
+    gate.on_frame(NOW + 3.0)
+    gate.on_decision(Verdict.ALLOW)
+    step = gate.on_command(NOW + 3.1, POLICY)
+    assert (step.action, step.changed, step.state.passing) == (Action.PASS, True, True)
+    assert gate.on_tick(NOW + 3.2, POLICY).action is Action.QUIET  # no zeros while passing
+    gate.on_decision(Verdict.VETO)
+    assert gate.on_command(NOW + 3.3, POLICY).action is Action.ZERO
+    assert gate.on_tick(NOW + 5.3, POLICY).action is Action.ZERO
+    assert gate.on_tick(NOW + 5.31, POLICY).action is Action.QUIET
+
+
+def test_a_new_reason_restarts_the_zeros() -> None:
+    gate = CmdVelGate(stop_pub_timeout=1.0)
+    gate.on_frame(NOW)
+    gate.on_decision(Verdict.VETO)
+    assert gate.on_tick(NOW, POLICY).action is Action.ZERO
+    assert gate.on_tick(NOW + 1.01, POLICY).action is Action.QUIET
+    # Still a veto, and now also a stale camera: the reason stays "veto" (first in order).
+    assert gate.on_tick(NOW + 1.6, POLICY).action is Action.QUIET
+    gate.on_decision(Verdict.ALLOW)  # veto lifted, but the camera is stale by now
+    step = gate.on_tick(NOW + 1.7, POLICY)
+    assert (step.action, step.changed, step.state.reason) == (
+        Action.ZERO, True, StopReason.STALE_CAMERA)
+
+
+def test_a_clock_going_back_restarts_the_zeros() -> None:
+    # A bag looping under use_sim_time: the stop is measured from the new time.
+    gate = CmdVelGate(stop_pub_timeout=1.0)
+    assert gate.on_tick(NOW, POLICY).action is Action.ZERO
+    assert gate.on_tick(NOW + 2.0, POLICY).action is Action.QUIET
+    assert gate.on_tick(NOW - 100.0, POLICY).action is Action.ZERO
+
+
+def test_zero_timeout_sends_one_zero_and_shadow_never_stops() -> None:
+    gate = CmdVelGate(stop_pub_timeout=0.0)
+    assert gate.on_command(NOW, POLICY).action is Action.ZERO
+    assert gate.on_command(NOW + 0.01, POLICY).action is Action.QUIET
+    shadow = CmdVelGate()
+    assert shadow.on_command(NOW, GatePolicy(mode="shadow")).action is Action.PASS
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
+def test_stop_pub_timeout_is_validated(bad: float) -> None:
+    with pytest.raises(ValueError, match="stop_pub_timeout"):
+        CmdVelGate(stop_pub_timeout=bad)
+
+
+def test_state_json() -> None:
+    assert json.loads(GateState().to_json()) == {"state": "passing", "reason": "", "detail": ""}
+    stopped = json.loads(_gate(verdict=Verdict.VETO).state(NOW, POLICY).to_json())
+    assert stopped == {"state": "stopped", "reason": "veto",
+                       "detail": "latest decision is a veto"}
+    assert json.loads(inactive("deactivated").to_json())["state"] == "inactive"
+    assert not inactive("x").passing

@@ -45,6 +45,10 @@ def test_parameters_are_checked_with_reasons() -> None:
     assert "within" in check_parameter("frame_buffer", 0)
     assert "must be a bool" in check_parameter("gate_cmd_vel", 1)
     assert check_parameter("use_sim_time", "whatever") is None  # not ours
+    assert "within [0, 3600]" in check_parameter("stop_pub_timeout", -0.5)
+    assert check_parameter("stop_pub_timeout", 0) is None  # one zero, then quiet
+    assert "must be a topic name" in check_parameter("cmd_vel_out_topic", " ")
+    assert "must be a bool" in check_parameter("enable_stamped_cmd_vel", "yes")
 
     params = {name: spec.default for name, spec in PARAMETERS.items()}
     assert config_overrides(params) == {}

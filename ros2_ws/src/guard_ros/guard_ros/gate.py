@@ -21,19 +21,31 @@ own policy (`max_frame_age_ms`, `max_clock_skew_ms`), the same rule every check 
 so the gate can never pass commands on a frame the judge would call stale (a frame stamped an
 hour ahead of the clock, then a silent camera, used to keep the gate open for that hour).
 
-The order, most restrictive first, as in nav2's collision_monitor ("an invalid source means
-stop"): shadow mode passes everything; otherwise the latest decision being a veto, then a
-missing, stale or untrustworthy camera frame, close the gate.
+The rule, as in nav2's collision_monitor ("an invalid source means stop"), decided here and
+nowhere else: shadow mode passes everything; otherwise the latest decision being a veto, a
+missing, stale or untrustworthy camera frame, or no decision yet at all stops the robot (the
+reason reported is the first of those that holds). A check of the sources that itself fails
+is a stop too, never a pass.
+
+What is sent while stopped is nav2's too: zero velocity on every command and watchdog tick
+for at most `stop_pub_timeout` seconds after stopping, then nothing, so the base's own
+command timeout (or a twist_mux below it) takes over rather than a stream of zeros forever.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import enum
+import json
+import math
 import threading
 from typing import Any
 
 from guard.freshness import frame_freshness, Freshness
 from guard.types import Verdict
+
+# nav2 collision_monitor's default for the same parameter.
+DEFAULT_STOP_PUB_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -50,18 +62,96 @@ class GatePolicy:
         return cls(policy.mode, policy.max_frame_age_ms, policy.max_clock_skew_ms)
 
 
+class StopReason(str, enum.Enum):
+    """Why the gate stops the robot (the `reason` of `guard/gate_state`)."""
+
+    VETO = 'veto'
+    STALE_CAMERA = 'stale_camera'
+    NO_DECISION_YET = 'no_decision_yet'
+
+
+@dataclass(frozen=True)
+class GateState:
+    """Passing, or stopped with a reason (and the words behind it, for people).
+
+    `active` False is the node's own state outside the lifecycle's active state: nothing is
+    relayed and nothing is sent (the last command sent was a zero).
+    """
+
+    reason: StopReason | None = None
+    detail: str = ''
+    active: bool = True
+
+    @property
+    def passing(self) -> bool:
+        """True when commands pass through unchanged."""
+        return self.active and self.reason is None
+
+    @property
+    def name(self) -> str:
+        """'passing', 'stopped' or 'inactive'."""
+        if not self.active:
+            return 'inactive'
+        return 'passing' if self.reason is None else 'stopped'
+
+    def to_json(self) -> str:
+        """The `guard/gate_state` payload: {"state", "reason" ('' unless stopped), "detail"}."""
+        return json.dumps({
+            'state': self.name,
+            'reason': self.reason.value if self.reason is not None and self.active else '',
+            'detail': self.detail,
+        }, sort_keys=True)
+
+
+def inactive(detail: str) -> GateState:
+    """The state published while the node does not guard (configured but not active)."""
+    return GateState(None, detail, active=False)
+
+
+PASSING = GateState()
+
+
+class Action(str, enum.Enum):
+    """What the node does with one command or one watchdog tick."""
+
+    PASS = 'pass'    # relay the command as received
+    ZERO = 'zero'    # send zero velocity instead
+    QUIET = 'quiet'  # send nothing (stopped for longer than stop_pub_timeout; or a tick while
+    #                  passing)
+
+
+@dataclass(frozen=True)
+class Step:
+    """The gate's answer to one command or tick: what to send, and the state (new or not)."""
+
+    action: Action
+    state: GateState
+    # True when the state (passing / stopped and its reason) differs from the last answer:
+    # the moment to publish `guard/gate_state` and log.
+    changed: bool
+
+
 class CmdVelGate:
-    """Latest verdict and newest camera stamp, and the one answer: blocked, and why.
+    """Latest verdict and newest camera stamp, the state they give, and what to send.
 
     Thread-safe: the camera, the judging thread and the cmd_vel callbacks all feed it.
     """
 
-    def __init__(self) -> None:
-        """Start closed: no frame and no decision yet."""
+    def __init__(self, stop_pub_timeout: float = DEFAULT_STOP_PUB_TIMEOUT_S) -> None:
+        """Start stopped: no frame and no decision yet.
+
+        Args:
+            stop_pub_timeout: seconds (node clock) for which zeros are sent after stopping.
+        """
+        if not (math.isfinite(stop_pub_timeout) and stop_pub_timeout >= 0.0):
+            raise ValueError(f'stop_pub_timeout = {stop_pub_timeout!r}: must be >= 0 seconds')
+        self.stop_pub_timeout = float(stop_pub_timeout)
         self._lock = threading.Lock()
         self._newest_stamp: float | None = None
         self._has_frame = False
         self._last_verdict: Verdict | None = None
+        self._stopped_since: float | None = None
+        self._reported: tuple[bool, StopReason | None] | None = None
 
     def on_frame(self, stamp: float | None) -> None:
         """Record the stamp (seconds, node clock) of the camera frame just received."""
@@ -75,11 +165,13 @@ class CmdVelGate:
             self._last_verdict = verdict
 
     def reset(self) -> None:
-        """Forget frames and decisions (cleanup: the next configure starts closed)."""
+        """Forget frames, decisions and the stop (cleanup: the next configure starts stopped)."""
         with self._lock:
             self._newest_stamp = None
             self._has_frame = False
             self._last_verdict = None
+            self._stopped_since = None
+            self._reported = None
 
     @property
     def last_verdict(self) -> Verdict | None:
@@ -94,20 +186,56 @@ class CmdVelGate:
             stamp, now, max_age_ms=policy.max_frame_age_ms,
             max_skew_ms=policy.max_clock_skew_ms, has_frame=has_frame)
 
-    def blocked_reason(self, now: float, policy: GatePolicy) -> str | None:
-        """Return why commands must be zeroed now, or None when they may pass.
+    def state(self, now: float, policy: GatePolicy) -> GateState:
+        """Return passing, or stopped and why (the rule in the module docstring).
 
         Args:
             now: the node's clock in seconds (the time base of the camera stamps).
             policy: the guard's policy as in force now.
         """
-        if policy.mode == 'shadow':
-            return None
-        if self._last_verdict is Verdict.VETO:
-            return 'latest decision is a veto'
-        fresh = self.camera(now, policy)
-        if fresh.status is None:
-            return None
-        if not self._has_frame:
-            return 'no camera frame yet'
-        return f'camera {fresh.status.value}: {fresh.reason}'
+        try:
+            if policy.mode == 'shadow':
+                return PASSING
+            if self._last_verdict is Verdict.VETO:
+                return GateState(StopReason.VETO, 'latest decision is a veto')
+            fresh = self.camera(now, policy)
+            if fresh.status is not None:
+                if not self._has_frame:
+                    return GateState(StopReason.STALE_CAMERA, 'no camera frame yet')
+                return GateState(StopReason.STALE_CAMERA,
+                                 f'camera {fresh.status.value}: {fresh.reason}')
+            if self._last_verdict is None:
+                return GateState(StopReason.NO_DECISION_YET, 'no proposal decided yet')
+            return PASSING
+        except Exception as exc:  # a source that cannot be checked is an invalid source
+            return GateState(StopReason.STALE_CAMERA, f'camera check failed: {exc!r}')
+
+    def blocked_reason(self, now: float, policy: GatePolicy) -> str | None:
+        """Return why commands must be stopped now (in words), or None when they may pass."""
+        state = self.state(now, policy)
+        return None if state.passing else state.detail
+
+    def on_command(self, now: float, policy: GatePolicy) -> Step:
+        """Answer a velocity command just received: pass it, send zero instead, or nothing."""
+        return self._step(now, policy, command=True)
+
+    def on_tick(self, now: float, policy: GatePolicy) -> Step:
+        """Answer a watchdog tick (no command): zero while the stop is recent, else nothing."""
+        return self._step(now, policy, command=False)
+
+    def _step(self, now: float, policy: GatePolicy, *, command: bool) -> Step:
+        state = self.state(now, policy)
+        with self._lock:
+            key = (state.passing, state.reason)
+            changed, self._reported = key != self._reported, key
+            if state.passing:
+                self._stopped_since = None
+                return Step(Action.PASS if command else Action.QUIET, state, changed)
+            if (self._stopped_since is None or changed or not math.isfinite(now)
+                    or now < self._stopped_since):
+                # A new stop (or a new reason for it, or a clock that went back, as a bag
+                # looping under use_sim_time does): the zeros start again from now.
+                self._stopped_since = now
+            if now - self._stopped_since <= self.stop_pub_timeout or not math.isfinite(now):
+                return Step(Action.ZERO, state, changed)
+            return Step(Action.QUIET, state, changed)

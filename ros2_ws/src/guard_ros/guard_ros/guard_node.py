@@ -21,10 +21,11 @@ Run it with ROS installed (colcon workspace) or where only the PyPI wheels exist
     ros2 lifecycle set /guard_node deactivate        # it is a managed (lifecycle) node
 
 Topics are relative and remappable: it subscribes `camera/image_raw` (sensor-data QoS),
-`guard/proposals` and, with `gate_cmd_vel`, `cmd_vel_in`; it publishes `guard/decisions`,
-`guard/approved`, `cmd_vel` and `/diagnostics`, and serves `guard/check`. Every proposal gets
-exactly one decision; a check that could not run is a veto unless the guard config says
-otherwise. See the package README for the parameter table.
+`guard/proposals` and, with `gate_cmd_vel`, `cmd_vel_in` (parameter `cmd_vel_in_topic`);
+it publishes `guard/decisions`, `guard/approved`, `/diagnostics` and, with the gate,
+`cmd_vel` (`cmd_vel_out_topic`) and the latched `guard/gate_state`; it serves `guard/check`.
+Every proposal gets exactly one decision; a check that could not run is a veto unless the
+guard config says otherwise. See the package README for the parameter table.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import Any
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Twist
+from geometry_msgs.msg import Twist, TwistStamped
 from guard.config import AuditConfig, load_config, PolicyConfig
 from guard.core import Guard, unjudged
 from guard.errors import ConfigError
@@ -60,14 +61,23 @@ from guard_interfaces.msg import Decision as DecisionMsg
 from guard_interfaces.msg import Hazard as HazardMsg
 from guard_interfaces.srv import CheckAction
 from guard_ros.conversions import percentile, verdict_code
-from guard_ros.gate import CmdVelGate, GatePolicy
+from guard_ros.gate import (
+    Action,
+    CmdVelGate,
+    DEFAULT_STOP_PUB_TIMEOUT_S,
+    GatePolicy,
+    GateState,
+    inactive,
+    Step,
+)
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
 
 NODE_NAME = 'guard_node'
 
@@ -84,6 +94,9 @@ NODE_NAME = 'guard_node'
 # also bounds that queue: a proposal beyond it is answered at once with an audited veto.
 PROPOSAL_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 CONTROL_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+# Latched: a late subscriber (an operator's `ros2 topic echo`) gets the current state at once.
+GATE_STATE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 # Windows for the figures on /diagnostics.
 _RATE_WINDOW_S = 10.0
@@ -129,7 +142,17 @@ PARAMETERS: dict[str, ParameterSpec] = {
     'frame_buffer': ParameterSpec(
         4, 'Camera frames kept (newest last); the judge sees image.max_frames of them.'),
     'watchdog_period_ms': ParameterSpec(
-        100.0, 'Period of the cmd_vel watchdog that sends zero velocity while blocked.'),
+        100.0, 'Period of the cmd_vel watchdog that sends zero velocity while stopped.'),
+    'stop_pub_timeout': ParameterSpec(
+        DEFAULT_STOP_PUB_TIMEOUT_S, 'Seconds for which zero velocity is sent after the gate '
+        'stops (on each command and watchdog tick); then nothing until it passes again '
+        "(nav2 collision_monitor's parameter)."),
+    'enable_stamped_cmd_vel': ParameterSpec(
+        False, 'cmd_vel in and out are geometry_msgs/TwistStamped instead of Twist.'),
+    'cmd_vel_in_topic': ParameterSpec(
+        'cmd_vel_in', 'Velocity commands to gate (relative names take the namespace).'),
+    'cmd_vel_out_topic': ParameterSpec(
+        'cmd_vel', 'Gated velocity commands, to the base controller.'),
     'diagnostics_period_s': ParameterSpec(1.0, 'Period of the /diagnostics status.'),
 }
 
@@ -138,9 +161,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     'max_frame_age_ms': (0.0, 3_600_000.0),
     'frame_buffer': (1, 256),
     'watchdog_period_ms': (1.0, 60_000.0),
+    'stop_pub_timeout': (0.0, 3600.0),
     'diagnostics_period_s': (0.01, 3600.0),
 }
 _CHOICES = {'mode': ('', 'enforce', 'shadow'), 'image_format': ('raw', 'compressed')}
+_TOPICS = ('cmd_vel_in_topic', 'cmd_vel_out_topic')
 
 
 def check_parameter(name: str, value: Any) -> str | None:
@@ -171,6 +196,8 @@ def check_parameter(name: str, value: Any) -> str | None:
         want = 'a string'
     if not ok:
         return f'{name} = {value!r}: must be {want}'
+    if name in _TOPICS and not value.strip():
+        return f'{name} = {value!r}: must be a topic name'
     if name in _CHOICES and value not in _CHOICES[name]:
         allowed = ', '.join(repr(c) for c in _CHOICES[name])
         return f'{name} = {value!r}: must be one of {allowed}'
@@ -311,7 +338,8 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         self._zero_stamp_warned = False
         # The gate's decision (latest verdict, newest frame, the core's freshness rule).
         self._gate = CmdVelGate()
-        self._gate_reason: str | None = None
+        self._stamped = False
+        self._cmd_vel_frame_id = ''  # of the latest stamped command, for the zeros sent
         self._inflight = 0
         self._idle = threading.Condition(self._lock)
         self._decision_times: deque[float] = deque()
@@ -329,6 +357,7 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         self._decision_pub = None
         self._approved_pub = None
         self._cmd_vel_pub = None
+        self._gate_state_pub = None
         self._diagnostics_pub = None
         self._watchdog_timer = None
         self._diagnostics_timer = None
@@ -402,15 +431,22 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
             self.get_logger().warning(
                 f"frame_buffer ({params['frame_buffer']}) is below image.max_frames "
                 f'({self._max_frames}): keeping {self._max_frames} frames')
-        self._gate.reset()
-        self._gate_reason = None
+        self._gate = CmdVelGate(float(params['stop_pub_timeout']))
+        self._stamped = bool(params['enable_stamped_cmd_vel'])
+        self._cmd_vel_frame_id = ''
 
         self._decision_pub = self.create_lifecycle_publisher(
             DecisionMsg, 'guard/decisions', PROPOSAL_QOS)
         self._approved_pub = self.create_lifecycle_publisher(
             ActionProposalMsg, 'guard/approved', PROPOSAL_QOS)
         if self._gate_enabled:
-            self._cmd_vel_pub = self.create_lifecycle_publisher(Twist, 'cmd_vel', CONTROL_QOS)
+            self._cmd_vel_pub = self.create_lifecycle_publisher(
+                TwistStamped if self._stamped else Twist, params['cmd_vel_out_topic'],
+                CONTROL_QOS)
+            # Not a lifecycle publisher: "stopped" must be readable while inactive too.
+            self._gate_state_pub = self.create_publisher(
+                String, 'guard/gate_state', GATE_STATE_QOS)
+            self._publish_gate_state(inactive('configured, not active'))
             self._watchdog_timer = self.create_timer(
                 params['watchdog_period_ms'] / 1000.0, self._on_watchdog)
         # Not a lifecycle publisher: an inactive guard should still say so on /diagnostics.
@@ -424,7 +460,8 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
             f'configured: model {guard.backend.model_id}, mode {guard.mode}, deadline '
             f'{policy.deadline_ms:g} ms, max frame age {policy.max_frame_age_ms} ms, '
             f"image {params['image_format']}, cmd_vel gate "
-            f"{'on' if self._gate_enabled else 'off'}")
+            f"{'on' if self._gate_enabled else 'off'}"
+            f"{' (TwistStamped)' if self._gate_enabled and self._stamped else ''}")
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -447,8 +484,8 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         self._proposal_sub = proposals
         if self._gate_enabled:
             self._cmd_vel_sub = self.create_subscription(
-                Twist, 'cmd_vel_in', self._on_cmd_vel, CONTROL_QOS,
-                qos_overriding_options=overridable)
+                TwistStamped if self._stamped else Twist, params['cmd_vel_in_topic'],
+                self._on_cmd_vel, CONTROL_QOS, qos_overriding_options=overridable)
         self._check_server = _CheckServer(self)
         self._active = True
         result = super().on_activate(state)
@@ -462,7 +499,10 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         self._wait_idle()
         if self._cmd_vel_pub is not None:
             # The robot must not keep the last command it was given while nobody guards it.
-            self._cmd_vel_pub.publish(Twist())
+            self._cmd_vel_pub.publish(self._zero_cmd_vel())
+            self._publish_gate_state(inactive('deactivated: not guarding'))
+        # Reactivated, the gate starts stopped again: no decision made before counts.
+        self._gate.reset()
         self.get_logger().info('inactive')
         return super().on_deactivate(state)
 
@@ -523,8 +563,10 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         for pub in (self._decision_pub, self._approved_pub, self._cmd_vel_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
-        if self._diagnostics_pub is not None:
-            self.destroy_publisher(self._diagnostics_pub)
+        for plain in (self._diagnostics_pub, self._gate_state_pub):
+            if plain is not None:
+                self.destroy_publisher(plain)
+        self._gate_state_pub = None
         self._watchdog_timer = self._diagnostics_timer = None
         self._decision_pub = self._approved_pub = self._cmd_vel_pub = None
         self._diagnostics_pub = None
@@ -691,8 +733,9 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         self._record(decision)
         with self._gate_lock:
             self._gate.on_decision(decision.verdict)
-            if decision.blocks and self._gate_enabled:
-                self._gate_tick('latest decision is a veto')
+            if self._gate_enabled and self._active:
+                # A veto stops the robot now, not at the next tick; an allow reports passing.
+                self._gate_send(self._gate.on_tick(self._now(), self._gate_policy()), None)
         if self._decision_pub is not None:
             self._decision_pub.publish(out)
         # Shadow mode relays everything (nothing is blocked); enforce relays allow/annotate.
@@ -738,59 +781,66 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         return out
 
     # -- cmd_vel gate ----------------------------------------------------------------------
+    # What passes is CmdVelGate's decision alone (guard_ros/gate.py); the node only sends
+    # what it answers.
 
-    def _blocked_reason(self) -> str | None:
+    def _gate_policy(self) -> GatePolicy:
         guard = self._guard
-        if guard is None:  # unconfigured: no gate publisher either
-            return None
-        return self._gate.blocked_reason(self._now(), GatePolicy.of(guard.config.policy))
+        # Unconfigured there is no gate publisher; the defaults keep the answer a stop.
+        return GatePolicy.of(guard.config.policy) if guard is not None else GatePolicy()
 
-    def _on_cmd_vel(self, msg: Twist) -> None:
+    def _on_cmd_vel(self, msg: Twist | TwistStamped) -> None:
         if not self._active or self._cmd_vel_pub is None:
             return
+        if self._stamped:
+            self._cmd_vel_frame_id = msg.header.frame_id
         with self._gate_lock:
-            try:
-                reason = self._blocked_reason()
-            except Exception as exc:  # the gate fails closed, and never takes the node down
-                reason = f'gate check failed: {exc!r}'
-            if reason is None:
-                try:
-                    self._cmd_vel_pub.publish(msg)
-                except Exception as exc:  # shutting down
-                    self.get_logger().warning(f'cmd_vel not relayed: {exc!r}')
-            else:
-                self._gate_tick(reason)
+            self._gate_send(self._gate.on_command(self._now(), self._gate_policy()), msg)
 
     def _on_watchdog(self) -> None:
         if not self._active or self._cmd_vel_pub is None:
             return
-        try:
-            reason = self._blocked_reason()
-        except Exception as exc:
-            reason = f'gate check failed: {exc!r}'
-        if reason is not None:
-            self._gate_tick(reason)
-            return
-        with self._lock:
-            was, self._gate_reason = self._gate_reason, None
-        if was is not None:
-            self.get_logger().info(f'cmd_vel gate open (was closed: {was})')
+        with self._gate_lock:
+            self._gate_send(self._gate.on_tick(self._now(), self._gate_policy()), None)
 
-    def _gate_tick(self, reason: str) -> None:
+    def _zero_cmd_vel(self) -> Twist | TwistStamped:
+        if not self._stamped:
+            return Twist()
+        zero = TwistStamped()
+        zero.header.stamp = self.get_clock().now().to_msg()
+        zero.header.frame_id = self._cmd_vel_frame_id
+        return zero
+
+    def _gate_send(self, step: Step, command: Twist | TwistStamped | None) -> None:
+        """Send what the gate answered (the command, a zero, or nothing); report a change."""
         pub = self._cmd_vel_pub
         if pub is None:
             return
         try:
-            pub.publish(Twist())
-        except Exception as exc:  # shutting down; a timer callback must not raise
-            self.get_logger().warning(f'zero cmd_vel not sent: {exc!r}')
+            if step.action is Action.PASS and command is not None:
+                pub.publish(command)
+            elif step.action is Action.ZERO:
+                pub.publish(self._zero_cmd_vel())
+                with self._lock:
+                    self._counts['zero_cmd_vel'] += 1
+        except Exception as exc:  # shutting down; a callback must not raise
+            self.get_logger().warning(f'cmd_vel not sent: {exc!r}')
+        if step.changed:
+            self._publish_gate_state(step.state)
+            if step.state.passing:
+                self.get_logger().info('cmd_vel gate passing')
+            else:
+                self.get_logger().warning(
+                    f'cmd_vel gate stopped ({step.state.reason.value}): {step.state.detail}')
+
+    def _publish_gate_state(self, state: GateState) -> None:
+        pub = self._gate_state_pub
+        if pub is None:
             return
-        with self._lock:
-            self._counts['zero_cmd_vel'] += 1
-            changed = reason != self._gate_reason
-            self._gate_reason = reason
-        if changed:
-            self.get_logger().warning(f'cmd_vel gate closed: {reason}')
+        try:
+            pub.publish(String(data=state.to_json()))
+        except Exception as exc:  # shutting down
+            self.get_logger().warning(f'gate state not published: {exc!r}')
 
     # -- diagnostics -----------------------------------------------------------------------
 
