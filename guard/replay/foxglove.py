@@ -19,9 +19,9 @@ The file is a ROS 2 MCAP (profile ros2, CDR messages) holding:
   on it: verdict, risk and the first hazard.
 
 Everything is ROS 2, not JSON channels: rosbags (and `guard replay` itself) cannot open an MCAP
-holding a jsonschema-encoded channel, and `ros2 bag play` can replay this one. The decision is
-a String of JSON rather than guard_interfaces/Decision so the file does not depend on a ROS
-message that is still growing fields.
+holding a jsonschema-encoded channel (rosbags 0.11 has no reader for that schema encoding). The
+decision is a String of JSON rather than guard_interfaces/Decision so the file does not depend
+on a ROS message that is still growing fields.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import heapq
 import io
 import json
+import textwrap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -113,8 +114,11 @@ VERDICT_RGBA = {
 }
 WHITE = (1.0, 1.0, 1.0, 1.0)
 TEXT_BACKGROUND_ALPHA = 0.75
-# Characters of hazard text per line; Foxglove draws one line per TextAnnotation.
+# Characters of a decision's text; Foxglove draws one line per TextAnnotation.
 MAX_TEXT_CHARS = 90
+MAX_LINES = 3
+# Width of a character as a share of the font size (sans-serif, for wrapping).
+CHAR_WIDTH = 0.6
 
 
 @lru_cache(maxsize=1)
@@ -169,7 +173,8 @@ def frame_annotations(
 
     Returns:
         An outline of the frame in the colour of the most restrictive verdict (most
-        restrictive wins, as in the policy) and one text line per decision, top left.
+        restrictive wins, as in the policy) and each decision's line (wrapped to the frame's
+        width), top left, on the colour of its verdict.
     """
     stamp = _time(stamp_ns)
     worst = Verdict.most_restrictive(*(d.verdict for d in decisions))
@@ -183,17 +188,25 @@ def frame_annotations(
         "outline_color": _color(VERDICT_RGBA[worst]), "outline_colors": [],
         "fill_color": _color((0.0, 0.0, 0.0, 0.0)), "thickness": thickness,
     }
-    font_size = float(max(10, round(height / 28)))
-    texts = []
-    for i, d in enumerate(decisions):
+    # Font size and line width are in image pixels (Foxglove scales them with the image): a
+    # line fits the frame's width, wrapped over up to MAX_LINES lines per decision.
+    font_size = float(min(48, max(6, round(height / 16))))
+    chars = max(12, int((width - 4 * thickness) / (CHAR_WIDTH * font_size)))
+    texts: list[dict[str, Any]] = []
+    for d in decisions:
         r, g, b, _ = VERDICT_RGBA[d.verdict]
-        texts.append({
-            "timestamp": stamp,
-            # bottom-left of the line, below the outline
-            "position": {"x": 2 * thickness, "y": 2 * thickness + font_size * 1.3 * (i + 1)},
-            "text": decision_line(d), "font_size": font_size, "text_color": _color(WHITE),
-            "background_color": _color((r, g, b, TEXT_BACKGROUND_ALPHA)),
-        })
+        wrapped = textwrap.wrap(decision_line(d), chars)
+        if len(wrapped) > MAX_LINES:
+            wrapped = [*wrapped[: MAX_LINES - 1], wrapped[MAX_LINES - 1][: chars - 1] + "\u2026"]
+        for text in wrapped:
+            texts.append({
+                "timestamp": stamp,
+                # bottom-left of the line, below the outline
+                "position": {"x": 2 * thickness,
+                             "y": 2 * thickness + font_size * 1.25 * (len(texts) + 1)},
+                "text": text, "font_size": font_size, "text_color": _color(WHITE),
+                "background_color": _color((r, g, b, TEXT_BACKGROUND_ALPHA)),
+            })
     return {"circles": [], "points": [outline], "texts": texts}
 
 
@@ -233,27 +246,38 @@ def to_message(store: Any, data: dict[str, Any]) -> Any:
 # -- drawing them without Foxglove (README image, tests) -------------------------------------
 
 
-def render(image: np.ndarray, annotations: Any) -> PILImage.Image:
+def render(image: np.ndarray, annotations: Any, scale: float = 1.0) -> PILImage.Image:
     """Draw an ImageAnnotations message (rosbags object) over an RGB frame as Foxglove would:
-    LINE_LOOP outlines and text lines on their background, positions in image pixels."""
+    LINE_LOOP outlines and text lines on their background, positions in image pixels.
+
+    Args:
+        image: The frame, RGB uint8.
+        annotations: The frame's `foxglove_msgs/msg/ImageAnnotations`.
+        scale: Drawn this many times the frame's size (annotations scale with it, as they do
+            on a Foxglove panel showing the frame larger than it is).
+    """
     from PIL import Image, ImageDraw, ImageFont
 
     def rgba(c: Any) -> tuple[int, int, int, int]:
         return tuple(round(v * 255) for v in (c.r, c.g, c.b, c.a))  # type: ignore[return-value]
 
     base = Image.fromarray(image).convert("RGBA")
+    if scale != 1.0:
+        size = (round(base.width * scale), round(base.height * scale))
+        base = base.resize(size, Image.Resampling.LANCZOS)
     layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     for p in annotations.points:
-        xy = [(q.x, q.y) for q in p.points]
+        xy = [(q.x * scale, q.y * scale) for q in p.points]
         if p.type == LINE_LOOP and xy:
-            draw.line([*xy, xy[0]], fill=rgba(p.outline_color), width=round(p.thickness),
-                      joint="curve")
+            draw.line([*xy, xy[0]], fill=rgba(p.outline_color),
+                      width=max(1, round(p.thickness * scale)), joint="curve")
     for x in annotations.texts:
-        font = ImageFont.load_default(size=x.font_size)
+        size_px = x.font_size * scale
+        font = ImageFont.load_default(size=size_px)
         _, top, right, bottom = draw.textbbox((0, 0), x.text, font=font)
         # the position is the text's bottom-left corner
-        ox, oy = x.position.x, x.position.y - x.font_size
+        ox, oy = x.position.x * scale, x.position.y * scale - size_px
         draw.rectangle((ox - 2, oy + top - 2, ox + right + 2, oy + bottom + 2),
                        fill=rgba(x.background_color))
         draw.text((ox, oy), x.text, fill=rgba(x.text_color), font=font)
@@ -405,7 +429,7 @@ def write_mcap(
                 raw = store.serialize_cdr(to_message(store, ann), IMAGE_ANNOTATIONS)
                 ch.write(annotations_ch, t_ns, bytes(raw))
                 counts.annotations += 1
-        writer.finish()
+        writer.finish()  # type: ignore[no-untyped-call]
     return counts
 
 
