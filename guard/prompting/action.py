@@ -33,14 +33,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from guard.errors import ConfigError
+from guard.prompting.template import TRAINING_RUN_CONFIG, trained_field
 
 #: The rendering of a model folder that records none (and of remote judges).
 DEFAULT_ACTION_FORMAT = "tool_call_v1"
-#: Where a model folder records its training (template, action format); written by training/.
-TRAINING_RUN_CONFIG = "training_run_config.yaml"
 #: The tool name of a proposal built from an item that names none (a benchmark or training
 #: record with a ``query`` and no ``tool``).
 UNNAMED_TOOL = "action"
@@ -109,17 +106,7 @@ def render_action(
 def trained_action_format(model: str | Path | None) -> str | None:
     """The action format a model folder was trained with (``data.action_format`` of its
     ``training_run_config.yaml``), or None when the folder records none."""
-    if model is None:
-        return None
-    path = Path(model) / TRAINING_RUN_CONFIG
-    if not path.is_file():
-        return None
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    fmt = (data.get("data") or {}).get("action_format") if isinstance(data, dict) else None
-    return fmt if isinstance(fmt, str) and fmt else None
+    return trained_field(model, "action_format")
 
 
 def resolve_action_format(action_format: str | None, model: str | Path | None) -> str:

@@ -48,9 +48,9 @@ DEFAULT_TEMPLATE = "consequence_v1"
 TRAINING_RUN_CONFIG = "training_run_config.yaml"
 
 
-def trained_template(model: str | Path | None) -> str | None:
-    """The prompt template a model folder was trained with (``data.template`` of its
-    ``training_run_config.yaml``), or None when the folder records none."""
+def trained_field(model: str | Path | None, key: str) -> str | None:
+    """``data.<key>`` of a model folder's ``training_run_config.yaml`` (how training prompted
+    it), or None when the folder records none."""
     if model is None:
         return None
     path = Path(model) / TRAINING_RUN_CONFIG
@@ -58,10 +58,15 @@ def trained_template(model: str | Path | None) -> str | None:
         return None
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
-    template = (data.get("data") or {}).get("template") if isinstance(data, dict) else None
-    return template if isinstance(template, str) and template else None
+    value = (data.get("data") or {}).get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def trained_template(model: str | Path | None) -> str | None:
+    """The prompt template a model folder was trained with, or None."""
+    return trained_field(model, "template")
 
 
 def resolve_template(template: str | None, model: str | Path | None) -> str:
