@@ -449,8 +449,7 @@ def test_proposals_beyond_the_queue_are_answered_with_audited_vetoes(
     config = {"model": {"backend": "scripted", "scripted": {"responses": [
         {"text": "ALLOW\nrisk: 0.0", "delay_ms": 400}]}},
         "policy": {"deadline_ms": 2000, "require_frame": False}}
-    node = ros_graph["start"](
-        "slow", config, **{"qos_overrides.{ns}/guard/proposals.subscription.depth": 2})
+    node = ros_graph["start"]("slow", config, max_waiting_proposals=2)
     wait_active(probe, node)
     g = Graph(probe, node)
     assert wait_for(lambda: g.proposals.get_subscription_count() > 0, 10.0), node.log()

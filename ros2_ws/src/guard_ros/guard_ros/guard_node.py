@@ -87,10 +87,11 @@ NODE_NAME = 'guard_node'
 # around it: at 30 Hz camera + 20 Hz cmd_vel that cost the node over three times the CPU
 # and, on a loaded machine, seconds of decision delay (README, Benchmark).
 
-# Proposals wait in a queue while an earlier one is judged (one at a time, in order). Deep
-# enough that a planner's burst is not dropped; its depth (overridable like every topic QoS)
-# also bounds that queue: a proposal beyond it is answered at once with an audited veto.
-PROPOSAL_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+# Proposals wait in a queue while an earlier one is judged (one at a time, in order), bounded
+# by `max_waiting_proposals`: one beyond it is answered at once with an audited veto. The DDS
+# history is far deeper, so a burst that arrives while the executor is busy is never dropped
+# silently by the middleware before the node has seen (and answered) each proposal.
+PROPOSAL_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 CONTROL_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 # Latched: a late subscriber (an operator's `ros2 topic echo`) gets the current state at once.
 GATE_STATE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -220,7 +221,7 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
 
         # Judging threads (started on activate): proposals in order, and the check service.
         self._proposal_queue: queue.Queue[ActionProposalMsg | None] = queue.Queue()
-        self._proposal_depth = PROPOSAL_QOS.depth
+        self._proposal_depth = int(PARAMETERS['max_waiting_proposals'].default)
         self._proposal_thread: threading.Thread | None = None
         self._check_server: _CheckServer | None = None
 
@@ -350,7 +351,7 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         proposals = self.create_subscription(
             ActionProposalMsg, 'guard/proposals', self._on_proposal, PROPOSAL_QOS,
             qos_overriding_options=overridable)
-        self._proposal_depth = max(1, int(proposals.qos_profile.depth or 1))
+        self._proposal_depth = int(params['max_waiting_proposals'])
         self._proposal_sub = proposals
         if self._gate_enabled:
             self._cmd_vel_sub = self.create_subscription(

@@ -76,6 +76,9 @@ PARAMETERS: dict[str, ParameterSpec] = {
     'cmd_vel_out_topic': ParameterSpec(
         'cmd_vel', 'Gated velocity commands, to the base controller.'),
     'diagnostics_period_s': ParameterSpec(1.0, 'Period of the /diagnostics status.'),
+    'max_waiting_proposals': ParameterSpec(
+        100, 'Proposals that may wait for the judge; one arriving beyond that is answered at '
+        'once with an audited error veto.'),
 }
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -85,6 +88,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     'watchdog_period_ms': (1.0, 60_000.0),
     'stop_pub_timeout': (0.0, 3600.0),
     'diagnostics_period_s': (0.01, 3600.0),
+    'max_waiting_proposals': (1, 100_000),
 }
 _CHOICES = {'mode': ('', 'enforce', 'shadow'), 'image_format': ('raw', 'compressed')}
 _TOPICS = ('cmd_vel_in_topic', 'cmd_vel_out_topic')
