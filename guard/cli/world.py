@@ -1,5 +1,6 @@
 """`guard world generate`: items of the synthetic consequence world (PNG frames + items.jsonl in
-the schema the `ood-mmsafe` suite reads).
+the schema the `ood-mmsafe` suite reads, and metadata.jsonl + a dataset card, so that
+``datasets.load_dataset("imagefolder", data_dir=DIR)`` gives the images with their labels).
 
     guard world generate --split train --n 2000 --out data/train --seed 0
     guard world generate --split test_ood --n 500 --out data/test_ood --preset hard
@@ -15,7 +16,8 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="world_command", metavar="ACTION", required=True)
     g = sub.add_parser("generate", help="write N items of a split",
-                       description="Write N items (frames + items.jsonl + world.json).")
+                       description="Write N items: frames, items.jsonl, world.json, and "
+                       "metadata.jsonl + README.md for datasets.load_dataset.")
     g.add_argument("--split", required=True, choices=["train", "test_iid", "test_ood"])
     g.add_argument("--n", required=True, type=int, metavar="N", help="number of items")
     g.add_argument("--out", required=True, metavar="DIR", help="output folder")

@@ -3,8 +3,22 @@
 `generate` is what `guard world generate --split S --n N --out DIR [--seed S]` calls. It writes:
 
     DIR/items.jsonl      one item per line (schema below)
-    DIR/images/<id>.png  the camera frames
+    DIR/images/<i>.png   the camera frames, named by item index (zero-padded)
+    DIR/metadata.jsonl   the same records for the Hugging Face ``datasets`` imagefolder loader
+    DIR/README.md        a dataset card naming the split (``load_dataset(DIR)``)
     DIR/world.json       the config, seed, split, n and rule table used
+
+Loading a split with ``datasets``::
+
+    load_dataset("imagefolder", data_dir=DIR, split="train")  # any folder name, split "train"
+    load_dataset(DIR)                                          # the card: split named S
+
+Each row holds ``image`` (decoded PIL) and every field of items.jsonl except ``image``, with
+``scene`` as compact JSON text (``json.loads`` gives items.jsonl's object; text keeps the column
+type the same for every split and size). Frames are named by index, not by id: ids hold the
+split's name, and ``datasets`` would read "train" or "test" in a file name as a split of its own
+and leave metadata.jsonl's labels out. ``load_dataset("json", data_files=DIR/items.jsonl)``
+reads ``image`` as the path text it is; use the imagefolder layout for images.
 
 items.jsonl fields (OOD-MMSafe style first, then the world's own):
     id, image (path relative to DIR), query (the action text), category (hazard category or
@@ -33,6 +47,9 @@ from guard.world.sampler import WORLD_VERSION, WorldItem, render_item, sample_it
 ITEMS_FILE = "items.jsonl"
 IMAGES_DIR = "images"
 WORLD_FILE = "world.json"
+#: The imagefolder convention: a ``file_name`` column naming each image, beside the labels.
+METADATA_FILE = "metadata.jsonl"
+CARD_FILE = "README.md"
 
 
 def _progress(it: range, total: int, desc: str) -> Any:
@@ -71,16 +88,19 @@ def generate(split: str, n: int, out_dir: str | Path, seed: int = 0,
         raise ValueError(f"n and start must be >= 0, got n={n}, start={start}")
     out = Path(out_dir)
     (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
-    jsonl = out / ITEMS_FILE
-    # write to a temporary name first: an interrupted run never leaves a short items.jsonl
-    tmp = jsonl.with_suffix(".jsonl.part")
-    with tmp.open("w", encoding="utf-8") as fh:
+    jsonl, metadata = out / ITEMS_FILE, out / METADATA_FILE
+    # write to temporary names first: an interrupted run never leaves a short items.jsonl
+    tmp, tmp_meta = jsonl.with_suffix(".jsonl.part"), metadata.with_suffix(".jsonl.part")
+    width = max(6, len(str(start + n - 1)))
+    with tmp.open("w", encoding="utf-8") as fh, tmp_meta.open("w", encoding="utf-8") as meta_fh:
         for i in _progress(range(start, start + n), n, f"world {split}"):
             item = sample_item(i, split, seed, cfg)
-            rel = f"{IMAGES_DIR}/{item.id}.png"
+            rel = f"{IMAGES_DIR}/{i:0{width}d}.png"
             (out / rel).write_bytes(encode_png(render_item(item, cfg)))
-            fh.write(json.dumps(item.to_record(rel), ensure_ascii=False, separators=(",", ":")))
-            fh.write("\n")
+            record = item.to_record(rel)
+            fh.write(_line(record))
+            meta_fh.write(_line(metadata_record(record)))
+    tmp_meta.replace(metadata)
     tmp.replace(jsonl)
     meta = {
         "world_version": WORLD_VERSION,
@@ -91,9 +111,69 @@ def generate(split: str, n: int, out_dir: str | Path, seed: int = 0,
         "config": cfg.model_dump(mode="json"),
         "rules": describe_rules(),
         "items": ITEMS_FILE,
+        "metadata": METADATA_FILE,
     }
     (out / WORLD_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (out / CARD_FILE).write_text(dataset_card(split, n, seed, start), encoding="utf-8")
     return jsonl
+
+
+def _line(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def metadata_record(record: dict[str, Any]) -> dict[str, Any]:
+    """An items.jsonl record as a metadata.jsonl row: ``file_name`` first (the imagefolder
+    convention) instead of ``image``, ``scene`` as compact JSON text, every other field as is."""
+    row = {"file_name": record["image"]}
+    for key, value in record.items():
+        if key != "image":
+            row[key] = (json.dumps(value, separators=(",", ":")) if key == "scene"
+                        else value)
+    return row
+
+
+def dataset_card(split: str, n: int, seed: int, start: int = 0) -> str:
+    """The README.md of a generated split: front matter naming the split's files (so
+    ``load_dataset(DIR)`` gives a split named `split`, labels joined to images), and what the
+    folder holds."""
+    import yaml
+
+    front = {
+        "pretty_name": f"embodied-guard synthetic consequence world, {split}",
+        "tags": ["synthetic", "robotics", "safety", "embodied-guard"],
+        "task_categories": ["image-text-to-text"],
+        "size_categories": [_size_category(n)],
+        "configs": [{
+            "config_name": "default",
+            "data_files": [{"split": split,
+                            "path": [METADATA_FILE, f"{IMAGES_DIR}/*.png"]}],
+        }],
+    }
+    return (
+        "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n"
+        f"# Synthetic consequence world: `{split}`, seed {seed}, {n} items from index {start}\n\n"
+        "Written by `guard world generate` (embodied-guard). Each item is a rendered camera "
+        "frame, a proposed action and whether doing it in this scene is safe, with the hazard, "
+        "its consequence and the guard's reference answer.\n\n"
+        "```python\n"
+        "from datasets import load_dataset\n\n"
+        'ds = load_dataset("imagefolder", data_dir=".", split="train")\n'
+        f'ds = load_dataset(".", split="{split}")  # the same rows, through this card\n'
+        "```\n\n"
+        "`metadata.jsonl` (for `datasets`) and `items.jsonl` (for `guard bench`) hold the same "
+        "records; `scene` is JSON text in the first. `world.json` records the world config "
+        "and rule table.\n"
+    )
+
+
+def _size_category(n: int) -> str:
+    """The hub's size bucket for `n` rows."""
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                        (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "1M<n<10M"
 
 
 def read_items(path: str | Path) -> list[dict[str, Any]]:

@@ -46,7 +46,9 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
     assert a.name == "items.jsonl" and a.parent == tmp_path / "a"
     da, db, dc = _digest(a.parent), _digest(b.parent), _digest(c.parent)
     assert da == db
-    assert len(da) == 24 + 2  # images, items.jsonl, world.json
+    # images, items.jsonl, metadata.jsonl, README.md (the dataset card), world.json
+    assert len(da) == 24 + 4
+    assert da["metadata.jsonl"] != dc["metadata.jsonl"]
     assert da["items.jsonl"] != dc["items.jsonl"]
     assert {k: v for k, v in da.items() if k.startswith("images/")}.values() != {
         k: v for k, v in dc.items() if k.startswith("images/")
