@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import dataclasses
 import logging
 import math
 import threading
@@ -180,9 +181,12 @@ class Guard:
         *,
         now: float | None = None,
         entered: float | None = None,
+        deadline_ms: float | None = None,
     ) -> Decision:
         """`judge`'s decision alone: what a front end on the actuation path needs."""
-        return self.judge(frames, proposal, now=now, entered=entered).decision
+        return self.judge(
+            frames, proposal, now=now, entered=entered, deadline_ms=deadline_ms
+        ).decision
 
     def judge(
         self,
@@ -191,6 +195,7 @@ class Guard:
         *,
         now: float | None = None,
         entered: float | None = None,
+        deadline_ms: float | None = None,
     ) -> Judgement:
         """Judge one proposal against the latest frame(s). Never raises for what it is given:
         a check that could not run is a fail-closed decision, and every decision is audited
@@ -205,6 +210,9 @@ class Guard:
                 frames are in hand); on the frames' time base.
             entered: The `time.monotonic()` instant the check began, for a front end that
                 waited for its frames before calling (default: now).
+            deadline_ms: A shorter deadline for this check alone (a client in a hurry); the
+                policy's `deadline_ms` when None or longer. Not a positive number: an
+                `invalid_input` veto.
 
         The deadline (`policy.deadline_ms`) is a wall-clock promise from the moment `check` is
         entered: frame acquisition, resizing, judging and parsing all sit inside it, and an
@@ -214,33 +222,170 @@ class Guard:
             The decision with how it was reached (`Judgement`).
         """
         t0 = time.monotonic() if entered is None else entered
-        deadline = t0 + self.config.policy.deadline_ms / 1000.0
+        deadline, limit_ms = math.inf, self.config.policy.deadline_ms
         trace = _Trace()
         try:
-            decision = self._check(frames, proposal, now, deadline, trace)
-            if decision.status is Status.OK and time.monotonic() > deadline:
-                if trace.pending is not None:  # its verdict was not in time: nothing to complete
-                    trace.pending.future.cancel()
-                    trace.pending = None
-                decision = self._failed(
-                    Status.TIMEOUT,
-                    f"answer arrived {(time.monotonic() - deadline) * 1000:.0f} ms after "
-                    f"deadline_ms ({self.config.policy.deadline_ms:g})",
-                    trace.rules,
-                )
+            limit_ms = self._deadline_ms(deadline_ms)
+            deadline = t0 + limit_ms / 1000.0
+            decision = self._check(frames, proposal, now, deadline, limit_ms, trace)
+            decision = self._late(decision, deadline, limit_ms, trace)
         except InvalidInputError as exc:
             decision = self._failed(Status.INVALID_INPUT, str(exc), trace.rules)
         except Exception as exc:  # the last line of fail-closed: a bug is still a veto
             log.exception("guard check failed unexpectedly")
             decision = self._failed(Status.ERROR, f"internal error: {exc!r}", trace.rules)
         except BaseException as exc:  # Ctrl-C or exit in the caller: audit, then let it go
-            trace.pending = None
-            decision = self._failed(Status.ERROR, f"interrupted: {exc!r}", trace.rules)
-            decision.latency_ms = (time.monotonic() - t0) * 1000.0
-            self._finish(decision, proposal, trace)
+            self._interrupted(exc, proposal, trace, t0)
             raise
         decision.latency_ms = (time.monotonic() - t0) * 1000.0
         return self._finish(decision, proposal, trace)
+
+    def check_batch(self, items: Sequence[BatchItem], *, now: float | None = None
+                    ) -> list[Decision]:
+        """`judge_batch`'s decisions alone."""
+        return [j.decision for j in self.judge_batch(items, now=now)]
+
+    def judge_batch(self, items: Sequence[BatchItem], *, now: float | None = None
+                    ) -> list[Judgement]:
+        """Judge several proposals together (a server's waiting clients): each gets exactly
+        the decision `judge` would give it alone (same validation, rules, frame handling,
+        resize, prompt, parser, policy and audit record, its own deadline from its own
+        `entered`), and those that reach the model are answered in one call of the
+        backend's batch path (``backend.judge_batch``: one forward per step).
+
+        A backend without a batch path, or ``model.rationale: async`` (a batch has no
+        background rationale), judges the items one by one, concurrently (`judge` each).
+        An answer that arrives after an item's own deadline is that item's timeout veto;
+        the others of the batch keep theirs. Never raises for what it is given.
+
+        Args:
+            items: What to judge, in order (`BatchItem`).
+            now: The guard's clock for the frame-age checks (default: read per item once
+                its frames are in hand).
+
+        Returns:
+            One `Judgement` per item, in the items' order.
+        """
+        rows = [_BatchRow(item) for item in items]
+        if (getattr(self.backend, "judge_batch", None) is None
+                or self.config.model.rationale == "async" or len(rows) < 2):
+            return self._judge_each(rows, now)
+        jobs: list[_Job] = []
+        for row in rows:
+            try:
+                row.limit_ms = self._deadline_ms(row.item.deadline_ms)
+                row.deadline = row.t0 + row.limit_ms / 1000.0
+                action, rules = self._head(row.item.proposal, row.trace)
+                if rules.skips_model:
+                    row.decision = self._by_rules(rules)
+                    continue
+                frames = row.item.frames
+                if not callable(frames):
+                    row.trace.frames = _as_frames(frames)
+                row.job = _Job(self, frames, action, now, row.deadline, rules, row.limit_ms)
+                jobs.append(row.job)
+            except InvalidInputError as exc:
+                row.decision = self._failed(Status.INVALID_INPUT, str(exc), row.trace.rules)
+            except Exception as exc:
+                log.exception("guard check failed unexpectedly")
+                row.decision = self._failed(
+                    Status.ERROR, f"internal error: {exc!r}", row.trace.rules
+                )
+        try:
+            if jobs:
+                self._wait_batch(rows, jobs)
+        except BaseException as exc:  # Ctrl-C in the caller: audit every row, then let it go
+            for row in rows:
+                self._interrupted(exc, row.item.proposal, row.trace, row.t0)
+            raise
+        out = []
+        for row in rows:
+            assert row.decision is not None
+            decision = self._late(row.decision, row.deadline, row.limit_ms, row.trace)
+            decision.latency_ms = (time.monotonic() - row.t0) * 1000.0
+            out.append(self._finish(decision, row.item.proposal, row.trace))
+        return out
+
+    def _judge_each(self, rows: list[_BatchRow], now: float | None) -> list[Judgement]:
+        """`judge` for each row, concurrently (the guard's own pool bounds the judging)."""
+        def one(row: _BatchRow) -> Judgement:
+            return self.judge(row.item.frames, row.item.proposal, now=now, entered=row.t0,
+                              deadline_ms=row.item.deadline_ms)
+
+        if len(rows) < 2:
+            return [one(row) for row in rows]
+        with cf.ThreadPoolExecutor(max_workers=len(rows),
+                                   thread_name_prefix="guard-batch") as pool:
+            return list(pool.map(one, rows))
+
+    def _wait_batch(self, rows: list[_BatchRow], jobs: list[_Job]) -> None:
+        """Run `jobs` as one batch on a worker; wait for each row only until its deadline."""
+        future = self._executor.submit(_BatchJob(self, jobs).run)
+        waiting = sorted((r for r in rows if r.job is not None), key=lambda r: r.deadline)
+        results: dict[int, JobResult] | None = None
+        for row in waiting:
+            assert row.job is not None
+            if results is None:
+                try:
+                    done = future.result(timeout=max(0.0, row.deadline - time.monotonic()))
+                    results = {id(job): res for job, res in zip(jobs, done, strict=True)}
+                except cf.TimeoutError:
+                    row.decision = self._failed(
+                        Status.TIMEOUT,
+                        f"no answer within deadline_ms ({row.limit_ms:g}; still "
+                        f"{row.job.stage})",
+                        row.job.rules,
+                    )
+                    continue
+                except Exception as exc:  # a bug in the batch job: every row is a veto
+                    log.error("guard batch failed unexpectedly: %r", exc)
+                    results = {}
+            res = results.get(id(row.job))
+            if res is None:
+                row.decision = self._failed(
+                    Status.ERROR, "internal error: the batch gave no result", row.job.rules
+                )
+                continue
+            row.decision, done_trace = res
+            row.trace.absorb(done_trace)
+        if not future.done() and not future.cancel():
+            with self._lock:
+                self.stats["abandoned"] += 1
+
+    def _deadline_ms(self, requested: float | None) -> float:
+        """The deadline of one check: the policy's, or a shorter one the caller asked for."""
+        limit = self.config.policy.deadline_ms
+        if requested is None:
+            return limit
+        if (isinstance(requested, bool) or not isinstance(requested, (int, float))
+                or not math.isfinite(requested) or requested <= 0):
+            raise InvalidInputError(
+                f"deadline_ms = {_short(requested)}: must be a positive number"
+            )
+        return min(limit, float(requested))
+
+    def _late(self, decision: Decision, deadline: float, limit_ms: float,
+              trace: _Trace) -> Decision:
+        """An answer that arrived after the deadline is a timeout, whatever delayed it."""
+        if decision.status is Status.OK and time.monotonic() > deadline:
+            if trace.pending is not None:  # its verdict was not in time: nothing to complete
+                trace.pending.future.cancel()
+                trace.pending = None
+            return self._failed(
+                Status.TIMEOUT,
+                f"answer arrived {(time.monotonic() - deadline) * 1000:.0f} ms after "
+                f"deadline_ms ({limit_ms:g})",
+                trace.rules,
+            )
+        return decision
+
+    def _interrupted(self, exc: BaseException, proposal: ProposalArg, trace: _Trace,
+                     t0: float) -> None:
+        """Audit the veto of a check interrupted in the caller's thread (Ctrl-C, exit)."""
+        trace.pending = None
+        decision = self._failed(Status.ERROR, f"interrupted: {exc!r}", trace.rules)
+        decision.latency_ms = (time.monotonic() - t0) * 1000.0
+        self._finish(decision, proposal, trace)
 
     def reject(
         self,
@@ -307,14 +452,9 @@ class Guard:
 
     # -- the check -----------------------------------------------------------------------
 
-    def _check(
-        self,
-        frames: FramesArg | FrameSource,
-        proposal: ProposalArg,
-        now: float | None,
-        deadline: float,
-        trace: _Trace,
-    ) -> Decision:
+    def _head(self, proposal: ProposalArg, trace: _Trace) -> tuple[str, RuleOutcome]:
+        """Validate the proposal, render its action text, evaluate the rules (in the caller's
+        thread: no frame, no model)."""
         policy = self.config.policy
         trace.proposal = _as_proposal(proposal)
         action = trace.proposal.as_text(self.action_format)
@@ -326,11 +466,23 @@ class Guard:
                 f"({policy.max_action_chars})"
             )
         trace.rules = rules = evaluate_rules(self._rules, trace.proposal, action)
+        return action, rules
+
+    def _check(
+        self,
+        frames: FramesArg | FrameSource,
+        proposal: ProposalArg,
+        now: float | None,
+        deadline: float,
+        limit_ms: float,
+        trace: _Trace,
+    ) -> Decision:
+        action, rules = self._head(proposal, trace)
         if rules.skips_model:
             return self._by_rules(rules)
         if not callable(frames):
             trace.frames = _as_frames(frames)  # known even if the judge then times out
-        job = _Job(self, frames, action, now, deadline, rules)
+        job = _Job(self, frames, action, now, deadline, rules, limit_ms)
         future = self._executor.submit(job.run)
         try:
             decision, done = future.result(timeout=max(0.0, deadline - time.monotonic()))
@@ -342,7 +494,7 @@ class Guard:
             stage = job.stage
             return self._failed(
                 Status.TIMEOUT,
-                f"no answer within deadline_ms ({policy.deadline_ms:g}; still {stage})",
+                f"no answer within deadline_ms ({limit_ms:g}; still {stage})",
                 rules,
             )
         except BaseException as exc:
@@ -606,39 +758,98 @@ class Judgement:
 JobResult = tuple[Decision, _Trace]
 
 
+@dataclass(frozen=True)
+class BatchItem:
+    """One check of `Guard.judge_batch`: what `Guard.judge` takes for one proposal.
+
+    Attributes:
+        frames: A frame, frames (oldest first), None, or a frame source.
+        proposal: An `ActionProposal` or its fields as a mapping.
+        entered: The `time.monotonic()` instant this check began (e.g. a request's arrival
+            at a server: the time it waited for a batch counts against its deadline);
+            default: when `judge_batch` is called.
+        deadline_ms: A shorter deadline for this check alone (see `Guard.judge`).
+    """
+
+    frames: FramesArg | FrameSource
+    proposal: ProposalArg
+    entered: float | None = None
+    deadline_ms: float | None = None
+
+
+class _BatchRow:
+    """One item of a batch on its way through `Guard.judge_batch`."""
+
+    def __init__(self, item: BatchItem) -> None:
+        self.item = item
+        self.t0 = time.monotonic() if item.entered is None else item.entered
+        self.limit_ms = math.inf
+        self.deadline = math.inf
+        self.trace = _Trace()
+        self.job: _Job | None = None
+        self.decision: Decision | None = None
+
+
 class _Job:
     """The part of a check that runs on a worker thread, inside the deadline: acquire the
-    frames, check their freshness, resize, render, judge, parse. The caller waits for it only
-    until the deadline; `stage` says where an abandoned job was."""
+    frames, check their freshness, resize, render (`prepare`), judge, parse (`conclude`).
+    The caller waits for it only until the deadline; `stage` says where an abandoned job
+    was."""
 
     def __init__(
         self, guard: Guard, frames: FramesArg | FrameSource, action: str,
-        now: float | None, deadline: float, rules: RuleOutcome,
+        now: float | None, deadline: float, rules: RuleOutcome, limit_ms: float,
     ) -> None:
         self.guard, self.frames, self.action = guard, frames, action
         self.now, self.deadline, self.rules = now, deadline, rules
+        self.limit_ms = limit_ms
         self.stage = "queued"
+        # The job's own trace: the caller takes it only from a job that finished in time.
+        self.trace = _Trace()
+        self._frames: list[Frame] = []
 
     def run(self) -> JobResult:
-        guard, rules = self.guard, self.rules
-        policy, image_cfg = guard.config.policy, guard.config.image
-        # The job's own trace: the caller takes it only from a job that finished in time.
-        trace = _Trace()
-        record = trace.record
-        frames: list[Frame] = []
+        prepared = self.prepare()
+        if not isinstance(prepared, JudgeRequest):
+            return prepared
+        self.stage = "judging"
+        try:
+            output = self.guard.backend.judge(prepared)
+        except Exception as exc:
+            return self.judge_failed(exc)
+        return self.conclude(prepared, output)
 
-        def failed(status: Status, error: str) -> JobResult:
-            trace.frames = frames
-            return guard._failed(status, error, rules), trace
+    def failed(self, status: Status, error: str) -> JobResult:
+        self.trace.frames = self._frames
+        return self.guard._failed(status, error, self.rules), self.trace
+
+    def judge_failed(self, exc: BaseException) -> JobResult:
+        """The decision of a backend call that raised."""
+        if isinstance(exc, BackendTimeout):
+            return self.failed(
+                Status.TIMEOUT, f"no answer within deadline_ms ({self.limit_ms:g})"
+            )
+        if isinstance(exc, Exception):
+            msg = str(exc) if isinstance(exc, GuardError) else f"{type(exc).__name__}: {exc}"
+            return self.failed(Status.ERROR, f"backend failed: {msg}")
+        return self.failed(Status.ERROR, f"backend failed: {exc!r}")
+
+    def prepare(self) -> JobResult | JudgeRequest:
+        """The request to judge, or the decision of a check that ends before the model."""
+        guard, trace = self.guard, self.trace
+        policy, image_cfg = guard.config.policy, guard.config.image
+        record = trace.record
 
         self.stage = "acquiring frames"
         try:
             frames = _as_frames(self.frames() if callable(self.frames) else self.frames)
         except InvalidInputError as exc:
-            return failed(Status.INVALID_INPUT, str(exc))
+            return self.failed(Status.INVALID_INPUT, str(exc))
         except Exception as exc:
-            return failed(Status.ERROR, f"frame source failed: {type(exc).__name__}: {exc}")
-        frames = frames[-image_cfg.max_frames :]
+            return self.failed(
+                Status.ERROR, f"frame source failed: {type(exc).__name__}: {exc}"
+            )
+        self._frames = frames = frames[-image_cfg.max_frames :]
         for f in frames:
             try:
                 check_array(
@@ -646,7 +857,7 @@ class _Job:
                     max_input_pixels=image_cfg.max_input_pixels,
                 )
             except InvalidInputError as exc:
-                return failed(Status.INVALID_INPUT, str(exc))
+                return self.failed(Status.INVALID_INPUT, str(exc))
         now = guard._clock() if self.now is None else self.now
         fresh = frame_freshness(
             frames[-1].stamp if frames else None,
@@ -657,7 +868,7 @@ class _Job:
         )
         if not fresh.fresh and (frames or policy.require_frame):
             assert fresh.status is not None
-            return failed(fresh.status, fresh.reason)
+            return self.failed(fresh.status, fresh.reason)
 
         self.stage = "resizing frames"
         images = tuple(resize_for_judge(f.image, image_cfg, guard.backend,
@@ -673,20 +884,62 @@ class _Job:
         trace.prompt = {"system": request.prompt.system, "user": request.prompt.user}
         if guard.config.audit.include_prompt:
             record["prompt"] = trace.prompt
-        self.stage = "judging"
-        try:
-            output = guard.backend.judge(request)
-        except BackendTimeout:
-            return failed(
-                Status.TIMEOUT, f"no answer within deadline_ms ({policy.deadline_ms:g})"
-            )
-        except Exception as exc:
-            msg = str(exc) if isinstance(exc, GuardError) else f"{type(exc).__name__}: {exc}"
-            return failed(Status.ERROR, f"backend failed: {msg}")
+        return request
+
+    def conclude(self, request: JudgeRequest, output: JudgeOutput) -> JobResult:
+        """The decision from the backend's answer to `request`."""
         self.stage = "parsing the answer"
-        decision, trace.pending = guard._judged(request, output, rules, record)
-        trace.frames = frames
-        return decision, trace
+        decision, self.trace.pending = self.guard._judged(
+            request, output, self.rules, self.trace.record
+        )
+        self.trace.frames = self._frames
+        return decision, self.trace
+
+
+class _BatchJob:
+    """Several checks' jobs as one batch on one worker: each prepared alone, all judged in
+    one call of the backend's batch path, each concluded alone."""
+
+    def __init__(self, guard: Guard, jobs: list[_Job]) -> None:
+        self.guard, self.jobs = guard, jobs
+
+    def run(self) -> list[JobResult]:
+        results: list[JobResult | None] = [None] * len(self.jobs)
+        judged: list[tuple[int, JudgeRequest]] = []
+        for i, job in enumerate(self.jobs):
+            try:
+                prepared = job.prepare()
+            except InvalidInputError as exc:  # e.g. an aspect ratio the judge refuses
+                results[i] = job.failed(Status.INVALID_INPUT, str(exc))
+                continue
+            except Exception as exc:
+                log.error("guard check failed unexpectedly: %r", exc)
+                results[i] = job.failed(Status.ERROR, f"internal error: {exc!r}")
+                continue
+            if isinstance(prepared, JudgeRequest):
+                judged.append((i, prepared))
+            else:
+                results[i] = prepared
+        if judged:
+            for i, _ in judged:
+                self.jobs[i].stage = "judging"
+            # The batch path stops at the earliest deadline it is given; each row's own
+            # deadline is enforced by the guard, so one hurried row does not time out the rest.
+            latest = max(r.deadline for _, r in judged if r.deadline is not None)
+            batch = [dataclasses.replace(r, deadline=latest) for _, r in judged]
+            try:
+                outputs = self.guard.backend.judge_batch(batch)  # type: ignore[attr-defined]
+                if not isinstance(outputs, Sequence) or len(outputs) != len(batch):
+                    raise BackendError(
+                        f"the batch path answered {_short(outputs)} for {len(batch)} requests"
+                    )
+            except BaseException as exc:
+                for i, _ in judged:
+                    results[i] = self.jobs[i].judge_failed(exc)
+            else:
+                for (i, request), output in zip(judged, outputs, strict=True):
+                    results[i] = self.jobs[i].conclude(request, output)
+        return [r for r in results if r is not None]
 
 
 def _output_problem(output: Any, max_chars: int) -> str | None:
@@ -787,4 +1040,4 @@ def _as_frames(frames: FramesArg) -> list[Frame]:
     return out
 
 
-__all__ = ["BackendError", "Guard", "Judgement", "RationaleDone", "unjudged"]
+__all__ = ["BackendError", "BatchItem", "Guard", "Judgement", "RationaleDone", "unjudged"]
