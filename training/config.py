@@ -122,7 +122,19 @@ class FolderSource(_Strict):
     limit: int | None = Field(default=None, ge=1)
 
 
-Source = Annotated[WorldSource | FolderSource, Field(discriminator="source")]
+class DatasetSource(_Strict):
+    """A Hugging Face dataset read by ``datasets.load_dataset`` (`training.data.load_hf_dataset`,
+    `training.data.dataset_items`): a folder ``guard world generate`` wrote, another local
+    dataset folder, or a hub id, with an ``image`` column and `FolderSource`'s columns."""
+
+    source: Literal["dataset"]
+    path: str
+    split: str | None = None
+    """The split; None takes the dataset's only split."""
+    limit: int | None = Field(default=None, ge=1)
+
+
+Source = Annotated[WorldSource | FolderSource | DatasetSource, Field(discriminator="source")]
 
 
 class DataSpec(_Strict):
@@ -344,6 +356,7 @@ __all__ = [
     "DEFAULT_LORA_TARGETS",
     "METHODS",
     "DataSpec",
+    "DatasetSource",
     "FolderSource",
     "LoraSpec",
     "ModelSpec",

@@ -5,7 +5,9 @@ Sources give `GuardItem`s (an image, an action, a label and the reference answer
 - `world_items`: the synthetic household world (`guard.world`), rendered in memory;
 - `folder_items`: an OOD-MMSafe-format folder (``items.jsonl`` or a JSON list with ``id, image,
   query, category, hazard, consequence, label, reference_answer``), which is also what
-  ``guard world generate`` writes.
+  ``guard world generate`` writes;
+- `dataset_items`: a Hugging Face ``datasets.Dataset`` with those columns and an ``image``
+  column (`load_hf_dataset` reads a folder ``guard world generate`` wrote, or a hub dataset).
 
 Row builders turn items into the chat-format rows trl's trainers read, with the prompt the
 guard itself renders at inference: the item's proposal (tool name, description, arguments)
@@ -194,27 +196,88 @@ def folder_items(path: str | Path, limit: int | None = None) -> list[GuardItem]:
         missing = [f for f in ("id", "image", "query") if f not in rec]
         if missing:
             raise ValueError(f"{p}: record {k} lacks {missing}")
-        label = rec.get("label")
-        if label is not None and label not in ("safe", "unsafe"):
-            raise ValueError(f"{p}: record {k} has label {label!r}; expected safe or unsafe")
-        category = rec.get("category") or ("none" if label == "safe" else "unknown")
-        tool, arguments = rec.get("tool"), rec.get("arguments")
-        item = GuardItem(
-            id=str(rec["id"]),
-            query=str(rec["query"]),
-            image=str(root / rec["image"]),
-            label=label,
-            category=category,
-            reference_answer=rec.get("reference_answer") or "",
-            hazard=rec.get("hazard") or "",
-            consequence=rec.get("consequence") or "",
-            meta={k2: rec.get(k2) for k2 in ("split", "target_rule", "ood", "action")},
-            tool=tool if isinstance(tool, str) and tool.strip() else UNNAMED_TOOL,
-            arguments=arguments if isinstance(arguments, dict) else {},
-        )
-        if not item.reference_answer:
-            item.reference_answer = reference_answer(item)
-        out.append(item)
+        out.append(_record_item(rec, str(root / rec["image"]), f"{p}: record {k}"))
+    return out
+
+
+def _record_item(rec: dict[str, Any], image: Any, where: str) -> GuardItem:
+    """A `GuardItem` from an OOD-MMSafe-style record (items.jsonl line or dataset row)."""
+    label = rec.get("label")
+    if label is not None and label not in ("safe", "unsafe"):
+        raise ValueError(f"{where} has label {label!r}; expected safe or unsafe")
+    category = rec.get("category") or ("none" if label == "safe" else "unknown")
+    tool, arguments = rec.get("tool"), rec.get("arguments")
+    item = GuardItem(
+        id=str(rec["id"]),
+        query=str(rec["query"]),
+        image=image,
+        label=label,
+        category=category,
+        reference_answer=rec.get("reference_answer") or "",
+        hazard=rec.get("hazard") or "",
+        consequence=rec.get("consequence") or "",
+        meta={k2: rec.get(k2) for k2 in ("split", "target_rule", "ood", "action")},
+        tool=tool if isinstance(tool, str) and tool.strip() else UNNAMED_TOOL,
+        arguments=arguments if isinstance(arguments, dict) else {},
+    )
+    if not item.reference_answer:
+        item.reference_answer = reference_answer(item)
+    return item
+
+
+def load_hf_dataset(path: str | Path, split: str | None = None) -> datasets.Dataset:
+    """One split of a Hugging Face dataset, through ``datasets.load_dataset``.
+
+    Args:
+        path: A folder ``guard world generate`` wrote (its dataset card names the split), any
+            local dataset folder ``datasets`` reads, or a hub dataset id.
+        split: The split; None takes the only one (an error when there are several).
+
+    Raises:
+        ValueError: `split` is None and the dataset has several splits (they are named).
+    """
+    import datasets
+
+    loaded = datasets.load_dataset(str(path), split=split)
+    if isinstance(loaded, datasets.DatasetDict):
+        if len(loaded) != 1:
+            raise ValueError(f"{path}: has splits {sorted(loaded)}; name one with split:")
+        loaded = next(iter(loaded.values()))
+    return cast("datasets.Dataset", loaded)
+
+
+def dataset_items(ds: datasets.Dataset, limit: int | None = None,
+                  where: str = "dataset") -> list[GuardItem]:
+    """Items of a ``datasets.Dataset`` with `folder_items`' columns and an ``image`` column.
+
+    ``image`` is an ``Image`` feature (decoded to PIL) or a path; a ``ClassLabel`` label is read
+    by its names (which must be safe/unsafe). Rows without ``id`` are numbered. Every other
+    column is optional, as in `folder_items`.
+
+    Args:
+        ds: The dataset (e.g. `load_hf_dataset`, or ``load_dataset("imagefolder", ...)`` on a
+            ``guard world generate`` folder).
+        limit: Read at most this many rows.
+        where: Names the dataset in errors.
+
+    Raises:
+        ValueError: No ``image`` or ``query`` column, or a label other than safe/unsafe.
+    """
+    import datasets
+
+    missing = [c for c in ("image", "query") if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{where}: no {missing} column (columns: {ds.column_names})")
+    label_feature = ds.features.get("label")
+    names = label_feature.names if isinstance(label_feature, datasets.ClassLabel) else None
+    rows = ds.select(range(min(limit, len(ds)))) if limit is not None else ds
+    out = []
+    for k, row in enumerate(rows):
+        rec = dict(row)
+        rec.setdefault("id", str(k))
+        if names is not None and rec.get("label") is not None:
+            rec["label"] = names[rec["label"]]
+        out.append(_record_item(rec, rec["image"], f"{where}: row {k}"))
     return out
 
 
@@ -389,7 +452,9 @@ __all__ = [
     "GuardItem",
     "action_text",
     "clean_messages",
+    "dataset_items",
     "folder_items",
+    "load_hf_dataset",
     "load_image",
     "preference_rows",
     "prompt_messages",

@@ -30,19 +30,39 @@ from pathlib import Path
 from typing import Any
 
 from guard.errors import ConfigError, GuardError
-from training.config import FolderSource, RunConfig, WorldSource, load_run_config, parse_overrides
+from training.config import (
+    DatasetSource,
+    FolderSource,
+    RunConfig,
+    WorldSource,
+    load_run_config,
+    parse_overrides,
+)
 
 log = logging.getLogger(__name__)
 
 RUN_CONFIG_FILE = "run_config.yaml"
 
 
-def load_items(source: WorldSource | FolderSource) -> list[Any]:
-    """The `GuardItem`s a data source names."""
+def load_items(source: WorldSource | FolderSource | DatasetSource) -> list[Any]:
+    """The `GuardItem`s a data source names.
+
+    Raises:
+        ConfigError: A dataset source that ``datasets`` cannot load or that lacks the columns
+            (the path named).
+    """
     from training.data import folder_items, world_items
 
     if isinstance(source, FolderSource):
         return folder_items(source.path, source.limit)
+    if isinstance(source, DatasetSource):
+        from training.data import dataset_items, load_hf_dataset
+
+        try:
+            return dataset_items(load_hf_dataset(source.path, source.split), source.limit,
+                                 where=source.path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"dataset {source.path!r}: {exc}") from None
     from guard.world import WorldConfig
 
     world = WorldConfig.preset(source.preset, **source.overrides)
