@@ -36,10 +36,10 @@ class InvalidInputError(GuardError):
 class MissingExtraError(GuardError, ImportError):
     """An optional dependency is missing."""
 
-    def __init__(self, package: str, extra: str, feature: str) -> None:
-        super().__init__(
-            f"{feature} needs the '{package}' package: pip install 'embodied-guard[{extra}]'"
-        )
+    def __init__(self, package: str, extra: str, feature: str, also: str = "") -> None:
+        # An empty extra is the core install (a broken environment, not a missing stack).
+        target = f"embodied-guard[{extra}]" if extra else "embodied-guard"
+        super().__init__(f"{feature} needs the '{package}' package: pip install '{target}'{also}")
         self.package = package
         self.extra = extra
 
