@@ -7,6 +7,7 @@ callable. Ready-made sources:
 
     StaticFrame.from_path("examples/kitchen_towel_on_stove.jpg")   # a fixed picture, stamped now
     ImageDirectory("/tmp/snapshots")               # the newest image file a camera dropped there
+    ImageFile("/tmp/snapshot.jpg")                  # one file a camera keeps overwriting
     OpenCVCapture(0)                                # a webcam / RTSP URL / video file via OpenCV
     RosImageTopic("camera/image_raw")               # a ROS 2 image topic (needs rclpy)
 
@@ -127,6 +128,57 @@ class ImageDirectory:
             path = files[self._next]
             self._next += 1
         return Frame.from_path(path, stamp=time.time(), **self._limits)
+
+
+class ImageFile:
+    """The current contents of one image file, stamped with its modification time.
+
+    For a camera or simulator that keeps overwriting one snapshot file: each call decodes the
+    file as it is now, so a file that stops being replaced becomes a stale frame (as
+    `ImageDirectory` in "latest" mode does for a folder). A file that is missing at a call is
+    no frame (None); one that does not decode raises `InvalidInputError`, which the guard
+    turns into an `invalid_input` veto.
+
+    Args:
+        path: The image file.
+        max_input_pixels: Refuse larger images before decoding them.
+        max_file_bytes: Refuse larger files.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UsageError(f"ImageFile: {self.path} is not a file")
+        self._limits = {"max_input_pixels": max_input_pixels, "max_file_bytes": max_file_bytes}
+
+    def __call__(self) -> Frame | None:
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:  # being replaced right now, or gone: no frame this time
+            return None
+        return Frame.from_path(self.path, stamp=mtime, **self._limits)
+
+
+def frame_source_from_path(path: str | Path) -> ImageDirectory | ImageFile:
+    """The frame source a command line's image path names: a folder gives its newest image
+    file at each call (`ImageDirectory`, "latest"), a file its current contents (`ImageFile`);
+    both are stamped with the file's modification time.
+
+    Raises:
+        UsageError: `path` is neither an existing folder nor an existing file.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return ImageDirectory(p)
+    if p.is_file():
+        return ImageFile(p)
+    raise UsageError(f"{p}: no such image file or folder")
 
 
 class OpenCVCapture:
@@ -345,9 +397,11 @@ __all__ = [
     "FrameResult",
     "FrameSource",
     "ImageDirectory",
+    "ImageFile",
     "OpenCVCapture",
     "RosImageTopic",
     "StaticFrame",
+    "frame_source_from_path",
     "ros_compressed_to_rgb",
     "ros_image_to_rgb",
 ]

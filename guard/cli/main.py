@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("guard.cli.bench", "run a safety benchmark suite through the guard and score it"),
     "faults": ("guard.cli.faults", "run the fault matrix (bad clocks, hung backends, hostile "
                "text, audit faults, ...) against your config; exit 1 on any silent allow"),
+    "mcp-proxy": ("guard.cli.mcp_proxy", "an MCP server in front of a robot's MCP server: "
+                  "every tool call is judged before it is forwarded"),
 }
 
 
