@@ -10,18 +10,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
+from langchain.agents import create_agent
+from langchain.agents.middleware import AgentMiddleware
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import BaseTool, StructuredTool
 
-pytest.importorskip("langchain.agents")
-
-from langchain.agents import create_agent  # noqa: E402
-from langchain.agents.middleware import AgentMiddleware  # noqa: E402
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel  # noqa: E402
-from langchain_core.messages import AIMessage, ToolMessage  # noqa: E402
-from langchain_core.tools import BaseTool, StructuredTool  # noqa: E402
-
-from guard.errors import ActionVetoed  # noqa: E402
-from guard.middleware import GuardMiddleware  # noqa: E402
-from tests.adapters_common import (  # noqa: E402
+from guard.errors import ActionVetoed
+from guard.middleware import GuardMiddleware
+from tests.adapters_common import (
     CONSEQUENCE,
     Approvals,
     Robot,

@@ -8,17 +8,15 @@ import asyncio
 import json
 from typing import Any
 
+import agents
 import pytest
+from agents import Agent, RunConfig, Runner, function_tool
+from agents.exceptions import ToolInputGuardrailTripwireTriggered
+from agents.testing import ScriptedModel, assistant_message, function_call
 
-agents = pytest.importorskip("agents")
-
-from agents import Agent, RunConfig, Runner, function_tool  # noqa: E402
-from agents.exceptions import ToolInputGuardrailTripwireTriggered  # noqa: E402
-from agents.testing import ScriptedModel, assistant_message, function_call  # noqa: E402
-
-from guard.errors import UsageError  # noqa: E402
-from guard.middleware.openai_agents import guard_agent, guard_tool_input_guardrail  # noqa: E402
-from tests.adapters_common import (  # noqa: E402
+from guard.errors import UsageError
+from guard.middleware.openai_agents import guard_agent, guard_tool_input_guardrail
+from tests.adapters_common import (
     CONSEQUENCE,
     Approvals,
     Robot,
