@@ -26,6 +26,7 @@ def decision_summary(decision: Decision) -> dict[str, Any]:
         "rationale": decision.rationale,
         "rules": list(decision.rules),
         "mode": decision.mode,
+        "model": decision.model,
         "error": decision.error,
     }
 
