@@ -51,13 +51,13 @@ def _image(case: Any, ns: int) -> Image:
 
 
 def test_every_encoding_decodes_identically_on_the_node_and_in_replay(tmp_path: Path) -> None:
-    from guard_ros.guard_node import _CameraFrame
+    from guard_ros.frames import CameraFrame
 
     t0 = 1_700_000_000 * 10**9 + 123_456_789
     messages = [_image(case, t0 + i * 10**6) for i, case in enumerate(CASES)]
     # The node's camera path: the message as the subscription hands it over.
     node_frames = [
-        _CameraFrame(msg, t0 + i * 10**6).frame(50_000_000, "camera/image_raw").image
+        CameraFrame(msg, t0 + i * 10**6).frame(50_000_000, "camera/image_raw").image
         for i, msg in enumerate(messages)]
     # Replay's: the same bytes in a bag, read back with rosbags by guard replay's reader.
     items: list[Any] = [
@@ -93,9 +93,9 @@ def node(tmp_path: Path) -> Iterator[Any]:
     node = GuardNode(context=context, parameter_overrides=[
         Parameter("config", value=str(config))])
     try:
-        assert node._guard is None
+        assert node._judge.guard is None
         node.trigger_configure()
-        assert node._guard is not None
+        assert node._judge.guard is not None
         yield node
     finally:
         node.release()
@@ -111,11 +111,11 @@ def test_frame_stamps_come_back_to_ros_exactly(node: Any) -> None:
         image = _image(case, ns)
         proposal = ActionProposal(id=f"p{i}", name="act", description="pick up the cup")
         if i % 2:  # guard/check with an image of its own
-            decision = node._judge(proposal, image)
+            decision, _ = node._judge.judge(proposal, image, node._now_ns())
         else:  # the camera topic: stored by the callback, judged as the newest frame
             node._on_image(image)
-            decision = node._judge(proposal, None)
+            decision, _ = node._judge.judge(proposal, None, node._now_ns())
         assert decision.frame_stamp_ns == ns, decision
-        out = node._decision_msg(proposal, decision)
+        _, out = node._to_msg(proposal, decision)
         assert (out.frame_stamp.sec, out.frame_stamp.nanosec) == (
             image.header.stamp.sec, image.header.stamp.nanosec), (ns, decision.frame_stamp)

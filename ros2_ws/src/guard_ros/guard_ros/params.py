@@ -156,3 +156,24 @@ def config_overrides(params: dict[str, Any]) -> dict[str, Any]:
     if params['max_frame_age_ms'] > 0:
         overrides['policy.max_frame_age_ms'] = float(params['max_frame_age_ms'])
     return overrides
+
+
+def policy_changes(values: dict[str, Any], config_policy: Any) -> dict[str, Any]:
+    """Return the policy fields to change for live parameters just set on a configured node.
+
+    Args:
+        values: the parameters being set, by name (others than the live policy ones are
+            ignored).
+        config_policy: the config file's `PolicyConfig`: empty or zero values go back to it,
+            as they do on configure.
+
+    Returns:
+        Keyword arguments for `Guard.set_policy` (empty when no policy parameter is set).
+    """
+    changes: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == 'mode':
+            changes['mode'] = value or config_policy.mode
+        elif name in ('deadline_ms', 'max_frame_age_ms'):
+            changes[name] = float(value) if value else getattr(config_policy, name)
+    return changes

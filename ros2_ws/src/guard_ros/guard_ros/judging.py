@@ -1,0 +1,146 @@
+# Copyright 2026 embodied-guard maintainers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""guard_node's checks as a plain object: one decision per proposal, whatever happens.
+
+No rclpy here (message classes only): `Judge` holds the node's `Guard` between configure and
+cleanup and turns a `guard_interfaces/ActionProposal` (plus the newest camera frames, or the
+image a `guard/check` call brought) into a `Decision`. Every failure is an audited veto
+(fail closed): a bad proposal is `invalid_input`, an image that cannot be decoded is
+`invalid_input`, no guard or a bug is `error`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import logging
+from typing import Any
+
+from guard.config import AuditConfig, load_config, PolicyConfig
+from guard.core import Guard, unjudged
+from guard.types import Decision, Frame, Status
+from guard.wire import header_stamp_ns, ns_to_seconds, proposal_fields_from_msg, ProposalError
+from guard_ros.frames import CameraFrame, frame_time_ns, FrameBuffer
+from guard_ros.params import config_overrides
+
+_log = logging.getLogger(__name__)
+CAMERA_SOURCE = 'camera/image_raw'
+SERVICE_SOURCE = 'guard/check image'
+
+
+class Judge:
+    """The node's guard and what it needs to judge: the config's limits and the frames."""
+
+    def __init__(self, frames: FrameBuffer,
+                 log_error: Callable[[str], None] = _log.error) -> None:
+        """Unconfigured: every check is an error veto until `configure`.
+
+        Args:
+            frames: the camera frames the node receives (newest last).
+            log_error: where an unexpected failure is reported (the node's logger).
+        """
+        self.frames = frames
+        self._log_error = log_error
+        # Set on configure, None otherwise; read through a local reference (one assignment).
+        self.guard: Guard | None = None
+        # Where a veto made without a guard is audited: the last config's log, else the default.
+        self.audit_config: AuditConfig | None = None
+        self.config_policy = PolicyConfig()  # the config file's own, before the parameters
+        self.max_frames = 1
+        self.max_input_pixels = 50_000_000
+
+    def configure(self, params: dict[str, Any]) -> Guard:
+        """Build the guard from the node's parameters (loads the model).
+
+        Raises:
+            Exception: whatever the config loader or the backend raises; the node reports it
+                and stays unconfigured.
+        """
+        base = load_config(params['config'] or None)
+        overrides = config_overrides(params)
+        config = base.with_overrides(**overrides) if overrides else base
+        guard = Guard(config)
+        self.audit_config, self.config_policy = config.audit, base.policy
+        self.max_frames = config.image.max_frames
+        self.max_input_pixels = config.image.max_input_pixels
+        self.guard = guard
+        return guard
+
+    def release(self) -> None:
+        """Close the guard (its model and audit log); checks are error vetoes from now on."""
+        guard, self.guard = self.guard, None
+        if guard is not None:
+            guard.close()
+
+    def veto(self, msg: Any, status: Status, reason: str) -> Decision:
+        """A fail-closed decision the node makes itself, audited by the guard when one exists."""
+        guard = self.guard
+        proposal = {'id': msg.id, 'name': msg.name}
+        if guard is not None:
+            try:
+                # A mapping: the guard validates it, so even a nameless proposal is audited.
+                return guard.reject(proposal, status, reason)
+            except Exception as exc:  # the audit itself failed (I/O, ...): still a veto
+                reason = f'{reason}; not audited: {exc!r}'
+        return unjudged(status, reason, audit=self.audit_config, proposal=proposal)
+
+    def judge(self, msg: Any, image: Any, now_ns: int) -> tuple[Decision, Frame | None]:
+        """Judge one proposal: one decision, whatever happens (fail closed).
+
+        Args:
+            msg: the `guard_interfaces/ActionProposal`.
+            image: a `sensor_msgs/Image` to judge, or None for the newest camera frames.
+            now_ns: the node's clock (frames are aged against it).
+
+        Returns:
+            The decision, and the newest frame it judged (None when none was judged).
+        """
+        guard = self.guard
+        if guard is None:
+            return unjudged(Status.ERROR, 'the guard is not configured',
+                            audit=self.audit_config,
+                            proposal={'id': msg.id, 'name': msg.name}), None
+        try:
+            stamp = ns_to_seconds(header_stamp_ns(msg.header))
+            try:
+                # The adapter replay reads proposals with; the guard then validates the
+                # mapping (a blank name, arguments nested too deep: an audited invalid_input
+                # veto), exactly as replay and the middleware do.
+                proposal = proposal_fields_from_msg(msg, stamp=stamp)
+            except ProposalError as exc:
+                base = {'id': msg.id, 'name': msg.name, 'description': msg.description,
+                        'stamp': stamp}
+                return guard.reject(base, Status.INVALID_INPUT, str(exc)), None
+            if image is not None:
+                entries = [CameraFrame(image, header_stamp_ns(image.header) or now_ns)]
+                source = SERVICE_SOURCE
+            else:
+                entries = self.frames.newest(self.max_frames)
+                source = CAMERA_SOURCE
+            frames = []
+            for entry in entries:
+                try:
+                    frames.append(entry.frame(self.max_input_pixels, source))
+                except ValueError as exc:
+                    decision = guard.reject(
+                        proposal, Status.INVALID_INPUT, str(exc), frame_stamp=entry.stamp)
+                    decision.frame_stamp_ns = entry.stamp_ns
+                    return decision, None
+            decision = guard.check(frames, proposal, now=ns_to_seconds(now_ns))
+            decision.frame_stamp_ns = frame_time_ns(decision, entries)
+            judged = [f for f in frames if f.stamp_ns == decision.frame_stamp_ns]
+            return decision, (judged[-1] if judged else None)
+        except Exception as exc:  # a bug here must still answer, and answer veto
+            self._log_error(f'check failed unexpectedly: {exc!r}')
+            return self.veto(msg, Status.ERROR, f'internal error: {exc!r}'), None

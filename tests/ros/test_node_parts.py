@@ -1,0 +1,274 @@
+"""guard_node's parts that need no ROS graph: diagnostics, the proposal queue, frames, the
+judge, the gate relay and the live policy parameters.
+
+Each is a plain object the node only wires to rclpy (guard_ros/diagnostics.py, pending.py,
+frames.py, judging.py, relay.py, params.py); the live-graph tests (test_guard_node*.py)
+check the wiring.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from guard_ros.diagnostics import GuardDiagnostics, GuardView, Level
+from guard_ros.frames import CameraFrame, FrameBuffer, frame_time_ns
+from guard_ros.params import policy_changes
+from guard_ros.pending import Pending
+
+from guard.config import PolicyConfig
+from guard.types import Decision, Status, Verdict
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _view(**kw: Any) -> GuardView:
+    base: dict[str, Any] = dict(active=True, model="scripted", mode="enforce", deadline_ms=50.0,
+                                max_frame_age_ms=1000.0, camera_fresh=True, has_frame=True,
+                                frame_age_ms=12.5,
+                                stats={"checks": 7, "vetoes": 2, "timeouts": 1, "errors": 0})
+    base.update(kw)
+    return GuardView(**base)
+
+
+def test_diagnostics_levels_in_order_unconfigured_inactive_stale_ok() -> None:
+    diag = GuardDiagnostics()
+    unconfigured = diag.report(GuardView(active=False))
+    assert (unconfigured.level, unconfigured.message) == (
+        Level.ERROR, "model not loaded (unconfigured)")
+    assert unconfigured.values["model_loaded"] == "false"
+    assert unconfigured.values["camera_stale"] == "true"
+    assert diag.report(_view(active=False)).level is Level.WARN
+    assert diag.report(_view(camera_fresh=False)).message == "camera stale"
+    assert diag.report(_view(camera_fresh=False, has_frame=False)).message == (
+        "no camera frame yet")
+    ok = diag.report(_view())
+    assert (ok.level, ok.message) == (Level.OK, "guarding (enforce)")
+
+
+def test_diagnostics_counters_rate_window_and_timings() -> None:
+    clock = _Clock()
+    diag = GuardDiagnostics(clock=clock, rate_window_s=10.0, timing_samples=100)
+    for _ in range(3):
+        diag.count("frames")
+    diag.count("zero_cmd_vel")
+    with pytest.raises(KeyError, match="unknown counter 'frame'"):
+        diag.count("frame")
+    for i in range(20):
+        diag.decided(latency_ms=float(i))
+        clock.t += 1.0  # 20 decisions over 20 s: the last 10 s hold 10 of them
+    for ms in range(1, 201):  # only the newest 100 are kept: 101..200
+        diag.camera_callback(float(ms), delay_ms=2.0 * ms)
+    diag.camera_callback(0.5)  # no delay known (a frame without stamp, or sim time)
+    v = diag.report(_view()).values
+    assert v["frames_received"] == "3" and v["zero_cmd_vel_sent"] == "1"
+    assert v["decisions_per_s"] == "1.000"
+    assert v["last_latency_ms"] == "19.000"
+    assert v["camera_callback_max_ms"] == "200.000"
+    assert v["camera_callback_p50_ms"] == "150.000"
+    assert v["camera_delay_p99_ms"] == "398.000"
+    assert (v["decisions"], v["vetoes"], v["timeouts"]) == ("7", "2", "1")
+    assert v["frame_age_ms"] == "12.500" and v["deadline_ms"] == "50.000"
+
+
+def test_diagnostics_view_of_a_guard_and_of_none() -> None:
+    from types import SimpleNamespace
+
+    guard = SimpleNamespace(
+        config=SimpleNamespace(policy=PolicyConfig(deadline_ms=80.0, max_frame_age_ms=500.0)),
+        backend=SimpleNamespace(model_id="m"), mode="shadow", stats={"checks": 1})
+    view = GuardView.of(guard, active=True, camera_fresh=True, newest_stamp=9.5, now=10.0)
+    assert (view.model, view.mode, view.deadline_ms, view.frame_age_ms) == (
+        "m", "shadow", 80.0, 500.0)
+    none = GuardView.of(None, active=False, camera_fresh=True, newest_stamp=None, now=10.0)
+    assert none.model is None and not none.camera_fresh and none.frame_age_ms is None
+
+
+def test_pending_refuses_beyond_depth_and_waits_for_every_answer() -> None:
+    pending: Pending[str] = Pending()
+    queue = pending.reopen(depth=2)
+    assert pending.offer("a") is None and pending.offer("b") is None
+    assert pending.offer("c") == 2  # refused: two already wait
+    pending.done()  # the refused one was answered at once
+    pending.begin()  # a service check
+    assert pending.inflight == 3
+    assert not pending.wait_idle(per_check_s=0.01)
+
+    def judge() -> None:
+        while (item := queue.get()) is not None:
+            time.sleep(0.01)
+            assert item in ("a", "b")
+            pending.done()
+
+    worker = threading.Thread(target=judge)
+    worker.start()
+    pending.close()  # the stop marker queues behind what waits: both are still answered
+    pending.done()  # the service check
+    assert pending.wait_idle(per_check_s=2.0)
+    worker.join(2.0)
+    assert not worker.is_alive() and pending.inflight == 0
+
+
+class _Msg:
+    """A camera message as guard.wire reads it (rgb8 sensor_msgs/Image fields)."""
+
+    def __init__(self, value: int = 10, width: int = 4, height: int = 2,
+                 encoding: str = "rgb8") -> None:
+        self.width, self.height, self.encoding = width, height, encoding
+        self.step, self.is_bigendian = width * 3, 0
+        self.data = bytes([value]) * (width * height * 3)
+
+
+def test_frames_convert_once_keep_the_newest_and_report_a_bad_one() -> None:
+    good = CameraFrame(_Msg(7), 1_700_000_000_123_456_789)
+    frame = good.frame(1_000_000, "camera/image_raw")
+    assert frame is good.frame(1_000_000, "camera/image_raw")  # converted once
+    assert frame.image.shape == (2, 4, 3) and int(frame.image[0, 0, 0]) == 7
+    assert frame.stamp_ns == 1_700_000_000_123_456_789
+    bad = CameraFrame(_Msg(encoding="nv21"), 1)
+    for _ in range(2):  # the reason is kept
+        with pytest.raises(ValueError, match="nv21"):
+            bad.frame(1_000_000, "camera/image_raw")
+
+    buffer = FrameBuffer(size=2)
+    assert buffer.newest(3) == [] and buffer.newest_stamp() is None
+    entries = [CameraFrame(_Msg(), ns) for ns in (1, 2, 3)]
+    for entry in entries:
+        buffer.add(entry)
+    assert buffer.newest(5) == entries[1:] and buffer.newest(1) == entries[2:]
+    buffer.resize(1)
+    assert buffer.newest(5) == entries[2:] and buffer.newest_stamp() == 3e-9
+    buffer.clear()
+    assert buffer.newest(1) == []
+
+
+def test_frame_time_is_the_judged_messages_header_time() -> None:
+    ns = 1_700_000_000_999_999_999  # not exact in float seconds
+    entry = CameraFrame(_Msg(), ns)
+    decision = Decision(verdict=Verdict.ALLOW, status=Status.OK, risk=0.0,
+                        frame_stamp=entry.stamp)
+    assert frame_time_ns(decision, [entry]) == ns
+    assert frame_time_ns(decision.model_copy(update={"frame_stamp_ns": 5}), [entry]) == 5
+    assert frame_time_ns(
+        Decision(verdict=Verdict.VETO, status=Status.NO_FRAME, risk=1.0), []) is None
+
+
+def test_policy_changes_fall_back_to_the_config_file() -> None:
+    config = PolicyConfig(mode="shadow", deadline_ms=300.0, max_frame_age_ms=700.0)
+    assert policy_changes({"mode": "enforce", "deadline_ms": 20}, config) == {
+        "mode": "enforce", "deadline_ms": 20.0}
+    assert policy_changes({"mode": "", "deadline_ms": 0.0, "max_frame_age_ms": 0}, config) == {
+        "mode": "shadow", "deadline_ms": 300.0, "max_frame_age_ms": 700.0}
+    assert policy_changes({"frame_buffer": 3, "use_sim_time": True}, config) == {}
+
+
+# -- the judge and the gate relay use the ROS message classes (no rclpy, no graph) ----------
+
+
+@pytest.fixture
+def judge(tmp_path: Path) -> Any:
+    pytest.importorskip("guard_interfaces.msg")
+    import yaml
+    from guard_ros.judging import Judge
+
+    config = tmp_path / "guard.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"backend": "scripted", "scripted": {"responses": [
+            {"text": "VETO\nrisk: 0.9\nhazard: fire | towel on the burner | it burns | 0.9"}]}},
+        "policy": {"deadline_ms": 2000, "max_frame_age_ms": 1000},
+        "audit": {"path": str(tmp_path / "audit.jsonl")}}))
+    errors: list[str] = []
+    j = Judge(FrameBuffer(), errors.append)
+    j.errors = errors
+    j.params = {"config": str(config), "model": "", "backend": "", "mode": "",
+                "deadline_ms": 0.0, "max_frame_age_ms": 0.0}
+    yield j
+    j.release()
+
+
+def _proposal(name: str = "stove_on", arguments_json: str = "{}") -> Any:
+    from guard_interfaces.msg import ActionProposal
+
+    return ActionProposal(id="p1", name=name, description="turn on the stove",
+                          arguments_json=arguments_json)
+
+
+def test_judge_fails_closed_unconfigured_bad_input_and_on_a_bug(
+        judge: Any, tmp_path: Path) -> None:
+    decision, frame = judge.judge(_proposal(), None, 0)
+    assert (decision.verdict, decision.status, frame) == (Verdict.VETO, Status.ERROR, None)
+    assert "not configured" in decision.rationale
+
+    judge.configure(judge.params)
+    bad, _ = judge.judge(_proposal(arguments_json="{not json"), None, 0)
+    assert (bad.verdict, bad.status) == (Verdict.VETO, Status.INVALID_INPUT)
+    none, _ = judge.judge(_proposal(), None, 10**18)
+    assert (none.verdict, none.status) == (Verdict.VETO, Status.NO_FRAME)
+
+    now = 1_700_000_000 * 10**9
+    judge.frames.add(CameraFrame(_Msg(encoding="nv21"), now))
+    undecodable, _ = judge.judge(_proposal(), None, now)
+    assert (undecodable.status, undecodable.frame_stamp_ns) == (Status.INVALID_INPUT, now)
+
+    judge.frames.add(CameraFrame(_Msg(), now + 1))
+    judge.max_frames = 1
+    decision, frame = judge.judge(_proposal(), None, now + 10**6)
+    assert (decision.verdict, decision.status) == (Verdict.VETO, Status.OK)
+    assert decision.frame_stamp_ns == now + 1 and frame is not None
+    assert frame.image.shape == (2, 4, 3)
+
+    judge.frames = None  # a bug: still one answer, a veto, and audited
+    buggy, _ = judge.judge(_proposal(), None, now)
+    assert (buggy.verdict, buggy.status) == (Verdict.VETO, Status.ERROR)
+    assert "internal error" in buggy.rationale and judge.errors
+    audit = (tmp_path / "audit.jsonl").read_text()
+    assert all(d.id in audit for d in (bad, none, undecodable, decision, buggy))
+
+
+def test_relay_orders_zeros_commands_and_state() -> None:
+    pytest.importorskip("geometry_msgs.msg")
+    pytest.importorskip("guard_interfaces.msg")
+    from geometry_msgs.msg import Twist, TwistStamped
+    from guard_ros.gate import CmdVelGate, GatePolicy
+    from guard_ros.relay import GateRelay
+
+    sent: list[tuple[str, Any]] = []
+    zeros: list[int] = []
+    now_ns = [1_700_000_000 * 10**9]
+    relay = GateRelay(CmdVelGate(stop_pub_timeout=1.0), lambda n, m: sent.append((n, m)),
+                      lambda: now_ns[0], GatePolicy, stamped=False,
+                      on_zero=lambda: zeros.append(1))
+    command = Twist()
+    command.linear.x = 0.5
+    relay.gate.on_frame(now_ns[0] / 1e9)
+    relay.on_command(command)  # no decision yet: a zero, and the state "stopped"
+    assert [n for n, _ in sent] == ["cmd_vel", "gate_state"]
+    assert sent[0][1].linear.x == 0.0 and '"no_decision_yet"' in sent[1][1].data
+    sent.clear()
+    assert relay.on_decision(Verdict.ALLOW, send=False) is None and not sent
+    step = relay.on_command(command)
+    assert step.changed and sent[0][1] is command
+    sent.clear()
+    relay.on_decision(Verdict.VETO, send=True)  # a veto stops at once
+    assert sent[0][1] == Twist() and '"veto"' in sent[1][1].data and len(zeros) == 2
+
+    stamped = GateRelay(CmdVelGate(), lambda n, m: sent.append((n, m)), lambda: 5 * 10**9 + 7,
+                        GatePolicy, stamped=True)
+    incoming = TwistStamped()
+    incoming.header.frame_id = "base_link"
+    sent.clear()
+    stamped.on_command(incoming)
+    zero = sent[0][1]
+    assert isinstance(zero, TwistStamped) and zero.header.frame_id == "base_link"
+    assert (zero.header.stamp.sec, zero.header.stamp.nanosec) == (5, 7)
+    assert np.isclose(zero.twist.linear.x, 0.0)
