@@ -2,6 +2,8 @@
 
     python -m training.evaluate --model runs/tiny-caspo/model --split test_ood --n 1000 \\
         --out runs/tiny-caspo/eval_test_ood.json
+    python -m training.evaluate --model runs/tiny-caspo/model --split test_iid --n 512 \\
+        --verdict-only --record    # into the folder's eval_results.json and README.md card
 
 Greedy answers in batches (the guard's judge answers one request at a time, which is what a
 robot needs and too slow for thousands of items on CPU), read through the guard's strict parser,
@@ -277,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verdict-only", action="store_true",
                    help="generate a few tokens and score the verdict line only")
     p.add_argument("--out", help="write the report (and per-item answers beside it) here")
+    p.add_argument("--record", action="store_true",
+                   help="also store the report in the model folder's eval_results.json and "
+                   "rewrite its README.md model card (training.card)")
     args = p.parse_args(argv)
     from guard.prompting.action import resolve_action_format
     from guard.world import WorldConfig
@@ -297,6 +302,16 @@ def main(argv: list[str] | None = None) -> int:
         with out.with_suffix(".items.jsonl").open("w", encoding="utf-8") as fh:
             for r in results:
                 fh.write(json.dumps(asdict(r)) + "\n")
+    if args.record:
+        from training.card import record_evaluation
+
+        command = (f"python -m training.evaluate --model {args.model} --split {args.split} "
+                   f"--seed {args.seed} --n {args.n} --preset {args.preset}"
+                   + (" --verdict-only" if args.verdict_only else "")
+                   + f" --batch-size {args.batch_size} --record")
+        record_evaluation(args.model, rep, split=args.split, seed=args.seed, n=args.n,
+                          preset=args.preset, verdict_only=args.verdict_only,
+                          action_format=action_format, template=args.template, command=command)
     print(text)
     return 0
 

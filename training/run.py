@@ -10,7 +10,9 @@ What a run writes under ``--out``:
 
     run_config.yaml        the resolved config (also inside every checkpoint and model/)
     trainer/               trl's output_dir: checkpoint-N/ (with run_config.yaml), logs
-    model/                 the trained weights (or LoRA adapter), tokenizer, image processor
+    model/                 the trained weights (or LoRA adapter), tokenizer, image processor,
+                           train_results.json and a hub-ready README.md model card
+                           (`training.card`)
     model_merged/          with ``save_merged: true`` and LoRA: base + adapter in one folder
     log_history.json       every logged step (loss, rewards, CASPO's token-reward stats)
     train_summary.json     method, steps, wall time, which trainable tensors moved
@@ -202,8 +204,20 @@ def _write_run_config(model_dir: Path, text: str) -> None:
         (model_dir / name).write_text(text, encoding="utf-8")
 
 
+def _write_card(model_dir: Path, trainer: Any, name: str) -> None:
+    """What the run measured (`training.card.TRAIN_RESULTS_FILE`, from trl's log history) and
+    the hub-ready ``README.md`` model card built from it and the run config."""
+    from training.card import TRAIN_RESULTS_FILE, train_results, write_model_card
+
+    results = train_results(trainer.state.log_history, trainer.state.global_step)
+    (model_dir / TRAIN_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n",
+                                                encoding="utf-8")
+    write_model_card(model_dir, name=name)
+
+
 def save(run: Run, *, merged: bool = False) -> Path:
-    """Write the final model, processor files and run config to ``OUT/model``."""
+    """Write the final model, processor files, run config, training results and model card
+    (``README.md``, `training.card`) to ``OUT/model``."""
     trainer, out = run.trainer, run.out
     if hasattr(trainer, "drop_teacher"):
         trainer.drop_teacher()
@@ -212,6 +226,7 @@ def save(run: Run, *, merged: bool = False) -> Path:
     if trainer.accelerator.is_main_process:
         run.processor.save_pretrained(str(model_dir))
         _write_run_config(model_dir, run.config.to_yaml())
+        _write_card(model_dir, trainer, out.resolve().name)
         spec = run.config.model
         if merged and spec.lora is not None and spec.quantization == "none":
             merged_dir = out / "model_merged"
@@ -219,6 +234,7 @@ def save(run: Run, *, merged: bool = False) -> Path:
             policy.merge_and_unload().save_pretrained(str(merged_dir))
             run.processor.save_pretrained(str(merged_dir))
             _write_run_config(merged_dir, run.config.to_yaml())
+            _write_card(merged_dir, trainer, f"{out.resolve().name}-merged")
     return model_dir
 
 

@@ -76,10 +76,10 @@ def test_a_run_config_names_a_dataset_source(tmp_path: Path) -> None:
                            "data": {"train": {"source": "dataset", "path": "d", "split": "x"}}},
                           validate_trainer=False)
     assert isinstance(cfg.data.train, DatasetSource) and cfg.data.train.split == "x"
-    with pytest.raises(ConfigError, match="data.train.dataset.path"):
+    with pytest.raises(ConfigError, match=r"data\.train\.dataset\.path"):
         load_run_config({"method": "sft", "model": {"id": "m"},
                          "data": {"train": {"source": "dataset"}}}, validate_trainer=False)
     from training.run import load_items
 
-    with pytest.raises(ConfigError, match="dataset '.*nowhere'"):
+    with pytest.raises(ConfigError, match=r"dataset '.*nowhere'"):
         load_items(DatasetSource(source="dataset", path=str(tmp_path / "nowhere")))
