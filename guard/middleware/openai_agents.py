@@ -54,7 +54,7 @@ def _require_agents() -> Any:
     try:
         import agents
     except ImportError as exc:
-        raise MissingExtraError("openai-agents", "agents", "the OpenAI Agents guardrail") from exc
+        raise MissingExtraError("openai-agents", "agents-openai", "the OpenAI Agents guardrail") from exc
     return agents
 
 

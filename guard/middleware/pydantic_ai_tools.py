@@ -45,7 +45,7 @@ try:
     from pydantic_ai.exceptions import ApprovalRequired, ModelRetry, ToolFailed
     from pydantic_ai.toolsets import AbstractToolset, WrapperToolset
 except ImportError as exc:  # pragma: no cover - exercised where pydantic-ai is absent
-    raise MissingExtraError("pydantic-ai-slim", "agents", "the pydantic-ai guard") from exc
+    raise MissingExtraError("pydantic-ai-slim", "pydantic-ai", "the pydantic-ai guard") from exc
 
 if TYPE_CHECKING:
     from pydantic_ai import RunContext
