@@ -1,8 +1,9 @@
 """guard_node as a managed node: transitions, no_frame, CompressedImage, QoS overrides, deadlines.
 
 The node here starts with autostart:=false (as under a lifecycle manager), takes JPEG frames
-(image_format:=compressed) on a camera subscription overridden to reliable QoS, and its
-scripted judge answers after 50 ms.
+(image_format:=compressed) on `camera/image_raw/compressed`, where image_transport's
+compressed transport publishes them, on a camera subscription overridden to reliable QoS;
+its scripted judge answers after 50 ms.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class Managed:
         self.decisions = probe.collect(Decision, f"{ns}/guard/decisions")
         self.proposals = probe.publisher(ActionProposal, f"{ns}/guard/proposals")
         # Reliable, as the node's overridden camera subscription requires.
-        self.camera = probe.publisher(CompressedImage, f"{ns}/camera/image_raw")
-        self.camera_topic = f"{ns}/camera/image_raw"
+        self.camera = probe.publisher(CompressedImage, f"{ns}/camera/image_raw/compressed")
+        self.camera_topic = f"{ns}/camera/image_raw/compressed"
 
     def state(self) -> str:
         return self.probe.lifecycle_state(self.node.fqn)
@@ -95,7 +96,8 @@ def managed(ros_graph: dict[str, Any]) -> Iterator[Managed]:
     probe = ros_graph["probe"]
     node = ros_graph["start"](
         "managed", GUARD_CONFIG, autostart=False, image_format="compressed",
-        **{"qos_overrides.{ns}/camera/image_raw.subscription.reliability": "reliable"})
+        **{"qos_overrides.{ns}/camera/image_raw/compressed.subscription.reliability":
+           "reliable"})
     m = Managed(probe, node)
     yield m
     node.assert_alive()
@@ -125,9 +127,11 @@ def test_lifecycle_transitions(managed: Managed) -> None:
     d = m.judge()
     assert (d.verdict, d.status) == (Decision.VETO, "no_frame")
 
-    # The camera subscription is CompressedImage, reliable as overridden.
+    # The camera subscription is CompressedImage on image_transport's topic, reliable as
+    # overridden; nothing subscribes the raw topic itself.
     infos = m.probe.node.get_subscriptions_info_by_topic(m.camera_topic)
     assert [i.topic_type for i in infos] == ["sensor_msgs/msg/CompressedImage"]
+    assert m.probe.node.count_subscribers(f"{m.node.namespace}/camera/image_raw") == 0
     assert infos[0].qos_profile.reliability == ReliabilityPolicy.RELIABLE
     m.send_frame()
     assert wait_for(lambda: m.judge().status == "ok", 10.0, interval=0.05)
@@ -176,3 +180,31 @@ def test_autostart_failure_exits_nonzero(ros_graph: dict[str, Any]) -> None:
     assert wait_for(lambda: node.proc.poll() is not None, 30.0), node.log()
     assert node.proc.returncode == 1
     assert "config file not found" in node.log()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ([], "/robot/camera/image_raw/compressed"),
+    (["-r", "camera/image_raw:=/front/image"], "/front/image/compressed"),
+    (["-r", "/robot/camera/image_raw/compressed:=/jpeg"], "/jpeg"),
+])
+def test_compressed_topic_follows_the_base_topic_remapping(
+        args: list[str], expected: str) -> None:
+    # As image_transport does: the base topic is resolved (namespace, remapping), then
+    # '/compressed' appended; a remapping of the compressed topic itself still applies.
+    import rclpy
+    from guard_ros.guard_node import GuardNode
+    from rclpy.context import Context
+    from rclpy.parameter import Parameter
+
+    context = Context()
+    rclpy.init(context=context, domain_id=231)
+    node = GuardNode(context=context, namespace="robot", cli_args=["--ros-args", *args],
+                     parameter_overrides=[Parameter("image_format", value="compressed")])
+    try:
+        msg_type, topic = node._camera_topic("compressed")
+        sub = node.create_subscription(msg_type, topic, lambda _: None, 1)
+        assert (msg_type, sub.topic_name) == (CompressedImage, expected)
+        assert node._camera_topic("raw")[1] == "camera/image_raw"
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)

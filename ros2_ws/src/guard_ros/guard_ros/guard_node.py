@@ -204,11 +204,10 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Subscribe to the camera, proposals and cmd_vel_in; serve guard/check."""
         params = self._params()
-        image_type = CompressedImage if params['image_format'] == 'compressed' else Image
         overridable = QoSOverridingOptions.with_default_policies()
         self._subs.append(self.create_subscription(
-            image_type, 'camera/image_raw', self._on_image, qos_profile_sensor_data,
-            qos_overriding_options=overridable))
+            *self._camera_topic(params['image_format']), self._on_image,
+            qos_profile_sensor_data, qos_overriding_options=overridable))
         proposals = self._pending.reopen(int(params['max_waiting_proposals']))
         self._proposal_thread = threading.Thread(
             target=self._judge_proposals, args=(proposals,), name='guard-proposals',
@@ -309,6 +308,14 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
 
     def _now(self) -> float:
         return float(ns_to_seconds(self._now_ns()))
+
+    def _camera_topic(self, image_format: str) -> tuple[type, str]:
+        if image_format != 'compressed':
+            return Image, 'camera/image_raw'
+        # image_transport's naming: its compressed transport publishes on the base topic
+        # (namespaced and remapped first, so `camera/image_raw:=/cam` moves both) plus
+        # '/compressed'.
+        return CompressedImage, self.resolve_topic_name('camera/image_raw') + '/compressed'
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         # Only stores: conversion happens when a check needs the frame, never here.

@@ -59,8 +59,9 @@ PARAMETERS: dict[str, ParameterSpec] = {
     'autostart': ParameterSpec(
         True, 'Configure and activate on start (no lifecycle manager needed).', read_only=True),
     'image_format': ParameterSpec(
-        'raw', 'raw: camera/image_raw is sensor_msgs/Image; compressed: '
-        'sensor_msgs/CompressedImage on the same topic name.'),
+        'raw', 'raw: sensor_msgs/Image on camera/image_raw; compressed: '
+        'sensor_msgs/CompressedImage on camera/image_raw/compressed (image_transport\'s '
+        'compressed transport; remapping camera/image_raw moves it too).'),
     'frame_buffer': ParameterSpec(
         4, 'Camera frames kept (newest last); the judge sees image.max_frames of them.'),
     'watchdog_period_ms': ParameterSpec(
