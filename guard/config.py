@@ -7,20 +7,24 @@ A bad value gives a ConfigError naming the field and the value, e.g.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializeAsAny,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from guard.errors import ConfigError
 from guard.types import Verdict
@@ -30,56 +34,44 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class OpenAIOptions(_Strict):
-    """An OpenAI-compatible server (vLLM, SGLang, ...)."""
-
-    base_url: str = "http://localhost:8000/v1"
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout_s: float = Field(default=10.0, gt=0)
-    temperature: float = Field(default=0.0, ge=0)
-    logprobs: bool = True
-    extra_body: dict[str, Any] = Field(default_factory=dict)
-    # How frames travel: png is lossless (the server judges the pixels a local judge would);
-    # jpeg (quality 90) is ~5-10x smaller, for thin links.
-    image_format: Literal["png", "jpeg"] = "png"
-
-
-class ScriptedStep(_Strict):
-    """One scripted answer: a text, a delay, or an exception to raise."""
-
-    text: str = ""
-    delay_ms: float = Field(default=0.0, ge=0)
-    raise_error: str | None = None
-    verdict_probs: dict[str, float] | None = None
-
-
-class ScriptedOptions(_Strict):
-    """The test double: answers from a list, cycling; or by matching the action text."""
-
-    responses: list[ScriptedStep] = Field(
-        default_factory=lambda: [ScriptedStep(text="ALLOW\nrisk: 0.0")]
-    )
-    by_action: dict[str, ScriptedStep] = Field(default_factory=dict)
-
-
 class ModelConfig(_Strict):
+    """The judge: the fields every backend shares. Each backend extends it with its own
+    (`TransformersModelConfig`, `OpenAIModelConfig`, ... beside the backend), and
+    `model.backend` picks the class through the registry (`guard.backends`), so a field of
+    another backend is an error when the config is loaded."""
+
     backend: str = "transformers"
     id: str | None = None
-    adapter: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = "auto"
-    quantization: Literal["none", "8bit", "4bit"] = "none"
-    attn_implementation: str | None = None
     max_new_tokens: int = Field(default=128, ge=1, le=8192)
-    use_processor: Literal["auto", "always", "never"] = "auto"
     rationale: Literal["sync", "async", "off"] = "sync"
-    prefix_cache: bool = True
-    frame_cache: int = Field(default=4, ge=0, le=256)
     # One throwaway judgement when the guard is built, so that first-call costs (seconds on
     # a CPU) fall on loading, not on the first real check's deadline.
     warmup: bool = True
-    openai: OpenAIOptions = Field(default_factory=OpenAIOptions)
-    scripted: ScriptedOptions = Field(default_factory=ScriptedOptions)
+
+    foreign_hints: ClassVar[dict[str, str]] = {}
+    """What to do instead, for a field of another backend that users reach for here."""
+
+
+DEFAULT_BACKEND = "transformers"
+
+# Moved beside their backends; still importable from here.
+_MOVED = {
+    "OpenAIOptions": "guard.backends.openai_backend",
+    "ScriptedOptions": "guard.backends.scripted",
+    "ScriptedStep": "guard.backends.scripted",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _default_model() -> ModelConfig:
+    from guard.backends import backend_config_class
+
+    return backend_config_class(DEFAULT_BACKEND)()
 
 
 GRID_FACTORS = {"qwen2-vl": 28, "qwen2.5-vl": 28, "qwen3-vl": 32}
@@ -198,21 +190,61 @@ class AuditConfig(_Strict):
 
 
 class GuardConfig(_Strict):
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: SerializeAsAny[ModelConfig] = Field(default_factory=_default_model)
     image: ImageConfig = Field(default_factory=ImageConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
 
+    @field_validator("model", mode="wrap")
+    @classmethod
+    def _backend_class(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Validate `model` against the config class its `backend` registered."""
+        from guard.backends import backend_config_class
+
+        if isinstance(value, ModelConfig):
+            name: Any = value.backend
+            data: Any = value.model_dump(exclude_unset=True) | {"backend": name}
+        elif isinstance(value, dict):
+            name, data = value.get("backend", DEFAULT_BACKEND), value
+        else:
+            return handler(value)  # pydantic's own "not a mapping" error
+        if not isinstance(name, str):
+            return handler(value)  # the base class says what a backend name is
+        try:
+            config_cls = backend_config_class(name)
+        except KeyError as exc:
+            raise ValidationError.from_exception_data("ModelConfig", [{
+                "type": PydanticCustomError("unknown_backend", str(exc.args[0])),
+                "loc": ("backend",), "input": name,
+            }]) from None
+        if type(value) is config_cls:
+            return value
+        return config_cls.model_validate(data)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> GuardConfig:
+        """Validate a mapping; a problem is one ConfigError line naming each bad field.
+
+        Raises:
+            ConfigError: The data does not validate.
+        """
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(_describe(exc, source)) from None
+            raise ConfigError(_describe(exc, source, data)) from None
 
-    def with_overrides(self, **dotted: Any) -> GuardConfig:
-        """A copy with `section.field=value` overrides, validated (None sets a field to null)."""
+    def with_overrides(self, source: str = "overrides", /, **dotted: Any) -> GuardConfig:
+        """A copy with `section.field=value` overrides, validated (None sets a field to null).
+
+        A new `model.backend` re-validates the model section against that backend's class:
+        the shared fields carry over, the old backend's fields at their defaults are dropped,
+        and one set otherwise (in the config or in `dotted`) that the new backend lacks is an
+        error naming it.
+
+        Raises:
+            ConfigError: An override does not validate (the message starts with `source`).
+        """
         data = self.model_dump(mode="json")
         for key, value in dotted.items():
             node = data
@@ -220,11 +252,54 @@ class GuardConfig(_Strict):
             for p in parents:
                 node = node.setdefault(p, {})
             node[leaf] = value
-        return GuardConfig.from_dict(data, source="overrides")
+        model = data.get("model")
+        if isinstance(model, dict) and model.get("backend") != self.model.backend:
+            data["model"] = _carried(self.model, model)
+        return GuardConfig.from_dict(data, source=source)
 
 
-def _describe(exc: ValidationError, source: str) -> str:
+def _carried(old: ModelConfig, new: dict[str, Any]) -> dict[str, Any]:
+    """`new` (the model section after overrides) without the old backend's own fields that
+    are still at their defaults: they mean nothing to the new backend."""
+    shared = set(ModelConfig.model_fields)
+    out = {}
+    for name, value in new.items():
+        field = type(old).model_fields.get(name)
+        if name not in shared and field is not None and not field.is_required():
+            default = field.get_default(call_default_factory=True, validated_data={})
+            if isinstance(default, BaseModel):
+                default = default.model_dump(mode="json")
+            if value == default:
+                continue
+        out[name] = value
+    return out
+
+
+def _foreign(field: str, backend: str) -> str:
+    """Why `model.<field>` is refused for `backend`: the backends that have it, and a hint."""
+    from guard.backends import available_backends, backend_config_class
+
+    owners = []
+    hint = ""
+    for name in available_backends():
+        try:
+            config_cls = backend_config_class(name)
+        except Exception:  # a third party's class that does not import says nothing here
+            continue
+        if field in config_cls.model_fields:
+            owners.append(name)
+        if name == backend:
+            hint = config_cls.foreign_hints.get(field, "")
+    text = f"not a field of the {backend} backend"
+    if owners:
+        text += f" (a field of {', '.join(owners)})"
+    return f"{text}; {hint}" if hint else text
+
+
+def _describe(exc: ValidationError, source: str, data: Any = None) -> str:
     """One line per problem: where, the value given, what is wrong."""
+    model = data.get("model") if isinstance(data, dict) else None
+    backend = model.get("backend", DEFAULT_BACKEND) if isinstance(model, dict) else None
     lines = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -232,7 +307,10 @@ def _describe(exc: ValidationError, source: str) -> str:
         if err["type"] in ("missing",):
             lines.append(f"{source}: {where}: {msg}")
         elif err["type"] == "extra_forbidden":
-            lines.append(f"{source}: {where}: unknown field")
+            if len(err["loc"]) == 2 and err["loc"][0] == "model" and isinstance(backend, str):
+                lines.append(f"{source}: {where}: {_foreign(str(err['loc'][1]), backend)}")
+            else:
+                lines.append(f"{source}: {where}: unknown field")
         else:
             lines.append(f"{source}: {where} = {err.get('input')!r}: {msg}")
     return "; ".join(lines)

@@ -75,6 +75,31 @@ def test_usage_errors_exit_2(scripted_config, tmp_path):
     assert r.returncode == 2 and "--arguments" in r.stderr
 
 
+@pytest.mark.parametrize(("flags", "expected"), [
+    (("--backend", "oracle"), "model.backend = 'oracle': unknown backend"),
+    (("--backend", "onnx", "--model", "export/", "--adapter", "lora/"),
+     "model.adapter: not a field of the onnx backend"),
+    (("--backend", "openai", "--adapter", "lora/"), "model.adapter: not a field of the openai"),
+])
+def test_a_flag_the_config_cannot_take_is_a_usage_error(tmp_path, flags, expected):
+    audit = tmp_path / "audit.jsonl"
+    r = guard("check", "--image", EXAMPLE, "--action", "x", "--audit", audit, *flags)
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == "" and expected in r.stderr
+    assert r.stderr.startswith("guard check: error: command-line flags: ")
+    assert_one_clear_line(r.stderr)
+
+
+def test_a_config_file_of_another_backends_fields_fails_on_load(tmp_path):
+    cfg = tmp_path / "onnx.yaml"
+    cfg.write_text("model:\n  backend: onnx\n  id: export/\n  quantization: 4bit\n")
+    out = tmp_path / "replay"
+    r = guard("replay", ROOT / "examples" / "world_episode.mcap", "--out", out, "--config", cfg)
+    assert r.returncode == 2 and "model.quantization: not a field of the onnx backend" in r.stderr
+    assert_one_clear_line(r.stderr)
+    assert not (out / "decisions.jsonl").exists()
+
+
 @pytest.mark.parametrize(
     "content",
     [

@@ -162,8 +162,10 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _cfg(tmp_path: Path, model: str, **over: Any) -> GuardConfig:
+    # model.device is the local backend's field (a remote one is an error to give it).
+    local = {} if "model.backend" in over else {"model.device": "cpu"}
     return GuardConfig().with_overrides(**{
-        "model.id": model, "model.device": "cpu", "model.max_new_tokens": 4,
+        "model.id": model, "model.max_new_tokens": 4, **local,
         "audit.path": str(tmp_path / "audit.jsonl"), "policy.deadline_ms": 120_000, **over,
     })
 

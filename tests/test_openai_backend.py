@@ -8,8 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from guard.backends.openai_backend import OpenAIBackend
-from guard.config import GuardConfig
+from guard.backends.openai_backend import OpenAIBackend, OpenAIOptions
 from guard.core import Guard
 from guard.errors import BackendError, BackendTimeout
 from guard.types import ActionProposal, Status, Verdict
@@ -112,8 +111,7 @@ def test_slow_server_times_out_within_the_deadline(server, config, frame):
 
 
 def test_backend_timeout_and_http_errors_raise(server):
-    b = OpenAIBackend("m", GuardConfig().model.openai.model_copy(
-        update={"base_url": server.url, "timeout_s": 0.2}))
+    b = OpenAIBackend("m", OpenAIOptions(base_url=server.url, timeout_s=0.2))
     from guard.backends.base import ChatPrompt, JudgeRequest
 
     req = JudgeRequest(prompt=ChatPrompt(system="", user="x"))

@@ -23,14 +23,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from guard._deps import require
 from guard.backends.base import JudgeOutput, JudgeRequest
 from guard.backends.engine import VerdictFirstEngine, verdict_first_tokens
 from guard.backends.onnx_export import DECODER_FILE, EMBED_FILE, META_FILE, VISION_FILE
+from guard.config import ModelConfig
 from guard.errors import BackendError, BackendTimeout, ConfigError
 from guard.imaging import ImageGrid
 
@@ -40,6 +42,26 @@ if TYPE_CHECKING:
     from guard.config import GuardConfig
 
 log = logging.getLogger(__name__)
+
+_AT_EXPORT = "the onnx backend runs an export, which fixes it: 'guard export onnx {flag}'"
+
+
+class OnnxModelConfig(ModelConfig):
+    """`model:` for the onnx backend: the shared fields (``id`` is the export folder) and
+    where the graphs run. What a transformers model is loaded with (adapter, dtype) is fixed
+    by the export."""
+
+    backend: str = "onnx"
+    device: str = "auto"
+    prefix_cache: bool = True
+    frame_cache: int = Field(default=4, ge=0, le=256)
+
+    foreign_hints: ClassVar[dict[str, str]] = {
+        "adapter": _AT_EXPORT.format(flag="--adapter PATH") + " merges it in",
+        "dtype": _AT_EXPORT.format(flag="--dtype fp32|fp16"),
+        "quantization": "bitsandbytes quantization is for the transformers backend; "
+        + _AT_EXPORT.format(flag="--dtype fp16") + " halves the weights",
+    }
 
 
 @dataclass
@@ -279,25 +301,17 @@ class OnnxBackend:
         """Build from `config.model` (``model.id`` is the export folder).
 
         Raises:
-            ConfigError: ``model.id`` is not set, or an adapter or quantization is asked for
-                (both belong to the export: ``guard export onnx --adapter``).
+            ConfigError: ``model.id`` is not set. (An adapter, a quantization or a dtype
+                belong to the export, ``guard export onnx``: `OnnxModelConfig` has no such
+                fields, so asking for them fails when the config is loaded.)
         """
-        m = config.model
+        from guard.backends import model_options
+
+        m = model_options(config, OnnxModelConfig)
         if not m.id:
             raise ConfigError(
                 "model.id is not set: the onnx backend needs the folder written by "
                 "'guard export onnx'"
-            )
-        if m.adapter:
-            raise ConfigError(
-                f"model.adapter = {m.adapter!r}: the onnx backend runs an export with the adapter "
-                "merged in ('guard export onnx --adapter PATH'); set model.adapter to null"
-            )
-        if m.quantization != "none":
-            raise ConfigError(
-                f"model.quantization = {m.quantization!r}: bitsandbytes quantization is for the "
-                "transformers backend; the onnx backend runs the exported graphs (float32 or "
-                "float16: 'guard export onnx --dtype')"
             )
         return cls(
             m.id,

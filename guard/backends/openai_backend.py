@@ -24,11 +24,13 @@ import io
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from guard._deps import require
 from guard.backends.base import JudgeOutput, JudgeRequest
-from guard.config import OpenAIOptions
+from guard.config import ModelConfig
 from guard.errors import BackendError, BackendTimeout, ConfigError
 from guard.imaging import ImageGrid, folder_grid
 from guard.prompting.untrusted import break_markers
@@ -37,6 +39,36 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from guard.config import GuardConfig
+
+
+class OpenAIOptions(BaseModel):
+    """An OpenAI-compatible server (vLLM, SGLang, ...)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    base_url: str = "http://localhost:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(default=10.0, gt=0)
+    temperature: float = Field(default=0.0, ge=0)
+    logprobs: bool = True
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    # How frames travel: png is lossless (the server judges the pixels a local judge would);
+    # jpeg (quality 90) is ~5-10x smaller, for thin links.
+    image_format: Literal["png", "jpeg"] = "png"
+
+
+class OpenAIModelConfig(ModelConfig):
+    """`model:` for the openai backend: the shared fields (``id`` is the served model's
+    name) and `openai:`."""
+
+    backend: str = "openai"
+    openai: OpenAIOptions = Field(default_factory=OpenAIOptions)
+
+    foreign_hints: ClassVar[dict[str, str]] = {
+        "adapter": "the server loads the model (and its adapter: vLLM --lora-modules)",
+        "quantization": "the server quantizes (e.g. vLLM --quantization)",
+        "base_url": "it goes under model.openai",
+    }
 
 
 def image_data_url(image: Image.Image, image_format: str = "png", quality: int = 90) -> str:
@@ -78,12 +110,15 @@ class OpenAIBackend:
 
     @classmethod
     def from_config(cls, config: GuardConfig) -> OpenAIBackend:
-        if not config.model.id:
+        from guard.backends import model_options
+
+        m = model_options(config, OpenAIModelConfig)
+        if not m.id:
             raise ConfigError("model.id: the openai backend needs the served model's name")
         # The grid of the served model: its folder's processor config when model.id names a
         # folder here (the server loads the same file), else the configured family's factor.
-        grid = folder_grid(config.model.id) or ImageGrid(config.image.grid_factor)
-        return cls(config.model.id, config.model.openai, grid)
+        grid = folder_grid(m.id) or ImageGrid(config.image.grid_factor)
+        return cls(m.id, m.openai, grid)
 
     @property
     def model_id(self) -> str:

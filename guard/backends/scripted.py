@@ -14,8 +14,10 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from guard.backends.base import JudgeOutput, JudgeRequest
-from guard.config import ScriptedOptions, ScriptedStep
+from guard.config import ModelConfig
 from guard.errors import BackendError
 
 if TYPE_CHECKING:
@@ -23,6 +25,35 @@ if TYPE_CHECKING:
 
 
 _KEEP_IMAGES = 16
+
+
+class ScriptedStep(BaseModel):
+    """One scripted answer: a text, a delay, or an exception to raise."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    text: str = ""
+    delay_ms: float = Field(default=0.0, ge=0)
+    raise_error: str | None = None
+    verdict_probs: dict[str, float] | None = None
+
+
+class ScriptedOptions(BaseModel):
+    """The test double: answers from a list, cycling; or by matching the action text."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    responses: list[ScriptedStep] = Field(
+        default_factory=lambda: [ScriptedStep(text="ALLOW\nrisk: 0.0")]
+    )
+    by_action: dict[str, ScriptedStep] = Field(default_factory=dict)
+
+
+class ScriptedModelConfig(ModelConfig):
+    """`model:` for the scripted backend: the shared fields and `scripted:`."""
+
+    backend: str = "scripted"
+    scripted: ScriptedOptions = Field(default_factory=ScriptedOptions)
 
 
 class ScriptedBackend:
@@ -41,7 +72,10 @@ class ScriptedBackend:
 
     @classmethod
     def from_config(cls, config: GuardConfig) -> ScriptedBackend:
-        return cls(config.model.scripted, model_id=config.model.id or "scripted")
+        from guard.backends import model_options
+
+        m = model_options(config, ScriptedModelConfig)
+        return cls(m.scripted, model_id=m.id or "scripted")
 
     @classmethod
     def answering(cls, *texts: str, delay_ms: float = 0.0) -> ScriptedBackend:

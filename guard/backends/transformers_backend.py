@@ -24,14 +24,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from guard._deps import require
 from guard.backends.base import JudgeOutput, JudgeRequest
 from guard.backends.engine import VerdictFirstEngine, verdict_first_tokens
 from guard.backends.qwen_inputs import QwenInputBuilder, UseProcessor
+from guard.config import ModelConfig
 from guard.errors import BackendError, BackendTimeout, ConfigError
 from guard.imaging import ImageGrid, pixel_bounds
 
@@ -41,6 +43,21 @@ if TYPE_CHECKING:
     from guard.config import GuardConfig
 
 log = logging.getLogger(__name__)
+
+
+class TransformersModelConfig(ModelConfig):
+    """`model:` for the transformers backend: the shared fields (``id`` is a hub id or a
+    local folder) and how the model is loaded and run."""
+
+    backend: str = "transformers"
+    adapter: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    attn_implementation: str | None = None
+    use_processor: UseProcessor = "auto"
+    prefix_cache: bool = True
+    frame_cache: int = Field(default=4, ge=0, le=256)
 
 # model_type (config.json) -> model class in transformers. All three take the same inputs.
 MODEL_CLASSES: dict[str, str] = {
@@ -405,7 +422,9 @@ class TransformersBackend:
         Raises:
             ConfigError: ``model.id`` is not set.
         """
-        m = config.model
+        from guard.backends import model_options
+
+        m = model_options(config, TransformersModelConfig)
         if not m.id:
             raise ConfigError(
                 "model.id is not set: the transformers backend needs a hub id or a model folder"

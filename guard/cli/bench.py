@@ -117,11 +117,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _guard_config(args: argparse.Namespace, text_only: bool) -> Any:
     from guard.cli.check import load_judge_config
 
-    config = load_judge_config(args, **{
+    oracle = args.backend == ORACLE
+    config = load_judge_config(argparse.Namespace(**{**vars(args), "backend": None}) if oracle
+                               else args, **{
         "policy.deadline_ms": args.deadline_ms,
         "model.max_new_tokens": args.max_new_tokens,
         "audit.path": args.audit or str(Path(args.out) / "audit.jsonl"),
     })
+    if oracle:
+        # The oracle is this command's option, not a backend a config may name: a scripted
+        # judge (`run` hands the Guard one) whose answers come from the suite's items.
+        shared = config.model.model_dump(include={"max_new_tokens", "rationale", "warmup"})
+        config = config.with_overrides(model={**shared, "backend": "scripted", "id": ORACLE})
     # Benchmark frames are files, not a live camera: their age means nothing.
     overrides: dict[str, Any] = {"policy.max_frame_age_ms": None}
     if text_only:
@@ -197,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
     backend = None
-    if config.model.backend == ORACLE:
+    if args.backend == ORACLE:
         from guard.bench.oracle import OracleBackend
 
         img = config.image

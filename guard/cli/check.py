@@ -46,8 +46,8 @@ def add_judge_arguments(p: argparse.ArgumentParser, *, audit: bool = True) -> No
     p.add_argument("--model", default=None, metavar="ID_OR_PATH",
                    help="judge model: hub id or local folder (overrides model.id)")
     p.add_argument("--backend", default=None, metavar="NAME",
-                   help="judge backend: transformers, openai, onnx, scripted, oracle (bench) "
-                   "(overrides model.backend)")
+                   help="judge backend: transformers, onnx, openai, scripted or a registered one "
+                   "(overrides model.backend; guard bench also takes oracle)")
     p.add_argument("--adapter", default=None, metavar="PATH",
                    help="PEFT adapter folder for the transformers backend")
     p.add_argument("--template", default=None, metavar="NAME_OR_YAML",
@@ -59,9 +59,14 @@ def add_judge_arguments(p: argparse.ArgumentParser, *, audit: bool = True) -> No
 
 
 def load_judge_config(args: argparse.Namespace, **extra: object) -> GuardConfig:
-    """Config file + the shared flag overrides. Raises UsageError/ConfigError."""
+    """Config file + the shared flag overrides.
+
+    Raises:
+        ConfigError: The config file does not validate.
+        UsageError: A flag's file is missing, or the config cannot take a flag's value.
+    """
     from guard.config import load_config
-    from guard.errors import UsageError
+    from guard.errors import ConfigError, UsageError
 
     if args.config is not None and not Path(args.config).is_file():
         raise UsageError(f"--config {args.config}: file not found")
@@ -75,7 +80,13 @@ def load_judge_config(args: argparse.Namespace, **extra: object) -> GuardConfig:
         **extra,
     }
     # A flag left out (None) keeps the config's value.
-    return config.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return config.with_overrides("command-line flags", **given)
+    except ConfigError as exc:
+        # A flag the config cannot take (an unknown --backend, --adapter for a backend
+        # without adapters) is a usage error, exit 2, not a config file that does not validate.
+        raise UsageError(str(exc)) from None
 
 
 def first_line(exc: BaseException) -> str:

@@ -171,7 +171,7 @@ def test_openai_judge_on_a_closed_port_then_back_up(tmp_path):
     the same address, judges every item again and exits 0."""
     port = free_port()
     config = tmp_path / "openai.yaml"
-    config.write_text(f"model:\n  openai:\n    base_url: http://127.0.0.1:{port}/v1\n"
+    config.write_text(f"model:\n  backend: openai\n  openai:\n    base_url: http://127.0.0.1:{port}/v1\n"
                       "    logprobs: false\n")
     args = ("--suite", "safeagentbench", "--data", FIXTURES / "safeagentbench_1009",
             "--out", tmp_path / "R", "--backend", "openai", "--model", "judge", "--config",

@@ -99,7 +99,9 @@ def _run_node(ros_args: list[str]) -> int:
     from guard.backends import register_backend
     from guard_ros.guard_node import main as node_main
 
-    register_backend(ConstantJudge.name, f'{__name__}:ConstantJudge')
+    # Configured as the scripted judge is (model.scripted), so its config class is that one.
+    register_backend(ConstantJudge.name, f'{__name__}:ConstantJudge',
+                     'guard.backends.scripted:ScriptedModelConfig')
     return node_main(['guard_bench_node', *ros_args])
 
 
