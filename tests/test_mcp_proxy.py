@@ -398,6 +398,21 @@ def test_one_call_through_the_embedded_transformers_model(work: Path) -> None:
     assert record["answer"]
 
 
+# -- the example ---------------------------------------------------------------------------------
+
+
+def test_the_example_runs_offline_as_written() -> None:
+    proc = subprocess.run(
+        [sys.executable, "examples/mcp_proxy/client.py"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "turn_on_stove({'burner': 2}) -> ERROR" in out and "the towel ignites" in out
+    assert "move_base({'x': 1.0, 'y': 2.0}) -> ok" in out
+    assert out.rstrip().endswith("OK, 5 records, chain intact")
+
+
 # -- the command line ----------------------------------------------------------------------------
 
 
