@@ -108,10 +108,16 @@ def _load_launch_file(monkeypatch: pytest.MonkeyPatch, share: str) -> Any:
 
     fakes = {
         "launch": {"LaunchDescription": Recorder},
-        "launch.actions": {"DeclareLaunchArgument": Recorder, "OpaqueFunction": Recorder},
+        "launch.actions": {name: Recorder for name in (
+            "DeclareLaunchArgument", "OpaqueFunction", "RegisterEventHandler", "EmitEvent",
+            "LogInfo")},
+        "launch.events": {"matches_action": lambda action: ("matches", action)},
         "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration},
         "launch_ros": {},
         "launch_ros.actions": {"LifecycleNode": Recorder},
+        "launch_ros.event_handlers": {"OnStateTransition": Recorder},
+        "launch_ros.events": {},
+        "launch_ros.events.lifecycle": {"ChangeState": Recorder},
         "ament_index_python": {},
         "ament_index_python.packages": {"get_package_share_directory": lambda pkg: share},
     }
@@ -125,16 +131,28 @@ def _load_launch_file(monkeypatch: pytest.MonkeyPatch, share: str) -> Any:
 
 
 def test_launch_file_arguments_and_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    from guard_ros.params import PARAMETERS
+    from lifecycle_msgs.msg import Transition
+
     launch = _load_launch_file(monkeypatch, "/opt/share/guard_ros")
     description = launch.generate_launch_description()
     *declared, opaque = description.args[0]
     defaults = {a.args[0]: a.kwargs["default_value"] for a in declared}
     assert all(a.kwargs["description"] for a in declared)
     assert defaults["params_file"] == "/opt/share/guard_ros/config/guard_params.yaml"
+    # Every argument that sets a parameter names one of the node's, with its type.
+    for name, kind in launch.PARAMETER_ARGUMENTS.items():
+        assert name in defaults, name
+        if name != "use_sim_time":
+            assert type(PARAMETERS[name].default) is kind, name
+    for name in ("enable_stamped_cmd_vel", "stop_pub_timeout", "cmd_vel_in_topic",
+                 "cmd_vel_out_topic", "gate_cmd_vel", "autostart"):
+        assert name in launch.PARAMETER_ARGUMENTS, name
 
     context = {**defaults, "model": "/models/m", "gate_cmd_vel": "true", "namespace": "robot",
-               "cmd_vel_in_topic": "/cmd_vel_nav", "cmd_vel_topic": "/cmd_vel"}
-    node, = opaque.kwargs["function"](context)
+               "cmd_vel_in_topic": "/cmd_vel_nav", "cmd_vel_out_topic": "/cmd_vel",
+               "stop_pub_timeout": "0.5", "enable_stamped_cmd_vel": "True"}
+    node, *events = opaque.kwargs["function"](context)
     kwargs = node.kwargs
     assert (kwargs["package"], kwargs["executable"], kwargs["name"]) == (
         "guard_ros", "guard_node", "guard_node")
@@ -143,10 +161,32 @@ def test_launch_file_arguments_and_node(monkeypatch: pytest.MonkeyPatch) -> None
     assert params_file == defaults["params_file"]
     # Empty arguments leave the params file's values alone.
     assert overrides == {"model": "/models/m", "gate_cmd_vel": True, "autostart": True,
-                         "use_sim_time": False}
+                         "use_sim_time": False, "cmd_vel_in_topic": "/cmd_vel_nav",
+                         "cmd_vel_out_topic": "/cmd_vel", "stop_pub_timeout": 0.5,
+                         "enable_stamped_cmd_vel": True}
     remaps = dict(kwargs["remappings"])
-    assert remaps["cmd_vel_in"] == "/cmd_vel_nav" and remaps["cmd_vel"] == "/cmd_vel"
     assert remaps["camera/image_raw"] == "camera/image_raw"
+    # autostart: the node configures itself; launch only logs each transition.
+    handlers = [e.args[0].kwargs for e in events]
+    assert [h["goal_state"] for h in handlers] == list(launch.STATES)
+    assert all(h["target_lifecycle_node"] is node for h in handlers)
+
+    def driven(**args: str) -> list[Any]:
+        return opaque.kwargs["function"]({**context, **args})[1:]
+
+    # autostart false: launch configures, and activates once configuring reached inactive.
+    *logs, activate, configure = driven(autostart="false")
+    assert len(logs) == len(launch.STATES)
+    on_configured = activate.args[0].kwargs
+    assert (on_configured["start_state"], on_configured["goal_state"]) == (
+        "configuring", "inactive")
+    change = on_configured["entities"][-1].kwargs["event"].kwargs
+    assert change["transition_id"] == Transition.TRANSITION_ACTIVATE
+    assert change["lifecycle_node_matcher"][1].kwargs["name"] == "guard_node"
+    assert configure.kwargs["event"].kwargs["transition_id"] == (
+        Transition.TRANSITION_CONFIGURE)
+    # ... unless a lifecycle manager (nav2's) does both.
+    assert len(driven(autostart="false", use_lifecycle_manager="true")) == len(launch.STATES)
 
 
 def test_launch_file_with_launch_ros() -> None:
