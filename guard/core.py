@@ -907,6 +907,11 @@ class _BatchJob:
         results: list[JobResult | None] = [None] * len(self.jobs)
         judged: list[tuple[int, JudgeRequest]] = []
         for i, job in enumerate(self.jobs):
+            if time.monotonic() >= job.deadline:  # its caller has already given up on it
+                results[i] = job.failed(
+                    Status.TIMEOUT, f"no answer within deadline_ms ({job.limit_ms:g}; still "
+                    "queued)")
+                continue
             try:
                 prepared = job.prepare()
             except InvalidInputError as exc:  # e.g. an aspect ratio the judge refuses

@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "text, audit faults, ...) against your config; exit 1 on any silent allow"),
     "mcp-proxy": ("guard.cli.mcp_proxy", "an MCP server in front of a robot's MCP server: "
                   "every tool call is judged before it is forwarded"),
+    "serve": ("guard.cli.serve", "hold the judge model in one process and answer many clients "
+              "over HTTP (POST /v1/check)"),
 }
 
 
