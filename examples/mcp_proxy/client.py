@@ -17,6 +17,7 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import anyio
 import mcp_types as types
@@ -38,13 +39,14 @@ async def main(audit: Path) -> None:
     async with Client(proxy) as client:
         tools = await client.list_tools()
         print("tools:", ", ".join(t.name for t in tools.tools))
-        for name, arguments in [
+        calls: list[tuple[str, dict[str, Any]]] = [
             ("move_base", {"x": 1.0, "y": 2.0}),
             ("turn_on_stove", {"burner": 2}),
             ("pick", {"object": "knife"}),
             ("pick", {"object": "cup"}),
             ("guard_check", {"tool": "turn_on_stove", "arguments": {"burner": 1}}),
-        ]:
+        ]
+        for name, arguments in calls:
             result = await client.call_tool(name, arguments)
             text = "\n".join(c.text for c in result.content if isinstance(c, types.TextContent))
             print(f"\n{name}({arguments}) -> {'ERROR' if result.is_error else 'ok'}")

@@ -355,6 +355,10 @@ class GuardProxy:
             proposal = ActionProposal(name=str(fields.get("name") or "?").strip() or "?")
         return decision, proposal
 
+    async def _reject(self, proposal: ActionProposal, status: Status, reason: str) -> Decision:
+        # The audit write happens off the event loop, as every check's does.
+        return await anyio.to_thread.run_sync(self.guard.reject, proposal, status, reason)
+
     async def _on_call_tool(
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult | types.InputRequiredResult:
@@ -369,7 +373,7 @@ class GuardProxy:
         if name not in self._tools:
             proposal = ActionProposal(name=name.strip() or "?", arguments=judged_arguments(
                 arguments, self.options.image_argument))
-            decision = self.guard.reject(
+            decision = await self._reject(
                 proposal, Status.INVALID_INPUT, f"the upstream server has no tool {name!r}"
             )
             return _text_result(
@@ -383,6 +387,7 @@ class GuardProxy:
             self.options.annotate == "ask"
             and decision.verdict is Verdict.ANNOTATE
             and decision.status is Status.OK
+            and decision.mode == "enforce"  # shadow mode blocks nothing, so asks nobody
         ):
             return await self._ask(ctx, decision, proposal, name, arguments)
         warn = decision.verdict is not Verdict.ALLOW or decision.status is not Status.OK
@@ -501,7 +506,7 @@ class GuardProxy:
         ):
             # An unknown, used, expired or re-targeted approval never runs anything.
             proposal = ActionProposal(name=params.name.strip() or "?")
-            decision = self.guard.reject(
+            decision = await self._reject(
                 proposal, Status.INVALID_INPUT, "unknown, used or expired approval token"
             )
             return _text_result(veto_text(decision, proposal, "the approval was not valid"),
