@@ -38,6 +38,7 @@ from guard.freshness import frame_freshness
 from guard.imaging import check_array, resize_for_judge
 from guard.policy import RuleOutcome, compile_rules, decide, evaluate_rules, failure_verdict
 from guard.prompting import (
+    DEFAULT_ANSWER_MODE,
     ParseError,
     load_template,
     parse_answer,
@@ -524,11 +525,14 @@ class Guard:
             return self._failed(Status.ERROR, f"backend answer rejected: {problem}", rules), None
         record["answer"] = output.text[:_MAX_AUDIT_ANSWER_CHARS]
         record["timings_ms"] = output.timings_ms
+        mode = self._template.answer_mode
         try:
-            answer = parse_answer(output.text)
+            answer = parse_answer(output.text, mode)
         except ParseError as exc:
             return self._failed(Status.ERROR, f"unparseable answer: {exc}", rules), None
-        verdict, risk = decide(answer, output.verdict_probs, rules, policy)
+        # A projection-first answer's first token is no verdict: its probabilities say nothing.
+        probs = output.verdict_probs if mode == DEFAULT_ANSWER_MODE else None
+        verdict, risk = decide(answer, probs, rules, policy)
         rationale = " ".join(s for s in (answer.consequence, answer.rationale) if s)
         pending = None
         if output.rationale is not None:
@@ -677,7 +681,7 @@ class Guard:
         if text is not None:
             payload["answer"] = str(text)[:_MAX_AUDIT_ANSWER_CHARS]
             try:
-                answer = parse_answer(text)
+                answer = parse_answer(text, self._template.answer_mode)
                 # What deciding on the whole answer would have given: an audit can find the
                 # checks where the verdict alone decided differently.
                 full_verdict, full_risk = decide(
@@ -879,7 +883,9 @@ class _Job:
             prompt=guard._template.render(self.action, images),
             max_new_tokens=guard.config.model.max_new_tokens,
             deadline=self.deadline,
-            rationale=guard.config.model.rationale,
+            # the verdict comes after the projection: only the whole answer holds it
+            rationale=(guard.config.model.rationale
+                       if guard._template.answer_mode == DEFAULT_ANSWER_MODE else "sync"),
         )
         trace.prompt = {"system": request.prompt.system, "user": request.prompt.user}
         if guard.config.audit.include_prompt:

@@ -8,7 +8,13 @@ from guard.prompting.action import (
     resolve_action_format,
     trained_action_format,
 )
-from guard.prompting.parser import ParsedAnswer, ParseError, parse_answer
+from guard.prompting.parser import (
+    ANSWER_MODES,
+    DEFAULT_ANSWER_MODE,
+    ParsedAnswer,
+    ParseError,
+    parse_answer,
+)
 from guard.prompting.template import (
     DEFAULT_TEMPLATE,
     PromptTemplate,
@@ -17,7 +23,8 @@ from guard.prompting.template import (
     trained_template,
 )
 
-__all__ = ["ACTION_FORMATS", "DEFAULT_ACTION_FORMAT", "DEFAULT_TEMPLATE", "ParseError",
+__all__ = ["ACTION_FORMATS", "ANSWER_MODES", "DEFAULT_ACTION_FORMAT", "DEFAULT_ANSWER_MODE",
+           "DEFAULT_TEMPLATE", "ParseError",
            "ParsedAnswer", "PromptTemplate", "load_template", "parse_answer", "render_action",
            "resolve_action_format", "resolve_template", "trained_action_format",
            "trained_template"]

@@ -12,6 +12,7 @@ from PIL import Image
 
 from guard.backends.base import ChatPrompt
 from guard.errors import ConfigError
+from guard.prompting.parser import ANSWER_MODES, DEFAULT_ANSWER_MODE
 from guard.prompting.untrusted import untrusted_text
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -20,9 +21,20 @@ _PLACEHOLDER = re.compile(r"\{(action|n_frames)\}")
 
 @dataclass(frozen=True)
 class PromptTemplate:
+    """A judge prompt: its system and user parts, and the answer mode they ask for.
+
+    Attributes:
+        name: The template's name.
+        system: The system turn.
+        user: The user turn, with the ``{action}`` (and optionally ``{n_frames}``) placeholder.
+        answer_mode: ``verdict_first`` (the deployed fast path) or ``projection_first`` (the
+            consequence projection, then the verdict); the parser reads answers in this mode.
+    """
+
     name: str
     system: str
     user: str
+    answer_mode: str = DEFAULT_ANSWER_MODE
 
     def render(self, action: str, images: tuple[Image.Image, ...] = ()) -> ChatPrompt:
         """The judge's prompt for `action` on `images`.
@@ -97,8 +109,13 @@ def load_template(name_or_path: str) -> PromptTemplate:
         raise ConfigError(f"{path}: a template needs a 'user' string (and optionally 'system')")
     if "{action}" not in data["user"]:
         raise ConfigError(f"{path}: the 'user' part must contain the {{action}} placeholder")
+    mode = data.get("answer_mode", DEFAULT_ANSWER_MODE)
+    if mode not in ANSWER_MODES:
+        raise ConfigError(f"{path}: answer_mode = {mode!r}; expected one of "
+                          f"{', '.join(ANSWER_MODES)}")
     return PromptTemplate(
         name=str(data.get("name", path.stem)),
         system=str(data.get("system", "")),
         user=data["user"],
+        answer_mode=mode,
     )
