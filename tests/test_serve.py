@@ -546,3 +546,79 @@ def test_guard_serve_command(tmp_path: Path) -> None:
 @pytest.fixture
 def _unused() -> Iterator[None]:
     yield
+
+
+def _cli(*argv: str) -> tuple[int, dict[str, Any], str]:
+    """`guard ...` in this process: exit code, the decision printed, stderr."""
+    import contextlib
+
+    from guard.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, json.loads(out.getvalue()) if out.getvalue() else {}, err.getvalue()
+
+
+def test_guard_check_server_prints_the_servers_decision(scripted: GuardConfig,
+                                                        tmp_path: Path) -> None:
+    image = tmp_path / "frame.png"
+    image.write_bytes(_png(3))
+    local = tmp_path / "client-audit.jsonl"
+    with Server(scripted, ServeOptions(token="tok")) as srv:
+        srv.wait_ready()
+        token = tmp_path / "token"
+        token.write_text("tok")
+        code, decision, _ = _cli("check", "--server", srv.url, "--token-file", str(token),
+                                 "--image", str(image), "--action", "turn on the stove",
+                                 "--tool", "stove_on", "--audit", str(local))
+        assert code == 3 and (decision["verdict"], decision["status"]) == ("veto", "ok")
+        assert decision["hazards"][0]["category"] == "fire"
+        code, decision, _ = _cli("check", "--server", srv.url, "--token-file", str(token),
+                                 "--image", str(image), "--action", "turn on the tap")
+        assert code == 0 and decision["verdict"] == "allow"
+        # The server decided and audited both; nothing failed on this side.
+        served = [r["decision"]["id"] for r in _records(Path(scripted.audit.path))]
+        assert decision["id"] in served and len(served) == 2
+        assert not local.exists() or _records(local) == []
+        # A wrong token brings no decision back: a veto audited here.
+        token.write_text("wrong")
+        code, decision, err = _cli("check", "--server", srv.url, "--token-file", str(token),
+                                   "--image", str(image), "--action", "turn on the tap",
+                                   "--audit", str(local))
+        assert code == 3 and (decision["verdict"], decision["status"]) == ("veto", "error")
+        assert "HTTP 401" in decision["error"] and "HTTP 401" in err
+    assert [r["decision"]["status"] for r in _records(local)] == ["error"]
+    assert verify(local).ok
+
+
+def test_a_server_down_or_late_is_a_veto(tmp_path: Path) -> None:
+    import socket
+
+    image = tmp_path / "frame.png"
+    image.write_bytes(_png(3))
+    local = tmp_path / "client-audit.jsonl"
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+    code, decision, _ = _cli("check", "--server", down, "--image", str(image),
+                             "--action", "turn on the tap", "--audit", str(local))
+    assert code == 3 and (decision["verdict"], decision["status"]) == ("veto", "error")
+    assert "unreachable" in decision["error"]
+    config = GuardConfig().with_overrides(**{
+        "audit.path": str(tmp_path / "server.jsonl"), "model.backend": "scripted",
+        "model.scripted.responses": [{"text": "ALLOW\nrisk: 0.0", "delay_ms": 1500}],
+    })
+    with Server(config) as srv:
+        srv.wait_ready()
+        code, decision, _ = _cli("check", "--server", srv.url, "--image", str(image),
+                                 "--action", "turn on the tap", "--audit", str(local),
+                                 "--server-timeout-s", "0.3")
+    assert code == 3 and (decision["verdict"], decision["status"]) == ("veto", "timeout")
+    assert [r["decision"]["status"] for r in _records(local)] == ["error", "timeout"]
+    assert verify(local).ok
+    code, _, err = _cli("check", "--server", "ftp://x", "--image", str(image), "--action", "x")
+    assert code == 2 and "--server: 'ftp://x' is not an http:// or https:// URL" in err
+    code, _, err = _cli("check", "--server", down, "--model", "m", "--image", str(image),
+                        "--action", "x")
+    assert code == 2 and "--model: not used with --server" in err

@@ -36,6 +36,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_judge_arguments(p)
     p.add_argument("--deadline-ms", type=float, default=None, metavar="N",
                    help="answer within N ms or veto with status=timeout (overrides the config)")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="ask a running 'guard serve' at URL instead of loading a model here "
+                   "(its model, policy and audit log decide; an unreachable or late server is "
+                   "a veto, audited here); the bearer token comes from --token-file or "
+                   "GUARD_SERVE_TOKEN")
+    p.add_argument("--token-file", default=None, metavar="PATH",
+                   help="file holding the bearer token for --server")
+    p.add_argument("--server-timeout-s", type=float, default=30.0, metavar="S",
+                   help="give up on --server after S seconds: a timeout veto (default: 30)")
 
 
 def add_judge_arguments(p: argparse.ArgumentParser, *, audit: bool = True) -> None:
@@ -151,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--arguments: not valid JSON ({exc})") from None
         if not isinstance(arguments, dict):
             raise UsageError("--arguments: must be a JSON object")
+    if args.server is not None:
+        return _run_remote(args, arguments, unreadable)
     try:
         config = load_judge_config(args, **{"policy.deadline_ms": args.deadline_ms})
     except ConfigError as exc:
@@ -183,3 +194,48 @@ def run(args: argparse.Namespace) -> int:
         except InvalidInputError as exc:
             return _emit(guard.reject(proposal, Status.INVALID_INPUT, str(exc)))
         return _emit(guard.check(frames, proposal))
+
+
+def _run_remote(args: argparse.Namespace, arguments: object, unreadable: str | None) -> int:
+    """`guard check --server URL`: the server judges; a request that brings no decision back
+    is this side's audited veto (timeout or error), never an allow."""
+    import base64
+
+    from guard.cli.serve import read_token
+    from guard.config import AuditConfig, load_config
+    from guard.core import unjudged
+    from guard.errors import UsageError
+    from guard.serve.client import RemoteFailure, check_url, post_check
+    from guard.types import Status
+
+    for flag in ("model", "backend", "adapter", "template"):
+        if getattr(args, flag) is not None:
+            raise UsageError(f"--{flag}: not used with --server (the server's model judges)")
+    try:
+        check_url(args.server)
+    except ValueError as exc:
+        raise UsageError(f"--server: {exc}") from None
+    if not args.server_timeout_s > 0:
+        raise UsageError(f"--server-timeout-s {args.server_timeout_s:g}: must be positive")
+    if args.deadline_ms is not None and not args.deadline_ms > 0:
+        raise UsageError(f"--deadline-ms {args.deadline_ms:g}: must be positive")
+    token = read_token(args.token_file)
+    # This side's log takes only the vetoes of requests that brought no decision back.
+    audit = load_config(args.config).audit if args.config else AuditConfig()
+    if args.audit is not None:
+        audit = audit.model_copy(update={"path": args.audit})
+    proposal = {"name": args.tool, "description": args.action, "arguments": arguments}
+    if unreadable is not None:
+        return _emit(unjudged(Status.INVALID_INPUT, unreadable, audit=audit,
+                              proposal={**proposal, "arguments": {}}))
+    body: dict[str, object] = {
+        "action": args.action, "tool": args.tool, "arguments": arguments,
+        "images": [base64.b64encode(Path(p).read_bytes()).decode() for p in args.image],
+    }
+    if args.deadline_ms is not None:
+        body["deadline_ms"] = args.deadline_ms
+    try:
+        decision = post_check(args.server, body, token=token, timeout_s=args.server_timeout_s)
+    except RemoteFailure as exc:
+        decision = unjudged(exc.status, exc.message, audit=audit, proposal=proposal)
+    return _emit(decision)
