@@ -126,3 +126,13 @@ def test_an_approval_that_cannot_be_audited_is_a_refusal(guard):
     guard.audit.append = append  # type: ignore[method-assign]
     result = gate.check("move_towel", {"target": "sink"})
     assert not result.run and "could not be audited" in json.loads(result.message)["reason"]
+
+
+def test_the_judge_reads_the_descriptions_first_line(guard, audit_path):
+    """As for a decorated tool's docstring and an MCP tool in `guard mcp-proxy`: one tool is
+    one proposal, whichever front end it arrives through."""
+    ToolGate(guard, frames=camera()).check(
+        "move_to", {"place": "sink"},
+        description="\n  Drive the robot base to a named place.\n\n  Args:\n    place: where.\n")
+    (record,) = decisions_for(audit_path, "move_to")
+    assert record["proposal"]["description"] == "Drive the robot base to a named place."

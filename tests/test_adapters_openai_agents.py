@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import agents
 import pytest
 from agents import Agent, RunConfig, Runner, function_tool
 from agents.exceptions import ToolInputGuardrailTripwireTriggered
+from agents.mcp import MCPServerStdio
 from agents.testing import ScriptedModel, assistant_message, function_call
 
 from guard.errors import UsageError
@@ -163,3 +166,31 @@ def test_the_guardrail_alone_on_one_tool(guard):
     assert robot.runs == []
     with pytest.raises(ValueError, match="on_veto"):
         guard_tool_input_guardrail(guard, on_veto="ignore")  # type: ignore[arg-type]
+
+
+ROBOT_SERVER = Path(__file__).resolve().parents[1] / "examples" / "mcp_proxy" / "robot_server.py"
+
+
+def test_a_real_mcp_servers_tools_are_guarded(guard, audit_path, tmp_path):
+    """The robot's MCP server over stdio (the SDK's own MCP client): its vetoed tool never
+    reaches it, the allowed one does, and the judge reads the server's tool description."""
+    calls = tmp_path / "calls.jsonl"
+    model = ScriptedModel([[function_call("turn_on_stove", {"burner": 2}, call_id="call_1")],
+                           [function_call("move_base", {"x": 1, "y": 2}, call_id="call_2")],
+                           [assistant_message("done")]])
+
+    async def go() -> None:
+        params = {"command": sys.executable, "args": [str(ROBOT_SERVER), "--calls", str(calls)]}
+        async with MCPServerStdio(params=params, name="robot") as server:
+            agent = guard_agent(Agent(name="robot", model=model, mcp_servers=[server]), guard,
+                                frames=camera())
+            await Runner.run(agent, "Boil water for tea.", run_config=OFFLINE)
+
+    asyncio.run(go())
+    ran = [json.loads(line)["tool"] for line in calls.read_text().splitlines()]
+    assert ran == ["move_base"]  # the stove call never reached the robot
+    assert CONSEQUENCE in tool_output(model, "call_1")
+    (stove,) = decisions_for(audit_path, "turn_on_stove")
+    assert stove["decision"]["verdict"] == "veto"
+    assert stove["proposal"]["description"] == "Turn on one burner of the stove."
+    assert decisions_for(audit_path, "move_base")[0]["decision"]["verdict"] == "allow"

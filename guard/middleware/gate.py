@@ -7,10 +7,13 @@
     else:
         reply(result.message)     # what the model reads instead: the veto and its consequences
 
-The agent-framework adapters (`openai_agents`, `langchain_agent`, `pydantic_ai`) meet a tool call
-as a name, arguments (a dict, or the JSON text the model wrote) and a description; this is where
-they become one judgement, exactly as for a decorated tool: the proposal is built and judged by
-`decorator.Judge`, whose `outcome` decides whether the call is blocked or a warning is due.
+The agent-framework adapters (`openai_agents`, `langchain_agent`, `pydantic_ai_tools`) meet a
+tool call as a name, arguments (a dict, or the JSON text the model wrote) and a description;
+this is where they become one judgement, exactly as for a decorated tool: the proposal is built
+and judged by `decorator.Judge`, whose `outcome` decides whether the call is blocked or a
+warning is due. The judge reads the description's first line, as for a decorated tool (its
+docstring's first line) and in `guard mcp-proxy` (the MCP tool's), so one tool is one proposal
+whichever front end it arrives through.
 
 What the gate adds is human approval. A decision that lets the call run but is not a clean
 allow (an annotate, or a failed check the policy lets pass) goes to `approve(decision,
@@ -142,7 +145,7 @@ class ToolGate:
             arguments: The call's arguments: a mapping, or the JSON object text the model
                 wrote ('' or None: none). Text that is not a JSON object is an audited
                 invalid_input veto.
-            description: What the tool does (the judge reads it with the name).
+            description: What the tool does (the judge reads its first line with the name).
             call_id: The framework's tool-call id, kept as the proposal id (None: a new id).
 
         Returns:
@@ -213,7 +216,7 @@ class ToolGate:
         def make() -> ActionProposal:
             raw = dict(arguments) if isinstance(arguments, Mapping) else arguments
             return proposal_from_call(
-                name, parse_arguments(raw), description=description, id=call_id
+                name, parse_arguments(raw), description=first_line(description), id=call_id
             )
 
         return self._judge.propose(make, str(name or ""))
@@ -261,8 +264,16 @@ class ToolGate:
         )
 
 
+def first_line(description: str | None) -> str:
+    """The first non-blank line of a tool's description: what the judge reads."""
+    for line in (description or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
 def _failed(exc: Exception) -> str:
     return f"the approver failed: {type(exc).__name__}: {exc}"
 
 
-__all__ = ["Approver", "GateResult", "ToolGate", "declined_message"]
+__all__ = ["Approver", "GateResult", "ToolGate", "declined_message", "first_line"]

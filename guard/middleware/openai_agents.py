@@ -28,7 +28,9 @@ computer, apply-patch, custom, hosted MCP) unless its name is passed in `unguard
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from guard.errors import MissingExtraError, UsageError
@@ -38,7 +40,10 @@ from guard.middleware.gate import Approver, GateResult, ToolGate
 if TYPE_CHECKING:
     from guard.core import Guard
 
+log = logging.getLogger("guard.middleware")
+
 OnVeto = Literal["reject", "raise"]
+Describe = Callable[[str], str | Awaitable[str]]
 GUARDRAIL_NAME = "embodied_guard"
 
 # Tools that run on the provider's side and cannot reach the robot: nothing to guard here.
@@ -54,7 +59,9 @@ def _require_agents() -> Any:
     try:
         import agents
     except ImportError as exc:
-        raise MissingExtraError("openai-agents", "agents-openai", "the OpenAI Agents guardrail") from exc
+        raise MissingExtraError(
+            "openai-agents", "agents-openai", "the OpenAI Agents guardrail"
+        ) from exc
     return agents
 
 
@@ -65,6 +72,27 @@ def _description(agent: Any, name: str) -> str:
         if getattr(tool, "name", None) == name:
             return str(getattr(tool, "description", "") or "")
     return ""
+
+
+class _ServerDescriptions:
+    """An MCP server's tool descriptions, listed once and again for a name not seen yet (the
+    server's tool list can change); a listing that fails leaves the description empty, and
+    the call is judged all the same."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.known: dict[str, str] = {}
+
+    async def __call__(self, name: str) -> str:
+        if name not in self.known:
+            try:
+                tools = await self.server.list_tools()
+            except Exception as exc:
+                log.debug("listing the tools of MCP server %r failed: %s",
+                          getattr(self.server, "name", "?"), exc)
+                return ""
+            self.known = {str(t.name): str(t.description or t.title or "") for t in tools}
+        return self.known.get(name, "")
 
 
 def _output_info(result: GateResult) -> dict[str, Any]:
@@ -83,6 +111,7 @@ def guard_tool_input_guardrail(
     on_warning: WarningHandler = log_warning,
     on_veto: OnVeto = "reject",
     name: str = GUARDRAIL_NAME,
+    describe: Describe | None = None,
 ) -> Any:
     """A `ToolInputGuardrail` that judges each function tool call with the guard.
 
@@ -95,6 +124,8 @@ def guard_tool_input_guardrail(
         on_veto: "reject" (default: the model reads the veto as the tool's output) or
             "raise" (the run stops with `ToolInputGuardrailTripwireTriggered`).
         name: The guardrail's name in the SDK's results and traces.
+        describe: The description of a tool the agent does not list (sync or async, by tool
+            name); `guard_agent` gives each MCP server's guardrail one that asks the server.
 
     Returns:
         An `agents.ToolInputGuardrail`; put it in a tool's `tool_input_guardrails`, or use
@@ -112,10 +143,14 @@ def guard_tool_input_guardrail(
 
     async def judge_tool_call(data: Any) -> Any:
         context = data.context
+        description = _description(data.agent, context.tool_name)
+        if not description and describe is not None:
+            got = describe(context.tool_name)
+            description = str(await got if inspect.isawaitable(got) else got)
         result = await gate.acheck(
             context.tool_name,
             context.tool_arguments,
-            description=_description(data.agent, context.tool_name),
+            description=description,
             call_id=context.tool_call_id or None,
         )
         info = _output_info(result)
@@ -154,7 +189,7 @@ def guard_agent(
         unguarded: Names of non-function tools that can act (shell, computer, apply-patch,
             custom, hosted MCP) to accept without a guard; any other such tool is refused.
         **options: `guard_tool_input_guardrail` options (frames, approve, on_warning,
-            on_veto, name).
+            on_veto, name); MCP servers' guardrails describe tools by asking the server.
 
     Returns:
         The same agent.
@@ -182,7 +217,8 @@ def guard_agent(
                     "judge its calls; remove it or pass its name in unguarded="
                 )
         for server in getattr(current, "mcp_servers", None) or ():
-            _attach(server, guardrail)
+            _attach(server, guard_tool_input_guardrail(
+                guard, **{**options, "describe": _ServerDescriptions(server)}))
         todo.extend(h for h in getattr(current, "handoffs", None) or ()
                     if isinstance(h, agents.Agent))
     return agent
