@@ -202,7 +202,7 @@ def _run_config(cfg: ExperimentConfig, phase: PhaseSpec, seed: int, model_id: Pa
 
 
 def _evaluate(cfg: ExperimentConfig, model_dir: Path, items: dict[str, list[Any]],
-              out: Path) -> dict[str, Any]:
+              out: Path, *, record: bool = True) -> dict[str, Any]:
     from training.constitution import load_constitution
     from training.evaluate import constitution_effect, evaluate, load_for_eval
 
@@ -222,6 +222,18 @@ def _evaluate(cfg: ExperimentConfig, model_dir: Path, items: dict[str, list[Any]
             for r in results:
                 fh.write(json.dumps({"id": r.id, "answer": r.answer, "correct": r.correct})
                          + "\n")
+    # a model folder this experiment wrote carries what it measured in its card; a
+    # warm_start_from folder is someone else's and stays untouched
+    if record:
+        from training.card import record_evaluation, write_model_card
+
+        for split, rep in reports.items():
+            record_evaluation(model_dir, rep, split=split, seed=cfg.eval.seed,
+                              n=len(items[split]), preset="custom" if cfg.world else "default",
+                              verdict_only=cfg.eval.verdict_only, template=cfg.template,
+                              command="python -m training.experiment (its eval section)",
+                              write_card=False)
+        write_model_card(model_dir)
     return reports
 
 
@@ -367,7 +379,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]:
         if shared is None:
             warm_dir, warm = _warm_start(cfg, seed, sd, build_tiny_model, train)
             (sd / "warm_start").mkdir(parents=True, exist_ok=True)
-            warm["eval"] = _evaluate(cfg, warm_dir, eval_items, sd / "warm_start")
+            warm["eval"] = _evaluate(cfg, warm_dir, eval_items, sd / "warm_start",
+                                     record=cfg.warm_start_from is None or bool(cfg.warm_start))
             if cfg.shared_warm_start:
                 shared = (warm_dir, warm)
         else:

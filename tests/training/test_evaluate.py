@@ -73,6 +73,14 @@ def test_experiment_smoke_writes_results_table_and_curves(tmp_path: Path) -> Non
     assert "constitution shift" in (tmp_path / "results.md").read_text()
     assert "| caspo | test_ood |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "curves.png").stat().st_size > 0
+    # each model folder's card carries what the experiment measured on it
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "seed0" / "caspo" / "model" / "README.md")
+    got = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    measured = results["seeds"]["0"]["caspo"]["eval"]
+    assert got[("test_ood", "r0")] == measured["test_ood"]["r0"]
+    assert got[("test_iid", "accuracy")] == measured["test_iid"]["accuracy"]
 
 
 def test_experiment_curriculum_and_shared_warm_start(tmp_path: Path,
@@ -92,7 +100,7 @@ def test_experiment_curriculum_and_shared_warm_start(tmp_path: Path,
         return {"train_s": 1.0, "global_step": 1}
 
     monkeypatch.setattr(training.run, "train", fake_train)
-    monkeypatch.setattr(exp, "_evaluate", lambda cfg, model_dir, items, out: {
+    monkeypatch.setattr(exp, "_evaluate", lambda cfg, model_dir, items, out, **_: {
         s: {"accuracy": 1.0, "r0": 0.0, "false_veto_rate": 0.0, "parse_fail_rate": 0.0,
             "per_rule": {}} for s in exp.SPLITS})
     cfg = exp.load_experiment(ROOT / "configs/train/hazardworld_experiment.yaml", smoke=True)
@@ -162,8 +170,12 @@ def test_experiment_run_on_a_saved_warm_start_evaluates_it_first(
     import training.experiment as exp
     import training.run
 
-    def fake_evaluate(cfg: object, model_dir: Path, items: object, out: Path) -> object:
+    recorded: dict[Path, bool] = {}
+
+    def fake_evaluate(cfg: object, model_dir: Path, items: object, out: Path,
+                      record: bool = True) -> object:
         (out / "eval_test_iid.jsonl").write_text("")  # as the real one: into the run's folder
+        recorded[Path(model_dir)] = record
         return {s: {"accuracy": 1.0, "r0": 0.0, "false_veto_rate": 0.0, "parse_fail_rate": 0.0,
                     "per_rule": {}} for s in exp.SPLITS}
 
@@ -177,6 +189,9 @@ def test_experiment_run_on_a_saved_warm_start_evaluates_it_first(
     results = exp.run_experiment(cfg, tmp_path)
     assert (tmp_path / "seed0/warm_start/eval_test_iid.jsonl").is_file()
     assert results["seeds"]["0"]["warm_start"]["model_dir"] == str(saved)
+    # the saved folder's card and records are not the experiment's to rewrite; its own are
+    assert recorded[saved] is False
+    assert recorded[tmp_path / "seed0" / "caspo" / "model"] is True
 
 
 def test_experiment_unlabeled_prompts_never_the_evaluation_items() -> None:
