@@ -3,8 +3,10 @@ an operator who approves (or declines) the calls the guard annotates.
 
 The judge is scripted by default (no model needed): it answers by the action's words, so
 `turn_on_stove` is a veto (a towel lies on the burner), touching the towel an annotate, the
-rest allow. With --model it is a real judge looking at the camera frame (a folder or hub id,
-e.g. guard/models/hazardworld-small or a Qwen-VL model on a GPU machine).
+rest allow. With --model it is a real judge looking at the camera frame: a Qwen-VL folder or
+hub id on a GPU machine. The embedded guard/models/hazardworld-small knows only the synthetic
+world: on this photo its answers fall outside the answer format, so every call is a fail-closed
+veto (status "error"), which shows the guard failing closed, not a judgement of the scene.
 """
 
 from __future__ import annotations
