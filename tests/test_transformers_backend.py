@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from guard.backends import create_backend, qwen_inputs, transformers_backend  # noqa: E402
+from guard.backends import create_backend, hf_loading, transformers_backend  # noqa: E402
 from guard.backends.base import Backend, ChatPrompt, JudgeRequest  # noqa: E402
 from guard.backends.qwen_inputs import (  # noqa: E402
     IGNORE_INDEX,
@@ -478,7 +478,7 @@ def test_auto_falls_back_to_manual_when_the_processor_cannot_load(
 ) -> None:
     # Pretend torchvision imports: AutoProcessor then fails on the tiny folder (no video
     # processor), and "auto" must carry on with the tokenizer and image processor.
-    monkeypatch.setattr(qwen_inputs, "torchvision_works", lambda: True)
+    monkeypatch.setattr(hf_loading, "torchvision_works", lambda: True)
 
     def no_processor(*a: Any, **k: Any) -> Any:
         raise OSError("no processor here")
@@ -494,7 +494,7 @@ def test_auto_falls_back_to_manual_when_the_processor_cannot_load(
 def test_always_needs_torchvision(
     tiny_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(qwen_inputs, "torchvision_works", lambda: False)
+    monkeypatch.setattr(hf_loading, "torchvision_works", lambda: False)
     with pytest.raises(BackendError, match="needs torchvision"):
         create_backend(_config(tiny_dirs["qwen3_vl"], **{"model.use_processor": "always"}))
 

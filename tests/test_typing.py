@@ -18,7 +18,7 @@ STRICT = [
     "guard/backends/transformers_backend.py", "guard/backends/qwen_inputs.py", "guard/tiny.py",
     "guard/backends/engine.py", "guard/backends/mrope.py", "guard/backends/onnx_backend.py",
     "guard/backends/onnx_export.py", "guard/bench/latency.py", "guard/bench/verdict_rig.py",
-    "guard/backends/qwen_pixels.py",
+    "guard/backends/qwen_pixels.py", "guard/backends/hf_loading.py",
     "guard/bench/quant_safety.py", "guard/bench/gpu_latency.py",
     "guard/cli",
     "guard/bench/overhead.py", "guard/bench/items.py", "guard/bench/judges.py",

@@ -125,23 +125,16 @@ def report(results: Sequence[ItemResult]) -> dict[str, Any]:
 def load_for_eval(model_dir: str | Path, dtype: str = "float32") -> tuple[Any, Any]:
     """A trained model folder (full weights, or a LoRA adapter merged into its base) and its
     processor, in eval mode."""
-    import transformers
-
-    from guard.backends.transformers_backend import MODEL_CLASSES
-    from training.models import torch_dtype
+    from guard.backends.hf_loading import load_adapter, load_model, resolve_dtype
     from training.processor import load_processor
 
     model_dir = Path(model_dir)
     adapter = model_dir / "adapter_config.json"
     base = json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() \
         else str(model_dir)
-    config = transformers.AutoConfig.from_pretrained(base)
-    cls = getattr(transformers, MODEL_CLASSES[config.model_type])
-    model = cls.from_pretrained(base, dtype=torch_dtype(dtype))
+    model, _ = load_model(base, dtype=resolve_dtype(dtype), what="evaluation")
     if adapter.is_file():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(model_dir)).merge_and_unload()
+        model = load_adapter(model, str(model_dir), merge=True)
     model.eval()
     return model, load_processor(model_dir)
 

@@ -1,49 +1,16 @@
 """Loading the model to train: dtype, bitsandbytes quantization, a starting adapter, LoRA.
 
 The same `ModelSpec` loads a tiny random model on CPU and Qwen2.5-VL-7B / Qwen3-VL-4B on GPUs.
-The vision tower and the LM head are never quantized (as in the guard's transformers backend),
-and LoRA targets the language model's linear layers only.
+Loading is the guard's own (`guard.backends.hf_loading`: the model class, the dtype, the
+quantization that leaves the vision tower and the LM head alone, the adapter), so a model
+trains on what the judge runs; LoRA targets the language model's linear layers only.
 """
 
 from __future__ import annotations
 
-import logging
-import warnings
 from typing import Any
 
-from guard.backends.transformers_backend import MODEL_CLASSES
-from guard.errors import ConfigError
 from training.config import ModelSpec
-
-log = logging.getLogger(__name__)
-
-_NOT_QUANTIZED = ["model.visual", "visual", "lm_head"]
-
-
-def torch_dtype(name: str) -> Any:
-    """The torch dtype of a `ModelSpec.dtype` ("auto": bfloat16 on CUDA, else float32)."""
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return getattr(torch, name)
-
-
-def quantization_config(spec: ModelSpec) -> Any:
-    """A ``BitsAndBytesConfig`` for `spec.quantization`, or None."""
-    if spec.quantization == "none":
-        return None
-    from transformers import BitsAndBytesConfig
-
-    if spec.quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=_NOT_QUANTIZED)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch_dtype(spec.dtype),
-        llm_int8_skip_modules=_NOT_QUANTIZED,
-    )
 
 
 def peft_config(spec: ModelSpec) -> Any:
@@ -72,40 +39,26 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any]:
     loaded trainable and no new config is returned (trl refuses a PeftModel plus a config).
 
     Raises:
-        ConfigError: Not a Qwen-VL model, or an adapter on a quantized model without LoRA.
+        BackendError: The model or adapter does not load, or it is not a Qwen-VL model.
     """
-    import transformers
+    from guard.backends.hf_loading import load_adapter, resolve_dtype
+    from guard.backends.hf_loading import load_model as load_qwen_vl
 
-    config = transformers.AutoConfig.from_pretrained(spec.id)
-    if config.model_type not in MODEL_CLASSES:
-        raise ConfigError(
-            f"model.id = {spec.id!r} is a {config.model_type!r} model; training supports "
-            f"{', '.join(MODEL_CLASSES)}"
-        )
-    cls = getattr(transformers, MODEL_CLASSES[config.model_type])
-    kwargs: dict[str, Any] = {"dtype": torch_dtype(spec.dtype)}
-    if spec.attn_implementation:
-        kwargs["attn_implementation"] = spec.attn_implementation
-    quant = quantization_config(spec)
-    if quant is not None:
-        kwargs["quantization_config"] = quant
-    model = cls.from_pretrained(spec.id, **kwargs)
-    if quant is not None:
+    model, _ = load_qwen_vl(
+        spec.id, dtype=resolve_dtype(spec.dtype, training=True), quantization=spec.quantization,
+        attn_implementation=spec.attn_implementation, what="training",
+    )
+    quantized = spec.quantization != "none"
+    if quantized:
         from peft import prepare_model_for_kbit_training
 
         # before any adapter: it freezes every parameter and upcasts the unquantized ones
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora = peft_config(spec)
     if spec.adapter:
-        from peft import PeftModel
-
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-            if quant is None:
-                model = PeftModel.from_pretrained(model, spec.adapter).merge_and_unload()
-            else:
-                model = PeftModel.from_pretrained(model, spec.adapter, is_trainable=True)
-                lora = None
+        model = load_adapter(model, spec.adapter, merge=not quantized, trainable=quantized)
+        if quantized:
+            lora = None
     return model, lora
 
 
@@ -136,11 +89,4 @@ def changed_parameters(model: Any, before: dict[str, Any], atol: float = 0.0) ->
     return moved
 
 
-__all__ = [
-    "changed_parameters",
-    "load_model",
-    "peft_config",
-    "quantization_config",
-    "torch_dtype",
-    "trainable_parameters",
-]
+__all__ = ["changed_parameters", "load_model", "peft_config", "trainable_parameters"]

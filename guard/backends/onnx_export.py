@@ -228,37 +228,28 @@ def export_onnx(
     torch = require("torch", "guard export onnx")
     transformers = require("transformers", "guard export onnx")
     require("onnx", "guard export onnx")
+    from guard.backends.hf_loading import load_adapter, load_model, model_config, resolve_local
     from guard.backends.qwen_inputs import QwenInputBuilder
-    from guard.backends.transformers_backend import (
-        MODEL_CLASSES,
-        _resolve_local,
-        linear_patch_embed,
-    )
+    from guard.backends.transformers_backend import linear_patch_embed
 
     dtype = parse_dtype(dtype)
     t0 = time.perf_counter()
     out = Path(out)
-    path = _resolve_local(model_id, "model")
-    config = transformers.AutoConfig.from_pretrained(path)
+    path = resolve_local(model_id, "model")
+    adapter_path = resolve_local(adapter, "adapter") if adapter else None
+    if adapter:
+        require("peft", "--adapter")
+    config = model_config(path, what="the onnx export")
     if config.model_type not in ("qwen2_5_vl", "qwen3_vl"):
         raise BackendError(
             f"model {model_id!r} is a {config.model_type!r} model; the onnx export supports "
             "qwen2_5_vl and qwen3_vl"
         )
-    cls = getattr(transformers, MODEL_CLASSES[config.model_type])
-    try:
-        # Eager attention traces to plain matmuls and a float mask; float32 for CPU runtimes.
-        model = cls.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
-    except Exception as exc:
-        raise BackendError(f"cannot load model {model_id!r}: {exc}") from exc
-    if adapter:
-        peft = require("peft", "--adapter")
-        with warnings.catch_warnings():
-            # peft 0.21 calls an alias that transformers 5 deprecates; nothing to act on.
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
-                                    category=FutureWarning)
-            model = peft.PeftModel.from_pretrained(model, _resolve_local(adapter, "adapter"))
-        model = model.merge_and_unload()
+    # Eager attention traces to plain matmuls and a float mask; float32 for CPU runtimes.
+    model, config = load_model(path, dtype=torch.float32, attn_implementation="eager",
+                               what="the onnx export")
+    if adapter_path:
+        model = load_adapter(model, adapter_path, merge=True)
     model.eval()
     # The float32 model stays the parity reference; the export traces a float16 copy.
     traced = model

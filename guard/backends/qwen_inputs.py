@@ -10,6 +10,9 @@ Two routes give the same tensors:
   beside a CPU-only torch; ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` cannot even be
   built without it (they require a video processor).
 
+Which route a model gets, and every loading fallback, is decided in
+`guard.backends.hf_loading` (shared with training).
+
 Both always return ``mm_token_type_ids`` (1 on image tokens): without it Qwen2.5-VL silently
 falls back to 1-D positions (wrong logits) and Qwen3-VL raises.
 
@@ -27,8 +30,10 @@ import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from guard.backends.hf_loading import UseProcessor, load_processor_parts
+from guard.backends.hf_loading import torchvision_works as torchvision_works  # re-exported
 from guard.errors import BackendError
 
 if TYPE_CHECKING:
@@ -46,7 +51,6 @@ IGNORE_INDEX = -100
 TEXT_TOKEN_TYPE, IMAGE_TOKEN_TYPE, VIDEO_TOKEN_TYPE = 0, 1, 2
 """Values of ``mm_token_type_ids``, as the Qwen-VL models read them."""
 
-UseProcessor = Literal["auto", "always", "never"]
 
 # The Qwen2.5-VL chat template (as shipped with Qwen2.5-VL-7B-Instruct): a default system turn
 # when none is given, each image as <|vision_start|><|image_pad|><|vision_end|>.
@@ -82,19 +86,6 @@ QWEN3_VL_CHAT_TEMPLATE = QWEN2_5_VL_CHAT_TEMPLATE.replace(
 
 
 @functools.cache
-def torchvision_works() -> bool:
-    """True when torchvision actually imports (a present but broken one counts as missing).
-
-    ``importlib.util.find_spec`` is not enough: a CUDA torchvision wheel beside a CPU torch is
-    found but fails on import, and transformers would then pick backends that crash.
-    """
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # ImportError, OSError (missing CUDA libs), RuntimeError (op mismatch)
-        return False
-    return True
-
-
 def image_size_kwargs(
     image_processor: Any, min_pixels: int | None, max_pixels: int | None
 ) -> dict[str, Any]:
@@ -432,29 +423,6 @@ def _processor_inputs(
     return out
 
 
-def _load_chat_template(model_id: str, **hub_kwargs: Any) -> str | None:
-    """The processor's chat template file, for checkpoints whose tokenizer lacks one."""
-    from transformers.utils import cached_file
-
-    for name in ("chat_template.jinja", "chat_template.json"):
-        try:
-            path = cached_file(
-                model_id,
-                name,
-                _raise_exceptions_for_missing_entries=False,
-                _raise_exceptions_for_connection_errors=False,
-                **hub_kwargs,
-            )
-        except OSError:
-            path = None
-        if path is None:
-            continue
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        return json.loads(text)["chat_template"] if name.endswith(".json") else text
-    return None
-
-
 @dataclass
 class QwenInputBuilder:
     """Turns chat prompts into Qwen-VL model inputs; picks the processor route once, at load.
@@ -534,53 +502,9 @@ class QwenInputBuilder:
         Raises:
             BackendError: Something could not be loaded.
         """
-        from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
-
-        processor = None
-        if use_processor != "never" and torchvision_works():
-            try:
-                processor = AutoProcessor.from_pretrained(model_id, **hub_kwargs)
-                if not hasattr(processor, "image_processor"):
-                    raise TypeError(f"{type(processor).__name__} has no image processor")
-            except Exception as exc:
-                if use_processor == "always":
-                    raise BackendError(
-                        f"{model_id}: cannot load the stock processor: {_first_line(exc)}"
-                    ) from exc
-                log.info(
-                    "%s: stock processor unavailable (%s); building inputs manually",
-                    model_id,
-                    _first_line(exc),
-                )
-                processor = None
-        elif use_processor == "always":
-            raise BackendError(
-                "model.use_processor = 'always' needs torchvision (the stock Qwen-VL processor "
-                "cannot be built without it); install a torchvision matching torch or set "
-                "use_processor to 'auto'"
-            )
-        if processor is not None:
-            tokenizer, image_processor = processor.tokenizer, processor.image_processor
-            chat_template = None
-        else:
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(model_id, **hub_kwargs)
-                # PIL unless torchvision really imports: transformers only checks that it is
-                # installed, and a broken one would crash at the first image.
-                backend = None if torchvision_works() else "pil"
-                image_processor = AutoImageProcessor.from_pretrained(
-                    model_id, backend=backend, **hub_kwargs
-                )
-            except Exception as exc:
-                raise BackendError(
-                    f"{model_id}: cannot load the tokenizer or image processor: {_first_line(exc)}"
-                ) from exc
-            chat_template = None
-            if getattr(tokenizer, "chat_template", None) is None:
-                chat_template = _load_chat_template(model_id, **hub_kwargs)
-                if chat_template is None:
-                    log.warning("%s: no chat template found; using the Qwen2.5-VL one", model_id)
-                    chat_template = QWEN2_5_VL_CHAT_TEMPLATE
+        parts = load_processor_parts(model_id, use_processor, **hub_kwargs)
+        tokenizer, image_processor = parts.tokenizer, parts.image_processor
+        processor, chat_template = parts.processor, parts.chat_template
         return cls(
             tokenizer=tokenizer,
             image_processor=image_processor,

@@ -20,10 +20,8 @@ import copy
 import functools
 import logging
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -32,7 +30,16 @@ from pydantic import Field
 from guard._deps import require
 from guard.backends.base import JudgeOutput, JudgeRequest
 from guard.backends.engine import VerdictFirstEngine, verdict_first_tokens
-from guard.backends.qwen_inputs import QwenInputBuilder, UseProcessor
+from guard.backends.hf_loading import MODEL_CLASSES as MODEL_CLASSES  # re-exported
+from guard.backends.hf_loading import (
+    UseProcessor,
+    load_adapter,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+    resolve_local,
+)
+from guard.backends.qwen_inputs import QwenInputBuilder
 from guard.config import ModelConfig
 from guard.errors import BackendError, BackendTimeout, ConfigError
 from guard.imaging import ImageGrid, pixel_bounds
@@ -59,70 +66,8 @@ class TransformersModelConfig(ModelConfig):
     prefix_cache: bool = True
     frame_cache: int = Field(default=4, ge=0, le=256)
 
-# model_type (config.json) -> model class in transformers. All three take the same inputs.
-MODEL_CLASSES: dict[str, str] = {
-    "qwen2_vl": "Qwen2VLForConditionalGeneration",
-    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-    "qwen3_vl": "Qwen3VLForConditionalGeneration",
-}
-
-# Quantization covers the language model only. The vision tower (about 0.6 B of a 7 B model)
-# loses disproportionate accuracy at 4 bits for little memory saved, and the LM head is kept
-# in full precision as transformers does by default. Patterns match from the start of a module
-# name ("model.visual" in transformers 5, "visual" in older layouts).
-_NOT_QUANTIZED = ["model.visual", "visual", "lm_head"]
-
 # The clock deadlines are measured on (`JudgeRequest.deadline` is a time.monotonic() instant).
 _clock = time.monotonic
-
-
-class _QuietBitsandbytes(logging.Filter):
-    """Drops bitsandbytes log lines that say nothing actionable.
-
-    8-bit matmuls log a cast to float16 on every call (a flood at generation time), and the CPU
-    backend reports at import that the optional hub `kernels` package is missing (it would
-    fetch code from a hub; the built-in kernels work).
-    """
-
-    _PREFIXES = ("MatMul8bitLt: inputs will be cast", "Failed to load CPU gemm_4bit_forward")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self._PREFIXES)
-
-
-def _quiet_bitsandbytes() -> None:
-    flt = _QuietBitsandbytes()
-    for name in ("bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _QuietBitsandbytes) for f in logger.filters):
-            logger.addFilter(flt)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _looks_like_path(model_id: str) -> bool:
-    """A local folder rather than a hub id ("name" or "org/name")."""
-    return (
-        model_id.startswith(("/", ".", "~"))
-        or model_id.count("/") > 1
-        or "\\" in model_id
-        or (len(model_id) > 1 and model_id[1] == ":")  # a Windows drive
-    )
-
-
-def _resolve_local(model_id: str, what: str) -> str:
-    """`model_id` itself if it names a hub id; its expanded path if it is a local folder."""
-    path = Path(model_id).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise BackendError(f"{what} is not a folder: {model_id}")
-        return str(path)
-    if _looks_like_path(model_id):
-        raise BackendError(f"{what} folder not found: {model_id}")
-    return model_id
 
 
 @functools.cache
@@ -335,43 +280,28 @@ class TransformersBackend:
             MissingExtraError: torch/transformers, peft or bitsandbytes is not installed.
         """
         torch = require("torch", "the transformers backend")
-        transformers = require("transformers", "the transformers backend")
+        require("transformers", "the transformers backend")
         self._torch = torch
         self._model_id = model_id
         self._adapter = adapter
         self._max_new_tokens = max_new_tokens
         self._verdict_ids: dict[tuple[str, ...], dict[str, int] | None] = {}
 
-        path = _resolve_local(model_id, "model")
+        path = resolve_local(model_id, "model")
         # Adapter problems are found before the (possibly minutes-long) base model load.
-        adapter_path = _resolve_local(adapter, "adapter") if adapter else None
-        peft = require("peft", "model.adapter (LoRA)") if adapter else None
-        try:
-            config = transformers.AutoConfig.from_pretrained(path)
-        except Exception as exc:
-            raise BackendError(f"cannot load model {model_id!r}: {_first_line(exc)}") from exc
-        model_type = getattr(config, "model_type", None)
-        if model_type not in MODEL_CLASSES:
-            raise BackendError(
-                f"model {model_id!r} is a {model_type!r} model; the transformers backend runs "
-                f"{', '.join(MODEL_CLASSES)}"
-            )
-        model_cls = getattr(transformers, MODEL_CLASSES[model_type])
-
-        self.device = self._resolve_device(device)
-        self.dtype = self._resolve_dtype(dtype, self.device)
-        kwargs: dict[str, Any] = {"dtype": self.dtype, "device_map": {"": str(self.device)}}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        if quantization != "none":
-            kwargs["quantization_config"] = self._quantization_config(quantization)
-        try:
-            model = model_cls.from_pretrained(path, **kwargs)
-        except Exception as exc:
-            raise BackendError(f"cannot load model {model_id!r}: {_first_line(exc)}") from exc
-
+        adapter_path = resolve_local(adapter, "adapter") if adapter else None
+        if adapter:
+            require("peft", "model.adapter (LoRA)")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        model, config = load_model(
+            path, dtype=self.dtype, quantization=quantization,
+            attn_implementation=attn_implementation, device_map={"": str(self.device)},
+            what="the transformers backend",
+        )
         if adapter_path:
-            model = self._load_adapter(peft, model, adapter_path, merge=quantization == "none")
+            # Merged into unquantized weights (no extra matmuls); kept apart on quantized ones.
+            model = load_adapter(model, adapter_path, merge=quantization == "none")
         model.eval()
         linear_patch_embed(model)
         self.model: Any = model
@@ -408,7 +338,7 @@ class TransformersBackend:
         log.info(
             "loaded %s (%s, %s on %s, quantization %s, inputs via %s)",
             self.model_id,
-            model_type,
+            config.model_type,
             str(self.dtype).removeprefix("torch."),
             self.device,
             quantization,
@@ -451,64 +381,6 @@ class TransformersBackend:
         return self.inputs.image_grid
 
     # -- loading ---------------------------------------------------------------------------
-
-    def _resolve_device(self, device: str) -> torch.device:
-        torch = self._torch
-        if device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            dev = torch.device(device)
-        except RuntimeError as exc:
-            raise BackendError(f"model.device = {device!r}: {_first_line(exc)}") from exc
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise BackendError(f"model.device = {device!r} but CUDA is not available")
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-        return dev
-
-    def _resolve_dtype(self, dtype: str, device: torch.device) -> torch.dtype:
-        torch = self._torch
-        if dtype != "auto":
-            return getattr(torch, dtype)
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        # CPU half-precision matmuls are slow or unsupported on many CPUs.
-        return torch.float32
-
-    def _quantization_config(self, quantization: str) -> Any:
-        _quiet_bitsandbytes()  # before the import: the CPU backend logs at import time
-        require("bitsandbytes", f"model.quantization = {quantization!r}")
-        from transformers import BitsAndBytesConfig
-
-        if quantization == "8bit":
-            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=_NOT_QUANTIZED)
-        if quantization == "4bit":
-            return BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=self.dtype,
-                llm_int8_skip_modules=_NOT_QUANTIZED,
-            )
-        raise ConfigError(f"model.quantization = {quantization!r}: expected none, 8bit or 4bit")
-
-    def _load_adapter(self, peft: Any, model: Any, path: str, *, merge: bool) -> Any:
-        try:
-            with warnings.catch_warnings():
-                # peft 0.21 calls an alias that transformers 5 deprecates; nothing to act on.
-                warnings.filterwarnings(
-                    "ignore",
-                    message="`is_gradient_checkpointing` is deprecated",
-                    category=FutureWarning,
-                )
-                model = peft.PeftModel.from_pretrained(model, path, is_trainable=False)
-        except Exception as exc:
-            raise BackendError(f"cannot load adapter {path!r}: {_first_line(exc)}") from exc
-        if merge:
-            # Folding LoRA into the weights removes its extra matmuls from every step; with
-            # quantized weights it stays separate (merging would re-quantize and lose accuracy).
-            model = model.merge_and_unload()
-        return model
 
     def _greedy_config(self, base: Any) -> Any:
         """The model's generation config made deterministic: greedy, no sampling knobs."""
@@ -599,7 +471,7 @@ class TransformersBackend:
     def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {k: v.to(self.device) for k, v in inputs.items()}
         if "pixel_values" in out:
-            # The vision tower runs in the model dtype (never quantized, see _NOT_QUANTIZED).
+            # The vision tower runs in the model dtype (never quantized, see NOT_QUANTIZED).
             out["pixel_values"] = out["pixel_values"].to(self.dtype)
         return out
 

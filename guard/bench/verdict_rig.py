@@ -83,11 +83,9 @@ def rig_folder(model_dir: str | Path, out: str | Path | None = None) -> Path:
     """Load a model folder, rig it and save it (to `out`, or in place)."""
     import transformers
 
-    from guard.backends.transformers_backend import MODEL_CLASSES
+    from guard.backends.hf_loading import load_model
 
-    config = transformers.AutoConfig.from_pretrained(model_dir)
-    cls = getattr(transformers, MODEL_CLASSES[config.model_type])
-    model = cls.from_pretrained(model_dir, dtype="float32")
+    model, _ = load_model(str(model_dir), dtype="float32", what="the verdict rig")
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     rig_verdict_first(model, tokenizer)
     dest = Path(out) if out is not None else Path(model_dir)
