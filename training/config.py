@@ -151,6 +151,10 @@ class DataSpec(_Strict):
             trainer section sets its own, by CASPO's teacher.
         constitution_rate: SFT only: share of examples whose prompt carries the constitution,
             so that the model learns to use rules stated in its context.
+        projection_rate: SFT only: share of examples in projection-first mode (prompted with
+            `projection_template`; the answer writes the consequence projection, then the
+            verdict), so that one model answers in both modes.
+        projection_template: The projection-first template.
         unlabeled: CASPO only: extra prompts whose labels are dropped (scenes of the kind
             the guard will meet, with no one to label them). Their outcome reward is None, so
             their outcome advantage is zero and only the teacher's token reward trains on them:
@@ -164,6 +168,8 @@ class DataSpec(_Strict):
     action_format: str = DEFAULT_ACTION_FORMAT
     constitution: str = "hazardworld"
     constitution_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    projection_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    projection_template: str = "consequence_compact_projection"
 
     @field_validator("action_format")
     @classmethod

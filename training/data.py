@@ -16,12 +16,21 @@ rendered by the guard's one rendering (`guard.prompting.action.render_action`, i
 ``consequence_compact`` for small models), and the guard's answer format as the target (verdict
 first, then risk, hazards, consequence):
 
-- `sft_rows`: ``prompt`` + ``completion`` (the reference answer) + ``image``;
+- `sft_rows`: ``prompt`` + ``completion`` (the reference answer) + ``image``; a share of the
+  rows (``projection_rate``) in projection-first mode: the projection template's prompt and the
+  answer with the item's consequence projection before the verdict (`answer_in_mode`);
 - `preference_rows`: ``prompt`` + ``chosen`` (reference) + ``rejected`` (a wrong-verdict answer);
 - `prompt_rows`: ``prompt`` + ``image`` + the ``label`` / ``category`` columns rewards read.
 
 Prompts hold a ``{"type": "image"}`` placeholder; the image travels in the ``image`` column, as
 trl expects.
+
+**The consequence projection** (`world_projection`) is built from the world's own scene facts,
+never from the label: for a contact rule, what lies on the rule's anchor and whether it has the
+property the rule reads ("a cardboard box lies on the stove; it can burn"), then the rule's
+mechanism or its safe consequence ("the burner heats the box until it ignites"); for the
+presence rule, whether a child is in the room; for the state rule, whether the burners are on.
+Its property clause depends on the item alone, so "flammable" is one fact across anchors.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from guard.prompting import load_template
+from guard.prompting import ANSWER_MODES, DEFAULT_ANSWER_MODE, load_template
 from guard.prompting.action import UNNAMED_TOOL, render_action
 
 if TYPE_CHECKING:
@@ -41,6 +50,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from guard.world import WorldConfig
+    from guard.world.sampler import WorldItem
     from training.constitution import Constitution
 
 SAFE_RISK = "0.05"
@@ -63,6 +73,8 @@ class GuardItem:
         meta: Source-specific fields kept for evaluation (``split``, ``target_rule``, ``ood``).
         tool: The proposal's tool name (the world's action key, e.g. ``stove_on``).
         arguments: The proposal's tool arguments.
+        projection: The consequence projection, ``scene: ...`` and ``effect: ...`` lines (the
+            projection-first answer's head); empty: built from hazard and consequence.
     """
 
     id: str
@@ -76,6 +88,7 @@ class GuardItem:
     meta: dict[str, Any] = field(default_factory=dict)
     tool: str = UNNAMED_TOOL
     arguments: dict[str, Any] = field(default_factory=dict)
+    projection: str = ""
 
 
 def action_text(item: GuardItem, action_format: str | None = None) -> str:
@@ -149,9 +162,12 @@ def world_items(
             meta={"split": it.split, "target_rule": it.rule, "ood": it.ood,
                   "action": it.action},
             tool=it.action,
+            projection=world_projection(it),
         )
         if rule is not None:
             item = with_house_rule(item, rule)
+            if item.meta.get("house_rule") == "applies":  # the stated rule, not the scene
+                item.projection = text_projection(item)
         if shape < bare_phrase_rate:
             item.tool, item.query = item.query, ""
         elif shape < bare_phrase_rate + unnamed_tool_rate:
@@ -292,6 +308,82 @@ def reference_answer(item: GuardItem) -> str:
             f"consequence: {consequence}")
 
 
+#: How a projection states that an item has (or lacks) the property a contact rule reads.
+_PROPERTY_CLAUSE: dict[str, tuple[str, str]] = {
+    "flammable": ("it can burn", "it cannot burn"),
+    "electrical": ("it is electrical", "it is not electrical"),
+    "metal": ("it is metal", "it is not metal"),
+}
+
+
+def _clause(sentence: str) -> str:
+    """A sentence as a lower-case clause without its full stop."""
+    sentence = sentence.strip().rstrip(".")
+    return sentence[:1].lower() + sentence[1:]
+
+
+def projection_lines(scene: str, effect: str) -> str:
+    """The projection-first answer's head: the ``scene:`` and ``effect:`` lines."""
+    return f"scene: {_clause(scene)}\neffect: {_clause(effect)}"
+
+
+def world_projection(it: WorldItem) -> str:
+    """The consequence projection of a world item, from its scene's facts and its rule.
+
+    What in the scene matters for the action (the item on the rule's anchor and its property,
+    the child in the room, the burners' state) and what the action would do to it (the rule's
+    mechanism when it finds a hazard, else its safe consequence).
+    """
+    from guard.world.rules import RULES, ContactRule, KnifeChild, StoveHot
+
+    finding = it.findings[0] if it.findings else None
+    rule = RULES[finding.rule if finding is not None else it.rule]
+    scene = it.scene
+    effect = finding.mechanism if finding is not None else rule.safe_consequence(scene)
+    if isinstance(rule, ContactRule):
+        anchors = scene.find(rule.anchor)
+        # the anchor the hazard is on; in a safe scene the one something lies on, if any
+        key = ([a for a in anchors if a.cell == finding.cell] if finding is not None
+               else [a for a in anchors if scene.item(a.cell) is not None]) or anchors
+        anchor = key[0].short if key else rule.anchor.replace("_", " ")
+        on = scene.item(key[0].cell) if key else None
+        if on is None:
+            fact = f"nothing lies on the {anchor}"
+        else:
+            yes, no = _PROPERTY_CLAUSE.get(rule.hazard_prop, (f"it is {rule.hazard_prop}",
+                                                              f"it is not {rule.hazard_prop}"))
+            fact = f"{on.noun} lies on the {anchor}; {yes if on.has(rule.hazard_prop) else no}"
+    elif isinstance(rule, KnifeChild):
+        fact = ("a child is in the room" if any(o.has("child") for o in scene.objects)
+                else "no child is in the room")
+    elif isinstance(rule, StoveHot):
+        fact = ("the stove's burners are on" if any(s.on for s in scene.find("stove"))
+                else "the stove's burners are off")
+    elif finding is not None:
+        fact = finding.description
+    else:
+        fact = "nothing in the scene is in the action's way"
+    return projection_lines(fact, effect)
+
+
+def text_projection(item: GuardItem) -> str:
+    """A projection from an item's hazard and consequence sentences (items without a scene:
+    folders, datasets, house rules)."""
+    fact = item.hazard or "nothing in the scene makes this action harmful"
+    effect = item.consequence or "the action harms no one"
+    return projection_lines(fact, effect)
+
+
+def answer_in_mode(item: GuardItem, mode: str = DEFAULT_ANSWER_MODE) -> str:
+    """The item's reference answer in an answer mode (`guard.prompting.ANSWER_MODES`):
+    verdict first as it is, or with the item's consequence projection before it."""
+    if mode == DEFAULT_ANSWER_MODE:
+        return item.reference_answer
+    if mode != "projection_first":
+        raise ValueError(f"answer mode {mode!r}: expected one of {list(ANSWER_MODES)}")
+    return f"{item.projection or text_projection(item)}\n{item.reference_answer}"
+
+
 def wrong_verdict_answer(item: GuardItem) -> str:
     """A well-formed answer with the wrong verdict: DPO's rejected response.
 
@@ -354,6 +446,8 @@ def sft_rows(
     constitution_rate: float = 0.0,
     seed: int = 0,
     action_format: str | None = None,
+    projection_rate: float = 0.0,
+    projection_template: str = "consequence_compact_projection",
 ) -> list[dict[str, Any]]:
     """Prompt + reference-answer rows for supervised training.
 
@@ -364,20 +458,35 @@ def sft_rows(
         constitution: Privileged context to put in a share of the prompts, so that the model
             learns to read rules given in its context (what CASPO's teacher relies on).
         constitution_rate: Share of rows whose prompt carries `constitution`.
-        seed: Picks which rows carry it.
+        seed: Picks which rows carry it, and which are in projection-first mode.
+        projection_rate: Share of rows in the answer mode of `projection_template` (its
+            prompt, and the answer with the item's projection first): one model, two modes.
+        projection_template: A template whose ``answer_mode`` is ``projection_first``.
     """
     if not 0.0 <= constitution_rate <= 1.0:
         raise ValueError(f"constitution_rate must be in [0, 1], got {constitution_rate}")
+    if not 0.0 <= projection_rate <= 1.0:
+        raise ValueError(f"projection_rate must be in [0, 1], got {projection_rate}")
+    if projection_rate and load_template(projection_template).answer_mode != "projection_first":
+        raise ValueError(f"projection_template {projection_template!r} does not ask for "
+                         "projection-first answers (its answer_mode)")
+    base_mode = load_template(template).answer_mode
     rng = random.Random(seed)
+    # its own stream: which rows carry the constitution does not depend on the rate
+    mode_rng = random.Random(f"answer-mode-{seed}")
     rows = []
     for item in items:
-        prompt = prompt_messages(action_text(item, action_format), template)
+        projected = projection_rate > 0 and mode_rng.random() < projection_rate
+        mode = "projection_first" if projected else base_mode
+        prompt = prompt_messages(action_text(item, action_format),
+                                 projection_template if projected else template)
         with_rules = constitution is not None and rng.random() < constitution_rate
         if with_rules and constitution is not None:
             prompt = constitution.apply(prompt)
         row = _base_row(item, prompt)
-        row["completion"] = item.reference_answer
+        row["completion"] = answer_in_mode(item, mode)
         row["with_constitution"] = with_rules
+        row["answer_mode"] = mode
         rows.append(row)
     return rows
 
@@ -451,18 +560,22 @@ def clean_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 __all__ = [
     "GuardItem",
     "action_text",
+    "answer_in_mode",
     "clean_messages",
     "dataset_items",
     "folder_items",
     "load_hf_dataset",
     "load_image",
     "preference_rows",
+    "projection_lines",
     "prompt_messages",
     "prompt_rows",
     "reference_answer",
     "sft_rows",
+    "text_projection",
     "to_dataset",
     "unlabeled_rows",
     "world_items",
+    "world_projection",
     "wrong_verdict_answer",
 ]

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from guard.prompting import ParsedAnswer, ParseError, parse_answer
+from guard.prompting import DEFAULT_ANSWER_MODE, ParsedAnswer, ParseError, parse_answer
 
 SAFE, UNSAFE = "safe", "unsafe"
 
@@ -48,10 +48,10 @@ class OutcomeWeights:
             raise ValueError(f"annotate_credit must be in [0, 1], got {self.annotate_credit}")
 
 
-def parse_or_none(text: str) -> ParsedAnswer | None:
-    """The parsed answer, or None where the guard would fail closed."""
+def parse_or_none(text: str, mode: str = DEFAULT_ANSWER_MODE) -> ParsedAnswer | None:
+    """The parsed answer (in answer mode `mode`), or None where the guard would fail closed."""
     try:
-        return parse_answer(text)
+        return parse_answer(text, mode)
     except ParseError:
         return None
 
@@ -132,19 +132,19 @@ def outcome_reward(
     return total / (w.verdict + w.category + w.format)
 
 
-def identified_risk(completion: str) -> bool:
+def identified_risk(completion: str, mode: str = DEFAULT_ANSWER_MODE) -> bool:
     """Whether the answer identifies a risk: it parses and says ANNOTATE or VETO.
 
     As `guard bench` defines R0: an unparseable answer is a check that did not run, which
     identified nothing (even though the guard then vetoes: see `blocks`).
     """
-    parsed = parse_or_none(completion)
+    parsed = parse_or_none(completion, mode)
     return parsed is not None and parsed.verdict.value != "allow"
 
 
-def blocks(completion: str) -> bool:
+def blocks(completion: str, mode: str = DEFAULT_ANSWER_MODE) -> bool:
     """Whether the guard stops the action on this answer: VETO, or unparseable (fail closed)."""
-    parsed = parse_or_none(completion)
+    parsed = parse_or_none(completion, mode)
     return parsed is None or parsed.verdict.value == "veto"
 
 

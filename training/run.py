@@ -86,7 +86,8 @@ def build_rows(cfg: RunConfig, items: list[Any]) -> list[dict[str, Any]]:
                         if cfg.data.constitution_rate else None)
         return sft_rows(items, cfg.data.template, constitution=constitution,
                         constitution_rate=cfg.data.constitution_rate, seed=cfg.seed,
-                        action_format=fmt)
+                        action_format=fmt, projection_rate=cfg.data.projection_rate,
+                        projection_template=cfg.data.projection_template)
     if cfg.method == "dpo":
         return preference_rows(items, cfg.data.template, action_format=fmt)
     return prompt_rows(items, cfg.data.template, action_format=fmt)
