@@ -150,3 +150,28 @@ def test_the_embedded_model_card_is_generated_from_its_records(tmp_path: Path) -
         assert rec["n"] == 512 and rec["verdict_only"]
         for key in ("accuracy", "r0", "false_veto_rate", "parse_fail_rate"):
             assert got[(rec["split"], key)] == rec["report"][key]
+
+
+@pytest.mark.slow
+def test_a_lora_run_cards_its_adapter_and_its_merged_model(
+        tiny_qwen2_5_vl: Path, tmp_path: Path) -> None:
+    from training.config import load_run_config
+    from training.run import train
+
+    cfg = load_run_config({
+        "method": "sft", "seed": 0, "num_threads": 2,
+        "model": {"id": str(tiny_qwen2_5_vl), "dtype": "float32", "lora": {"r": 4}},
+        "data": {"train": {"source": "world", "n": 4, "preset": "easy"}},
+        "trainer": {"use_cpu": True, "bf16": False, "gradient_checkpointing": False,
+                    "max_steps": 1, "save_strategy": "no", "per_device_train_batch_size": 4,
+                    "disable_tqdm": True},
+    })
+    summary = train(cfg, tmp_path / "lora", save_merged=True)
+    adapter = ModelCard.load(tmp_path / "lora" / "model" / "README.md")
+    merged = ModelCard.load(tmp_path / "lora" / "model_merged" / "README.md")
+    assert adapter.data.library_name == "peft" and "lora" in adapter.data.tags
+    assert merged.data.library_name == "transformers" and "lora" not in merged.data.tags
+    assert adapter.data.license == merged.data.license == "apache-2.0"
+    assert merged.data.model_name == "lora-merged"
+    for card in (adapter, merged):
+        assert f"| final training loss | {summary['train_loss']:.6g} |" in card.text
