@@ -146,7 +146,7 @@ def test_launch_file_arguments_and_node(monkeypatch: pytest.MonkeyPatch) -> None
         if name != "use_sim_time":
             assert type(PARAMETERS[name].default) is kind, name
     for name in ("enable_stamped_cmd_vel", "stop_pub_timeout", "cmd_vel_in_topic",
-                 "cmd_vel_out_topic", "gate_cmd_vel", "autostart"):
+                 "cmd_vel_out_topic", "gate_cmd_vel", "autostart", "publish_annotations"):
         assert name in launch.PARAMETER_ARGUMENTS, name
 
     context = {**defaults, "model": "/models/m", "gate_cmd_vel": "true", "namespace": "robot",

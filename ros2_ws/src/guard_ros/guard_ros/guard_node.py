@@ -42,10 +42,11 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
 from guard.errors import ConfigError
-from guard.types import Decision, Status, Verdict
+from guard.types import Decision, Frame, Status, Verdict
 from guard.wire import header_stamp_ns, ns_to_seconds
 from guard_interfaces.msg import ActionProposal as ActionProposalMsg
 from guard_interfaces.msg import Decision as DecisionMsg
+from guard_ros.annotations import Annotator, RosTypes
 from guard_ros.check_server import CheckServer
 from guard_ros.diagnostics import GuardDiagnostics, GuardView
 from guard_ros.frames import CameraFrame, FrameBuffer
@@ -117,6 +118,7 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         self._diag = GuardDiagnostics()
         self._gate_enabled = False
         self._relay = self._new_relay(CmdVelGate(), stamped=False)
+        self._annotator: Annotator | None = None
         self._pending: Pending[ActionProposalMsg] = Pending()
         self._proposal_thread: threading.Thread | None = None
         self._check_server: CheckServer | None = None
@@ -162,6 +164,13 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
             self.get_logger().error(f'cannot configure: {reasons[0]}')
             return TransitionCallbackReturn.FAILURE
         try:
+            types = RosTypes() if params['publish_annotations'] else None
+        except ImportError as exc:
+            self.get_logger().error(
+                f'cannot configure: publish_annotations needs the foxglove_msgs package ({exc});'
+                ' install ros-$ROS_DISTRO-foxglove-msgs, or run ros2_ws/build_interfaces.sh')
+            return TransitionCallbackReturn.FAILURE
+        try:
             guard = self._judge.configure(params)
         except Exception as exc:  # a bad config, or any backend's error loading its model
             self.get_logger().error(f'cannot configure: {exc}')
@@ -179,6 +188,11 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         lifecycle = self.create_lifecycle_publisher
         self._pubs['decisions'] = lifecycle(DecisionMsg, 'guard/decisions', PROPOSAL_QOS)
         self._pubs['approved'] = lifecycle(ActionProposalMsg, 'guard/approved', PROPOSAL_QOS)
+        self._annotator = Annotator(types) if types is not None else None
+        if types is not None:
+            self._pubs['annotations'] = lifecycle(
+                types.types['foxglove_msgs/msg/ImageAnnotations'], 'guard/annotations',
+                CONTROL_QOS)
         if self._gate_enabled:
             self._pubs['cmd_vel'] = lifecycle(
                 TwistStamped if stamped else Twist, params['cmd_vel_out_topic'], CONTROL_QOS)
@@ -286,7 +300,7 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
                 self.destroy_publisher(pub)
             else:
                 self.destroy_lifecycle_publisher(pub)
-        self._pubs = {}
+        self._pubs, self._annotator = {}, None
         self._judge.release()
         self._frames.clear()
 
@@ -358,7 +372,7 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         # The proposal thread: one at a time, in arrival order, each answered exactly once.
         while (msg := proposals.get()) is not None:
             try:
-                self._answer(msg, self._judge.judge(msg, None, self._now_ns())[0])
+                self._answer(msg, *self._judge.judge(msg, None, self._now_ns()))
             except Exception as exc:  # the thread must live on: later proposals need it
                 self.get_logger().error(f'publishing the decision failed: {exc!r}')
             finally:
@@ -389,14 +403,21 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
             decision = self._judge.veto(proposal, Status.ERROR, f'internal error: {exc!r}')
             return decision, decision_msg(proposal, decision, self.get_clock().now().to_msg())
 
-    def _answer(self, msg: ActionProposalMsg, decision: Decision) -> None:
-        """Publish a proposal's decision, move the gate and relay the proposal if it may run."""
+    def _answer(self, msg: ActionProposalMsg, decision: Decision,
+                frame: Frame | None = None) -> None:
+        """Publish a proposal's decision (and its annotations over `frame`, the one judged),
+        move the gate, and relay the proposal if it may run."""
         decision, out = self._to_msg(msg, decision)
         self._diag.decided(decision.latency_ms)
         # A veto stops the robot now, not at the next tick; an allow reports passing.
         self._log_gate(self._relay.on_decision(
             decision.verdict, send=self._gate_enabled and self._active))
         self._publish('decisions', out)
+        annotator = self._annotator
+        if annotator is not None:
+            annotations = annotator.on_decision(decision, frame)
+            if annotations is not None:
+                self._publish('annotations', annotations)
         # Shadow mode relays everything (nothing is blocked); enforce relays allow/annotate.
         if not decision.blocks:
             self._publish('approved', msg)

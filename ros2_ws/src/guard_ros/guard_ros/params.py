@@ -77,6 +77,9 @@ PARAMETERS: dict[str, ParameterSpec] = {
     'cmd_vel_out_topic': ParameterSpec(
         'cmd_vel', 'Gated velocity commands, to the base controller.'),
     'diagnostics_period_s': ParameterSpec(1.0, 'Period of the /diagnostics status.'),
+    'publish_annotations': ParameterSpec(
+        False, 'Publish foxglove_msgs/ImageAnnotations of each proposal decision over the '
+        'frame it judged on guard/annotations (needs the foxglove_msgs package).'),
     'max_waiting_proposals': ParameterSpec(
         100, 'Proposals that may wait for the judge; one arriving beyond that is answered at '
         'once with an audited error veto.'),

@@ -63,6 +63,8 @@ ARGUMENTS = {
                          'params_file'),
     'cmd_vel_out_topic': ('', 'Gated velocity commands (to the base controller); empty: from '
                           'params_file'),
+    'publish_annotations': ('', 'true: Foxglove image annotations of each decision on '
+                            'guard/annotations; empty: from params_file'),
     'autostart': ('true', 'The node configures and activates itself (false: the launch file '
                   'or a lifecycle manager does)'),
     'use_lifecycle_manager': ('false', 'With autostart false: leave configure and activate to '
@@ -80,7 +82,7 @@ ARGUMENTS = {
 PARAMETER_ARGUMENTS = {
     'config': str, 'model': str, 'backend': str, 'mode': str, 'cmd_vel_in_topic': str,
     'cmd_vel_out_topic': str, 'gate_cmd_vel': bool, 'enable_stamped_cmd_vel': bool,
-    'autostart': bool, 'use_sim_time': bool,
+    'publish_annotations': bool, 'autostart': bool, 'use_sim_time': bool,
     'stop_pub_timeout': float,
 }
 STATES = ('unconfigured', 'inactive', 'active', 'finalized')
