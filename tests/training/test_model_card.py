@@ -111,14 +111,15 @@ def test_base_model_license_and_adapters(tmp_path: Path) -> None:
     (folder / "training_run_config.yaml").write_text(
         "method: caspo\nmodel: {id: Qwen/Qwen2.5-VL-7B-Instruct}\n"
         "data: {train: {source: dataset, path: someone/guard-data, split: train}}\n")
-    card = build_model_card(folder)
+    card: Any = build_model_card(folder)
     assert card.data.base_model == "Qwen/Qwen2.5-VL-7B-Instruct"
     assert card.data.datasets == ["someone/guard-data"]
     assert card.data.license == "unknown"  # not recorded anywhere: never guessed
     assert card.data.eval_results is None and "## Evaluation" not in card.text
     write_model_card(folder, license="other")
     assert ModelCard.load(folder / "README.md").data.license == "other"
-    assert build_model_card(folder).data.license == "other"  # a rewritten card keeps it
+    kept: Any = build_model_card(folder)
+    assert kept.data.license == "other"  # a rewritten card keeps it
     # a LoRA adapter folder: peft, base from the adapter's config
     adapter = tmp_path / "a"
     adapter.mkdir()
