@@ -155,7 +155,7 @@ def _slow(factor: float) -> Fault:
     def fault(b: _Faulty, request: JudgeRequest) -> JudgeOutput:
         remaining = request.remaining_s() or 0.0
         b.released.wait(max(0.0, remaining) * factor + 0.05)
-        return JudgeOutput(text="ALLOW\nrisk: 0.0")
+        return JudgeOutput(text=f"{Verdict.ALLOW.word}\nrisk: 0.0")
 
     return fault
 
@@ -311,10 +311,11 @@ def _non_finite_cases(h: Harness) -> Iterator[Outcome]:
             verdict_probs={"allow": 1.0, "veto": -0.5}),
         "all-zero verdict probabilities": _answer_with(
             verdict_probs={"allow": 0.0, "veto": 0.0}),
-        "NaN stated risk": _answer_with(text="ALLOW\nrisk: nan"),
-        "risk above 1": _answer_with(text="ALLOW\nrisk: 7"),
+        "NaN stated risk": _answer_with(text=f"{Verdict.ALLOW.word}\nrisk: nan"),
+        "risk above 1": _answer_with(text=f"{Verdict.ALLOW.word}\nrisk: 7"),
         "answer is not text": _answer_with(text=None),
-        "endless answer": _answer_with(text="VETO\n" + "consequence: x\n" * 100_000),
+        "endless answer": _answer_with(
+            text=f"{Verdict.VETO.word}\n" + "consequence: x\n" * 100_000),
         "unparseable answer": _answer_with(text="Sure, go ahead!"),
         "backend error": _raise(BackendError("CUDA error: device-side assert")),
         "backend SystemExit": _raise(SystemExit(1)),
@@ -353,7 +354,8 @@ def _late_cases(h: Harness) -> Iterator[Outcome]:
     frames = [Frame(image=big, stamp=time.time(), source=f"big{i}") for i in range(4)]
     overrides = {"policy.deadline_ms": 200, "image.max_frames": 4,
                  "image.max_input_pixels": 50_000_000}
-    with h.guard(_Faulty(h.backend, _answer_with(text="ALLOW\nrisk: 0.0")), policy=overrides) as g:
+    allow = _answer_with(text=f"{Verdict.ALLOW.word}\nrisk: 0.0")
+    with h.guard(_Faulty(h.backend, allow), policy=overrides) as g:
         yield h.run("late_answer", "four 7000x7000 frames, 200 ms deadline", g, frames,
                     h.proposal())
     release = threading.Event()
@@ -549,7 +551,7 @@ def _writer(config_json: str, n: int, queue: Any) -> None:
     config = GuardConfig.model_validate_json(config_json)
     ids = []
     frame = Frame(image=np.zeros((32, 32, 3), dtype=np.uint8), stamp=None)
-    with Guard(config, backend=ScriptedBackend.answering("ALLOW\nrisk: 0.0")) as g:
+    with Guard(config, backend=ScriptedBackend.answering(f"{Verdict.ALLOW.word}\nrisk: 0.0")) as g:
         for i in range(n):
             ids.append(g.check(frame, ActionProposal(name=f"writer step {i}")).id)
     queue.put(ids)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from guard.backends.qwen_inputs import QWEN2_5_VL_CHAT_TEMPLATE, QWEN3_VL_CHAT_TEMPLATE
+from guard.types import VERDICT_WORDS, Verdict
 
 Arch = Literal["qwen2_5_vl", "qwen3_vl"]
 ARCHS: tuple[str, ...] = ("qwen2_5_vl", "qwen3_vl")
@@ -117,12 +118,12 @@ def _corpus() -> list[str]:
         lines.extend(t.format(o=o, o2=o2, p=p, v=v, h=h, d=d) for t in phrases)
     lines.extend(objects + places + verbs + hazards)
     answers = [
-        "ALLOW\nrisk: 0.0\nconsequence: nothing happens",
-        "ANNOTATE\nrisk: 0.4\nhazard: slip | water on the floor | a person could slip | 0.4",
-        "VETO\nrisk: 0.9\nhazard: fire | a towel near the stove | the towel catches fire | 0.9",
-        "verdict: ALLOW",
-        "verdict: ANNOTATE",
-        "verdict: VETO",
+        f"{Verdict.ALLOW.word}\nrisk: 0.0\nconsequence: nothing happens",
+        f"{Verdict.ANNOTATE.word}\nrisk: 0.4\n"
+        "hazard: slip | water on the floor | a person could slip | 0.4",
+        f"{Verdict.VETO.word}\nrisk: 0.9\n"
+        "hazard: fire | a towel near the stove | the towel catches fire | 0.9",
+        *(f"verdict: {w}" for w in VERDICT_WORDS),
         "You are the safety guard of a robot. Look at the camera view and the action.",
         "Answer with the verdict word first: ALLOW, ANNOTATE or VETO. Project the consequence.",
         "0 1 2 3 4 5 6 7 8 9 0.0 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9 1.0 | : , . ( ) { } \" '",

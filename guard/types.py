@@ -30,6 +30,11 @@ class Verdict(str, Enum):
     def rank(self) -> int:
         return _VERDICT_RANK[self]
 
+    @property
+    def word(self) -> str:
+        """The verdict as the judge writes it (`VERDICT_WORDS`)."""
+        return self.name
+
     @classmethod
     def most_restrictive(cls, *verdicts: Verdict) -> Verdict:
         """The most restrictive of `verdicts` (veto > annotate > allow)."""
@@ -39,6 +44,11 @@ class Verdict(str, Enum):
 
 
 _VERDICT_RANK = {Verdict.ALLOW: 0, Verdict.ANNOTATE: 1, Verdict.VETO: 2}
+
+VERDICT_WORDS: tuple[str, ...] = tuple(v.word for v in Verdict)
+"""The verdict words as the judge writes them, ALLOW, ANNOTATE, VETO, defined here only: the
+prompt templates (``{allow}`` ...), the parser, every backend's verdict scoring, the world's
+and training's target answers and the test doubles take them from here."""
 
 
 class Status(str, Enum):

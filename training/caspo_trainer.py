@@ -49,12 +49,11 @@ from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model, use_adapter
 
 from guard.backends.engine import verdict_first_tokens
-from guard.types import Verdict
+from guard.types import VERDICT_WORDS
 from training import losses
 from training.constitution import Constitution, load_constitution
 
 TEACHER_ADAPTER = "caspo_teacher"
-VERDICT_WORDS = tuple(v.name for v in Verdict)  # the guard's answer starts with one of them
 TEACHERS = ("current", "snapshot")
 # trl loss types whose aggregation CASPO reproduces: per sequence, or per token of the batch
 _AGGREGATION = {"grpo": "sequence", "bnpo": "token", "dapo": "token"}

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from guard.prompting import ANSWER_MODES, DEFAULT_ANSWER_MODE, load_template
 from guard.prompting.action import UNNAMED_TOOL, render_action
+from guard.types import Verdict
 
 if TYPE_CHECKING:
     import datasets
@@ -301,9 +302,9 @@ def reference_answer(item: GuardItem) -> str:
     """A guard-format answer from an item's label, category, hazard and consequence."""
     consequence = item.consequence or "Nothing in the scene makes this action harmful."
     if item.label != "unsafe":
-        return f"ALLOW\nrisk: {SAFE_RISK}\nconsequence: {consequence}"
+        return f"{Verdict.ALLOW.word}\nrisk: {SAFE_RISK}\nconsequence: {consequence}"
     hazard = (item.hazard or "the scene makes this action dangerous").rstrip(".")
-    return (f"VETO\nrisk: {UNSAFE_RISK}\n"
+    return (f"{Verdict.VETO.word}\nrisk: {UNSAFE_RISK}\n"
             f"hazard: {item.category} | {hazard} | {consequence.rstrip('.')} | {UNSAFE_RISK}\n"
             f"consequence: {consequence}")
 
@@ -391,10 +392,10 @@ def wrong_verdict_answer(item: GuardItem) -> str:
     known for (the world's rule category) that this scene does not have.
     """
     if item.label == "unsafe":
-        return (f"ALLOW\nrisk: {SAFE_RISK}\n"
+        return (f"{Verdict.ALLOW.word}\nrisk: {SAFE_RISK}\n"
                 "consequence: Nothing in the scene makes this action harmful.")
     category = _rule_category(item.meta.get("target_rule")) or "unknown"
-    return (f"VETO\nrisk: {UNSAFE_RISK}\n"
+    return (f"{Verdict.VETO.word}\nrisk: {UNSAFE_RISK}\n"
             f"hazard: {category} | the scene makes this action dangerous | "
             f"doing it causes harm | {UNSAFE_RISK}\n"
             f"consequence: Doing this here causes {category} harm.")

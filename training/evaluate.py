@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from guard.prompting import DEFAULT_ANSWER_MODE, load_template
+from guard.types import VERDICT_WORDS, Verdict
 from training.data import GuardItem, action_text, prompt_messages
 from training.rewards import blocks, category_score, identified_risk, parse_or_none
 
@@ -246,9 +247,9 @@ def constitution_effect(model: Any, processor: Any, items: Sequence[GuardItem],
     from training.data import load_image
 
     tok = processor.tokenizer
-    first = {w: tok.encode(w, add_special_tokens=False)[0] for w in ("VETO", "ALLOW", "ANNOTATE")}
+    first = {w: tok.encode(w, add_special_tokens=False)[0] for w in VERDICT_WORDS}
     ids = torch.tensor(sorted(set(first.values())))
-    veto_col = int((ids == first["VETO"]).nonzero()[0, 0])
+    veto_col = int((ids == first[Verdict.VETO.word]).nonzero()[0, 0])
     rows: list[tuple[GuardItem, float, float]] = []
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]

@@ -9,6 +9,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from PIL import Image
 
+from guard.types import VERDICT_WORDS
+
 RationaleMode = Literal["sync", "async", "off"]
 """When the explanation after the verdict is generated: before the call returns (sync), after
 it on a background thread (async), or not at all (off)."""
@@ -53,7 +55,7 @@ class JudgeRequest:
     deadline: float | None = None
     # The answer's first word, one per verdict, so a backend can score them from the first
     # decoding step (risk from the verdict tokens' probabilities).
-    verdict_words: tuple[str, ...] = ("ALLOW", "ANNOTATE", "VETO")
+    verdict_words: tuple[str, ...] = VERDICT_WORDS
     # Verdict-first backends may return after the verdict (see RationaleMode); the others
     # always answer in full, as in "sync".
     rationale: RationaleMode = "sync"

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from guard.errors import BackendError, UsageError
+from guard.types import VERDICT_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -387,11 +388,12 @@ def _parity(model: Any, builder: Any, out: Path, image_size: tuple[int, int]) ->
     w, h = image_size
     frame = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
     prompt = ChatPrompt(
-        system="You are the safety guard of a robot. Answer ALLOW, ANNOTATE or VETO first.",
+        system=f"You are the safety guard of a robot. Answer {', '.join(VERDICT_WORDS[:-1])} "
+        f"or {VERDICT_WORDS[-1]} first.",
         user="Proposed action: turn on the stove",
         images=(frame,),
     )
-    words = ("ALLOW", "ANNOTATE", "VETO")
+    words = VERDICT_WORDS
     meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
     logits = []
     if meta["dtype"] == "float32":

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from guard.backends.base import JudgeOutput, JudgeRequest
 from guard.config import ModelConfig
 from guard.errors import BackendError
+from guard.types import Verdict
 
 if TYPE_CHECKING:
     from guard.config import GuardConfig
@@ -44,7 +45,7 @@ class ScriptedOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     responses: list[ScriptedStep] = Field(
-        default_factory=lambda: [ScriptedStep(text="ALLOW\nrisk: 0.0")]
+        default_factory=lambda: [ScriptedStep(text=f"{Verdict.ALLOW.word}\nrisk: 0.0")]
     )
     by_action: dict[str, ScriptedStep] = Field(default_factory=dict)
 

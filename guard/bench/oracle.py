@@ -36,7 +36,7 @@ from guard.errors import BackendError
 from guard.imaging import fit_max_pixels
 from guard.prompting import ParseError, parse_answer
 from guard.prompting.action import UNNAMED_TOOL
-from guard.types import ActionProposal, Frame
+from guard.types import ActionProposal, Frame, Verdict
 
 _UNSAFE_FIELD = re.compile(r"[|\n\r]+")
 
@@ -67,13 +67,14 @@ def oracle_answer(item: BenchItem) -> str:
         except ParseError:
             pass
     if not item.unsafe:
-        return "ALLOW\nrisk: 0.0"
+        return f"{Verdict.ALLOW.word}\nrisk: 0.0"
     category = re.sub(r"[^A-Za-z0-9_\- ]+", "_", item.category)[:64] or "unknown"
     if not category[0].isalpha():
         category = "h_" + category
     description = _UNSAFE_FIELD.sub(" ", item.hazard or item.query).strip()[:400]
     consequence = _UNSAFE_FIELD.sub(" ", item.consequence).strip()[:400]
-    return f"VETO\nrisk: 1.0\nhazard: {category} | {description} | {consequence} | 1.0"
+    return (f"{Verdict.VETO.word}\nrisk: 1.0\n"
+            f"hazard: {category} | {description} | {consequence} | 1.0")
 
 
 def _image_key(image: object) -> str:

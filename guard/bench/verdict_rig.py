@@ -25,7 +25,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-VERDICT_WORDS = ("ALLOW", "ANNOTATE", "VETO")
+from guard.types import VERDICT_WORDS
 
 # Channel values (see the module docstring). With a = 1, b = 2, c = 8: after the newline the
 # verdict tokens score b*a = 2 against the newline's own a*a = 1; after a verdict token

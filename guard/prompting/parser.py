@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 
 from guard.errors import GuardError
-from guard.types import Hazard, Verdict
+from guard.types import VERDICT_WORDS, Hazard, Verdict
 
 #: The answer modes: verdict first (the deployed fast path) or the projection first.
 ANSWER_MODES: tuple[str, ...] = ("verdict_first", "projection_first")
@@ -54,9 +54,9 @@ class ParsedAnswer:
     effect: str = ""
 
 
+_WORDS = "|".join(re.escape(w) for w in VERDICT_WORDS)
 _VERDICT_RE = re.compile(
-    r"^(?:verdict\s*:\s*)?(?:\*\*(allow|annotate|veto)\*\*|(allow|annotate|veto))$",
-    re.IGNORECASE | re.ASCII,
+    rf"^(?:verdict\s*:\s*)?(?:\*\*({_WORDS})\*\*|({_WORDS}))$", re.IGNORECASE | re.ASCII
 )
 _FIELD_RE = re.compile(
     r"^(?:-\s+)?(risk|hazard|consequence|rationale)\s*:\s*(.*)$", re.IGNORECASE | re.ASCII
@@ -139,7 +139,7 @@ def parse_answer(text: str, mode: str = DEFAULT_ANSWER_MODE) -> ParsedAnswer:
         raise ParseError(f"line {first + 1} is not a verdict: {lines[first][:60]!r}"
                          if first else
                          f"answer does not start with a verdict: {lines[0][:60]!r}")
-    answer = ParsedAnswer(verdict=Verdict((m.group(1) or m.group(2)).lower()), scene=scene,
+    answer = ParsedAnswer(verdict=Verdict[(m.group(1) or m.group(2)).upper()], scene=scene,
                           effect=effect)
     seen: set[str] = set()
     for n, line in enumerate(lines[first + 1:], start=first + 2):

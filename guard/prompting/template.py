@@ -14,9 +14,16 @@ from guard.backends.base import ChatPrompt
 from guard.errors import ConfigError
 from guard.prompting.parser import ANSWER_MODES, DEFAULT_ANSWER_MODE
 from guard.prompting.untrusted import untrusted_text
+from guard.types import Verdict
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 _PLACEHOLDER = re.compile(r"\{(action|n_frames)\}")
+# The verdict words, filled in at load: a template names them, it does not spell them.
+_WORD_PLACEHOLDER = re.compile(r"\{(allow|annotate|veto)\}")
+
+
+def _with_words(text: str) -> str:
+    return _WORD_PLACEHOLDER.sub(lambda m: Verdict(m.group(1)).word, text)
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,7 @@ def load_template(name_or_path: str) -> PromptTemplate:
                           f"{', '.join(ANSWER_MODES)}")
     return PromptTemplate(
         name=str(data.get("name", path.stem)),
-        system=str(data.get("system", "")),
-        user=data["user"],
+        system=_with_words(str(data.get("system", ""))),
+        user=_with_words(data["user"]),
         answer_mode=mode,
     )

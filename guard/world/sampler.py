@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from guard.types import Verdict
 from guard.world.builder import Retry, SceneBuilder
 from guard.world.catalog import CLUTTER, KINDS
 from guard.world.config import SPLITS, OodKind, WorldConfig
@@ -94,8 +95,9 @@ class WorldItem:
     def reference_answer(self) -> str:
         """The guard's answer format: verdict word first, then risk, hazards, consequence."""
         if not self.findings:
-            return f"ALLOW\nrisk: {_num(SAFE_RISK)}\nconsequence: {self.safe_consequence}"
-        lines = ["VETO", f"risk: {_num(self.risk)}"]
+            return (f"{Verdict.ALLOW.word}\nrisk: {_num(SAFE_RISK)}\n"
+                    f"consequence: {self.safe_consequence}")
+        lines = [Verdict.VETO.word, f"risk: {_num(self.risk)}"]
         for f in self.findings:
             lines.append(
                 f"hazard: {f.category} | {f.description} | {f.mechanism} | {_num(f.severity)}"
