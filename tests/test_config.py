@@ -96,7 +96,7 @@ def test_every_backends_fields_are_documented_and_each_block_loads():
         for field in backend_config_class(name).model_fields:
             assert f"{field}:" in text, f"configs/default.yaml does not document model.{field}"
     # The commented blocks of the other backends are configs of their own once uncommented.
-    for backend in ("openai", "scripted"):
+    for backend in ("openai", "scripted", "server"):
         start = text.index(f"  # backend: {backend}\n")
         block = []
         for line in text[start:].splitlines()[1:]:
@@ -112,7 +112,7 @@ def test_an_unknown_backend_fails_when_loaded(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, "model:\n  backend: vllm\n"))
     assert "model.backend = 'vllm': unknown backend (known: onnx, openai, scripted, " \
-        "transformers)" in str(exc.value)
+        "server, transformers)" in str(exc.value)
     assert "\n" not in str(exc.value)
 
 

@@ -622,3 +622,83 @@ def test_a_server_down_or_late_is_a_veto(tmp_path: Path) -> None:
     code, _, err = _cli("check", "--server", down, "--model", "m", "--image", str(image),
                         "--action", "x")
     assert code == 2 and "--model: not used with --server" in err
+
+
+# -- the server backend: a client guard that renders, decides and audits; the model elsewhere --
+
+
+def _client_config(tmp_path: Path, url: str, model: str | None, **extra: Any) -> GuardConfig:
+    return GuardConfig().with_overrides(**{
+        "audit.path": str(tmp_path / "client.jsonl"), "model.backend": "server",
+        "model.server.url": url, "model.id": model, "policy.deadline_ms": 60_000, **extra,
+    })
+
+
+def test_the_server_backend_judges_as_a_local_guard(tmp_path: Path) -> None:
+    """A guard on the server backend gives each proposal the local guard's prompt, judged
+    size, answer and decision; its clients' prompts are batched on the server."""
+    pytest.importorskip("transformers")
+    model = str(_embedded())
+    served = GuardConfig().with_overrides(**{
+        "audit.path": str(tmp_path / "server.jsonl"), "model.id": model,
+        "policy.deadline_ms": 60_000})
+    local_cfg = served.with_overrides(**{"audit.path": str(tmp_path / "local.jsonl")})
+    steps = _steps(8)
+    with Server(served) as srv, Guard(local_cfg) as local:
+        srv.wait_ready()
+        with Guard(_client_config(tmp_path, srv.url, model)) as client:
+            assert client.backend.model_id == local.backend.model_id == model
+            now = time.time()
+            items = [(Frame(image=s.frame, stamp=now, source=f"s{k}"),
+                      {"name": s.item.action, "description": s.action, "id": f"p{k}"})
+                     for k, s in enumerate(steps)]
+            with ThreadPoolExecutor(8) as pool:  # eight robots at once
+                remote = list(pool.map(lambda it: client.judge(*it, now=now), items))
+            here = [local.judge(*it, now=now) for it in items]
+        batches = httpx.get(f"{srv.url}/healthz").json()["batches"]
+    for r, h in zip(remote, here, strict=True):
+        assert _same(r.decision, h.decision) == {}
+        assert (r.prompt, r.answer, r.judged_sizes) == (h.prompt, h.answer, h.judged_sizes)
+        assert r.decision.status is Status.OK
+    assert batches < len(items)  # prompts that waited together went as one batch
+    assert len(_records(tmp_path / "client.jsonl")) == len(items)  # decided and audited here
+    assert _records(tmp_path / "server.jsonl") == []  # the server only answered prompts
+
+
+def test_the_server_backend_fails_closed(tmp_path: Path) -> None:
+    import socket
+
+    from guard.errors import BackendError, ConfigError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(BackendError, match="unreachable"):
+        Guard(_client_config(tmp_path, down, None))
+    config = GuardConfig().with_overrides(**{
+        "audit.path": str(tmp_path / "server.jsonl"), "model.backend": "scripted",
+        "model.scripted.by_action": {"slow": {"text": "ALLOW", "delay_ms": 1500}},
+        "prompt.template": "consequence_v1"})
+    with Server(config, ServeOptions(token="t0k")) as srv:
+        srv.wait_ready()
+        with Guard(_client_config(tmp_path, srv.url, None,
+                                  **{"model.server.token_env": "NO_SUCH_TOKEN_VAR"})) as guard:
+            refused = guard.check(_frame(1), {"name": "tap_on"})  # probes need no token
+        assert (refused.verdict, refused.status) == (Verdict.VETO, Status.ERROR)
+        assert "HTTP 401" in (refused.error or "")
+        (tmp_path / "token").write_text("t0k\n")
+        token = {"model.server.token_file": str(tmp_path / "token")}
+        with pytest.raises(ConfigError, match="template 'consequence_v1'"):
+            Guard(_client_config(tmp_path, srv.url, None, **token,
+                                 **{"prompt.template": "consequence_compact"}))
+        client = Guard(_client_config(tmp_path, srv.url, None, **token,
+                                      **{"policy.deadline_ms": 500}))
+        fast = client.check(_frame(1), {"name": "tap_on", "description": "turn on the tap"})
+        slow = client.check(_frame(2), {"name": "x", "description": "slow move"})
+    down_now = client.check(_frame(3), {"name": "tap_on", "description": "turn on the tap"})
+    client.close()
+    assert (fast.verdict, fast.status) == (Verdict.ALLOW, Status.OK)
+    assert (slow.verdict, slow.status) == (Verdict.VETO, Status.TIMEOUT)
+    assert (down_now.verdict, down_now.status) == (Verdict.VETO, Status.ERROR)
+    assert "unreachable" in (down_now.error or "")
+    assert verify(tmp_path / "client.jsonl").ok

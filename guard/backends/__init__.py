@@ -39,6 +39,8 @@ _REGISTRY: dict[str, _Entry] = {
                      "guard.backends.openai_backend:OpenAIModelConfig"),
     "scripted": _Entry("guard.backends.scripted:ScriptedBackend",
                        "guard.backends.scripted:ScriptedModelConfig"),
+    "server": _Entry("guard.backends.server_backend:ServerBackend",
+                     "guard.backends.server_backend:ServerModelConfig"),
 }
 
 

@@ -7,6 +7,13 @@ Endpoints:
     GET  /readyz      the same as /healthz
     POST /v1/check    {"action": str, "tool": str?, "arguments": obj?, "images": [b64, ...],
                        "id": str?, "deadline_ms": number?}  ->  the decision JSON
+    POST /v1/judge    {"system": str, "user": str, "images": [b64 PNG], "max_new_tokens": int,
+                       "rationale": str, "deadline_ms": number?}  ->  {"text", "verdict_probs",
+                       "n_tokens", "timings_ms", "model"}: the model's answer to a prompt a
+                       client guard rendered (the `server` backend); the client decides
+
+`/healthz` also names the model, template, action format and image grid the server judges
+with, so a client guard on the `server` backend renders and resizes as this one does.
 
 `images` are base64 PNG/JPEG (a ``data:`` URL prefix is accepted), oldest first, each stamped
 with its arrival time. `deadline_ms` can only shorten the policy's deadline; the deadline runs
@@ -25,6 +32,10 @@ refused the request, and every such decision is in the audit log):
     401  no or wrong bearer token (when one is set); 413 body over the size limit;
     400  body not a JSON object; 422 fields of the wrong type; each with {"error": one line}
          and no decision (nothing was proposed)
+
+`POST /v1/judge` answers 200 with the answer, or {"error": one line} with 503 (queue full or
+not ready), 504 (its deadline passed), 502 (the model failed), 4xx as above; the client's
+guard turns each of those into its own audited veto.
 """
 
 from __future__ import annotations
@@ -32,14 +43,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures as cf
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -49,9 +62,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from guard.backends import ChatPrompt, JudgeOutput, JudgeRequest
 from guard.config import GuardConfig
 from guard.core import BatchItem, Guard, unjudged
-from guard.errors import InvalidInputError
+from guard.errors import BackendError, BackendTimeout, InvalidInputError
+from guard.imaging import backend_grid, decode_image_bytes
 from guard.types import Decision, Frame, Status
 
 log = logging.getLogger("guard.serve")
@@ -106,6 +121,19 @@ class CheckBody(BaseModel):
         return out
 
 
+class JudgeBody(BaseModel):
+    """The body of `POST /v1/judge`: a prompt a client guard rendered, frames it resized."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system: str = ""
+    user: str
+    images: list[str] = Field(default_factory=list)
+    max_new_tokens: int = Field(default=128, ge=1, le=8192)
+    rationale: Literal["sync", "async", "off"] = "sync"
+    deadline_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+
 class QueueFull(Exception):
     """No room to wait for the model."""
 
@@ -116,8 +144,8 @@ class Expired(Exception):
 
 @dataclass
 class _Pending:
-    item: BatchItem
-    future: asyncio.Future[Decision]
+    item: BatchItem | JudgeRequest
+    future: asyncio.Future[Any]
     taken: bool = False
     abandoned: bool = False
 
@@ -125,23 +153,27 @@ class _Pending:
 @dataclass
 class Batcher:
     """A bounded queue in front of the guard: whatever waits when the model frees up is
-    judged as one batch (`Guard.check_batch`), on a worker thread."""
+    judged as one batch (`Guard.check_batch` for checks, the backend's batch path for a
+    client guard's prompts), on worker threads."""
 
     guard: Guard
     queue_size: int
     max_batch: int
     _queue: asyncio.Queue[_Pending] = field(init=False)
+    _pool: cf.ThreadPoolExecutor = field(init=False)
     batches: int = 0
 
     def __post_init__(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.queue_size)
+        self._pool = cf.ThreadPoolExecutor(self.max_batch, thread_name_prefix="guard-serve")
 
     @property
     def waiting(self) -> int:
         return self._queue.qsize()
 
-    async def submit(self, item: BatchItem, deadline: float) -> Decision:
-        """The decision for `item`.
+    async def submit(self, item: BatchItem | JudgeRequest, deadline: float) -> Any:
+        """The decision for a check (`BatchItem`), or the answer (a `JudgeOutput`, or the
+        exception that stands for it) to a prompt (`JudgeRequest`).
 
         Raises:
             QueueFull: The queue is full (at once: back-pressure, never a wait).
@@ -157,7 +189,7 @@ class Batcher:
             return await asyncio.wait_for(asyncio.shield(pending.future),
                                           timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            if pending.taken:  # being judged: the core answers by this item's deadline
+            if pending.taken:  # being judged: answered by this item's deadline
                 return await pending.future
             pending.abandoned = True
             raise Expired from None
@@ -169,24 +201,67 @@ class Batcher:
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             batch = [p for p in batch if not p.abandoned]
-            if not batch:
-                continue
             for p in batch:
                 p.taken = True
-            self.batches += 1
-            try:
-                decisions = await anyio.to_thread.run_sync(
-                    self.guard.check_batch, [p.item for p in batch]
-                )
-            except Exception as exc:  # check_batch never raises for its input: a bug
-                log.exception("batch failed")
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
+            checks = [p for p in batch if isinstance(p.item, BatchItem)]
+            prompts = [p for p in batch if not isinstance(p.item, BatchItem)]
+            if checks:
+                self.batches += 1
+                await self._settle(checks, self.guard.check_batch, [p.item for p in checks])
+            if prompts:
+                self.batches += 1
+                await self._settle(prompts, self.answer, [p.item for p in prompts])
+
+    async def _settle(self, batch: list[_Pending], fn: Callable[[Any], list[Any]],
+                      items: list[Any]) -> None:
+        try:
+            results = await anyio.to_thread.run_sync(fn, items)
+        except Exception as exc:  # neither raises for its input: a bug
+            log.exception("batch failed")
+            results = [exc] * len(batch)
+        for p, result in zip(batch, results, strict=True):
+            if p.future.done():
                 continue
-            for p, decision in zip(batch, decisions, strict=True):
-                if not p.future.done():
-                    p.future.set_result(decision)
+            if isinstance(result, Exception) and not isinstance(p.item, JudgeRequest):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)
+
+    def answer(self, requests: Sequence[JudgeRequest]) -> list[JudgeOutput | BaseException]:
+        """The backend's answers to prompts (one batch when it has a batch path), each
+        waited for only until its own deadline."""
+        backend = self.guard.backend
+        batch_path = getattr(backend, "judge_batch", None)
+        deadlines = [r.deadline if r.deadline is not None else time.monotonic() + 60.0
+                     for r in requests]
+        if batch_path is not None and len(requests) > 1:
+            latest = max(deadlines)
+            rows = [dataclasses.replace(r, deadline=latest) for r in requests]
+            future = self._pool.submit(batch_path, rows)
+            try:
+                outs = future.result(timeout=max(0.0, latest - time.monotonic()))
+                if not isinstance(outs, list) or len(outs) != len(rows):
+                    raise BackendError(f"the batch path answered {len(outs)} for {len(rows)}")
+            except cf.TimeoutError:
+                return [BackendTimeout("no answer within the deadline")] * len(rows)
+            except BaseException as exc:
+                return [exc] * len(rows)
+            now = time.monotonic()
+            return [BackendTimeout("the answer came after the deadline") if now > d else o
+                    for o, d in zip(outs, deadlines, strict=True)]
+        futures = [self._pool.submit(backend.judge, r) for r in requests]
+        out: list[JudgeOutput | BaseException] = []
+        for f, d in zip(futures, deadlines, strict=True):
+            try:
+                out.append(f.result(timeout=max(0.0, d - time.monotonic())))
+            except cf.TimeoutError:
+                out.append(BackendTimeout("no answer within the deadline"))
+            except BaseException as exc:
+                out.append(exc)
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class ServerState:
@@ -230,6 +305,8 @@ class ServerState:
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
+        if self.batcher is not None:
+            self.batcher.close()
         if self.guard is not None:
             await anyio.to_thread.run_sync(self.guard.close)
 
@@ -271,8 +348,13 @@ def create_app(
             body = ({"status": "failed", "error": state.error} if state.error
                     else {"status": "loading"})
             return JSONResponse(body, status_code=503)
+        grid = backend_grid(guard.backend)
         return JSONResponse({
             "status": "ready", "model": guard.backend.model_id, "policy": guard.policy_id,
+            "template": guard.template_name, "action_format": guard.action_format,
+            "image_grid": dataclasses.asdict(grid) if grid is not None else None,
+            "max_pixels": guard.config.image.max_pixels,
+            "min_pixels": guard.config.image.min_pixels,
             "deadline_ms": guard.config.policy.deadline_ms, "waiting": batcher.waiting,
             "queue_size": opts.queue_size, "max_batch": opts.max_batch,
             "batches": batcher.batches,
@@ -284,8 +366,7 @@ def create_app(
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
         try:
-            body = await _read_body(request, opts.max_body_bytes)
-            req = _parse(body)
+            req = _parse(await _read_body(request, opts.max_body_bytes), CheckBody)
         except _Refused as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         proposal = req.proposal()
@@ -321,12 +402,54 @@ def create_app(
             return _decision(decision, 500)
         return _decision(decision, 200)
 
+    async def judge(request: Request) -> Response:
+        entered = time.monotonic()
+        if not _authorized(request, opts.token):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        try:
+            body = _parse(await _read_body(request, opts.max_body_bytes), JudgeBody)
+        except _Refused as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        guard, batcher = state.guard, state.batcher
+        if guard is None or batcher is None:
+            why = state.error or "the model is still loading"
+            return _error(503, f"not ready: {why}", retry=True)
+        images = await anyio.to_thread.run_sync(_images, body.images, guard.config)
+        if isinstance(images, str):
+            return _error(422, images)
+        limit_ms = min(guard.config.policy.deadline_ms, body.deadline_ms or float("inf"))
+        deadline = entered + limit_ms / 1000.0
+        judge_request = JudgeRequest(
+            prompt=ChatPrompt(system=body.system, user=body.user, images=tuple(images)),
+            max_new_tokens=min(body.max_new_tokens, guard.config.model.max_new_tokens),
+            deadline=deadline,
+            # A remote answer has no background rationale: async is answered in full.
+            rationale="off" if body.rationale == "off" else "sync",
+        )
+        try:
+            out = await batcher.submit(judge_request, deadline)
+        except QueueFull:
+            return _error(503, f"overloaded: {opts.queue_size} requests already wait for "
+                          "the model", retry=True)
+        except Expired:
+            return _error(504, f"no answer within deadline_ms ({limit_ms:g}; still queued)")
+        if isinstance(out, BackendTimeout):
+            return _error(504, f"no answer within deadline_ms ({limit_ms:g}): {out}")
+        if isinstance(out, BaseException):
+            text = str(out) if isinstance(out, BackendError) else f"{type(out).__name__}: {out}"
+            return _error(502, f"backend failed: {text}")
+        return JSONResponse({"text": out.text, "verdict_probs": out.verdict_probs,
+                             "n_tokens": out.n_tokens, "timings_ms": out.timings_ms,
+                             "model": guard.backend.model_id})
+
     app = Starlette(
         routes=[
             Route("/livez", livez, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", healthz, methods=["GET"]),
             Route("/v1/check", check, methods=["POST"]),
+            Route("/v1/judge", judge, methods=["POST"]),
         ],
         lifespan=lifespan,
     )
@@ -363,7 +486,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse(body: bytes) -> CheckBody:
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def _parse(body: bytes, model: type[_Body]) -> _Body:
     try:
         data = json.loads(body)
     except RecursionError:
@@ -373,7 +499,7 @@ def _parse(body: bytes) -> CheckBody:
     if not isinstance(data, dict):
         raise _Refused(400, f"request body must be a JSON object, got {type(data).__name__}")
     try:
-        return CheckBody.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(map(str, err["loc"])) or "body"
@@ -407,3 +533,27 @@ def _decision(decision: Decision, status: int, *, retry: bool = False) -> Respon
     headers = {"Retry-After": "1"} if retry else None
     return Response(decision.model_dump_json(), status_code=status,
                     media_type="application/json", headers=headers)
+
+
+def _images(images: list[str], config: GuardConfig) -> list[Any] | str:
+    """A client guard's frames, as it resized them (decoded, not resized again)."""
+    from PIL import Image
+
+    out = []
+    for k, text in enumerate(images):
+        source = f"images[{k}]"
+        try:
+            data = base64.b64decode(text, validate=True)
+            array = decode_image_bytes(data, source=source,
+                                       max_input_pixels=config.image.max_input_pixels)
+        except (binascii.Error, ValueError):
+            return f"{source}: not valid base64"
+        except InvalidInputError as exc:
+            return str(exc)
+        out.append(Image.fromarray(array))
+    return out
+
+
+def _error(status: int, message: str, *, retry: bool = False) -> Response:
+    headers = {"Retry-After": "1"} if retry else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
