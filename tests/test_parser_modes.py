@@ -14,6 +14,7 @@ from guard.core import Guard
 from guard.errors import ConfigError
 from guard.prompting import ANSWER_MODES, ParseError, load_template, parse_answer
 from guard.types import ActionProposal, Status, Verdict
+from tests.test_parser import is_valid_allow
 
 PROJECTED_VETO = (
     "scene: a towel lies on the stove\n"
@@ -102,8 +103,6 @@ _EFFECT = re.compile(r"^(-\s+)?effect\s*:\s*\S.*$", re.I | re.A)
 @settings(max_examples=1500, deadline=None)
 @given(_texts)
 def test_projection_mode_allows_only_a_projection_then_a_valid_allow_answer(text):
-    from tests.test_parser import is_valid_allow
-
     try:
         answer = parse_answer(text, "projection_first")
     except ParseError:
