@@ -131,19 +131,19 @@ def test_live_annotations_over_the_judged_frame(ros_graph: dict[str, Any]) -> No
     def on_frame(width: int, height: int, back_s: int) -> int:
         """Publish a frame (again, best effort) until a decision judged it; its stamp."""
         now = probe.node.get_clock().now().nanoseconds
-        stamp_ns = (now // 10**9 - back_s) * 10**9 + 123_456_789
+        stamp_ns = int((now // 10**9 - back_s) * 10**9 + 123_456_789)
         stamp = Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9)
 
         def judged_it() -> bool:
             camera.publish(make_image(width=width, height=height, stamp=stamp))
             time.sleep(0.05)
-            return stamp_of(judged("pick up the cup")) == stamp_ns
+            return bool(stamp_of(judged("pick up the cup")) == stamp_ns)
 
         assert wait_for(judged_it, 10.0), node.log()
         return stamp_ns
 
     def stamp_of(d: Any) -> int:
-        return d.frame_stamp.sec * 10**9 + d.frame_stamp.nanosec
+        return int(d.frame_stamp.sec * 10**9 + d.frame_stamp.nanosec)
 
     def drawn(stamp_ns: int, width: int, height: int) -> Any:
         """The annotations of the decisions on that frame (the newest four), as replay draws

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,7 @@ def test_policy_changes_fall_back_to_the_config_file() -> None:
 
 
 @pytest.fixture
-def judge(tmp_path: Path) -> Any:
+def judge(tmp_path: Path) -> Iterator[Any]:
     pytest.importorskip("guard_interfaces.msg")
     import yaml
     from guard_ros.judging import Judge
@@ -188,7 +189,7 @@ def judge(tmp_path: Path) -> Any:
         "policy": {"deadline_ms": 2000, "max_frame_age_ms": 1000},
         "audit": {"path": str(tmp_path / "audit.jsonl")}}))
     errors: list[str] = []
-    j = Judge(FrameBuffer(), errors.append)
+    j: Any = Judge(FrameBuffer(), errors.append)
     j.errors = errors
     j.params = {"config": str(config), "model": "", "backend": "", "mode": "",
                 "deadline_ms": 0.0, "max_frame_age_ms": 0.0}

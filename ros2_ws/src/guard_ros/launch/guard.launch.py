@@ -29,6 +29,7 @@ leaves both to a lifecycle manager (nav2's, for one).
 """
 
 import os
+from typing import Any
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
@@ -88,15 +89,15 @@ PARAMETER_ARGUMENTS = {
 STATES = ('unconfigured', 'inactive', 'active', 'finalized')
 
 
-def _true(text):
+def _true(text: str) -> bool:
     return text.lower() in ('true', '1', 'yes')
 
 
-def _guard_node(context, *args, **kwargs):
-    def arg(name):
-        return LaunchConfiguration(name).perform(context)
+def _guard_node(context: Any, *args: Any, **kwargs: Any) -> list[Any]:
+    def arg(name: str) -> str:
+        return str(LaunchConfiguration(name).perform(context))
 
-    overrides = {}
+    overrides: dict[str, Any] = {}
     for name, kind in PARAMETER_ARGUMENTS.items():
         if arg(name):
             overrides[name] = _true(arg(name)) if kind is bool else kind(arg(name))
@@ -120,10 +121,10 @@ def _guard_node(context, *args, **kwargs):
         node, drive=not _true(arg('autostart')) and not _true(arg('use_lifecycle_manager')))]
 
 
-def _lifecycle_events(node, drive):
+def _lifecycle_events(node: Any, drive: bool) -> list[Any]:
     """Log every transition; with `drive`, configure at start and activate once inactive."""
 
-    def change(transition):
+    def change(transition: int) -> Any:
         return EmitEvent(event=ChangeState(
             lifecycle_node_matcher=matches_action(node), transition_id=transition))
 
@@ -142,7 +143,7 @@ def _lifecycle_events(node, drive):
     return events
 
 
-def generate_launch_description():
+def generate_launch_description() -> Any:
     """Declare the arguments, the node and its lifecycle event handlers."""
     share = get_package_share_directory('guard_ros')
     defaults = {'params_file': os.path.join(share, 'config', 'guard_params.yaml')}
