@@ -35,7 +35,7 @@ for arg in "$@"; do
     --force) force=1 ;;
     -v | --verbose) verbose=1 ;;
     -h | --help)
-      sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
