@@ -502,11 +502,11 @@ def test_onnx_usage_errors(tmp_path: Path) -> None:
     )
     with pytest.raises(BackendError, match="onnxruntime-gpu"):
         providers_for("cuda", ["CPUExecutionProvider"])
-    for field, value in (("adapter", "lora"), ("quantization", "4bit")):
-        config = GuardConfig().with_overrides(**{"model.backend": "onnx", "model.id": "x",
-                                                 f"model.{field}": value})
-        with pytest.raises(ConfigError, match=f"model.{field}"):
-            OnnxBackend.from_config(config)
+    # Fields of the transformers backend are refused when the config is loaded.
+    for field, value in (("adapter", "lora"), ("quantization", "4bit"), ("dtype", "float16")):
+        with pytest.raises(ConfigError, match=f"model.{field}: not a field of the onnx"):
+            GuardConfig().with_overrides(**{"model.backend": "onnx", "model.id": "x",
+                                            f"model.{field}": value})
 
 
 # -- the quantization safety table and the benchmark's model builders -----------------------------
