@@ -702,3 +702,22 @@ def test_the_server_backend_fails_closed(tmp_path: Path) -> None:
     assert (down_now.verdict, down_now.status) == (Verdict.VETO, Status.ERROR)
     assert "unreachable" in (down_now.error or "")
     assert verify(tmp_path / "client.jsonl").ok
+
+
+def test_a_request_in_flight_at_shutdown_gets_its_decision(tmp_path: Path) -> None:
+    config = GuardConfig().with_overrides(**{
+        "audit.path": str(tmp_path / "audit.jsonl"), "model.backend": "scripted",
+        "model.scripted.responses": [{"text": "ALLOW\nrisk: 0.0", "delay_ms": 800}],
+    })
+    srv = Server(config)
+    with srv:
+        srv.wait_ready()
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(srv.check, {"action": "turn on the tap",
+                                              "images": [_b64(_png())]})
+            time.sleep(0.3)
+            srv.server.should_exit = True  # Ctrl-C while the model is judging it
+            answer = pending.result(timeout=30)
+    assert not srv.thread.is_alive()
+    assert answer.status_code == 200 and answer.json()["verdict"] == "allow"
+    assert len(_records(tmp_path / "audit.jsonl")) == 1

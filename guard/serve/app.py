@@ -214,11 +214,23 @@ class Batcher:
 
     async def _settle(self, batch: list[_Pending], fn: Callable[[Any], list[Any]],
                       items: list[Any]) -> None:
+        work = asyncio.ensure_future(anyio.to_thread.run_sync(fn, items))
         try:
-            results = await anyio.to_thread.run_sync(fn, items)
+            results = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # Shutting down with a batch in flight: its decisions are made and audited, so
+            # its clients still get them before the server stops.
+            with contextlib.suppress(BaseException):
+                self._deliver(batch, await work)
+            self._deliver(batch, [RuntimeError("the server is shutting down")] * len(batch))
+            raise
         except Exception as exc:  # neither raises for its input: a bug
             log.exception("batch failed")
             results = [exc] * len(batch)
+        self._deliver(batch, results)
+
+    @staticmethod
+    def _deliver(batch: list[_Pending], results: list[Any]) -> None:
         for p, result in zip(batch, results, strict=True):
             if p.future.done():
                 continue
