@@ -11,6 +11,18 @@ audited veto. The API and its status codes: `guard.serve.app`.
 
 from __future__ import annotations
 
-from guard.serve.app import ServeOptions, create_app
+from typing import Any
 
 __all__ = ["ServeOptions", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    # The server needs the `serve` extra; its client (guard.serve.client) only the core.
+    if name in __all__:
+        from guard._deps import require
+
+        require("starlette", "guard serve")
+        from guard.serve import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module 'guard.serve' has no attribute {name!r}")
