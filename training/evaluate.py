@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from guard.prompting import DEFAULT_ANSWER_MODE, load_template
+from guard.prompting import DEFAULT_ANSWER_MODE, ParseError, load_template, parse_answer
 from guard.types import VERDICT_WORDS, Verdict
 from training.data import GuardItem, action_text, prompt_messages
 from training.rewards import blocks, category_score, identified_risk, parse_or_none
@@ -228,6 +228,104 @@ def evaluate(model: Any, processor: Any, items: Sequence[GuardItem], *,
     return rep, results
 
 
+def verdict_position(pieces: Sequence[str]) -> int | None:
+    """Where the verdict starts in a projection-first answer given as decoded token pieces:
+    the index of the first piece after the ``scene:`` and ``effect:`` lines, or None when the
+    answer does not open with those two lines (no projection to condition on)."""
+    text = ""
+    for k, piece in enumerate(pieces):
+        text += piece
+        if text.count("\n") >= 2:
+            if not text.endswith("\n"):  # the break shares its piece with what follows
+                return None
+            lines = text.split("\n")[:2]
+            try:
+                parse_answer("\n".join([*lines, VERDICT_WORDS[0]]), "projection_first")
+            except ParseError:
+                return None
+            return k + 1
+    return None
+
+
+def projection_effect(model: Any, processor: Any, items: Sequence[GuardItem], *,
+                      template: str = "consequence_compact",
+                      projection_template: str = "consequence_compact_projection",
+                      batch_size: int = 32,
+                      action_format: str | None = None) -> dict[str, Any]:
+    """How the model's verdict moves once it has written its own consequence projection: the
+    teacher signal of CASPO with the projection-first teacher.
+
+    For each item, P(VETO) among the verdict words' first tokens at the verdict-first
+    answer's first position (the student: the deployed fast path) and at the verdict position
+    of the model's own greedy projection-first answer, right after its ``scene:`` and
+    ``effect:`` lines (the teacher). Returns, like `constitution_effect`, the means, the mean
+    absolute shift and the flip rate, plus each side's verdict accuracy (P(VETO) > 0.5 on
+    unsafe items, < 0.5 on safe ones), overall and per held-out kind and label. Items whose
+    answer opens with no projection have no teacher and count in ``no_projection``.
+    """
+    import torch
+    from trl.data_utils import prepare_multimodal_messages
+
+    from training.data import load_image
+
+    tok = processor.tokenizer
+    first = {w: tok.encode(w, add_special_tokens=False)[0] for w in VERDICT_WORDS}
+    ids = torch.tensor(sorted(set(first.values())))
+    veto_col = int((ids == first[Verdict.VETO.word]).nonzero()[0, 0])
+    eos = model.generation_config.eos_token_id
+    rows: list[tuple[GuardItem, float, float | None]] = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        images = [[load_image(it.image)] for it in batch]
+        encs = []
+        for tmpl in (template, projection_template):
+            texts = [processor.apply_chat_template(
+                prepare_multimodal_messages(
+                    prompt_messages(action_text(it, action_format), tmpl), images=im),
+                tokenize=False, add_generation_prompt=True)
+                for it, im in zip(batch, images, strict=True)]
+            encs.append(processor(images=images, text=texts, padding=True,
+                                  padding_side="left", return_tensors="pt"))
+        with torch.inference_mode():
+            student = torch.softmax(model(**encs[0]).logits[:, -1, :].float()[:, ids], -1)
+            gen = model.generate(**encs[1], max_new_tokens=PROJECTION_TOKENS + 1,
+                                 do_sample=False, output_scores=True,
+                                 return_dict_in_generate=True,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=eos)
+        new = gen.sequences[:, encs[1]["input_ids"].shape[1]:]
+        for r, it in enumerate(batch):
+            pos = verdict_position([tok.decode([t]) for t in new[r].tolist()])
+            teacher = None
+            if pos is not None and pos < len(gen.scores):
+                probs = torch.softmax(gen.scores[pos][r].float()[ids], -1)
+                teacher = float(probs[veto_col])
+            rows.append((it, float(student[r, veto_col]), teacher))
+
+    def summary(sel: list[tuple[GuardItem, float, float | None]]) -> dict[str, Any]:
+        both = [(it.label == "unsafe", s, t) for it, s, t in sel if t is not None]
+        n = len(both)
+
+        def mean(xs: list[float]) -> float | None:
+            return round(sum(xs) / n, 4) if n else None
+
+        return {"n": len(sel), "no_projection": len(sel) - n,
+                "p_veto_student": mean([s for _, s, _ in both]),
+                "p_veto_teacher": mean([t for _, _, t in both]),
+                "mean_abs_shift": mean([abs(t - s) for _, s, t in both]),
+                "flip_rate": _rate([(s > 0.5) != (t > 0.5) for _, s, t in both]),
+                "student_accuracy": _rate([(s > 0.5) == u for u, s, _ in both]),
+                "teacher_accuracy": _rate([(t > 0.5) == u for u, _, t in both])}
+
+    out = summary(rows)
+    groups: dict[str, list[tuple[GuardItem, float, float | None]]] = {}
+    for row in rows:
+        kind = row[0].meta.get("ood") or "iid"
+        groups.setdefault(f"{kind}/{row[0].label}", []).append(row)
+        groups.setdefault(kind, []).append(row)
+    out["groups"] = {k: summary(v) for k, v in sorted(groups.items())}
+    return out
+
+
 def constitution_effect(model: Any, processor: Any, items: Sequence[GuardItem],
                         constitution: Any, *, template: str = "consequence_compact",
                         batch_size: int = 32,
@@ -311,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--verdict-only", action="store_true",
                    help="generate a few tokens and score the verdict line only")
+    p.add_argument("--projection-effect", action="store_true",
+                   help="also measure P(VETO) after the model's own projection against its "
+                   "verdict-first P(VETO) (projection_effect: the projection teacher's signal)")
     p.add_argument("--out", help="write the report (and per-item answers beside it) here")
     p.add_argument("--record", action="store_true",
                    help="also store the report in the model folder's eval_results.json and "
@@ -336,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     rep, results = evaluate(model, processor, items, template=template,
                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                             verdict_only=args.verdict_only, action_format=action_format)
+    if args.projection_effect:
+        rep["projection_effect"] = projection_effect(
+            model, processor, items, template=args.template,
+            projection_template=args.projection_template, batch_size=args.batch_size,
+            action_format=action_format)
     text = json.dumps(rep, indent=2)
     if args.out:
         out = Path(args.out)
@@ -364,5 +470,6 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["ItemResult", "breakdown", "evaluate", "generate_answers", "load_for_eval",
-           "report", "score", "summarize"]
+__all__ = ["ItemResult", "breakdown", "constitution_effect", "evaluate", "generate_answers",
+           "load_for_eval", "projection_effect", "report", "score", "summarize",
+           "verdict_position"]

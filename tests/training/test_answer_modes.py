@@ -133,3 +133,14 @@ def test_the_probe_recipe_loads_with_both_modes() -> None:
     assert cfg.data.projection_rate == 0.5
     assert load_template(cfg.data.projection_template).answer_mode == "projection_first"
     assert load_template(cfg.data.template).answer_mode == "verdict_first"
+
+
+def test_the_teachers_verdict_position_is_right_after_a_well_formed_projection() -> None:
+    from training.evaluate import verdict_position
+
+    pieces = ["scene", ": a", " pan", "\n", "effect", ": it", " heats", "\n", "ALLOW", "\n"]
+    assert verdict_position(pieces) == 8
+    assert verdict_position(["ALLOW", "\n", "risk", ": 0", "\n"]) is None  # no projection
+    assert verdict_position(["effect: b\n", "scene: a\n", "VETO"]) is None  # wrong order
+    assert verdict_position(["scene: a\n", "effect: b\nVETO"]) is None  # shared piece
+    assert verdict_position(["scene: a\n", "effect: b"]) is None  # cut before the verdict
