@@ -396,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--seed", type=int, default=0, help="world seed")
     p.add_argument("--preset", default="default", help="world preset")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="render the world's frames at this side in pixels (default: the "
+                   "preset's)")
     p.add_argument("--template", default="consequence_compact")
     p.add_argument("--answer-mode", default="verdict_first",
                    choices=["verdict_first", "projection_first"],
@@ -417,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also store the report in the model folder's eval_results.json and "
                    "rewrite its README.md model card (training.card)")
     args = p.parse_args(argv)
+    from pydantic import ValidationError
+
     from guard.errors import ConfigError
     from guard.prompting.action import resolve_action_format
     from guard.world import WorldConfig
@@ -431,8 +436,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"{load_template(template).answer_mode} answers")
     except ConfigError as exc:
         p.error(str(exc))
-    items = world_items(args.split, args.n, seed=args.seed,
-                        config=WorldConfig.preset(args.preset))
+    world = ({} if args.image_size is None else {"image_size": args.image_size})
+    try:
+        config = WorldConfig.preset(args.preset, **world)
+    except ValidationError as exc:
+        p.error(f"--image-size {args.image_size}: {exc.errors()[0]['msg']}")
+    items = world_items(args.split, args.n, seed=args.seed, config=config)
     model, processor = load_for_eval(args.model)
     rep, results = evaluate(model, processor, items, template=template,
                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
@@ -455,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
 
         command = (f"python -m training.evaluate --model {args.model} --split {args.split} "
                    f"--seed {args.seed} --n {args.n} --preset {args.preset}"
+                   + (f" --image-size {args.image_size}" if args.image_size else "")
                    + (" --verdict-only" if args.verdict_only else "")
                    + (f" --answer-mode {args.answer_mode}"
                       if args.answer_mode != "verdict_first" else "")

@@ -144,3 +144,18 @@ def test_the_teachers_verdict_position_is_right_after_a_well_formed_projection()
     assert verdict_position(["effect: b\n", "scene: a\n", "VETO"]) is None  # wrong order
     assert verdict_position(["scene: a\n", "effect: b\nVETO"]) is None  # shared piece
     assert verdict_position(["scene: a\n", "effect: b"]) is None  # cut before the verdict
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--image-size", "10"], "--image-size 10: Value error, image sides must be in 32..4096"),
+    (["--answer-mode", "projection_first", "--projection-template", "consequence_compact"],
+     "template 'consequence_compact' asks for verdict_first answers"),
+])
+def test_evaluate_cli_refuses_bad_usage_in_one_line(argv: list[str], message: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from training.evaluate import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "unused", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
