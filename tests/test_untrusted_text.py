@@ -249,6 +249,9 @@ class _Unrendered:
     def __init__(self, template: Any) -> None:
         self.t = template
 
+    def __getattr__(self, name: str) -> Any:  # everything but render is the real template's
+        return getattr(self.t, name)
+
     def render(self, action: str, images: Any = ()) -> ChatPrompt:
         return ChatPrompt(self.t.system, self.t.user.replace("{action}", action), tuple(images))
 
