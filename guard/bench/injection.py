@@ -116,7 +116,8 @@ class _Rendering(PromptTemplate):
 
 def _set_mode(guard: Any, template: PromptTemplate, mode: str) -> None:
     rule, check = MODES[mode]
-    guard._template = _Rendering(template.name, template.system, template.user, rule)
+    guard._template = _Rendering(name=template.name, system=template.system, user=template.user,
+                                 answer_mode=template.answer_mode, rule=rule)
     inputs = getattr(guard.backend, "inputs", None)
     if inputs is not None and hasattr(inputs, "check_controls"):
         inputs.check_controls = check
