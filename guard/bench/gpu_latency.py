@@ -13,10 +13,11 @@ For each preset it prints a table of medians (p95) in ms and writes ``PRESET.jso
     python -m guard.bench.gpu_latency --presets qwen3-vl-4b --reps 16 --out runs/gpu-latency
 
 ``--presets`` takes a comma list; one preset per call keeps each call shorter. Needs a CUDA build
-of torch, ``pip install -e .[quant]`` (bitsandbytes) for the 4-bit backend, and local disk for
-the saved weights (about 17 GB for the 7 B preset in bf16). For reading the figures: prefill of
-300 tokens of a 7 B model is about 6 ms of compute on an H200, and one bf16 decode step of a 7 B
-model cannot take less than about 3 ms there (4.8 TB/s of memory bandwidth).
+of torch (README, "GPU install (CUDA)"), the ``quant`` extra (bitsandbytes) for the 4-bit
+backend, and local disk for the saved weights (about 17 GB for the 7 B preset in bf16). For
+reading the figures: prefill of 300 tokens of a 7 B model is about 6 ms of compute on an H200,
+and one bf16 decode step of a 7 B model cannot take less than about 3 ms there (4.8 TB/s of
+memory bandwidth).
 """
 
 from __future__ import annotations
