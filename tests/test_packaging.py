@@ -236,6 +236,27 @@ def test_the_scanner_sees_every_form_of_naming_an_extra() -> None:
     assert _named_extras(text) == {"core", "models", "quant", "world", "bench", "replay"}
 
 
+# Documents users do not have: the build session's notes, machine paths.
+_OUTSIDE = re.compile(r"(\.\./)+shared/|\bshared/[\w*-]+\.md\b|/work/(main|shared)\b")
+_SKIP_DIRS = {".git", "build", "install", "log", "node_modules", "__pycache__", "dist"}
+
+
+def test_no_file_points_outside_the_repository() -> None:
+    """Docs and code cite what ships with the repository, never notes users cannot open."""
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".venv")]
+        for name in files:
+            path = Path(folder) / name
+            if path.suffix not in MESSAGE_SUFFIXES or path == Path(__file__):
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+            for number, line in enumerate(text.splitlines(), 1):
+                if _OUTSIDE.search(line):
+                    found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:120]}")
+    assert not found, "\n".join(found)
+
+
 @pytest.mark.parametrize("module", sorted(_deps.EXTRAS))
 def test_missing_module_message_names_an_existing_extra(
     module: str, monkeypatch: pytest.MonkeyPatch
