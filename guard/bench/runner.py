@@ -252,12 +252,17 @@ def _execute(
                 if not inflight:
                     return
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                inflight -= done
+                # Every finished record is written before an interrupt from a worker is
+                # re-raised: several may finish at once, and none of them is judged again.
+                raised = [exc for fut in done if (exc := fut.exception()) is not None]
                 for fut in done:
-                    inflight.discard(fut)
-                    record = fut.result()  # re-raises a KeyboardInterrupt from a worker
-                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    fh.flush()
-                    bar.update(1)
+                    if fut.exception() is None:
+                        fh.write(json.dumps(fut.result(), ensure_ascii=False) + "\n")
+                        fh.flush()
+                        bar.update(1)
+                if raised:
+                    raise raised[0]
     except BaseException:
         interrupted = True
         raise
