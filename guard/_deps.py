@@ -29,6 +29,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "mcap": ("mcap", "replay"),
     "zstandard": ("zstandard", "replay"),
     "lz4": ("lz4", "replay"),
+    "lz4.frame": ("lz4", "replay"),
     "cv2": ("opencv-python-headless", "world"),
     "trl": ("trl", "train"),
     "datasets": ("datasets", "train"),

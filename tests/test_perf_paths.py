@@ -461,6 +461,24 @@ def test_onnx_verdict_first_on_a_rigged_model(
         assert o.verdict_probs == pytest.approx(t.verdict_probs, abs=1e-5)
 
 
+def test_onnx_cuda_asked_by_name_must_be_in_use(
+    onnx_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # onnxruntime-gpu whose CUDA libraries fail to load lists the CUDA provider, then runs the
+    # session on the CPU with only a log line: `device: cuda` must refuse that, not judge slowly.
+    import onnxruntime as ort
+
+    from guard.backends.onnx_backend import OnnxBackend
+    from guard.errors import BackendError
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    folder = str(next(iter(onnx_dirs.values())))
+    with pytest.raises(BackendError, match="CUDA provider did not load"):
+        OnnxBackend(folder, device="cuda")
+    assert OnnxBackend(folder, device="auto").runner.providers == ["CPUExecutionProvider"]
+
+
 def test_onnx_fp16_export_gives_the_pytorch_verdicts(
     rigged_dirs: dict[str, Path], rigged: TransformersBackend, arch: str, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ proposal is still judged, and decisions.jsonl, summary.json and report.html are 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +252,16 @@ def test_mcap_chunk_that_inflates_beyond_its_declared_size(tmp_path):
     assert len(_decompress("lz4", lz4.compress(b"\x00" * (8 << 20)), 1000)) == 1000
     with pytest.raises(McapTruncated):
         _decompress("brotli", b"", 10)
+
+
+@pytest.mark.parametrize("compression, module", [("zstd", "zstandard"), ("lz4", "lz4.frame")])
+def test_a_missing_decompressor_names_the_replay_extra(
+        compression: str, module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A compressed chunk read without its codec: the error says what to install, not a raw
+    # ImportError from inside the scanner.
+    from guard.errors import MissingExtraError
+    from guard.replay.mcapscan import _decompress
+
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingExtraError, match=r"embodied-guard\[replay\]"):
+        _decompress(compression, b"\x00" * 16, 16)

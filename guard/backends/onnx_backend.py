@@ -262,6 +262,15 @@ class OnnxBackend:
         self.runner = OrtRunner(
             path, self.meta, providers_for(device, ort.get_available_providers()), threads
         )
+        # ONNX Runtime drops a provider whose libraries fail to load (CUDA, cuDNN) with only
+        # a log line and runs on the CPU: a device asked for by name must really be in use.
+        if device != "auto" and device != "cpu" and (
+                "CUDAExecutionProvider" not in self.runner.providers):
+            raise BackendError(
+                f"model.device = {device!r}, but the ONNX session runs on "
+                f"{', '.join(self.runner.providers)}: the CUDA provider did not load (check the "
+                "CUDA and cuDNN libraries onnxruntime-gpu needs), or use model.device: auto"
+            )
         # The processor's own size bounds, as at export: they map image_size to the graph's grid.
         self.inputs = QwenInputBuilder.from_pretrained(
             str(path),

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from guard._deps import require
+
 MAGIC = b"\x89MCAP0\r\n"
 OP_FOOTER, OP_SCHEMA, OP_CHANNEL, OP_MESSAGE, OP_CHUNK, OP_DATA_END = 0x02, 3, 4, 5, 6, 0x0F
 
@@ -101,8 +103,7 @@ def _decompress(compression: str, data: bytes, size: int) -> bytes:
     if compression == "zstd":
         import io
 
-        import zstandard
-
+        zstandard = require("zstandard", "reading zstd-compressed MCAP chunks")
         reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data))
         out = bytearray()
         try:
@@ -116,9 +117,8 @@ def _decompress(compression: str, data: bytes, size: int) -> bytes:
                 raise
         return bytes(out)
     if compression == "lz4":
-        import lz4.frame
-
-        return bytes(lz4.frame.LZ4FrameDecompressor().decompress(data, max_length=size))
+        lz4_frame = require("lz4.frame", "reading lz4-compressed MCAP chunks")
+        return bytes(lz4_frame.LZ4FrameDecompressor().decompress(data, max_length=size))
     raise McapTruncated(f"chunk compression {compression!r} is not supported")
 
 
