@@ -189,7 +189,8 @@ def test_declared_is_what_the_code_imports() -> None:
     sources = "\n".join(p.read_text(encoding="utf-8")
                         for d in ("guard", "training") for p in (ROOT / d).rglob("*.py"))
     for module in ("zstandard", "lz4", "mcap", "rosbags"):
-        assert re.search(rf"^\s*(import|from) {module}\b", sources, re.M), module
+        imported = rf"^\s*(import|from) {module}\b|\brequire\(\s*\"{module}[\".]"
+        assert re.search(imported, sources, re.M), module
     assert not re.search(r"^\s*(import|from) (mcap_ros2|onnxscript)\b", sources, re.M)
 
 
