@@ -237,8 +237,8 @@ def test_the_scanner_sees_every_form_of_naming_an_extra() -> None:
     assert _named_extras(text) == {"core", "models", "quant", "world", "bench", "replay"}
 
 
-# Documents users do not have: the build session's notes, machine paths.
-_OUTSIDE = re.compile(r"(\.\./)+shared/|\bshared/[\w*-]+\.md\b|/work/(main|shared)\b")
+# Documents users do not have: the build session's notes beside the repository.
+_OUTSIDE = re.compile(r"(\.\./)+shared/|\bshared/[\w*-]+\.md\b")
 _SKIP_DIRS = {".git", "build", "install", "log", "node_modules", "__pycache__", "dist"}
 
 
