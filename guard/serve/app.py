@@ -372,15 +372,21 @@ def create_app(
             "batches": batcher.batches,
         })
 
-    async def check(request: Request) -> Response:
-        entered = time.monotonic()
+    async def admitted(request: Request, model: type[_Body]) -> _Body | Response:
+        """The request's body as `model`, or the refusal (no decision): token, size, shape."""
         if not _authorized(request, opts.token):
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
         try:
-            req = _parse(await _read_body(request, opts.max_body_bytes), CheckBody)
+            return _parse(await _read_body(request, opts.max_body_bytes), model)
         except _Refused as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    async def check(request: Request) -> Response:
+        entered = time.monotonic()
+        req = await admitted(request, CheckBody)
+        if isinstance(req, Response):
+            return req
         proposal = req.proposal()
         guard, batcher = state.guard, state.batcher
         if guard is None or batcher is None:
@@ -416,13 +422,9 @@ def create_app(
 
     async def judge(request: Request) -> Response:
         entered = time.monotonic()
-        if not _authorized(request, opts.token):
-            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
-        try:
-            body = _parse(await _read_body(request, opts.max_body_bytes), JudgeBody)
-        except _Refused as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        body = await admitted(request, JudgeBody)
+        if isinstance(body, Response):
+            return body
         guard, batcher = state.guard, state.batcher
         if guard is None or batcher is None:
             why = state.error or "the model is still loading"
