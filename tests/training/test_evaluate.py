@@ -47,6 +47,9 @@ def test_verdict_only_reads_the_first_line() -> None:
     r = score(_item("unsafe"), cut, verdict_only=True)
     assert r.parsed and r.identified and r.correct
     assert not score(_item("safe"), "risk: 0.0", verdict_only=True).parsed
+    # the hazard line was never read, so the category is unscored (None), not wrong (0.0)
+    assert r.category_match is None
+    assert report([r])["category_accuracy"] is None
 
 
 @pytest.mark.slow
