@@ -20,9 +20,9 @@ SERVE_VENV="${GUARD_SERVE_VENV:-$ROOT/.venv-serve}"
 if [ ! -x "$SERVE_VENV/bin/transformers" ]; then
   ( python3 -m venv "$SERVE_VENV" \
     && "$SERVE_VENV/bin/python" -m pip --disable-pip-version-check -q install \
-         torch==2.14.1 torchvision==0.29.1 \
+         -c configs/constraints-serve.txt torch==2.14.1 torchvision==0.29.1 \
     && "$SERVE_VENV/bin/python" -m pip --disable-pip-version-check -q install \
-         "transformers[serving]==5.24.0" ) \
+         -c configs/constraints-serve.txt "transformers[serving]==5.24.0" ) \
     || echo "tests/run.sh: the serving environment did not install; test_openai_serve skips"
 fi
 export GUARD_SERVE_PYTHON="$SERVE_VENV/bin/python"
