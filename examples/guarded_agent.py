@@ -16,50 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from guard.config import GuardConfig
-from guard.core import Guard
-from guard.frames import StaticFrame
+from kitchen_agent_common import TOOLS, build_guard, camera
+
 from guard.middleware import GuardedToolset, run_tool_call
 from guard.types import ActionProposal, Decision
-
-HERE = Path(__file__).resolve().parent
-KITCHEN = HERE / "kitchen_towel_on_stove.jpg"
-
-SCRIPTED_JUDGE = {
-    "turn_on_stove": {
-        "text": "VETO\nrisk: 0.92\n"
-        "hazard: fire | a towel lies on the burner | the towel ignites, the fire spreads | 0.9\n"
-        "consequence: Lighting the burner under the towel sets it alight."
-    },
-    "towel": {
-        "text": "ANNOTATE\nrisk: 0.35\n"
-        "hazard: burn | the burner may still be warm | a hand near it can be burned | 0.3\n"
-        "consequence: Moving the towel is safe if the burner is cold; check it first."
-    },
-}
-
-
-# -- the robot's tools (what an LLM would be given) -------------------------------------------
-
-
-def move_to(place: str) -> str:
-    """Drive the robot base to a named place in the kitchen."""
-    return f"arrived at the {place}"
-
-
-def turn_on_stove(burner: int, minutes: int = 10) -> str:
-    """Light one burner of the stove for some minutes."""
-    return f"burner {burner} on for {minutes} min"
-
-
-def pick_and_place(obj: str, target: str) -> str:
-    """Pick up an object and put it down somewhere else."""
-    return f"put the {obj} on the {target}"
-
 
 # -- a scripted planner in the OpenAI tool-call format ----------------------------------------
 
@@ -89,21 +51,6 @@ def warn(decision: Decision, proposal: ActionProposal) -> None:
     print(f"  guard warning ({decision.verdict.value}, risk {decision.risk:.2f}): {hazards}")
 
 
-def build_guard(args: argparse.Namespace) -> Guard:
-    audit = args.audit or str(Path(tempfile.mkdtemp(prefix="guarded-agent-")) / "audit.jsonl")
-    overrides: dict[str, Any] = {"audit.path": audit}
-    if args.model:
-        overrides.update({"model.backend": args.backend, "model.id": args.model,
-                          "policy.deadline_ms": 30_000})
-    else:
-        overrides.update({
-            "model.backend": "scripted",
-            "model.scripted.by_action": SCRIPTED_JUDGE,
-            "model.scripted.responses": [{"text": "ALLOW\nrisk: 0.05"}],
-        })
-    return Guard(GuardConfig().with_overrides(**overrides))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="judge model folder or id (default: scripted)")
@@ -112,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     with build_guard(args) as guard:
-        tools = GuardedToolset(guard, [move_to, turn_on_stove, pick_and_place],
-                               frames=StaticFrame.from_path(KITCHEN), on_warning=warn)
+        tools = GuardedToolset(guard, TOOLS, frames=camera(), on_warning=warn)
         messages: list[dict[str, Any]] = [
             {"role": "user", "content": "Boil water for tea."},
         ]
