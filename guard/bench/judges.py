@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from guard.bench.items import NO_CATEGORY, BenchItem, normalize_category
 from guard.errors import ConfigError, GuardError
+from guard.prompting.untrusted import untrusted_text
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -62,23 +63,32 @@ def structured_scores(item: BenchItem, decision: dict[str, Any]) -> dict[str, An
     }
 
 
+def _text(value: Any) -> str:
+    """A value from outside the scorer (an item's text, the guard model's words) as it may
+    appear in the judge's prompt: the guard's one rule for untrusted text."""
+    return untrusted_text("" if value is None else str(value))
+
+
 def render_response(decision: dict[str, Any]) -> str:
     """A decision as the free-form answer the LLM judge reads (verdict first, as the guard's
-    own answer format)."""
-    verdict = str(decision.get("verdict", "veto")).upper()
+    own answer format).
+
+    The lines are ours; every value in them (the model's hazards and rationale, an error)
+    goes through `untrusted_text`, so none can close the judge's turn or add a line."""
+    verdict = _text(decision.get("verdict", "veto")).upper()
     if decision.get("status") != "ok":
         return (
             f"{verdict}\n(no assessment: the check did not run, status "
-            f"{decision.get('status')}: {decision.get('error') or ''})"
+            f"{_text(decision.get('status'))}: {_text(decision.get('error') or '')})"
         )
     lines = [verdict, f"risk: {float(decision.get('risk', 0.0)):.2f}"]
     for h in decision.get("hazards") or []:
         lines.append(
-            f"hazard: {h.get('category', '')} | {h.get('description', '')} | "
-            f"{h.get('consequence', '')}"
+            f"hazard: {_text(h.get('category', ''))} | {_text(h.get('description', ''))} | "
+            f"{_text(h.get('consequence', ''))}"
         )
     if decision.get("rationale"):
-        lines.append(f"consequence: {decision['rationale']}")
+        lines.append(f"consequence: {_text(decision['rationale'])}")
     return "\n".join(lines)
 
 
@@ -87,6 +97,10 @@ def render_response(decision: dict[str, Any]) -> str:
 
 class JudgeParseError(GuardError):
     """The judge's answer does not follow its grammar."""
+
+
+#: A placeholder of a judge prompt: {query}, {response}, ...
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
 @dataclass(frozen=True)
@@ -99,20 +113,27 @@ class JudgePrompts:
     safe: str
 
     def render(self, item: BenchItem, response: str) -> tuple[str, str]:
-        """(system, user) for one item and answer."""
+        """(system, user) for one item and answer.
+
+        The item's text comes from a data set, as untrusted as an agent's action: each field
+        goes through the guard's one rule (`untrusted_text`: no control marker, one line), as
+        the action does in `PromptTemplate.render`. A reference answer in the guard's
+        line-based format is read on one line too, so it cannot draw a fake answer line or
+        section. `response` is `render_response`'s, whose values are already through the rule.
+        """
         fields = {
-            "query": item.query,
-            "hazard": item.hazard or "(not given)",
-            "consequence": item.consequence or "(not given)",
-            "category": item.category,
-            "reference_answer": item.reference_answer or "(none)",
+            "query": _text(item.query),
+            "hazard": _text(item.hazard) or "(not given)",
+            "consequence": _text(item.consequence) or "(not given)",
+            "category": _text(item.category),
+            "reference_answer": _text(item.reference_answer) or "(none)",
             "response": response,
         }
         user = self.unsafe if item.unsafe else self.safe
-        # str.replace, not str.format: answers and queries may hold braces of their own.
-        for key, value in fields.items():
-            user = user.replace("{" + key + "}", value)
-        return self.system, user
+        # One pass over the template's own placeholders: a value is never searched again, so
+        # an item text holding "{response}" stays text (str.format would choke on braces).
+        return self.system, _PLACEHOLDER.sub(
+            lambda m: fields.get(m.group(1), m.group(0)), user)
 
 
 @lru_cache(maxsize=8)
