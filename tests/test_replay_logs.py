@@ -327,6 +327,137 @@ def test_a_topic_of_the_wrong_type_is_a_usage_error(flag, topic, scripted_config
     assert not (tmp_path / "out" / "decisions.jsonl").exists()
 
 
+# -- layouts other writers produce ---------------------------------------------------------------
+
+
+def _rewritten_mcap(source: Path, out: Path, **options: Any) -> Path:
+    """`source`'s schemas, channels and messages written again by the mcap library's writer
+    with `options` (its conformance-test switches: repeat_channels, repeat_schemas, ...)."""
+    from mcap.reader import make_reader
+    from mcap.writer import Writer
+
+    with source.open("rb") as fh:
+        records = list(make_reader(fh).iter_messages(log_time_order=False))
+    with out.open("wb") as fh:
+        writer = Writer(fh, **options)
+        writer.start("ros2", "test")
+        schemas: dict[int, int] = {}
+        channels: dict[int, int] = {}
+        for schema, channel, message in records:
+            assert schema is not None
+            if schema.id not in schemas:
+                schemas[schema.id] = writer.register_schema(schema.name, schema.encoding,
+                                                            schema.data)
+            if channel.id not in channels:
+                channels[channel.id] = writer.register_channel(
+                    channel.topic, channel.message_encoding, schemas[schema.id], channel.metadata)
+            writer.add_message(channels[channel.id], message.log_time, message.data,
+                               message.publish_time, message.sequence)
+        writer.finish()
+    return out
+
+
+@pytest.mark.parametrize("left_out", ["channels", "schemas"])
+def test_an_mcap_whose_summary_leaves_channels_or_schemas_out_is_read_whole(
+    left_out, scripted_config, tmp_path
+):
+    """The MCAP spec lets a writer not repeat channels or schemas in the summary (the
+    foxglove/mcap conformance files tests/conformance/data/TenMessages/TenMessages-ch-rsh-st
+    and -ch-rch-st); rosbags then saw no topics (a usage error) or topics without a type."""
+    bare = write_bag(tmp_path / "bare.mcap", items(), bare=True)
+    episode = _rewritten_mcap(bare, tmp_path / "partial-summary.mcap",
+                              repeat_channels=left_out != "channels",
+                              repeat_schemas=left_out != "schemas")
+    rc = cli(episode, tmp_path / "out", "--config", str(scripted_config))
+    decisions = lines(tmp_path / "out" / "decisions.jsonl")
+    assert {d["proposal"]["id"]: d["verdict"] for d in decisions} == EXPECTED
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert {t: c["read"] for t, c in summary["messages"].items()} == {
+        "/camera/image_raw": 6, "/guard/proposals": 6}
+    assert f"its summary leaves {left_out} out" in " ".join(summary["notes"])
+    assert rc == 0
+
+
+def _split_without_metadata(folder: Path, tmp_path: Path, *, compress: bool = False) -> Path:
+    """Our episode as rosbag2 leaves a split sqlite3 recording whose recorder did not end
+    cleanly: ep_0.db3, ep_1.db3 and no metadata.yaml (the layout of rosbag2's
+    rosbag2_tests/resources/reindex_test_bags/multiple_files; with `compress`, of
+    .../message_compression: each message's data a zstd frame)."""
+    import sqlite3
+
+    import zstandard
+
+    folder.mkdir()
+    everything = items()
+    for k, part in enumerate((everything[:6], everything[6:])):
+        bag = write_bag(tmp_path / f"part{k}", part, storage="sqlite3")
+        [db3] = bag.glob("*.db3")
+        target = folder / f"ep_{k}.db3"
+        shutil.copy(db3, target)
+        if compress:
+            con = sqlite3.connect(target)
+            for row_id, data in con.execute("SELECT id, data FROM messages").fetchall():
+                con.execute("UPDATE messages SET data = ? WHERE id = ?",
+                            (zstandard.ZstdCompressor().compress(data), row_id))
+            con.commit()
+            con.close()
+    return folder
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "message-compressed"])
+def test_a_split_sqlite3_folder_without_metadata_is_read_file_by_file(
+    compress, scripted_config, tmp_path, capsys
+):
+    """Before: the whole episode was 'unreadable' (rosbags needs metadata.yaml), exit 1; a
+    bare message-compressed .db3 read every message as undeserializable, exit 0."""
+    folder = _split_without_metadata(tmp_path / "ep", tmp_path, compress=compress)
+    rc = cli(folder, tmp_path / "out", "--config", str(scripted_config))
+    decisions = lines(tmp_path / "out" / "decisions.jsonl")
+    assert {d["proposal"]["id"]: d["verdict"] for d in decisions} == EXPECTED
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["messages"] == {"/camera/image_raw": {"expected": 6, "read": 6},
+                                   "/guard/proposals": {"expected": 6, "read": 6}}
+    assert summary["damaged"]["count"] == 0 and rc == 0
+    assert "no metadata.yaml: read its 2 storage files one by one" in capsys.readouterr().err
+    if compress:  # one file alone, as a bare .db3, too
+        assert cli(folder / "ep_1.db3", tmp_path / "one", "--config", str(scripted_config)) == 0
+        assert [d["status"] for d in lines(tmp_path / "one" / "decisions.jsonl")] == ["ok"] * 3
+
+
+def test_a_version_1_metadata_layout_is_read_from_its_storage_file(scripted_config, tmp_path):
+    """rosbag2's first metadata layout (rosbag2_tests/resources/test/metadata.yaml, 2018)
+    lists topics under `topic_and_type`; rosbags refused the folder (a KeyError), so the
+    episode was unreadable."""
+    bag = tmp_path / "v1"
+    shutil.copytree(ROSBAG2_STYLE / "sqlite3", bag)
+    [db3] = bag.glob("*.db3")
+    (bag / "metadata.yaml").write_text(
+        "rosbag2_bagfile_information:\n  version: 1\n  storage_identifier: sqlite3\n"
+        f"  relative_file_paths:\n    - {db3.name}\n  duration:\n    nanoseconds: 1\n"
+        "  starting_time:\n    nanoseconds_since_epoch: 1\n  message_count: 12\n"
+        "  topics_with_message_count:\n"
+        + "".join(
+            f"    - topic_and_type:\n        name: {name}\n        type: {msgtype}\n"
+            "        serialization_format: cdr\n      message_count: 6\n"
+            for name, msgtype in (("/camera/image_raw", "sensor_msgs/msg/Image"),
+                                  ("/guard/proposals", "std_msgs/msg/String"))))
+    rc = cli(bag, tmp_path / "out", "--config", str(scripted_config))
+    decisions = lines(tmp_path / "out" / "decisions.jsonl")
+    assert {d["proposal"]["id"]: d["verdict"] for d in decisions} == EXPECTED
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "metadata.yaml version 1 lists topics as topic_and_type" in summary["notes"][0]
+    assert rc == 0
+
+
+def test_split_files_are_read_in_split_order(tmp_path):
+    from guard.replay.bag import _storage_files
+
+    for k in (0, 1, 2, 10, 11):
+        (tmp_path / f"rec_{k}.db3").write_bytes(b"")
+    assert [p.name for p in _storage_files(tmp_path)] == [
+        "rec_0.db3", "rec_1.db3", "rec_2.db3", "rec_10.db3", "rec_11.db3"]
+
+
 # -- a judge that could not be reached -----------------------------------------------------------
 
 

@@ -126,11 +126,12 @@ class BagEpisode(Episode):
     ) -> None:
         super().__init__(path)
         store = msgs.typestore()  # raises MissingExtraError naming the replay extra
-        from rosbags.rosbag2 import Reader
-
         self._store = store
         self._max_input_pixels = max_input_pixels
-        self._reader: Any = None
+        self._max_file_bytes = max_file_bytes
+        # rosbags readers: one for a bare file or a rosbag2 folder, one per storage file for a
+        # folder without a metadata.yaml rosbags can read
+        self._readers: list[Any] = []
         self._scan_files: list[Path] = []
         self._stores: dict[str, Any] = {}
         self._skew_noted = False
@@ -146,10 +147,10 @@ class BagEpisode(Episode):
         counts: dict[str, int] = {}  # messages per topic: the index's count, or those scanned
         scan_complete = False
         try:
-            reader = Reader(path)
-            reader.open()
+            self._readers = self._open_readers(path, mcaps)
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = str(exc) if isinstance(exc, _IncompleteSummary) else (
+                f"{type(exc).__name__}: {exc}")
             if not mcaps:
                 self.add_damage(UNREADABLE_EPISODE, f"{path}: {reason}")
                 self.opened = False
@@ -158,18 +159,20 @@ class BagEpisode(Episode):
             self.notes.append(f"rosbags could not open the bag ({reason}); read record by record")
             available, counts, scan_complete = self._scan_topics()
         else:
-            self._reader = reader
-            for conn in reader.connections:
-                available.setdefault(conn.topic, set()).add(conn.msgtype)
-                counts[conn.topic] = counts.get(conn.topic, 0) + conn.msgcount
+            for reader in self._readers:
+                for conn in reader.connections:
+                    available.setdefault(conn.topic, set()).add(conn.msgtype)
+                    counts[conn.topic] = counts.get(conn.topic, 0) + conn.msgcount
         try:
-            self._pick_topics(image_topic, proposal_topic, available)
+            # a channel list read whole (an index, or a scan to the file's end) is complete
+            self._pick_topics(image_topic, proposal_topic, available,
+                              strict=bool(self._readers) or scan_complete)
         except UsageError:
             self.close()
             raise
         assert self.proposal_topic is not None
         n_proposals = counts.get(self.proposal_topic, 0)
-        if self._reader is not None or scan_complete:
+        if self._readers or scan_complete:
             # Nothing to judge is a mistake in what was asked for, not damage to report.
             if n_proposals == 0:
                 self.close()
@@ -182,16 +185,48 @@ class BagEpisode(Episode):
             if topic is not None:
                 # Expected counts come from the bag's index (metadata.yaml, the MCAP summary,
                 # the sqlite3 table); a bag read record by record has none.
-                expected = counts.get(topic, 0) if self._reader is not None else None
+                expected = counts.get(topic, 0) if self._readers else None
                 self.messages[topic] = {"expected": expected, "read": 0}
-        if self._reader is not None:
+        if self._readers:
             self.expected_proposals = n_proposals
+
+    def _open_readers(self, path: Path, mcaps: list[Path]) -> list[Any]:
+        """Open rosbags readers for the episode; raises what rosbags raises, or
+        `_IncompleteSummary` for an MCAP file whose summary rosbags would misread.
+
+        A rosbag2 folder without metadata.yaml (the recorder did not end cleanly; rosbag2's
+        own reindex test bags) or with one in the layout of versions 1-2 (topics under
+        `topic_and_type`), which rosbags refuses, is read storage file by storage file: each
+        .db3 and .mcap describes its own topics.
+        """
+        from rosbags.rosbag2 import Reader
+
+        files = [path]
+        if path.is_dir():
+            why = _unusable_metadata(path)
+            if why is not None:
+                files = _storage_files(path)
+                if not files:
+                    raise UsageError(f"{path}: {why}, and no .db3 or .mcap storage file to read")
+                self.notes.append(f"{why}: read its {len(files)} storage files one by one")
+        readers: list[Any] = []
+        try:
+            for file in files:
+                reader = Reader(file)
+                reader.open()
+                readers.append(reader)
+            for mcap in mcaps:
+                _check_summary(mcap)
+        except BaseException:
+            for reader in readers:
+                _close(reader)
+            raise
+        return readers
 
     def _pick_topics(
         self, image_topic: str | None, proposal_topic: str | None,
-        available: dict[str, set[str]],
+        available: dict[str, set[str]], strict: bool,
     ) -> None:
-        strict = self._reader is not None
         self.image_topic, note = resolve_topic(
             image_topic, DEFAULT_IMAGE_TOPIC, available, msgs.IMAGE_TYPES, "--image-topic", strict
         )
@@ -347,13 +382,14 @@ class BagEpisode(Episode):
         return None
 
     def events(self) -> Iterator[Event]:
-        if self._reader is not None:
-            yield from self._reader_events()
+        if self._readers:
+            for reader in list(self._readers):
+                yield from self._reader_events(reader)
         else:
             for file in self._scan_files:
                 yield from self._scan_events(file)
 
-    def _wanted_connections(self) -> list[Any]:
+    def _wanted_connections(self, reader: Any) -> list[Any]:
         """The reader's connections on the replayed topics, plus, for a rosbag2 folder, a copy
         of each carrying the QoS and type hash its storage file records.
 
@@ -365,9 +401,9 @@ class BagEpisode(Episode):
         stream here; the copies make rosbags pair on those alone.
         """
         wanted = {self.image_topic, self.proposal_topic}
-        conns = [c for c in self._reader.connections if c.topic in wanted]
+        conns = [c for c in reader.connections if c.topic in wanted]
         stored = [
-            sc for storage in getattr(self._reader.storage, "storages", ())
+            sc for storage in getattr(reader.storage, "storages", ())
             for sc in storage.connections
         ]
         extra = [
@@ -379,15 +415,19 @@ class BagEpisode(Episode):
         ]
         return conns + extra
 
-    def _reader_events(self) -> Iterator[Event]:
-        conns = self._wanted_connections()
+    def _reader_events(self, reader: Any) -> Iterator[Event]:
+        conns = self._wanted_connections(reader)
         if not conns:
             return
+        # Only metadata.yaml says a bag's messages are compressed; without it (a bare .db3, a
+        # folder read file by file) they arrive as rosbag2 stored them.
+        undeclared = reader.compression_mode is None
         last_t: int | None = None
         try:
-            for conn, t_ns, raw in self._reader.messages(connections=conns):
+            for conn, t_ns, stored in reader.messages(connections=conns):
                 last_t = t_ns
                 self.count_read(conn.topic)
+                raw = self._decompressed(stored) if undeclared else stored
                 store = self._store_for(conn.msgtype, conn.msgdef.data)
                 event = self._event(conn.topic, conn.msgtype, t_ns, raw, store,
                                     conn.msgdef.data or "")
@@ -432,13 +472,100 @@ class BagEpisode(Episode):
             where = "before the first message" if last_t is None else f"after t={last_t / 1e9:.3f}"
             self.add_damage(TRUNCATED, f"{file.name}: {exc} ({where})", None, last_t)
 
+    def _decompressed(self, stored: bytes) -> bytes:
+        """A message rosbag2 compressed one by one (a zstd frame; CDR data never starts with
+        the zstd magic), decompressed; anything else as it is. A frame that declares more
+        than `max_file_bytes` or does not decompress stays as stored and fails to
+        deserialize, as damage."""
+        if bytes(stored[:4]) != ZSTD_MAGIC:
+            return stored
+        from guard._deps import require
+
+        zstandard = require("zstandard", "reading rosbag2 bags with compressed messages")
+        try:
+            size = zstandard.frame_content_size(stored)
+            if size < 0 or size > self._max_file_bytes:
+                return stored
+            return bytes(zstandard.ZstdDecompressor().decompress(stored))
+        except zstandard.ZstdError:
+            return stored
+
     def close(self) -> None:
-        if self._reader is not None:
-            reader, self._reader = self._reader, None
-            try:
-                reader.close()
-            except Exception:
-                pass
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            _close(reader)
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class _IncompleteSummary(Exception):
+    """An MCAP summary that does not repeat every channel and schema of the file."""
+
+
+def _check_summary(file: Path) -> None:
+    """Raise `_IncompleteSummary` when rosbags would misread `file`'s topics.
+
+    The MCAP spec lets a writer leave channels or schemas out of the summary (the
+    conformance files without `rch`/`rsh`); rosbags takes its topics from the summary alone
+    and then sees no topics, or topics without a type. Such files are read record by record.
+    """
+    from guard._deps import require
+
+    require("mcap", "guard replay of MCAP episodes")
+    from mcap.reader import make_reader
+
+    try:
+        with file.open("rb") as fh:
+            summary = make_reader(fh).get_summary()
+    except Exception:  # rosbags opened it; what is left to check cannot be checked
+        return
+    if summary is None:
+        return
+    stats = summary.statistics
+    missing_channels = not summary.channels or (
+        stats is not None and stats.channel_count > len(summary.channels))
+    missing_schemas = any(
+        c.schema_id and c.schema_id not in summary.schemas for c in summary.channels.values())
+    if missing_channels or missing_schemas:
+        left_out = "channels" if missing_channels else "schemas"
+        raise _IncompleteSummary(f"{file.name}: its summary leaves {left_out} out")
+
+
+def _unusable_metadata(folder: Path) -> str | None:
+    """Why `folder`'s metadata.yaml cannot describe the bag to rosbags, or None."""
+    meta = folder / "metadata.yaml"
+    if not meta.is_file():
+        return "no metadata.yaml"
+    import yaml
+
+    try:
+        info = yaml.safe_load(meta.read_text(encoding="utf-8"))["rosbag2_bagfile_information"]
+        topics = info["topics_with_message_count"]
+        old = any("topic_metadata" not in t for t in topics)
+    except Exception:  # rosbags says what is wrong with it
+        return None
+    if old:
+        return f"metadata.yaml version {info.get('version')} lists topics as topic_and_type"
+    return None
+
+
+def _storage_files(folder: Path) -> list[Path]:
+    """The folder's .db3 files (else its .mcap files) in split order (name_0, name_1, ...,
+    name_10: by the number at the end, not as text)."""
+    def split_index(p: Path) -> tuple[str, int]:
+        stem, _, index = p.stem.rpartition("_")
+        return (stem, int(index)) if index.isdigit() else (p.stem, -1)
+
+    files = sorted(folder.glob("*.db3"), key=split_index)
+    return files or sorted(folder.glob("*.mcap"), key=split_index)
+
+
+def _close(reader: Any) -> None:
+    try:
+        reader.close()
+    except Exception:
+        pass
 
 
 def _strip_msg(text: str) -> str:
