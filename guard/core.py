@@ -21,6 +21,7 @@ import concurrent.futures as cf
 import dataclasses
 import logging
 import math
+import numbers
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +46,16 @@ from guard.prompting import (
     resolve_action_format,
     resolve_template,
 )
-from guard.types import ActionProposal, Decision, Frame, Status, Verdict, jsonable, safe_text
+from guard.types import (
+    ActionProposal,
+    Decision,
+    Frame,
+    Status,
+    Verdict,
+    jsonable,
+    safe_text,
+    short_repr,
+)
 
 log = logging.getLogger("guard")
 
@@ -222,10 +232,11 @@ class Guard:
         Returns:
             The decision with how it was reached (`Judgement`).
         """
-        t0 = time.monotonic() if entered is None else entered
+        t0 = time.monotonic()
         deadline, limit_ms = math.inf, self.config.policy.deadline_ms
         trace = _Trace()
         try:
+            t0 = _entered(entered, t0)
             limit_ms = self._deadline_ms(deadline_ms)
             deadline = t0 + limit_ms / 1000.0
             decision = self._check(frames, proposal, now, deadline, limit_ms, trace)
@@ -274,6 +285,8 @@ class Guard:
         jobs: list[_Job] = []
         for row in rows:
             try:
+                if row.entered_error is not None:
+                    raise InvalidInputError(row.entered_error)
                 row.limit_ms = self._deadline_ms(row.item.deadline_ms)
                 row.deadline = row.t0 + row.limit_ms / 1000.0
                 action, rules = self._head(row.item.proposal, row.trace)
@@ -310,7 +323,9 @@ class Guard:
     def _judge_each(self, rows: list[_BatchRow], now: float | None) -> list[Judgement]:
         """`judge` for each row, concurrently (the guard's own pool bounds the judging)."""
         def one(row: _BatchRow) -> Judgement:
-            return self.judge(row.item.frames, row.item.proposal, now=now, entered=row.t0,
+            # A bad `entered` goes on as given: `judge` refuses it as this item's own veto.
+            entered = row.item.entered if row.entered_error else row.t0
+            return self.judge(row.item.frames, row.item.proposal, now=now, entered=entered,
                               deadline_ms=row.item.deadline_ms)
 
         if len(rows) < 2:
@@ -358,12 +373,14 @@ class Guard:
         limit = self.config.policy.deadline_ms
         if requested is None:
             return limit
-        if (isinstance(requested, bool) or not isinstance(requested, (int, float))
-                or not math.isfinite(requested) or requested <= 0):
+        value = _real(requested)
+        if value is None or not math.isfinite(value) or value <= 0:
+            if value == math.inf and isinstance(requested, int):
+                return limit  # an int beyond a float's range: finite, and not shorter
             raise InvalidInputError(
                 f"deadline_ms = {_short(requested)}: must be a positive number"
             )
-        return min(limit, float(requested))
+        return min(limit, value)
 
     def _late(self, decision: Decision, deadline: float, limit_ms: float,
               trace: _Trace) -> Decision:
@@ -595,10 +612,8 @@ class Guard:
             decision.frame_stamp = None
         if trace.proposal is not None:
             decision.proposal_id = trace.proposal.id
-        elif isinstance(proposal, ActionProposal):
-            decision.proposal_id = safe_text(str(proposal.id))
-        elif isinstance(proposal, Mapping):
-            decision.proposal_id = safe_text(str(proposal.get("id", "") or ""))[:200]
+        else:
+            decision.proposal_id = _raw_id(proposal)
         with self._lock:
             self.stats["checks"] += 1
             self.stats["vetoes"] += decision.verdict is Verdict.VETO
@@ -788,7 +803,13 @@ class _BatchRow:
 
     def __init__(self, item: BatchItem) -> None:
         self.item = item
-        self.t0 = time.monotonic() if item.entered is None else item.entered
+        self.t0 = time.monotonic()
+        #: Why `item.entered` cannot be used: the row's invalid_input veto.
+        self.entered_error: str | None = None
+        try:
+            self.t0 = _entered(item.entered, self.t0)
+        except InvalidInputError as exc:
+            self.entered_error = str(exc)
         self.limit_ms = math.inf
         self.deadline = math.inf
         self.trace = _Trace()
@@ -864,7 +885,7 @@ class _Job:
                 )
             except InvalidInputError as exc:
                 return self.failed(Status.INVALID_INPUT, str(exc))
-        now = guard._clock() if self.now is None else self.now
+        now = _reading(guard._clock() if self.now is None else self.now)
         fresh = frame_freshness(
             frames[-1].stamp if frames else None,
             now,
@@ -981,7 +1002,7 @@ def _output_problem(output: Any, max_chars: int) -> str | None:
 
 
 def _short(x: Any) -> str:
-    return safe_text(repr(x))[:60]
+    return short_repr(x)[:60]
 
 
 def _as_proposal(proposal: ProposalArg) -> ActionProposal:
@@ -998,6 +1019,10 @@ def _as_proposal(proposal: ProposalArg) -> ActionProposal:
         where = ".".join(map(str, err["loc"])) or "proposal"
         raise InvalidInputError(
             f"proposal {where}: {err['msg'].removeprefix('Value error, ')}"
+        ) from None
+    except Exception as exc:  # a mapping whose own methods raise: it cannot be read
+        raise InvalidInputError(
+            f"proposal cannot be read: {type(exc).__name__}: {_short(exc)}"
         ) from None
     raise InvalidInputError(
         f"proposal must be an ActionProposal or a mapping, got {type(proposal).__name__}"
@@ -1040,17 +1065,80 @@ def unjudged(
 
 
 def _as_frames(frames: FramesArg) -> list[Frame]:
+    """The frames, each validated again (a Frame built with `model_construct` or changed with
+    `model_copy(update=...)` skipped its validation): what the type refuses is invalid input,
+    so no check reads a stamp that is not a number or an image that is not an array."""
     if frames is None:
         return []
     if isinstance(frames, Frame):
-        return [frames]
+        frames = [frames]
     if isinstance(frames, (str, bytes)) or not isinstance(frames, Sequence):
         raise InvalidInputError(f"frames must be Frame objects, got {type(frames).__name__}")
-    out = [f for f in frames if f is not None]
-    for f in out:
+    out = []
+    for f in frames:
+        if f is None:
+            continue
         if not isinstance(f, Frame):
             raise InvalidInputError(f"frames must be Frame objects, got {type(f).__name__}")
+        try:
+            out.append(Frame.model_validate({k: getattr(f, k, None) for k in Frame.model_fields}))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(map(str, err["loc"])) or "frame"
+            raise InvalidInputError(
+                f"frame {where}: {err['msg'].removeprefix('Value error, ')}"
+            ) from None
     return out
+
+
+def _real(x: Any) -> float | None:
+    """`x` as a float if it is a real number (an int beyond a float's range is infinite),
+    else None; a bool is not a number here."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return None
+    try:
+        return float(x)
+    except OverflowError:
+        if isinstance(x, int):
+            return math.inf if x > 0 else -math.inf
+        return None
+    except (TypeError, ValueError):  # a Real whose __float__ misbehaves
+        return None
+
+
+def _reading(now: Any) -> Any:
+    """The guard's clock reading as a float where it is a real number (numpy scalars, huge
+    ints); anything else as it came, for the freshness rule to refuse by name."""
+    value = _real(now)
+    return now if value is None else value
+
+
+def _entered(entered: Any, now: float) -> float:
+    """The instant a check began: `now` when not given. A caller's `entered` can only shorten
+    the deadline: one in the future counts from `now`.
+
+    Raises:
+        InvalidInputError: `entered` is not a finite number.
+    """
+    if entered is None:
+        return now
+    value = _real(entered)
+    if value is None or not math.isfinite(value):
+        raise InvalidInputError(f"entered = {_short(entered)}: must be a finite time.monotonic()")
+    return min(value, now)
+
+
+def _raw_id(proposal: Any) -> str:
+    """The id of a proposal that did not validate, for the decision: text as given (cut),
+    anything else described; never an exception, whatever the object does."""
+    try:
+        raw = proposal.get("id") if isinstance(proposal, Mapping) else getattr(
+            proposal, "id", None)
+    except Exception:
+        return ""
+    if raw is None:
+        return ""
+    return safe_text(str.__str__(raw))[:200] if isinstance(raw, str) else _short(raw)
 
 
 __all__ = ["BackendError", "BatchItem", "Guard", "Judgement", "RationaleDone", "unjudged"]

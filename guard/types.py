@@ -11,6 +11,7 @@ import dataclasses
 import math
 import time
 import uuid
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
@@ -90,6 +91,16 @@ class Frame(BaseModel):
             raise ValueError(f"image is empty: shape {v.shape}")
         return v
 
+    @field_validator("stamp", mode="before")
+    @classmethod
+    def _seconds(cls, v: Any) -> Any:
+        return stamp_seconds(v)
+
+    @field_validator("stamp_ns", mode="before")
+    @classmethod
+    def _time_ns(cls, v: Any) -> Any:
+        return int64_ns(v, "stamp_ns")
+
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) in pixels."""
@@ -118,6 +129,27 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def stamp_seconds(v: Any) -> Any:
+    """A stamp in seconds as the frame-age rule can read it: a bool is no time, and an integer
+    beyond a float's range is an infinite time (stale), not an error from deep inside a check.
+    Anything else goes to pydantic's own number parsing."""
+    if isinstance(v, bool):
+        raise ValueError(f"a stamp is seconds as a number, got {v!r}")
+    if isinstance(v, int):
+        try:
+            return float(v)
+        except OverflowError:
+            return math.inf if v > 0 else -math.inf
+    return v
+
+
+def int64_ns(v: Any, what: str) -> Any:
+    """The rule for integer nanoseconds (a ROS Time fits int64; a bool is not a time)."""
+    if isinstance(v, bool) or (isinstance(v, int) and not -(2**63) <= v < 2**63):
+        raise ValueError(f"{what} must be int64 nanoseconds, got {short_repr(v)}")
+    return v
+
+
 #: Arguments nested deeper than this are invalid input (a guard must not recurse without end
 #: on what an agent sends it; real tool arguments are a few levels deep).
 MAX_ARGUMENT_DEPTH = 32
@@ -134,20 +166,38 @@ def safe_text(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _short_repr(obj: Any) -> str:
+def _type_name(obj: Any) -> str:
+    try:
+        return str(type(obj).__name__)
+    except Exception:  # a metaclass that hides its own name
+        return "object"
+
+
+def short_repr(obj: Any) -> str:
+    """`repr(obj)`, made encodable and cut to 200 characters; a description when repr fails."""
     try:
         text = repr(obj)
-    except Exception as exc:  # a hostile __repr__
-        text = f"<{type(obj).__name__}: repr failed: {type(exc).__name__}>"
+    except Exception as exc:  # a hostile __repr__, an int over Python's 4300-digit limit
+        text = f"<{_type_name(obj)}: repr failed: {_type_name(exc)}>"
+    if not isinstance(text, str):  # pragma: no cover - repr() itself insists on str
+        text = f"<{_type_name(obj)}>"
     text = safe_text(text)
     return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
+
+
+class _TooDeep(ValueError):
+    """Arguments nested deeper than the bound (or referring to themselves)."""
 
 
 def jsonable(value: Any, *, max_depth: int = MAX_ARGUMENT_DEPTH, cut: bool = False) -> Any:
     """`value` as plain JSON data, for the proposal the judge reads and the audit log stores.
 
     Objects JSON cannot hold become short descriptions (arrays and bytes are summarised, not
-    dumped into a prompt), text is made encodable, non-finite floats become strings.
+    dumped into a prompt), text is made encodable, non-finite floats become strings. Total:
+    whatever an object's own methods do (a ``__str__`` or ``__repr__`` that raises, a dict
+    subclass whose ``items`` raises, an int over Python's int-to-text limit), the result is
+    plain data; subclasses of str, int, float and dict are read through the base type's own
+    methods, so their overrides never run.
 
     Args:
         value: what to convert.
@@ -159,25 +209,45 @@ def jsonable(value: Any, *, max_depth: int = MAX_ARGUMENT_DEPTH, cut: bool = Fal
         ValueError: `value` nests deeper than `max_depth` levels (or refers to itself).
     """
 
+    def key_text(key: Any) -> str:
+        return safe_text(str.__str__(key)) if isinstance(key, str) else short_repr(key)
+
     def walk(obj: Any, depth: int) -> Any:
         if depth > max_depth:
             if cut:
                 return f"<nested deeper than {max_depth} levels>"
-            raise ValueError(
+            raise _TooDeep(
                 f"arguments nest deeper than {max_depth} levels (or refer to themselves)"
             )
-        if obj is None or isinstance(obj, (bool, int)):
-            if isinstance(obj, int) and not isinstance(obj, bool) and obj.bit_length() > 1000:
-                return _short_repr(obj)  # json cannot write ints of over 4300 digits
+        try:
+            return convert(obj, depth)
+        except _TooDeep:
+            raise
+        except RecursionError:
+            if cut:
+                return f"<nested deeper than {max_depth} levels>"
+            raise _TooDeep(f"arguments nest deeper than {max_depth} levels") from None
+        except Exception as exc:  # an object whose own methods fail: described, never raised
+            return f"<{_type_name(obj)}: unreadable ({_type_name(exc)})>"
+
+    def convert(obj: Any, depth: int) -> Any:
+        if obj is None or isinstance(obj, bool):
             return obj
+        if isinstance(obj, int):
+            number = int.__int__(obj)  # a plain int, whatever the subclass overrides
+            # json cannot write ints of over 4300 digits
+            return short_repr(number) if number.bit_length() > 1000 else number
         if isinstance(obj, float):
-            return obj if math.isfinite(obj) else str(obj)
+            real = float.__float__(obj)
+            return real if math.isfinite(real) else float.__repr__(real)
         if isinstance(obj, str):
-            return safe_text(obj)
+            return safe_text(str.__str__(obj))
         if isinstance(obj, dict):
-            return {safe_text(str(k)): walk(v, depth + 1) for k, v in obj.items()}
+            return {key_text(k): walk(v, depth + 1) for k, v in dict.items(obj)}
         if isinstance(obj, (list, tuple, set, frozenset)):
             return [walk(v, depth + 1) for v in obj]
+        if isinstance(obj, Mapping):
+            return {key_text(k): walk(v, depth + 1) for k, v in obj.items()}
         shape = getattr(obj, "shape", None)
         if shape is not None and hasattr(obj, "dtype"):
             if shape == () and hasattr(obj, "item"):  # a numpy scalar
@@ -189,7 +259,7 @@ def jsonable(value: Any, *, max_depth: int = MAX_ARGUMENT_DEPTH, cut: bool = Fal
             return walk(obj.model_dump(mode="python"), depth)
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             return walk({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, depth)
-        return _short_repr(obj)
+        return short_repr(obj)
 
     try:
         return walk(value, 0)
@@ -228,7 +298,7 @@ class ActionProposal(BaseModel):
     @field_validator("arguments", mode="before")
     @classmethod
     def _plain_arguments(cls, v: Any) -> Any:
-        return jsonable(v) if isinstance(v, dict) else v
+        return jsonable(v) if isinstance(v, Mapping) else v
 
     @field_validator("stamp")
     @classmethod
@@ -289,9 +359,7 @@ class Decision(BaseModel):
     @classmethod
     def _time_ns(cls, v: Any) -> Any:
         # A ROS Time (int32 sec, uint32 nanosec) fits int64; a bool is not a time.
-        if isinstance(v, bool) or (isinstance(v, int) and not -(2**63) <= v < 2**63):
-            raise ValueError(f"frame_stamp_ns must be int64 nanoseconds, got {v!r}")
-        return v
+        return int64_ns(v, "frame_stamp_ns")
 
     @property
     def blocks(self) -> bool:

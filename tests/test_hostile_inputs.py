@@ -1,0 +1,236 @@
+"""Hostile inputs to the guard's front doors, found by red-teaming the decision core after the
+obvious cases were fixed (tests/test_fail_closed.py). Each case once raised out of
+`Guard.check`, returned a decision the audit log did not hold, or let a check run without a
+real deadline. The promise: a check that did not genuinely run, on time, on a fresh frame, is
+a veto; `Guard.check` never raises; every decision is audited.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from guard.backends.scripted import ScriptedBackend
+from guard.config import GuardConfig
+from guard.core import BatchItem, Guard
+from guard.types import ActionProposal, Decision, Frame, Status, Verdict, jsonable
+
+ALLOW = "ALLOW\nrisk: 0.0"
+STOVE = ActionProposal(name="stove_on", description="turn on the stove")
+
+
+def _audited(path: Path, decision: Decision) -> bool:
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return any(r.get("decision", {}).get("id") == decision.id for r in records)
+
+
+def _guard(config: GuardConfig, **overrides: Any) -> Guard:
+    if overrides:
+        config = config.with_overrides(**overrides)
+    return Guard(config, backend=ScriptedBackend.answering(ALLOW))
+
+
+# -- frames that skipped their validation -----------------------------------------------------
+# `Frame.model_copy(update=...)` and `Frame.model_construct` do not validate. A stamp that was
+# not a number made `Guard.check` raise TypeError; one over a float's range, OverflowError;
+# numpy stamps and non-array images made the audit write fail (an unlogged veto).
+
+
+@pytest.mark.parametrize(
+    ("stamp", "status"),
+    [
+        ("abc", Status.INVALID_INPUT),  # raised TypeError
+        (b"x", Status.INVALID_INPUT),  # raised TypeError
+        ([1.0], Status.INVALID_INPUT),  # raised TypeError
+        (complex(1, 0), Status.INVALID_INPUT),  # raised TypeError
+        (True, Status.INVALID_INPUT),  # a bool is no time
+        (10**400, Status.STALE_FRAME),  # raised OverflowError: an infinite time is stale
+    ],
+    ids=["str", "bytes", "list", "complex", "bool", "int-over-float"],
+)
+def test_a_stamp_that_skipped_validation_is_a_veto_not_an_exception(
+    config: GuardConfig, frame: Frame, audit_path: Path, stamp: Any, status: Status
+) -> None:
+    bad = frame.model_copy(update={"stamp": stamp})
+    with _guard(config) as g:
+        d = g.check(bad, STOVE)
+    assert (d.verdict, d.status) == (Verdict.VETO, status), d.error
+    assert _audited(audit_path, d)
+
+
+@pytest.mark.parametrize("kind", [np.int64, np.array])
+def test_a_numpy_stamp_is_a_time_and_audited(
+    config: GuardConfig, frame: Frame, audit_path: Path, kind: Any
+) -> None:
+    """A numpy number as a stamp (set without validation) made the audit write fail: the
+    decision was an unlogged veto. Read again as a float, it is an ordinary time."""
+    now = kind(time.time())
+    with _guard(config, **{"policy.max_frame_age_ms": 60_000}) as g:
+        d = g.check(frame.model_copy(update={"stamp": now}), STOVE)
+    assert (d.verdict, d.status) == (Verdict.ALLOW, Status.OK), d.error
+    assert _audited(audit_path, d)
+    assert isinstance(d.frame_stamp, float)
+
+
+@pytest.mark.parametrize("image", [None, [[1, 2, 3]], b"\x00" * 12, memoryview(b"abc")],
+                         ids=["none", "list", "bytes", "memoryview"])
+def test_an_image_that_is_not_an_array_is_an_audited_invalid_input(
+    config: GuardConfig, audit_path: Path, image: Any
+) -> None:
+    bad = Frame.model_construct(image=image, stamp=time.time(), source="c", stamp_ns=None)
+    with _guard(config) as g:
+        d = g.check(bad, STOVE)
+    assert (d.verdict, d.status) == (Verdict.VETO, Status.INVALID_INPUT), d.error
+    assert _audited(audit_path, d)
+
+
+@pytest.mark.parametrize("stamp_ns", [2**64, -(2**63) - 1, True],
+                         ids=["over-int64", "under-int64", "bool"])
+def test_stamp_ns_follows_the_int64_rule_of_the_decision(
+    config: GuardConfig, frame: Frame, stamp_ns: Any
+) -> None:
+    """A frame took any stamp_ns and the decision carried it on, unvalidated, to a ROS Time
+    it cannot fit; now the frame refuses it as the decision does."""
+    with pytest.raises(ValueError, match="int64 nanoseconds"):
+        Frame(image=frame.image, stamp=frame.stamp, stamp_ns=stamp_ns)
+    with _guard(config) as g:
+        d = g.check(frame.model_copy(update={"stamp_ns": stamp_ns}), STOVE)
+    assert (d.verdict, d.status) == (Verdict.VETO, Status.INVALID_INPUT)
+
+
+# -- arguments and proposals whose own methods fail -----------------------------------------
+
+
+class _KeyWithoutText:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class _ItemsRaise(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        raise RuntimeError("items refused")
+
+
+class _NanWithoutRepr(float):
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class _StrWithoutText(str):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+class _UnreadableMapping(Mapping[str, Any]):
+    def __getitem__(self, key: str) -> Any:
+        raise RuntimeError("unreadable")
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("unreadable")
+
+    def __len__(self) -> int:
+        return 1
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {_KeyWithoutText(): 1},  # the audit write failed: an unlogged veto
+        {10**5000: 1},  # str() of the key: over Python's 4300-digit limit
+        {"x": _NanWithoutRepr(math.nan)},  # internal error, then an unlogged veto
+        _ItemsRaise(a=1),  # internal error, then an unlogged veto
+        {"x": _StrWithoutText("text")},
+    ],
+    ids=["key-str-raises", "key-int-over-limit", "nan-repr-raises", "items-raises",
+         "str-subclass"],
+)
+def test_arguments_whose_methods_fail_are_judged_and_audited(
+    config: GuardConfig, frame: Frame, audit_path: Path, arguments: Any
+) -> None:
+    proposal = {"name": "stove_on", "description": "turn on the stove", "arguments": arguments}
+    with _guard(config) as g:
+        d = g.check(frame, proposal)
+    assert _audited(audit_path, d), d.error
+    assert d.status in (Status.OK, Status.INVALID_INPUT), d.error
+
+
+def test_jsonable_is_total_and_plain() -> None:
+    out = jsonable({"k": _NanWithoutRepr(math.nan), "s": _StrWithoutText("t"),
+                    "d": _ItemsRaise(a=1), "m": _UnreadableMapping()})
+    assert out["k"] == "nan" and out["s"] == "t" and out["d"] == {"a": 1}
+    assert out["m"].startswith("<_UnreadableMapping: unreadable")
+    json.dumps(out, allow_nan=False)
+    assert type(out["s"]) is str
+
+
+@pytest.mark.parametrize(
+    "proposal",
+    [
+        {"name": "x", "id": _KeyWithoutText()},  # raised RuntimeError out of check
+        {"name": "x", "id": 10**5000},  # raised ValueError out of check
+        _UnreadableMapping(),  # raised RuntimeError out of check
+        {"name": "x", "arguments": {}, _KeyWithoutText(): 1},  # unlogged veto
+    ],
+    ids=["id-str-raises", "id-int-over-limit", "unreadable-mapping", "key-str-raises"],
+)
+def test_proposals_whose_methods_fail_are_audited_vetoes(
+    config: GuardConfig, frame: Frame, audit_path: Path, proposal: Any
+) -> None:
+    with _guard(config) as g:
+        d = g.check(frame, proposal)
+    assert (d.verdict, d.status) == (Verdict.VETO, Status.INVALID_INPUT), d.error
+    assert _audited(audit_path, d)
+
+
+# -- the deadline runs from when the check was entered, never later ------------------------
+
+
+@pytest.mark.parametrize("entered", ["soon", math.nan, math.inf, 10**400, True],
+                         ids=["str", "nan", "inf", "int-over-float", "bool"])
+def test_an_unusable_entered_is_an_audited_invalid_input(
+    config: GuardConfig, frame: Frame, audit_path: Path, entered: Any
+) -> None:
+    """'soon' and 10**400 raised out of check; inf, an internal error; nan, a timeout."""
+    with _guard(config) as g:
+        d = g.check(frame, STOVE, entered=entered)
+        [batched] = g.check_batch([BatchItem(frame, STOVE, entered=entered)])
+    for decision in (d, batched):
+        assert (decision.verdict, decision.status) == (Verdict.VETO, Status.INVALID_INPUT)
+        assert _audited(audit_path, decision)
+
+
+def test_an_entered_in_the_future_does_not_extend_the_deadline(
+    config: GuardConfig, frame: Frame
+) -> None:
+    """`entered` an hour ahead made the deadline an hour later: a judge answering after
+    deadline_ms was an allow."""
+    backend = ScriptedBackend.answering(ALLOW, delay_ms=600)
+    with Guard(config.with_overrides(**{"policy.deadline_ms": 100}), backend=backend) as g:
+        d = g.check(frame, STOVE, entered=time.monotonic() + 3600)
+    assert (d.verdict, d.status) == (Verdict.VETO, Status.TIMEOUT)
+
+
+def test_a_huge_integer_deadline_is_the_policys(config: GuardConfig, frame: Frame) -> None:
+    """deadline_ms=10**400 (no shorter than the policy's) was an internal-error veto."""
+    with _guard(config) as g:
+        d = g.check(frame, STOVE, deadline_ms=10**400)
+    assert (d.verdict, d.status) == (Verdict.ALLOW, Status.OK), d.error
+
+
+def test_a_clock_reading_a_huge_integer_is_an_error_not_a_crash(
+    config: GuardConfig, frame: Frame
+) -> None:
+    with _guard(config) as g:
+        d = g.check(frame, STOVE, now=10**400)
+    assert (d.verdict, d.status) == (Verdict.VETO, Status.ERROR)
+    assert "not a finite time" in (d.error or "")
