@@ -449,6 +449,23 @@ def test_a_version_1_metadata_layout_is_read_from_its_storage_file(scripted_conf
     assert rc == 0
 
 
+@pytest.mark.parametrize("name,head,hint", [
+    ("test_bag.bag", b"#ROSBAG V2.0\n", "a ROS 1 bag: convert it first"),
+    ("file_compression_0.db3.zstd", b"\x28\xb5\x2f\xfd", "replay the rosbag2 folder"),
+], ids=["ros1-bag", "file-compressed"])
+def test_files_rosbag2_ships_that_are_not_episodes_say_what_they_are(
+    name, head, hint, scripted_config, tmp_path, capsys
+):
+    """rosbag2's test resources hold ROS 1 bags (rosbag2_tests/resources/test_bag.bag) and
+    file-compressed storage (reindex_test_bags/file_compression/*.db3.zstd): one usage line
+    that says what to do with them."""
+    episode = tmp_path / name
+    episode.write_bytes(head)
+    assert cli(episode, tmp_path / "out", "--config", str(scripted_config)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and hint in err, err
+
+
 def test_split_files_are_read_in_split_order(tmp_path):
     from guard.replay.bag import _storage_files
 

@@ -378,7 +378,14 @@ def open_episode(
         return BagEpisode(p, image_topic=image_topic, proposal_topic=proposal_topic, **limits)
     if suffix in (".jsonl", ".ndjson"):
         return JsonlEpisode(p, **limits)
-    raise UsageError(f"{p}: unknown episode format (use a rosbag2 folder, .mcap, .db3 or .jsonl)")
+    hint = ""
+    if suffix == ".bag":  # rosbag2's own test resources still carry ROS 1 bags
+        hint = "; a ROS 1 bag: convert it first (rosbags-convert --src BAG --dst DIR)"
+    elif suffix == ".zstd":
+        hint = ("; a zstd-compressed storage file: replay the rosbag2 folder that holds it and "
+                "its metadata.yaml")
+    raise UsageError(
+        f"{p}: unknown episode format (use a rosbag2 folder, .mcap, .db3 or .jsonl){hint}")
 
 
 __all__ = [
