@@ -357,6 +357,10 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["episode"]:
         sys.exit(_write_main(sys.argv[2:]))
     install()
+    if sys.argv[1:2] == ["guard"]:  # a `guard` command with the witness installed
+        from guard.cli.main import main as guard_main
+
+        sys.exit(guard_main(sys.argv[2:]))
     from guard_ros.guard_node import main as node_main
 
     sys.exit(node_main())

@@ -1,10 +1,12 @@
-"""One judgement through every door (issue 12, "Proof"), for the doors that run in-process.
+"""One judgement through every door (issue 12, "Proof"), for the doors without ROS.
 
 One world episode (16 labelled proposals, tests/one_judgement.py) is judged by `guard replay`
 of the JSONL episode, of rosbag2 folders in sqlite3 and in MCAP (String JSON proposals, and
 guard_interfaces/ActionProposal messages) and of a bare MCAP file; by `guard bench --suite
 hazardworld` on the same scenes as items; by `guard check` once per item; and by the
-middleware (`guarded` tools with an `ImageDirectory` frame source). Every door must give each
+middleware (`guarded` tools with an `ImageDirectory` frame source); by the agent-framework
+adapters' `ToolGate`; by `guard serve`'s app (`POST /v1/check`); and by `guard mcp-proxy` (a
+real subprocess, its `guard_check` tool over MCP stdio). Every door must give each
 proposal the same prompt text, the same judged image (size and bytes, after the guard's one
 resize), the same prompt token ids, the same answer and the same decision.
 tests/ros/test_one_judgement_ros.py holds the live node over DDS to the same standard.
@@ -91,6 +93,9 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                 root / "cold" / "guard.yaml", model, max_new_tokens=max_new_tokens,
                 warmup=False)),
             "middleware": _middleware(mp, episode, root / "middleware", config),
+            "ToolGate": _tool_gate(mp, episode, root / "tool_gate", config),
+            "serve /v1/check": _serve(mp, episode, root / "serve", config),
+            "mcp-proxy guard_check": _mcp_proxy(mp, episode, root / "mcp_proxy", config),
         }
     yield {"name": name, "episode": episode, "config": config, "doors": doors}
 
@@ -158,6 +163,104 @@ def _middleware(mp: pytest.MonkeyPatch, episode: Episode, out: Path, config: Pat
             tool()
     records = judged(audit_decisions(audit), read_tap(tap))
     assert len(ran) == sum(r["verdict"] != "veto" for r in records)
+    return records
+
+
+def _tool_gate(mp: pytest.MonkeyPatch, episode: Episode, out: Path, config: Path) -> Checks:
+    """The agent-framework adapters' door (`openai_agents`, `langchain_agent`,
+    `pydantic_ai_tools` all judge through `ToolGate`): a tool call by name, arguments and
+    description, with the camera as frame source."""
+    from guard.config import load_config
+    from guard.core import Guard
+    from guard.frames import ImageDirectory
+    from guard.middleware.gate import ToolGate
+
+    tap = _tap(mp, out)
+    audit = out / "audit.jsonl"
+    camera = ImageDirectory(episode.camera, mode="sequence")
+    with Guard(load_config(config).with_overrides(**{"audit.path": str(audit)})) as guard:
+        gate = ToolGate(guard, frames=camera, on_warning=lambda d, p: None)
+        results = [gate.check(step.tool, {}, description=step.description, call_id=step.id)
+                   for step in episode.steps]
+    records = judged(audit_decisions(audit), read_tap(tap))
+    assert [r.run for r in results] == [r["verdict"] != "veto" for r in records]
+    return records
+
+
+def _serve(mp: pytest.MonkeyPatch, episode: Episode, out: Path, config: Path) -> Checks:
+    """`guard serve`'s app (the one `guard serve` runs under uvicorn), in this process through
+    Starlette's TestClient: one `POST /v1/check` per item, its PNG as base64, one at a time."""
+    import base64
+    import time
+
+    from starlette.testclient import TestClient
+
+    from guard.config import load_config
+    from guard.serve.app import create_app
+
+    tap = _tap(mp, out)
+    audit = out / "audit.jsonl"
+    app = create_app(load_config(config).with_overrides(**{"audit.path": str(audit)}))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 300.0
+        while client.get("/healthz").status_code != 200:  # the model loads on a thread
+            assert time.monotonic() < deadline, client.get("/healthz").json()
+            time.sleep(0.1)
+        for item in episode.item_records():
+            png = base64.b64encode((episode.items / item["image"]).read_bytes()).decode()
+            response = client.post("/v1/check", json={
+                "action": item["query"], "tool": item["tool"], "arguments": {},
+                "images": [png], "id": item["id"]})
+            assert response.status_code == 200, response.text
+    records = judged(audit_decisions(audit), read_tap(tap))
+    assert [r["proposal"] for r in records] == [r["id"] for r in episode.item_records()]
+    return records
+
+
+def _mcp_proxy(mp: pytest.MonkeyPatch, episode: Episode, out: Path, config: Path) -> Checks:
+    """`guard mcp-proxy` as a real subprocess (the witness installed in it), in front of the
+    example robot server, through the MCP SDK's client over stdio: the proxy's `guard_check`
+    tool once per step (tool, description, no arguments), its `--frames` file holding that
+    step's frame (the proxy reads the file's current contents at each call)."""
+    import os
+    import sys
+
+    import anyio
+
+    pytest.importorskip("mcp")
+    from mcp import Client, StdioServerParameters
+
+    from tests.one_judgement import ROOT
+
+    tap = _tap(mp, out)
+    audit = out / "audit.jsonl"
+    frame = out / "camera.png"
+    robot = f"{sys.executable} {ROOT / 'examples' / 'mcp_proxy' / 'robot_server.py'}"
+    frames = sorted(episode.camera.iterdir())
+    assert len(frames) == len(episode.steps)
+    answers: list[dict[str, Any]] = []
+
+    async def session() -> None:
+        proxy = StdioServerParameters(
+            command=sys.executable, cwd=ROOT, env={**os.environ, ENV: str(tap)},
+            args=["-m", "tests.one_judgement", "guard", "mcp-proxy", "--upstream", robot,
+                  "--config", str(config), "--audit", str(audit), "--frames", str(frame)])
+        frame.write_bytes(frames[0].read_bytes())  # a frame to warm up on
+        with anyio.fail_after(600):
+            async with Client(proxy) as client:
+                for step, png in zip(episode.steps, frames, strict=True):
+                    staged = out / "camera.tmp"
+                    staged.write_bytes(png.read_bytes())
+                    os.replace(staged, frame)  # never a half-written frame
+                    result = await client.call_tool("guard_check", {
+                        "tool": step.tool, "description": step.description, "arguments": {}})
+                    assert not result.is_error, result
+                    assert result.structured_content is not None
+                    answers.append(result.structured_content)
+
+    anyio.run(session)
+    records = judged(audit_decisions(audit), read_tap(tap))
+    assert [a["verdict"] for a in answers] == [r["verdict"] for r in records]
     return records
 
 
