@@ -151,6 +151,167 @@ def test_compressed_images() -> None:
         ros_compressed_to_rgb(types.SimpleNamespace(format="jpeg", data=b"\xff\xd8 no"))
 
 
+def _encoded(rgb: np.ndarray, fmt: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["png", "bgr8; png compressed bgr8", "rgba8; png compressed bgr8",
+                                 "jpeg", "rgb8; jpeg compressed bgr8"])
+def test_compressed_image_transport_formats_decode_in_file_colour_order(fmt: str) -> None:
+    """compressed_image_transport's format strings (compressed_publisher.cpp): whatever the
+    raw encoding, the data is an image file OpenCV wrote from BGR, so its colours are in file
+    order and decode as they are."""
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1] = 200, 40
+    data = _encoded(rgb, "JPEG" if "jpeg" in fmt else "PNG")
+    got = ros_compressed_to_rgb(types.SimpleNamespace(format=fmt, data=data))
+    assert np.abs(got.astype(int) - rgb).max() <= (4 if "jpeg" in fmt else 0)
+
+
+# compressed_depth_image_transport's ConfigHeader (compression_common.h): int32 format
+# (INV_DEPTH = 0), float32 depthParam[2]; 12 bytes before the PNG or RVL data.
+def _config_header(a: float = 0.0, b: float = 0.0) -> bytes:
+    import struct
+
+    return struct.pack("<iff", 0, a, b)
+
+
+def _raw(encoding: str, samples: np.ndarray) -> types.SimpleNamespace:
+    h, w = samples.shape
+    return types.SimpleNamespace(height=h, width=w, encoding=encoding, is_bigendian=0,
+                                 step=w * samples.itemsize, data=samples.tobytes())
+
+
+def test_compressed_depth_png_16uc1_gives_the_raw_depth_images_frame() -> None:
+    """'16UC1; compressedDepth png': before, the header made the data 'not a decodable
+    image'; now the frame is that of the raw 16UC1 image the plugin's subscriber rebuilds."""
+    depth = (np.arange(48, dtype=np.uint16).reshape(6, 8) * 1200)
+    data = _config_header() + _encoded(depth, "PNG")
+    for fmt in ("16UC1; compressedDepth png", "16UC1; compressedDepth", "16UC1"):
+        got = ros_compressed_to_rgb(types.SimpleNamespace(format=fmt, data=data))
+        np.testing.assert_array_equal(got, ros_image_to_rgb(_raw("16UC1", depth)))
+
+
+def _inverse_depth(depth: np.ndarray, depth_max: float = 10.0,
+                   quantization: float = 100.0) -> tuple[np.ndarray, float, float]:
+    """encodeCompressedDepthImage (codec.cpp) for 32FC1: quantised inverse depth, 0 beyond
+    depth_max, and the two parameters the header carries."""
+    a = np.float32(quantization * (quantization + 1.0))
+    b = np.float32(1.0 - a / np.float32(depth_max))
+    with np.errstate(divide="ignore"):
+        inv = np.where(depth < depth_max, a / depth + b, 0).astype(np.uint16)
+    return inv, float(a), float(b)
+
+
+def test_compressed_depth_32fc1_is_rebuilt_from_inverse_depth() -> None:
+    depth = np.linspace(1.5, 9.5, 48, dtype=np.float32).reshape(6, 8)
+    inv, a, b = _inverse_depth(depth)
+    data = _config_header(a, b) + _encoded(inv, "PNG")
+    got = ros_compressed_to_rgb(types.SimpleNamespace(format="32FC1; compressedDepth png",
+                                                      data=data))
+    rebuilt = (np.float32(a) / (inv.astype(np.float32) - np.float32(b))).astype(np.float32)
+    np.testing.assert_array_equal(got, ros_image_to_rgb(_raw("32FC1", rebuilt)))
+    assert np.abs(rebuilt - depth).max() < 0.1  # the quantisation loses little
+    # no depth (beyond depth_max) comes back NaN, refused as a raw 32FC1 image with NaN is
+    depth[0, 0] = 50.0
+    inv, a, b = _inverse_depth(depth)
+    holes = types.SimpleNamespace(format="32FC1; compressedDepth",
+                                  data=_config_header(a, b) + _encoded(inv, "PNG"))
+    with pytest.raises(InvalidInputError, match="NaN"):
+        ros_compressed_to_rgb(holes)
+
+
+def _rvl_encode(samples: np.ndarray) -> bytes:
+    """A line-by-line port of RvlCodec::CompressRVL (compressed_depth_image_transport/src/
+    rvl_codec.cpp), for round trips."""
+    import struct
+
+    words: list[int] = []
+    state = {"word": 0, "n": 0}
+
+    def vle(value: int) -> None:
+        while True:
+            nibble = value & 0x7
+            value >>= 3
+            if value:
+                nibble |= 0x8
+            state["word"] = ((state["word"] << 4) | nibble) & 0xFFFFFFFF
+            state["n"] += 1
+            if state["n"] == 8:
+                words.append(state["word"])
+                state["word"], state["n"] = 0, 0
+            if not value:
+                return
+
+    flat = [int(v) for v in samples.ravel()]
+    i, previous = 0, 0
+    while i < len(flat):
+        zeros = 0
+        while i < len(flat) and not flat[i]:
+            i, zeros = i + 1, zeros + 1
+        vle(zeros)
+        nonzeros = 0
+        while i + nonzeros < len(flat) and flat[i + nonzeros]:
+            nonzeros += 1
+        vle(nonzeros)
+        for _ in range(nonzeros):
+            current = flat[i]
+            i += 1
+            delta = current - previous
+            vle((delta << 1) ^ (delta >> 31))
+            previous = current
+    if state["n"]:
+        words.append((state["word"] << 4 * (8 - state["n"])) & 0xFFFFFFFF)
+    h, w = samples.shape
+    return struct.pack(f"<II{len(words)}I", w, h, *words)
+
+
+def test_compressed_depth_rvl_decodes() -> None:
+    from guard.wire.images import _rvl_samples
+
+    # worked by hand: zeros 2, nonzeros 2, deltas +5 (zigzag 10: nibbles A 1) and 0, zeros 1,
+    # nonzeros 1, delta +2 (zigzag 4): nibbles 2 2 A 1 0 1 1 4, one word, high nibble first
+    word = bytes.fromhex("1401a122")  # 0x22A10114, little-endian
+    np.testing.assert_array_equal(_rvl_samples(b"\x06\0\0\0\x01\0\0\0" + word, "d", 100),
+                                  [[0, 0, 5, 5, 0, 7]])
+    rng = np.random.default_rng(7)
+    depth = rng.integers(300, 9000, (12, 16)).astype(np.uint16)
+    depth[rng.random((12, 16)) < 0.3] = 0  # holes: runs of zeros
+    depth[3, :] = 0
+    data = _config_header() + _rvl_encode(depth)
+    got = ros_compressed_to_rgb(types.SimpleNamespace(format="16UC1; compressedDepth rvl",
+                                                      data=data))
+    np.testing.assert_array_equal(got, ros_image_to_rgb(_raw("16UC1", depth)))
+    inv, a, b = _inverse_depth(np.linspace(1.5, 9.5, 48, dtype=np.float32).reshape(6, 8))
+    got = ros_compressed_to_rgb(types.SimpleNamespace(
+        format="32FC1; compressedDepth rvl", data=_config_header(a, b) + _rvl_encode(inv)))
+    rebuilt = (np.float32(a) / (inv.astype(np.float32) - np.float32(b))).astype(np.float32)
+    np.testing.assert_array_equal(got, ros_image_to_rgb(_raw("32FC1", rebuilt)))
+
+
+@pytest.mark.parametrize("fmt,data,reason", [
+    ("16UC1; compressedDepth rvl", _config_header() + b"\x06\0\0\0\x04\0\0\0" + bytes(4),
+     "rvl"),
+    ("16UC1; compressedDepth rvl", _config_header() + b"\xff\xff\0\0\xff\xff\0\0" + bytes(8),
+     "rvl reports"),
+    ("16UC1; compressedDepth zstd", _config_header() + bytes(16), "codec 'zstd'"),
+    ("8UC3; compressedDepth png", _config_header() + bytes(16), "encoding '8UC3'"),
+    ("16UC1; compressedDepth png", _config_header() + b"not a png at all", "not a PNG"),
+    ("zstd", bytes(32), "format 'zstd'"),
+], ids=["rvl-runs-short", "rvl-oversized", "unknown-codec", "not-depth", "not-png", "zstd"])
+def test_compressed_data_that_cannot_be_decoded_is_refused_with_its_format(
+    fmt: str, data: bytes, reason: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=reason):
+        ros_compressed_to_rgb(types.SimpleNamespace(format=fmt, data=data))
+
+
 # -- stamps ----------------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ matters little: a frame is converted only when a check judges it, once.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -197,14 +198,157 @@ def _bayer_to_rgb(mosaic: np.ndarray, cell: str) -> np.ndarray:
 def ros_compressed_to_rgb(
     msg: Any, *, source: str = "image", max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
 ) -> np.ndarray:
-    """RGB uint8 pixels of a `sensor_msgs/CompressedImage` (JPEG, PNG, ...).
+    """RGB uint8 pixels of a `sensor_msgs/CompressedImage`.
+
+    `format` as image_transport's plugins write it: "jpeg", "png", "rgb8; jpeg compressed
+    bgr8", "bgr16; png compressed bgr16", ... are image files (their colours already in file
+    order: OpenCV wrote them from BGR); "16UC1; compressedDepth png", "32FC1; compressedDepth"
+    and "...; compressedDepth rvl" are compressed_depth_image_transport's: a 12-byte
+    ConfigHeader, then a PNG or RVL stream of 16-bit samples (inverse depth for 32FC1),
+    decoded to the depth image the plugin's subscriber rebuilds and read by the rules of
+    that raw encoding (`ros_image_to_rgb`).
 
     Raises:
-        InvalidInputError: data that does not decode, or an image over `max_input_pixels`.
+        InvalidInputError: data that does not decode (the reason names the format), a
+            compressedDepth codec or encoding the plugin does not write, an image over
+            `max_input_pixels`.
     """
-    return decode_image_bytes(
-        _as_bytes(msg.data).tobytes(), source=source, max_input_pixels=max_input_pixels
-    )
+    fmt = str(getattr(msg, "format", "") or "")
+    data = _as_bytes(msg.data).tobytes()
+    encoding, codec = _compressed_depth(fmt, data)
+    if codec is not None:
+        return _depth_to_rgb(encoding, codec, data, fmt, source, max_input_pixels)
+    try:
+        return decode_image_bytes(data, source=source, max_input_pixels=max_input_pixels)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{exc} (CompressedImage format {fmt!r})") from None
+
+
+# compressed_depth_image_transport (codec.cpp, compression_common.h): a ConfigHeader (int32
+# format, INV_DEPTH = 0; float32 depthParam[2], the inverse-depth quantisation) before the
+# compressed samples.
+_CONFIG_HEADER = 12
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _compressed_depth(fmt: str, data: bytes) -> tuple[str, str | None]:
+    """(raw encoding, "png" | "rvl" | the unknown codec named) for a compressedDepth message,
+    (encoding, None) for any other. As the plugin's decoder reads `format`: the encoding
+    before ";", then "compressedDepth png|rvl", or a bare "compressedDepth" (png); the oldest
+    publishers wrote the encoding alone, recognised here by the PNG after the header."""
+    encoding, sep, rest = fmt.partition(";")
+    encoding = encoding.strip()
+    words = [w.lower() for w in rest.split()]
+    if "compresseddepth" in words:
+        at = words.index("compresseddepth")
+        return encoding, words[at + 1] if at + 1 < len(words) else "png"
+    if not sep and data[_CONFIG_HEADER : _CONFIG_HEADER + 8] == _PNG_MAGIC:
+        return encoding, "png"
+    return encoding, None
+
+
+def _depth_to_rgb(encoding: str, codec: str, data: bytes, fmt: str, source: str,
+                  max_input_pixels: int) -> np.ndarray:
+    depth_bits = {"16uc1": 16, "mono16": 16, "32fc1": 32}.get(encoding.lower())
+    if depth_bits is None:
+        raise InvalidInputError(
+            f"{source}: compressedDepth of encoding {encoding!r} (format {fmt!r}): the "
+            "plugin writes only 16UC1/mono16 and 32FC1")
+    if len(data) <= _CONFIG_HEADER:
+        raise InvalidInputError(f"{source}: compressedDepth data of {len(data)} bytes holds no "
+                                f"image after its {_CONFIG_HEADER}-byte header")
+    quant_a, quant_b = np.frombuffer(data[4:_CONFIG_HEADER], "<f4")
+    payload = data[_CONFIG_HEADER:]
+    if codec == "png":
+        samples = _png_samples(payload, source, max_input_pixels)
+    elif codec == "rvl":
+        samples = _rvl_samples(payload, source, max_input_pixels)
+    else:
+        raise InvalidInputError(f"{source}: compressedDepth codec {codec!r} (format {fmt!r}) is "
+                                "not one the plugin writes (png, rvl)")
+    if depth_bits == 16:
+        return _wide_to_rgb(samples, source)
+    # 32FC1: the samples are quantised inverse depth; 0 marks no depth (NaN), as the plugin's
+    # subscriber rebuilds it
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = np.where(samples > 0, np.float32(quant_a) / (samples.astype(np.float32)
+                                                             - np.float32(quant_b)), np.nan)
+    return _wide_to_rgb(depth.astype(np.float32), source)
+
+
+def _png_samples(payload: bytes, source: str, max_input_pixels: int) -> np.ndarray:
+    """The 16-bit grey samples of a compressedDepth PNG."""
+    if not payload.startswith(_PNG_MAGIC):
+        raise InvalidInputError(f"{source}: compressedDepth png data is not a PNG after its "
+                                f"{_CONFIG_HEADER}-byte header")
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(payload))
+        if im.width * im.height > max_input_pixels:
+            raise InvalidInputError(
+                f"{source}: image is {im.width}x{im.height} = {im.width * im.height} pixels, "
+                f"over the {max_input_pixels} pixel limit")
+        im.load()
+        samples = np.asarray(im)
+    except InvalidInputError:
+        raise
+    except Exception as exc:  # Pillow raises many types for bad data
+        raise InvalidInputError(f"{source}: compressedDepth png does not decode "
+                                f"({type(exc).__name__}: {exc})") from None
+    if samples.ndim != 2:
+        raise InvalidInputError(f"{source}: compressedDepth png is not single-channel "
+                                f"(shape {samples.shape})")
+    return np.asarray(samples, dtype=np.uint16)
+
+
+def _rvl_samples(payload: bytes, source: str, max_input_pixels: int) -> np.ndarray:
+    """The 16-bit samples of an RVL stream (Wilson's run-length variable-length code, as
+    compressed_depth_image_transport/src/rvl_codec.cpp writes it): uint32 cols and rows, then
+    32-bit little-endian words of 4-bit nibbles, high nibble first; each value is 3-bit
+    groups, low first, while the nibble's top bit is set; the values run: zeros, nonzeros,
+    then one zigzag delta from the previous nonzero sample per nonzero."""
+    if len(payload) < 8:
+        raise InvalidInputError(f"{source}: compressedDepth rvl data ends inside its size")
+    cols, rows = (int(v) for v in np.frombuffer(payload[:8], "<u4"))
+    n = cols * rows
+    # the plugin's own sanity check: RVL packs at best 4 pixels a byte (5 with slack)
+    if n == 0 or n > max_input_pixels or n > 5 * len(payload):
+        raise InvalidInputError(f"{source}: compressedDepth rvl reports {cols}x{rows} pixels "
+                                f"for {len(payload)} bytes (over the pixel limit or malformed)")
+    words = np.frombuffer(payload[8 : 8 + (len(payload) - 8) // 4 * 4], "<u4")
+    nibbles = ((words[:, None] >> np.arange(28, -1, -4, dtype=np.uint32)) & 0xF).ravel()
+    ends = (nibbles & 8) == 0
+    group = np.concatenate(([0], np.cumsum(ends)[:-1]))  # the value each nibble belongs to
+    first = np.flatnonzero(np.concatenate(([True], ends[:-1])))
+    place = np.arange(nibbles.size) - first[group]
+    if place.size and int(place.max()) > 10:  # more than 32 bits: not what the encoder wrote
+        raise InvalidInputError(f"{source}: compressedDepth rvl holds a malformed value")
+    values = np.zeros(int(ends.sum()), np.int64)
+    done = group < values.size  # nibbles of a value the stream cuts off make no value
+    np.add.at(values, group[done], (nibbles[done].astype(np.int64) & 7) << (3 * place[done]))
+    zeros_runs, nonzero_runs, deltas = [], [], []
+    at, left = 0, n
+    while left > 0:
+        if at + 2 > values.size:
+            raise InvalidInputError(f"{source}: compressedDepth rvl data ends early")
+        z, nz = int(values[at]), int(values[at + 1])
+        if z + nz == 0 or z + nz > left or at + 2 + nz > values.size:
+            raise InvalidInputError(f"{source}: compressedDepth rvl runs do not add up to "
+                                    f"{cols}x{rows} pixels")
+        zeros_runs.append(z)
+        nonzero_runs.append(nz)
+        deltas.append(values[at + 2 : at + 2 + nz])
+        at, left = at + 2 + nz, left - z - nz
+    positive = np.concatenate(deltas) if deltas else np.zeros(0, np.int64)
+    current = np.cumsum((positive >> 1) ^ -(positive & 1)) & 0xFFFF
+    z_arr, nz_arr = np.array(zeros_runs), np.array(nonzero_runs)
+    starts = np.cumsum(z_arr + nz_arr) - nz_arr  # where each run's nonzeros begin
+    before = np.cumsum(nz_arr) - nz_arr
+    where = np.repeat(starts - before, nz_arr) + np.arange(int(nz_arr.sum()))
+    out = np.zeros(n, np.uint16)
+    out[where] = current.astype(np.uint16)
+    return out.reshape(rows, cols)
 
 
 def ros_message_to_rgb(
