@@ -153,6 +153,47 @@ def test_frames_convert_once_keep_the_newest_and_report_a_bad_one() -> None:
     assert buffer.newest(1) == []
 
 
+def test_a_stamped_proposal_is_judged_on_the_newest_frame_at_or_before_it() -> None:
+    """guard_ros.frames' rule: replay's pairing, once a frame at or after the proposal has
+    arrived (then every frame before it has: a topic arrives in order)."""
+    from guard_ros.frames import frames_for, paired, proposal_time
+
+    t = 1_700_000_000 * 10**9
+    before, at, after = (CameraFrame(_Msg(), ns) for ns in (t - 1, t, t + 33_000_000))
+    # Arrived: a frame at or after the proposal is kept (or no frame at all: no_frame's).
+    assert paired(t, [before, at], 500.0).fresh and paired(t, [at, after], 500.0).fresh
+    assert paired(t, [], 500.0).fresh
+    waiting = paired(t, [before], 500.0)  # one nanosecond older: its own may be on the way
+    assert waiting.status is Status.STALE_FRAME
+    assert "within frame_wait_ms (500)" in waiting.reason
+    # Judged: the newest at or before it (the frame it was made on), as replay pairs them.
+    assert frames_for(t, [before, at, after], before.stamp_ns, 1) == [at]
+    assert frames_for(t, [before, after], before.stamp_ns, 1) == [before]
+    assert frames_for(t, [before, at, after], before.stamp_ns, 2) == [before, at]
+    assert frames_for(t, [after], after.stamp_ns, 1) == []  # the camera began after: no_frame
+    assert frames_for(t, [after], before.stamp_ns, 1) == [after]  # its own was dropped
+    # The proposal's own time, by the core's freshness rule (no age limit, skew bounded).
+    assert proposal_time(t, t, 100.0).fresh
+    assert proposal_time(t - 3600 * 10**9, t, 100.0).fresh
+    assert proposal_time(t + 100 * 10**6, t, 100.0).fresh
+    ahead = proposal_time(t + 101 * 10**6, t, 100.0)
+    assert ahead.status is Status.STALE_FRAME and "clocks disagree" in ahead.reason
+
+
+def test_frame_buffer_wakes_a_check_waiting_for_its_frame() -> None:
+    buffer = FrameBuffer(size=2)
+    buffer.add(CameraFrame(_Msg(), 5))
+    assert buffer.wait_newest(5, timeout_s=0.0)  # already there: no wait
+    assert not buffer.wait_newest(6, timeout_s=0.01)
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(buffer.wait_newest(9, 30.0)))
+    waiter.start()
+    buffer.add(CameraFrame(_Msg(), 7))  # not yet
+    buffer.add(CameraFrame(_Msg(), 9))
+    waiter.join(30.0)
+    assert woke == [True]
+
+
 def test_frame_time_is_the_judged_messages_header_time() -> None:
     ns = 1_700_000_000_999_999_999  # not exact in float seconds
     entry = CameraFrame(_Msg(), ns)
@@ -192,7 +233,7 @@ def judge(tmp_path: Path) -> Iterator[Any]:
     j: Any = Judge(FrameBuffer(), errors.append)
     j.errors = errors
     j.params = {"config": str(config), "model": "", "backend": "", "mode": "",
-                "deadline_ms": 0.0, "max_frame_age_ms": 0.0}
+                "deadline_ms": 0.0, "max_frame_age_ms": 0.0, "frame_wait_ms": 500.0}
     yield j
     j.release()
 
@@ -234,6 +275,54 @@ def test_judge_fails_closed_unconfigured_bad_input_and_on_a_bug(
     assert "internal error" in buggy.rationale and judge.errors
     audit = (tmp_path / "audit.jsonl").read_text()
     assert all(d.id in audit for d in (bad, none, undecodable, decision, buggy))
+
+
+def _stamped(ns: int) -> Any:
+    proposal = _proposal()
+    proposal.header.stamp.sec, proposal.header.stamp.nanosec = divmod(ns, 10**9)
+    return proposal
+
+
+def test_judge_pairs_a_stamped_proposal_with_its_frame_not_the_one_before(
+        judge: Any, tmp_path: Path) -> None:
+    """The race of the camera and proposal topics: the proposal arrives first. It is judged
+    on its own frame once that arrives, else vetoed as stale; never on the frame before."""
+    t = 1_700_000_000 * 10**9
+    clock = [t]
+    judge._clock = lambda: clock[0]
+    judge.configure(judge.params)
+    judge.frames.add(CameraFrame(_Msg(1), t - 10**9))  # the previous scene
+
+    def frame_arrives() -> None:
+        time.sleep(0.05)
+        clock[0] = t + 20 * 10**6
+        judge.frames.add(CameraFrame(_Msg(2), t))
+
+    judge.frame_wait_ms = 30_000.0
+    camera = threading.Thread(target=frame_arrives)
+    camera.start()
+    decision, frame = judge.judge(_stamped(t), None, t)
+    camera.join()
+    assert (decision.status, decision.frame_stamp_ns) == (Status.OK, t)
+    assert frame is not None and int(frame.image[0, 0, 0]) == 2
+
+    # Its frame never comes: a stale_frame veto, audited, naming the frame it had.
+    judge.frame_wait_ms = 10.0
+    stale, frame = judge.judge(_stamped(t + 10**9), None, t + 10**9)
+    assert (stale.verdict, stale.status, frame) == (Verdict.VETO, Status.STALE_FRAME, None)
+    assert stale.frame_stamp_ns == t and "older than the proposal" in stale.rationale
+    # Stamped ahead of the node's clock past the skew: the clocks disagree, vetoed at once.
+    ahead, _ = judge.judge(_stamped(t + 10**9), None, t)
+    assert ahead.status is Status.STALE_FRAME and "clocks disagree" in ahead.rationale
+    # A newer frame is kept: a proposal stamped between the two is judged on the one before
+    # it (replay's rule), an unstamped one on the newest at hand, as before.
+    judge.frames.add(CameraFrame(_Msg(3), t + 40 * 10**6))
+    between, _ = judge.judge(_stamped(t + 20 * 10**6), None, t + 50 * 10**6)
+    assert (between.status, between.frame_stamp_ns) == (Status.OK, t)
+    unstamped, _ = judge.judge(_proposal(), None, t + 50 * 10**6)
+    assert (unstamped.status, unstamped.frame_stamp_ns) == (Status.OK, t + 40 * 10**6)
+    audit = (tmp_path / "audit.jsonl").read_text()
+    assert all(d.id in audit for d in (decision, stale, ahead, between, unstamped))
 
 
 def test_relay_orders_zeros_commands_and_state() -> None:

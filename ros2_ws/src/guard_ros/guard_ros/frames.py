@@ -12,10 +12,34 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The camera side of guard_node as plain objects: received frames and the judged frame's time.
+"""The camera side of guard_node as plain objects: received frames, the frame a proposal is
+judged on, and the judged frame's time.
 
 No rclpy here: the node hands each camera message (any object with a `header`) to
 `FrameBuffer.add`, and a check asks for the newest ones. Unit-tested without a graph.
+
+Pairing a proposal with a frame (`proposal_time`, `FrameBuffer.wait_newest`, `paired`,
+`frames_for`): the camera (best effort, large messages) and the proposals (reliable, small) are
+separate topics, so a proposal can arrive before the frame it was made on, and the node judged
+it on the frame before (the last scene, not this one). A proposal with a `header.stamp` says
+when it was made (by ROS convention for derived data, the stamp of the frame it was planned
+on) and is judged by replay's rule (`guard replay`: the newest frame at or before the
+proposal's time), in header stamps:
+
+1. Its stamp must be trusted by the core's freshness rule (`guard.freshness`): at most
+   `policy.max_clock_skew_ms` ahead of the node's clock; else the clocks disagree and the
+   proposal is a `stale_frame` veto at once.
+2. The node waits, at most `frame_wait_ms`, until it has a frame stamped at or after the
+   proposal. A camera topic arrives in order, so from then on every frame stamped before the
+   proposal that will ever arrive has arrived. None by then (frames, but all older) is a
+   `stale_frame` veto: the frame the proposal was made on may be on its way still.
+3. It is judged on the newest `image.max_frames` frames stamped at or before it: the frame it
+   was made on. None such (the camera's first frame came after the proposal) is the core's
+   `no_frame`, as in replay. When the node no longer holds that frame (the proposal waited
+   for the judge longer than `frame_buffer` frames last), the nearest kept after it.
+
+An unstamped proposal is judged on the newest frames at hand, as before: nothing says which
+frame it belongs to.
 """
 
 from __future__ import annotations
@@ -24,7 +48,8 @@ from collections import deque
 import threading
 from typing import Any
 
-from guard.types import Decision, Frame
+from guard.freshness import frame_freshness, Freshness
+from guard.types import Decision, Frame, Status
 from guard.wire import ns_to_seconds, ros_message_to_rgb, seconds_to_ns
 
 
@@ -68,8 +93,11 @@ class FrameBuffer:
 
     def __init__(self, size: int = 4) -> None:
         """Keep at most `size` frames."""
-        self._lock = threading.Lock()
+        # A condition: a check waiting for its proposal's frame wakes when one is added.
+        self._lock = threading.Condition()
         self._frames: deque[CameraFrame] = deque(maxlen=size)
+        # The first frame's stamp since the last clear: did any frame come before a time?
+        self._first_ns: int | None = None
 
     def resize(self, size: int) -> None:
         """Keep at most `size` frames from now on (the newest are kept)."""
@@ -80,11 +108,27 @@ class FrameBuffer:
         """Store a frame just received."""
         with self._lock:
             self._frames.append(entry)
+            if self._first_ns is None:
+                self._first_ns = entry.stamp_ns
+            self._lock.notify_all()
+
+    def wait_newest(self, stamp_ns: int, timeout_s: float) -> bool:
+        """Wait until the newest frame is stamped at or after `stamp_ns`, at most `timeout_s`
+        seconds (wall time); True when it is."""
+        with self._lock:
+            return self._lock.wait_for(
+                lambda: bool(self._frames) and self._frames[-1].stamp_ns >= stamp_ns,
+                timeout=max(0.0, timeout_s))
 
     def newest(self, n: int) -> list[CameraFrame]:
         """Return the newest `n` frames, oldest first (fewer when fewer arrived)."""
         with self._lock:
             return list(self._frames)[-n:] if n > 0 else []
+
+    def kept(self) -> tuple[list[CameraFrame], int | None]:
+        """Return every frame kept (oldest first) and the first frame's stamp since `clear`."""
+        with self._lock:
+            return list(self._frames), self._first_ns
 
     def newest_stamp(self) -> float | None:
         """Return the newest frame's stamp in seconds, None before the first frame."""
@@ -95,6 +139,54 @@ class FrameBuffer:
         """Forget every frame (cleanup)."""
         with self._lock:
             self._frames.clear()
+            self._first_ns = None
+
+
+def proposal_time(stamp_ns: int, now_ns: int, max_skew_ms: float) -> Freshness:
+    """May a proposal stamped `stamp_ns` be paired with frames (rule 1 of the module
+    docstring)? The core's freshness rule with no age limit (the judged frame's own age is the
+    core's to check): a stamp more than `max_skew_ms` ahead of the node's clock `now_ns` is a
+    `stale_frame` veto."""
+    fresh = frame_freshness(ns_to_seconds(stamp_ns), ns_to_seconds(now_ns), max_age_ms=None,
+                            max_skew_ms=max_skew_ms)
+    if fresh.fresh:
+        return fresh
+    ahead = -(fresh.age_ms or 0.0)
+    return Freshness(
+        fresh.status,
+        f"the proposal is stamped {ahead:.0f} ms ahead of the node's clock, over "
+        f"max_clock_skew_ms ({max_skew_ms:g}): the clocks disagree, so no camera frame can "
+        'be paired with it', fresh.age_ms)
+
+
+def paired(stamp_ns: int, kept: list[CameraFrame], wait_ms: float) -> Freshness:
+    """Has every frame up to a proposal stamped `stamp_ns` arrived (rule 2)? Yes once the
+    newest kept frame is stamped at or after it (exact integer nanoseconds), and when no frame
+    arrived at all (the core's `no_frame` rule then decides); else a `stale_frame` veto."""
+    if not kept or kept[-1].stamp_ns >= stamp_ns:
+        return Freshness(None)
+    behind_ms = (stamp_ns - kept[-1].stamp_ns) / 1e6
+    return Freshness(
+        Status.STALE_FRAME,
+        'no camera frame stamped at or after the proposal arrived within frame_wait_ms '
+        f'({wait_ms:g}), so the frame it was made on may not have arrived; the newest is '
+        f'{behind_ms:.0f} ms older than the proposal', behind_ms)
+
+
+def frames_for(stamp_ns: int, kept: list[CameraFrame], first_ns: int | None,
+               n: int) -> list[CameraFrame]:
+    """The frames a proposal stamped `stamp_ns` is judged on (rule 3), from the frames kept
+    (oldest first) once `paired`: the newest `n` stamped at or before it; none when the first
+    frame ever received (`first_ns`) came after it; the oldest `n` kept when its own were
+    dropped from the buffer."""
+    if n <= 0:
+        return []
+    before = [f for f in kept if f.stamp_ns <= stamp_ns]
+    if before:
+        return before[-n:]
+    if first_ns is None or first_ns > stamp_ns:
+        return []
+    return kept[:n]
 
 
 def frame_time_ns(decision: Decision, entries: list[CameraFrame]) -> int | None:

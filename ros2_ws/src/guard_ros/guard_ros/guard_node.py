@@ -113,7 +113,7 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
 
         self._active = False
         self._frames = FrameBuffer()
-        self._judge = Judge(self._frames, self.get_logger().error)
+        self._judge = Judge(self._frames, self.get_logger().error, self._now_ns)
         self._zero_stamp_warned = False
         self._diag = GuardDiagnostics()
         self._gate_enabled = False
@@ -280,6 +280,8 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
         self._subs = []
         guard = self._judge.guard
         deadline_s = guard.config.policy.deadline_ms / 1000.0 if guard is not None else 0.0
+        # A stamped proposal may first wait for its frame (none comes once unsubscribed).
+        deadline_s += self._judge.frame_wait_ms / 1000.0
         server, self._check_server = self._check_server, None
         if server is not None:
             server.close(timeout=2.0 + deadline_s)

@@ -18,7 +18,8 @@ No rclpy here (message classes only): `Judge` holds the node's `Guard` between c
 cleanup and turns a `guard_interfaces/ActionProposal` (plus the newest camera frames, or the
 image a `guard/check` call brought) into a `Decision`. Every failure is an audited veto
 (fail closed): a bad proposal is `invalid_input`, an image that cannot be decoded is
-`invalid_input`, no guard or a bug is `error`.
+`invalid_input`, a stamped proposal whose frame did not come (`frames.paired`) is
+`stale_frame`, no guard or a bug is `error`.
 """
 
 from __future__ import annotations
@@ -29,9 +30,17 @@ from typing import Any
 
 from guard.config import AuditConfig, load_config, PolicyConfig
 from guard.core import Guard, unjudged
+from guard.freshness import Freshness
 from guard.types import Decision, Frame, Status
 from guard.wire import header_stamp_ns, ns_to_seconds, proposal_fields_from_msg, ProposalError
-from guard_ros.frames import CameraFrame, frame_time_ns, FrameBuffer
+from guard_ros.frames import (
+    CameraFrame,
+    frame_time_ns,
+    FrameBuffer,
+    frames_for,
+    paired,
+    proposal_time,
+)
 from guard_ros.params import config_overrides
 
 _log = logging.getLogger(__name__)
@@ -43,15 +52,19 @@ class Judge:
     """The node's guard and what it needs to judge: the config's limits and the frames."""
 
     def __init__(self, frames: FrameBuffer,
-                 log_error: Callable[[str], None] = _log.error) -> None:
+                 log_error: Callable[[str], None] = _log.error,
+                 clock: Callable[[], int] | None = None) -> None:
         """Unconfigured: every check is an error veto until `configure`.
 
         Args:
             frames: the camera frames the node receives (newest last).
             log_error: where an unexpected failure is reported (the node's logger).
+            clock: the node's clock in nanoseconds, read again after waiting for a frame
+                (None: the time a check was given stands).
         """
         self.frames = frames
         self._log_error = log_error
+        self._clock = clock
         # Set on configure, None otherwise; read through a local reference (one assignment).
         self.guard: Guard | None = None
         # Where a veto made without a guard is audited: the last config's log, else the default.
@@ -59,6 +72,7 @@ class Judge:
         self.config_policy = PolicyConfig()  # the config file's own, before the parameters
         self.max_frames = 1
         self.max_input_pixels = 50_000_000
+        self.frame_wait_ms = 0.0
 
     def configure(self, params: dict[str, Any]) -> Guard:
         """Build the guard from the node's parameters (loads the model).
@@ -74,6 +88,7 @@ class Judge:
         self.audit_config, self.config_policy = config.audit, base.policy
         self.max_frames = config.image.max_frames
         self.max_input_pixels = config.image.max_input_pixels
+        self.frame_wait_ms = float(params['frame_wait_ms'])
         self.guard = guard
         return guard
 
@@ -95,12 +110,33 @@ class Judge:
                 reason = f'{reason}; not audited: {exc!r}'
         return unjudged(status, reason, audit=self.audit_config, proposal=proposal)
 
+    def _camera_frames(self, guard: Guard, stamp_ns: int | None,
+                       now_ns: int) -> tuple[list[CameraFrame], int, Freshness]:
+        """The camera frames for a proposal stamped `stamp_ns` (None: unstamped, the newest at
+        once), the node's clock after any wait for them, and whether they may judge it: the
+        rule of `guard_ros.frames` (replay's: the newest frame at or before the proposal)."""
+        if stamp_ns is None:
+            return self.frames.newest(self.max_frames), now_ns, Freshness(None)
+        trusted = proposal_time(stamp_ns, now_ns, guard.config.policy.max_clock_skew_ms)
+        if not trusted.fresh:
+            return self.frames.newest(self.max_frames), now_ns, trusted
+        self.frames.wait_newest(stamp_ns, self.frame_wait_ms / 1000.0)
+        if self._clock is not None:  # it may have waited: frames are aged from now
+            now_ns = self._clock()
+        kept, first_ns = self.frames.kept()
+        arrived = paired(stamp_ns, kept, self.frame_wait_ms)
+        if not arrived.fresh:
+            return kept[-self.max_frames:], now_ns, arrived
+        return frames_for(stamp_ns, kept, first_ns, self.max_frames), now_ns, arrived
+
     def judge(self, msg: Any, image: Any, now_ns: int) -> tuple[Decision, Frame | None]:
         """Judge one proposal: one decision, whatever happens (fail closed).
 
         Args:
             msg: the `guard_interfaces/ActionProposal`.
-            image: a `sensor_msgs/Image` to judge, or None for the newest camera frames.
+            image: a `sensor_msgs/Image` to judge, or None for the camera frames (the
+                newest; for a stamped proposal, the newest at or before its stamp once the
+                node has a frame at or after it: `guard_ros.frames`).
             now_ns: the node's clock (frames are aged against it).
 
         Returns:
@@ -112,7 +148,8 @@ class Judge:
                             audit=self.audit_config,
                             proposal={'id': msg.id, 'name': msg.name}), None
         try:
-            stamp = ns_to_seconds(header_stamp_ns(msg.header))
+            stamp_ns = header_stamp_ns(msg.header)
+            stamp = ns_to_seconds(stamp_ns)
             try:
                 # The adapter replay reads proposals with; the guard then validates the
                 # mapping (a blank name, arguments nested too deep: an audited invalid_input
@@ -126,8 +163,15 @@ class Judge:
                 entries = [CameraFrame(image, header_stamp_ns(image.header) or now_ns)]
                 source = SERVICE_SOURCE
             else:
-                entries = self.frames.newest(self.max_frames)
+                entries, now_ns, pairing = self._camera_frames(guard, stamp_ns, now_ns)
                 source = CAMERA_SOURCE
+                if pairing.status is not None:  # the proposal's frame did not come
+                    newest = entries[-1] if entries else None
+                    decision = guard.reject(
+                        proposal, pairing.status, pairing.reason,
+                        frame_stamp=newest.stamp if newest else None)
+                    decision.frame_stamp_ns = newest.stamp_ns if newest else None
+                    return decision, None
             frames = []
             for entry in entries:
                 try:

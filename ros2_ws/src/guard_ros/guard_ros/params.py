@@ -64,6 +64,10 @@ PARAMETERS: dict[str, ParameterSpec] = {
         'compressed transport; remapping camera/image_raw moves it too).'),
     'frame_buffer': ParameterSpec(
         4, 'Camera frames kept (newest last); the judge sees image.max_frames of them.'),
+    'frame_wait_ms': ParameterSpec(
+        500.0, 'A proposal with a header stamp is judged on a camera frame stamped at or after '
+        'it; how long to wait for one (wall time) before a stale_frame veto. Unstamped '
+        'proposals are judged on the newest frame at once.'),
     'watchdog_period_ms': ParameterSpec(
         100.0, 'Period of the cmd_vel watchdog that sends zero velocity while stopped.'),
     'stop_pub_timeout': ParameterSpec(
@@ -89,6 +93,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     'deadline_ms': (0.0, 3_600_000.0),
     'max_frame_age_ms': (0.0, 3_600_000.0),
     'frame_buffer': (1, 256),
+    'frame_wait_ms': (0.0, 60_000.0),
     'watchdog_period_ms': (1.0, 60_000.0),
     'stop_pub_timeout': (0.0, 3600.0),
     'diagnostics_period_s': (0.01, 3600.0),
