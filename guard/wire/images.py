@@ -324,9 +324,11 @@ def _rvl_samples(payload: bytes, source: str, max_input_pixels: int) -> np.ndarr
     place = np.arange(nibbles.size) - first[group]
     if place.size and int(place.max()) > 10:  # more than 32 bits: not what the encoder wrote
         raise InvalidInputError(f"{source}: compressedDepth rvl holds a malformed value")
-    values = np.zeros(int(ends.sum()), np.int64)
-    done = group < values.size  # nibbles of a value the stream cuts off make no value
-    np.add.at(values, group[done], (nibbles[done].astype(np.int64) & 7) << (3 * place[done]))
+    n_values = int(ends.sum())
+    done = group < n_values  # nibbles of a value the stream cuts off make no value
+    parts = (nibbles[done].astype(np.int64) & 7) << (3 * place[done])
+    # a sum of at most 33 bits: exact in bincount's float64
+    values = np.bincount(group[done], weights=parts, minlength=n_values).astype(np.int64)
     zeros_runs, nonzero_runs, deltas = [], [], []
     at, left = 0, n
     while left > 0:
