@@ -6,7 +6,9 @@
 Loaders never raise for a bad item (a malformed JSON line, a missing image, a missing field): the
 item becomes a `BadItem`, listed in the results and never scored. They raise `UsageError` only
 when the suite cannot be found at all (no such folder, no data file, a data file that is not
-JSON). Standard library only, so that `guard bench --help` stays instant.
+JSON); `load_suite` also when no item at all can be judged (the images were not downloaded).
+What a file holds decides how it is read (a BOM, JSON lines in a .json, an array in a .jsonl).
+Standard library only, so that `guard bench --help` stays instant.
 
 Formats (field names as the publishers ship them; see guard/bench/README.md for the details):
 - hazardworld: folders written by `guard world generate` (items.jsonl + images/), or a folder
@@ -46,30 +48,63 @@ def _text(value: Any) -> str:
 
 
 def _read_json(path: Path) -> Any:
+    # utf-8-sig: a file saved with a byte-order mark (Windows editors) reads the same
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _json_lines(path: Path) -> Iterator[tuple[str, Any, str | None]]:
+    with path.open(encoding="utf-8-sig", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            source = f"{path.name}:{lineno}"
+            try:
+                yield source, json.loads(line), None
+            except ValueError as exc:
+                yield source, None, f"not valid JSON: {exc}"
+
+
+def _is_json_lines(path: Path) -> bool:
+    """Whether every non-blank line of `path` is a JSON value of its own (JSON lines under
+    another name), so a file named .json is still read item by item."""
+    lines = 0
+    for _, _, error in _json_lines(path):
+        if error is not None:
+            return False
+        lines += 1
+    return lines > 1
 
 
 def _iter_records(path: Path) -> Iterator[tuple[str, Any, str | None]]:
     """(source, record, error) for each record of a JSONL file or a JSON array file.
 
-    A JSONL line that does not parse yields an error instead of stopping the file; a JSON
-    array file that does not parse is unusable as a whole (UsageError).
+    What the file holds decides, not its name: a .jsonl holding one JSON array and a .json
+    holding JSON lines are read as what they are. A JSONL line that does not parse yields an
+    error instead of stopping the file; a JSON array file that does not parse is unusable as
+    a whole (UsageError).
     """
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                source = f"{path.name}:{lineno}"
-                try:
-                    yield source, json.loads(line), None
-                except ValueError as exc:
-                    yield source, None, f"not valid JSON: {exc}"
-        return
-    data = _read_json(path)
+        with path.open(encoding="utf-8-sig", errors="replace") as fh:
+            head = fh.read(4096).lstrip()
+        if not head.startswith("["):
+            yield from _json_lines(path)
+            return
+        try:
+            data = _read_json(path)
+        except UsageError:  # a line that merely starts with "[": lines after all
+            yield from _json_lines(path)
+            return
+    else:
+        try:
+            data = _read_json(path)
+        except UsageError:
+            if not _is_json_lines(path):
+                raise
+            yield from _json_lines(path)
+            return
     if not isinstance(data, list):
         raise UsageError(f"{path}: expected a JSON array of items, got {type(data).__name__}")
     for index, record in enumerate(data):
@@ -107,6 +142,14 @@ def _category(value: Any, label: str) -> str:
     key = normalize_category(value)
     # An unsafe item without a category is still unsafe; "none" would read as "no hazard".
     return "unknown" if key == NO_CATEGORY and label == "unsafe" else key
+
+
+def _position(source: str) -> int:
+    """The 1-based line ("file.jsonl:7") or array position ("file.jsonl[6]") of a record."""
+    name, _, line = source.rpartition(":")
+    if name and line.isdigit():
+        return int(line)
+    return int(source.rsplit("[", 1)[-1].rstrip("]")) + 1
 
 
 class _Ids:
@@ -415,8 +458,7 @@ def load_safeagentbench(root: Path) -> SuiteData:
         for path in sorted(folder.glob(f"{kind}*.jsonl")):
             found = True
             for source, rec, error in _iter_records(path):
-                lineno = source.rsplit(":", 1)[-1]
-                base_id = f"{kind}-{int(lineno):04d}"
+                base_id = f"{kind}-{_position(source):04d}"
                 if error is not None or not isinstance(rec, dict):
                     data.bad.append(BadItem(base_id, source, error or "not an object"))
                     continue
@@ -499,4 +541,17 @@ def load_suite(name: str, data: str | Path) -> SuiteData:
     root = Path(data)
     if not root.exists():
         raise UsageError(f"--data {data}: no such file or folder")
-    return loader(root)
+    loaded = loader(root)
+    if loaded.bad and not loaded.items:
+        # Nothing to judge (the images were never downloaded, most often): a run would score
+        # nothing and exit 0. Say why, with the commonest reasons and an example of each.
+        kinds: dict[str, list[str]] = {}
+        for bad in loaded.bad:
+            kind, _, detail = bad.reason.partition(": ")
+            kinds.setdefault(kind, []).append(detail or bad.id)
+        why = "; ".join(
+            f"{len(v)} {k} (e.g. {v[0]})"
+            for k, v in sorted(kinds.items(), key=lambda kv: -len(kv[1]))[:3])
+        raise UsageError(
+            f"--data {data}: none of the {len(loaded.bad)} {name} items can be judged: {why}")
+    return loaded

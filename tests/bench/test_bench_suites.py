@@ -249,3 +249,54 @@ def test_stratified_limit_is_proportional_deterministic_and_nested():
     chosen = stratified_limit(items, 50)
     assert [i.label for i in chosen].count("unsafe") == 35
     assert stratified_limit(items, None) == items and stratified_limit(items, 5000) == items
+
+
+# -- the same published files, as other tools save them ----------------------------------------
+
+
+def test_a_data_file_saved_with_a_byte_order_mark_reads_the_same(tmp_path):
+    """SIUO's data/siuo_gen.json and SafeAgentBench's dataset/*.jsonl re-saved by a Windows
+    editor start with a UTF-8 BOM: the array file was 'not valid JSON' (the whole suite a
+    usage error) and the JSONL file lost its first line as a bad item."""
+    siuo = tmp_path / "siuo"
+    shutil.copytree(FIXTURES / "siuo", siuo)
+    gen = siuo / "siuo_gen.json"
+    gen.write_bytes(b"\xef\xbb\xbf" + gen.read_bytes().replace(b"\n", b"\r\n"))
+    assert list(by_id(load_suite("siuo", siuo))) == ["2101", "8104"]
+    sab = tmp_path / "sab"
+    shutil.copytree(FIXTURES / "safeagentbench_1009", sab)
+    for f in (sab / "dataset").glob("*.jsonl"):
+        f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes().replace(b"\n", b"\r\n"))
+    data = load_suite("safeagentbench", sab)
+    assert len(data.items) == 15 and not data.bad
+
+
+def test_json_lines_and_json_arrays_are_read_whatever_the_file_is_named(tmp_path):
+    """VLSBench's data.json written one item a line, and a SafeAgentBench .jsonl holding
+    one JSON array: before, the first was a usage error and every line of the second a bad
+    item."""
+    vls = tmp_path / "vls"
+    shutil.copytree(FIXTURES / "vlsbench", vls)
+    records = json.loads((vls / "data.json").read_text())
+    (vls / "data.json").write_text("".join(json.dumps(r) + "\n" for r in records))
+    data = load_suite("vlsbench", vls)
+    assert list(by_id(data)) == ["0", "1"] and [b.id for b in data.bad] == ["2"]
+    sab = tmp_path / "sab"
+    shutil.copytree(FIXTURES / "safeagentbench_1009", sab)
+    for f in (sab / "dataset").glob("*.jsonl"):
+        rows = [json.loads(ln) for ln in f.read_text().splitlines() if ln.strip()]
+        f.write_text(json.dumps(rows, indent=2))
+    as_arrays = load_suite("safeagentbench", sab)
+    assert not as_arrays.bad
+    assert [i.id for i in as_arrays.items] == [
+        i.id for i in load_suite("safeagentbench", FIXTURES / "safeagentbench_1009").items]
+
+
+def test_a_suite_none_of_whose_items_can_be_judged_is_a_usage_error(tmp_path):
+    """VLSBench's data/data.json as its repository ships it, without the images (they are
+    downloaded separately): every item was a bad item, and `guard bench` scored nothing and
+    exited 0."""
+    shutil.copy(FIXTURES / "vlsbench" / "data.json", tmp_path / "data.json")
+    with pytest.raises(UsageError, match=r"none of the 3 vlsbench items can be judged: "
+                                         r"3 image not found \(e.g. imgs/0.png\)"):
+        load_suite("vlsbench", tmp_path)
