@@ -3,8 +3,11 @@
 guard_node runs as a process (`python -m tests.one_judgement`, which records what the judge
 is given and then runs `guard_ros.guard_node` unchanged) with the same guard config as the
 offline doors. The episode's frames go out on `camera/image_raw` as bgr8 Images and its
-proposals on `guard/proposals` as ActionProposal messages, one scene at a time; then the same
-proposals go through the `guard/check` service with their frame in the request. Each proposal
+proposals on `guard/proposals` as ActionProposal messages stamped with their frame's stamp, one
+scene at a time and each proposal before its frame (the race of the two topics, which the
+node's pairing rule must close: it judges the newest frame at or before the proposal's stamp,
+as replay does); then the same proposals go through the `guard/check` service with their frame
+in the request. Each proposal
 must be judged exactly as `guard replay` of the JSONL episode judges it in this process: the
 same prompt text, judged image (size and bytes), token ids, answer and decision
 (tests/one_judgement.py; the offline doors are in tests/test_one_judgement.py).
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,9 @@ JUDGES = {"tiny": ((640, 480), 24), "embedded": ((112, 112), 128)}
 #: Sends of one scene before the test gives up on the node judging it with that scene's frame
 #: (camera frames go best effort, as from a camera driver; a dropped one is sent again).
 ATTEMPTS = 6
+#: How long the node waits for a proposal's frame (a 640x480 frame on a loaded machine can
+#: take a while; a dropped one ends the wait as a stale_frame veto, and the scene is resent).
+FRAME_WAIT_MS = 10000.0
 
 
 def _image(step: Step, stamp: Any) -> Image:
@@ -70,9 +75,12 @@ def _image(step: Step, stamp: Any) -> Image:
     return msg
 
 
-def _proposal(step: Step, pid: str) -> ActionProposal:
-    return ActionProposal(id=pid, name=step.tool, description=step.description,
-                          arguments_json="{}")
+def _proposal(step: Step, pid: str, stamp: Any = None) -> ActionProposal:
+    msg = ActionProposal(id=pid, name=step.tool, description=step.description,
+                         arguments_json="{}")
+    if stamp is not None:
+        msg.header.stamp = stamp  # planned on the frame stamped `stamp`
+    return msg
 
 
 @pytest.mark.parametrize("judge", list(JUDGES))
@@ -109,8 +117,8 @@ def test_the_live_node_judges_each_proposal_as_replay_does(
     guard_config["audit"]["path"] = str(workdir / "audit.jsonl")
     env = {**ros_graph["env"], ENV: str(workdir / "tap.jsonl")}
     env["PYTHONPATH"] = os.pathsep.join((str(ROOT), env["PYTHONPATH"]))
-    node = NodeProcess(workdir, env, f"/one_{uuid.uuid4().hex[:8]}", guard_config, {},
-                       module="tests.one_judgement")
+    node = NodeProcess(workdir, env, f"/one_{uuid.uuid4().hex[:8]}", guard_config,
+                       {"frame_wait_ms": FRAME_WAIT_MS}, module="tests.one_judgement")
     try:
         topics, service = _judge_live(ros_graph["probe"], node, episode.steps)
     finally:
@@ -142,12 +150,10 @@ def _judge_live(probe: Any, node: NodeProcess, steps: list[Step]) -> tuple[list[
     for step in steps:
         for attempt in range(ATTEMPTS):
             stamp = probe.node.get_clock().now().to_msg()
-            camera.publish(_image(step, stamp))
-            # Time for the frame to arrive before the proposal (checked below), longer after a
-            # miss: 640x480 frames on a loaded machine sometimes take more than 0.1 s.
-            time.sleep(0.1 * (attempt + 1))
             pid = step.id if attempt == 0 else f"{step.id}-again{attempt}"
-            proposals.publish(_proposal(step, pid))
+            # The proposal first: the node must wait for its frame, not judge the one before.
+            proposals.publish(_proposal(step, pid, stamp))
+            camera.publish(_image(step, stamp))
             assert probe.wait(lambda pid=pid: any(d.proposal_id == pid for d in decisions),
                               120.0), node.log()[-3000:]
             d = next(d for d in decisions if d.proposal_id == pid)
