@@ -6,10 +6,13 @@ A bad value gives a ConfigError naming the field and the value, e.g.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
 import os
+import reprlib
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -20,6 +23,7 @@ from pydantic import (
     Field,
     SerializeAsAny,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
@@ -32,6 +36,31 @@ from guard.types import Verdict
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """A boolean is not a number here: pydantic reads true as 1, so YAML's `on`/`yes` for
+        `veto_threshold` silently became 1.0 (only a certain risk vetoed)."""
+        if isinstance(value, bool) and info.field_name in _numeric_fields(cls):
+            raise ValueError(f"expected a number, got the boolean {value}")
+        return value
+
+
+@functools.cache
+def _numeric_fields(cls: type[BaseModel]) -> frozenset[str]:
+    """The fields of `cls` that take numbers and not booleans."""
+    out = set()
+    for name, info in cls.model_fields.items():
+        kinds = set(typing.get_args(info.annotation)) or {info.annotation}
+        if kinds & {int, float} and bool not in kinds:
+            out.add(name)
+    return frozenset(out)
+
+
+#: The longest deadline a policy may set: a day. A deadline is a promise that a hung judge is
+#: a veto; an infinite one (or one past the thread timeout limit) made none.
+MAX_DEADLINE_MS = 86_400_000.0
 
 
 class ModelConfig(_Strict):
@@ -146,8 +175,10 @@ class PolicyConfig(_Strict):
     mode: Literal["enforce", "shadow"] = "enforce"
     veto_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     annotate_threshold: float = Field(default=0.3, ge=0.0, le=1.0)
-    deadline_ms: float = Field(default=5000.0, gt=0)
-    max_frame_age_ms: float | None = Field(default=1000.0, gt=0)
+    deadline_ms: float = Field(default=5000.0, gt=0, le=MAX_DEADLINE_MS)
+    # None switches the age check off; infinity is not another way to say it (1e400 in YAML
+    # is infinity, and a typo must not silently accept a frame of any age).
+    max_frame_age_ms: float | None = Field(default=1000.0, gt=0, allow_inf_nan=False)
     # A frame stamped further ahead of the guard's clock than this is stale: the clocks
     # disagree, and nothing then bounds how old the picture is (guard/freshness.py).
     max_clock_skew_ms: float = Field(default=100.0, ge=0, allow_inf_nan=False)
@@ -312,8 +343,17 @@ def _describe(exc: ValidationError, source: str, data: Any = None) -> str:
             else:
                 lines.append(f"{source}: {where}: unknown field")
         else:
-            lines.append(f"{source}: {where} = {err.get('input')!r}: {msg}")
+            lines.append(f"{source}: {where} = {_bounded_repr(err.get('input'))}: {msg}")
     return "; ".join(lines)
+
+
+def _bounded_repr(value: Any) -> str:
+    """The value given, for an error line: a few levels and items of it, never all (a YAML
+    alias bomb expands to a billion items when written out in full)."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 2, 80, 80
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = 4
+    return short.repr(value)
 
 
 def load_config(path: str | Path | None = None) -> GuardConfig:
@@ -325,7 +365,9 @@ def load_config(path: str | Path | None = None) -> GuardConfig:
         raise ConfigError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise ConfigError(f"{p}: not valid YAML: nested too deeply to read") from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: bad UTF-8, an int over 4300 digits
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{p}: not valid YAML: {first}") from None
     if data is None:

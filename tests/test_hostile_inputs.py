@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -16,11 +17,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from guard.backends.scripted import ScriptedBackend
-from guard.config import GuardConfig
+from guard.cli.main import main
+from guard.config import GuardConfig, load_config
 from guard.core import BatchItem, Guard
+from guard.errors import ConfigError
 from guard.types import ActionProposal, Decision, Frame, Status, Verdict, jsonable
+from guard.wire import ProposalError, parse_tool_call, proposal_from_json
 
 ALLOW = "ALLOW\nrisk: 0.0"
 STOVE = ActionProposal(name="stove_on", description="turn on the stove")
@@ -234,3 +239,157 @@ def test_a_clock_reading_a_huge_integer_is_an_error_not_a_crash(
         d = g.check(frame, STOVE, now=10**400)
     assert (d.verdict, d.status) == (Verdict.VETO, Status.ERROR)
     assert "not a finite time" in (d.error or "")
+
+
+# -- configuration: a value that makes no promise is an error, never a quieter guard ---------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "deadline_ms: .inf",  # accepted: no deadline (a hung judge held the check forever)
+        "deadline_ms: 1e400",  # YAML reads it as infinity
+        "deadline_ms: 1e12",  # past the thread-timeout limit: an internal error per check
+        "max_frame_age_ms: .inf",  # accepted: a frame of any age was fresh
+        "veto_threshold: on",  # YAML's `on` is true, and true was 1.0
+        "max_inflight: yes",
+    ],
+)
+def test_a_policy_value_that_makes_no_promise_is_a_config_error(
+    tmp_path: Path, line: str
+) -> None:
+    path = tmp_path / "guard.yaml"
+    path.write_text(f"policy:\n  {line}\n")
+    with pytest.raises(ConfigError, match=r"policy\.\w+ = "):
+        load_config(path)
+
+
+@pytest.mark.parametrize("value", ["[" * 50_000 + "]" * 50_000, "9" * 5000],
+                         ids=["deep-nesting", "int-over-4300-digits"])
+def test_yaml_python_cannot_read_is_one_config_error_line(tmp_path: Path, value: str) -> None:
+    """These raised RecursionError and ValueError: a traceback from `guard check`."""
+    path = tmp_path / "guard.yaml"
+    path.write_text(f"policy:\n  name: {value}\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
+
+
+def test_an_alias_bomb_is_named_in_a_short_line(tmp_path: Path) -> None:
+    """A million items behind a few YAML aliases were written out whole into the error
+    (a billion made `guard check` hang)."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 6)]
+    path = tmp_path / "guard.yaml"
+    path.write_text("\n".join(lines) + "\npolicy:\n  name: *l5\n")
+    with pytest.raises(ConfigError, match=r"policy\.name = ") as info:
+        load_config(path)
+    (named,) = [part for part in str(info.value).split("; ") if "policy.name" in part]
+    assert len(named) < 1000
+
+
+# -- guard check: bad input is one line -------------------------------------------------------
+
+
+@pytest.fixture
+def image_file(tmp_path: Path) -> Path:
+    path = tmp_path / "f.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _check_cli(tmp_path: Path, *args: str) -> int:
+    return main(["check", "--backend", "scripted", "--audit", str(tmp_path / "a.jsonl"), *args])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--deadline-ms", "inf"], "policy.deadline_ms = inf"),  # was a traceback, exit 3
+        (["--arguments", '{"burner": 1, "burner": 4}'], "given twice"),  # was judged as 4
+        (["--arguments", '{"burner": NaN}'], "NaN is not JSON"),  # was judged as "nan"
+    ],
+)
+def test_cli_bad_flags_are_a_usage_error(
+    tmp_path: Path, image_file: Path, capsys: pytest.CaptureFixture[str],
+    flags: list[str], message: str
+) -> None:
+    rc = _check_cli(tmp_path, "--image", str(image_file), "--action", "stove on", *flags)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_an_image_that_is_not_a_file_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _check_cli(tmp_path, "--image", str(tmp_path), "--action", "x") == 2
+    assert "not a regular file" in capsys.readouterr().err  # was "file not found"
+
+
+class _EndlessStdin:
+    """Standard input that never ends (``< /dev/zero``): reading it all runs out of memory."""
+
+    class buffer:  # the attribute sys.stdin has
+        @staticmethod
+        def read(n: int = -1) -> bytes:
+            if n < 0:
+                raise MemoryError("standard input never ends")
+            return b"\0" * n
+
+
+def test_cli_endless_stdin_is_a_usage_error(
+    tmp_path: Path, image_file: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", _EndlessStdin)
+    rc = _check_cli(tmp_path, "--image", str(image_file), "--action", "-")
+    assert rc == 2
+    assert "standard input holds more than" in capsys.readouterr().err
+
+
+# -- JSON from outside: what readers disagree on is refused -------------------------------
+
+
+def test_a_name_given_twice_is_refused_by_every_json_reader() -> None:
+    """Python keeps the last of two names, other readers the first: a proxy in front of the
+    guard and the guard would read two different actions from one text."""
+    twice = '{"name": "look", "name": "stove_on"}'
+    with pytest.raises(ProposalError, match="given twice"):
+        proposal_from_json(twice, default_id="x", stamp=None)
+    call = parse_tool_call({"id": "c", "function": {"name": "stove_on",
+                                                      "arguments": '{"b": 1, "b": 4}'}})
+    assert call.arguments is None and "given twice" in (call.error or "")
+
+
+@pytest.fixture
+def serve_client(config: GuardConfig) -> Iterator[Any]:
+    from starlette.testclient import TestClient
+
+    from guard.serve import create_app
+
+    app = create_app(config, factory=lambda: _guard(config))
+    with TestClient(app) as client:
+        for _ in range(200):
+            if client.get("/healthz").status_code == 200:
+                break
+            time.sleep(0.01)
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ('{"action": "look", "action": "turn on the stove"}', 400),  # judged the last
+        ('{"action": "x", "arguments": {"burner": NaN}}', 400),  # judged as "nan"
+        ('{"action": "x", "deadline_ms": true}', 422),  # read as 1 ms
+        ('{"action": "x", "deadline_ms": "5"}', 422),  # read as 5 ms
+        ('{"user": "x", "max_new_tokens": true}', 422),  # /v1/judge: read as 1 token
+    ],
+)
+def test_serve_refuses_json_readers_disagree_on(serve_client: Any, body: str,
+                                                status: int) -> None:
+    path = "/v1/judge" if '"user"' in body else "/v1/check"
+    r = serve_client.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert set(r.json()) == {"error"}

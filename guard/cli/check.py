@@ -11,11 +11,10 @@ a veto decision (fail closed), with one line on stderr saying why.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
     from guard.config import GuardConfig
@@ -138,22 +137,44 @@ def _standalone_veto(status: str, error: str, audit_path: str | None) -> int:
     return _emit(unjudged(Status(status), error, audit=audit))
 
 
+#: The most bytes `--action -` reads from standard input: an action longer than this is over
+#: any sensible policy.max_action_chars, and an endless stdin (/dev/zero) must end somewhere.
+MAX_STDIN_BYTES = 4 * 1024 * 1024
+
+
+def _read_action(stream: BinaryIO) -> str:
+    """The action text on standard input; bytes that are not UTF-8 are kept as escapes (judged
+    and audited as text).
+
+    Raises:
+        UsageError: more than MAX_STDIN_BYTES.
+    """
+    from guard.errors import UsageError
+
+    data = stream.read(MAX_STDIN_BYTES + 1)
+    if len(data) > MAX_STDIN_BYTES:
+        raise UsageError(f"--action -: standard input holds more than {MAX_STDIN_BYTES} bytes")
+    return data.decode("utf-8", "backslashreplace")
+
+
 def run(args: argparse.Namespace) -> int:
     # stdout is the decision and stderr one line per problem: no model-loading progress bars.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from guard.errors import ConfigError, GuardError, InvalidInputError, UsageError
+    from guard.wire import loads_json
 
     for path in args.image:
-        if not Path(path).is_file():
+        if not Path(path).exists():
             raise UsageError(f"--image {path}: file not found")
+        if not Path(path).is_file():
+            raise UsageError(f"--image {path}: not a regular file")
     if args.action == "-":
-        # Bytes that are not UTF-8 are kept as escapes: judged (and audited) as text.
-        args.action = sys.stdin.buffer.read().decode("utf-8", "backslashreplace")
+        args.action = _read_action(sys.stdin.buffer)
     arguments: object = {}
     unreadable: str | None = None
     if args.arguments is not None:
         try:
-            arguments = json.loads(args.arguments)
+            arguments = loads_json(args.arguments)
         except RecursionError:  # valid JSON, hostile depth: judged as invalid input
             arguments, unreadable = {}, "--arguments: nested too deep to read"
         except ValueError as exc:

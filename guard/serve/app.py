@@ -30,7 +30,8 @@ refused the request, and every such decision is in the audit log):
          queue is full (``overloaded``, with Retry-After) or the model is not loaded yet
     500  an audited veto with status error: a fault of the server itself
     401  no or wrong bearer token (when one is set); 413 body over the size limit;
-    400  body not a JSON object; 422 fields of the wrong type; each with {"error": one line}
+    400  body not a JSON object (a name given twice and NaN / Infinity are not JSON: readers
+         disagree on them); 422 fields of the wrong type; each with {"error": one line}
          and no decision (nothing was proposed)
 
 `POST /v1/judge` answers 200 with the answer, or {"error": one line} with 503 (queue full or
@@ -47,7 +48,6 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import hmac
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -68,6 +68,7 @@ from guard.core import BatchItem, Guard, unjudged
 from guard.errors import BackendError, BackendTimeout, InvalidInputError
 from guard.imaging import backend_grid, decode_image_bytes
 from guard.types import Decision, Frame, Status
+from guard.wire import loads_json
 
 log = logging.getLogger("guard.serve")
 
@@ -101,9 +102,10 @@ class ServeOptions:
 
 
 class CheckBody(BaseModel):
-    """The body of `POST /v1/check`."""
+    """The body of `POST /v1/check`. Strict: JSON's own types only (pydantic's lax mode read
+    ``"deadline_ms": true`` as 1 ms and ``"5"`` as 5 ms)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     action: str
     tool: str | None = None
@@ -122,9 +124,10 @@ class CheckBody(BaseModel):
 
 
 class JudgeBody(BaseModel):
-    """The body of `POST /v1/judge`: a prompt a client guard rendered, frames it resized."""
+    """The body of `POST /v1/judge`: a prompt a client guard rendered, frames it resized
+    (strict, as `CheckBody`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     system: str = ""
     user: str
@@ -505,7 +508,7 @@ _Body = TypeVar("_Body", bound=BaseModel)
 
 def _parse(body: bytes, model: type[_Body]) -> _Body:
     try:
-        data = json.loads(body)
+        data = loads_json(body)
     except RecursionError:
         raise _Refused(400, "request body is nested too deep to read") from None
     except (ValueError, UnicodeDecodeError) as exc:

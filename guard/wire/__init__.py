@@ -23,6 +23,7 @@ from guard.wire.images import (
 from guard.wire.proposals import (
     ProposalError,
     ToolCall,
+    loads_json,
     parse_arguments,
     parse_tool_call,
     proposal_fields_from_msg,
@@ -44,6 +45,7 @@ __all__ = [
     "ProposalError",
     "ToolCall",
     "header_stamp_ns",
+    "loads_json",
     "ns_to_seconds",
     "ns_to_time",
     "parse_arguments",

@@ -92,10 +92,35 @@ def _label(value: Any) -> str | None:
     return text
 
 
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            raise ValueError(f"the name {printable(name, 60)!r} is given twice in one object")
+        seen.add(name)
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON: a non-finite number")
+
+
+def loads_json(text: str | bytes) -> Any:
+    """JSON text from outside the guard, read as RFC 8259 writes it: a name given twice in one
+    object and the constants NaN, Infinity and -Infinity are errors (ValueError). Python's
+    reader keeps the last of two names where others keep the first, so a proxy and the guard
+    would read two different actions from one request; the constants are no JSON at all.
+
+    Raises:
+        ValueError: not JSON, or one of the above (RecursionError: hostile nesting).
+    """
+    return json.loads(text, object_pairs_hook=_unique_names, parse_constant=_no_constant)
+
+
 def _loads(text: str | bytes, what: str) -> Any:
     """JSON `text`, or a ProposalError that starts with `what` ("arguments are ", "")."""
     try:
-        return json.loads(text)
+        return loads_json(text)
     except ValueError as exc:
         raise ProposalError(f"{what}not valid JSON ({exc})") from None
     except RecursionError:  # json recurses per level: hostile nesting ends here, in one line
@@ -272,7 +297,7 @@ def parse_tool_call(tool_call: Any) -> ToolCall:
     raw = "" if raw is None else str(raw)
     error, arguments = None, None
     try:
-        parsed = json.loads(raw) if raw.strip() else {}
+        parsed = loads_json(raw) if raw.strip() else {}
     except ValueError as exc:
         error = f"arguments are not valid JSON ({exc})"
     except RecursionError:
@@ -305,6 +330,7 @@ __all__ = [
     "LABELS",
     "ProposalError",
     "ToolCall",
+    "loads_json",
     "parse_arguments",
     "parse_tool_call",
     "printable",
