@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import dataclasses
+import json
 import logging
 import math
 import numbers
@@ -47,6 +48,7 @@ from guard.prompting import (
     resolve_template,
 )
 from guard.types import (
+    MAX_ARGUMENT_VALUES,
     ActionProposal,
     Decision,
     Frame,
@@ -481,6 +483,8 @@ class Guard:
         if not action.strip():
             raise InvalidInputError("the action text is empty")
         if len(action) > policy.max_action_chars:
+            # Audited cut: a refused 30 MB description must not become a 30 MB record.
+            trace.proposal = _cut(trace.proposal, policy.max_action_chars)
             raise InvalidInputError(
                 f"action text is {len(action)} characters, over max_action_chars "
                 f"({policy.max_action_chars})"
@@ -659,7 +663,8 @@ class Guard:
             raw = proposal
             if isinstance(proposal, BaseModel):
                 raw = {k: getattr(proposal, k, None) for k in type(proposal).model_fields}
-            judged = {"invalid": jsonable(raw, max_depth=8, cut=True)}
+            judged = {"invalid": jsonable(raw, max_depth=8, cut=True,
+                                          max_values=MAX_ARGUMENT_VALUES)}
         return {
             "decision": decision.model_dump(mode="json"),
             "proposal": judged,
@@ -1054,7 +1059,8 @@ def unjudged(
             decision.proposal_id = valid.id
             payload["proposal"] = valid.model_dump(mode="json")
         except InvalidInputError:
-            payload["proposal"] = {"invalid": jsonable(proposal, max_depth=8, cut=True)}
+            payload["proposal"] = {"invalid": jsonable(
+                proposal, max_depth=8, cut=True, max_values=MAX_ARGUMENT_VALUES)}
         payload["decision"]["proposal_id"] = decision.proposal_id
     try:
         with AuditLog.from_config(audit or AuditConfig()) as log_:
@@ -1126,6 +1132,24 @@ def _entered(entered: Any, now: float) -> float:
     if value is None or not math.isfinite(value):
         raise InvalidInputError(f"entered = {_short(entered)}: must be a finite time.monotonic()")
     return min(value, now)
+
+
+def _cut(proposal: ActionProposal, limit: int) -> ActionProposal:
+    """`proposal` as the audit keeps it when its action text was refused for its length:
+    text fields cut to `limit` characters and arguments whose JSON is longer replaced, each
+    saying how long it was."""
+
+    def text(value: str) -> str:
+        return value if len(value) <= limit else f"{value[:limit]}... ({len(value)} characters)"
+
+    arguments: dict[str, Any] = proposal.arguments
+    size = len(json.dumps(arguments, default=str))
+    if size > limit:
+        arguments = {"<cut>": f"arguments of {size} characters as JSON"}
+    return proposal.model_copy(update={
+        "id": text(proposal.id), "name": text(proposal.name),
+        "description": text(proposal.description), "arguments": arguments,
+    })
 
 
 def _raw_id(proposal: Any) -> str:

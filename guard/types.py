@@ -11,7 +11,7 @@ import dataclasses
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
@@ -153,6 +153,10 @@ def int64_ns(v: Any, what: str) -> Any:
 #: Arguments nested deeper than this are invalid input (a guard must not recurse without end
 #: on what an agent sends it; real tool arguments are a few levels deep).
 MAX_ARGUMENT_DEPTH = 32
+#: Arguments holding more values than this are invalid input: they cannot be rendered within
+#: any sensible `policy.max_action_chars` (each value takes at least two characters), and
+#: converting a million of them held the caller for seconds past its deadline.
+MAX_ARGUMENT_VALUES = 10_000
 _MAX_REPR = 200
 
 
@@ -185,11 +189,14 @@ def short_repr(obj: Any) -> str:
     return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
 
 
-class _TooDeep(ValueError):
-    """Arguments nested deeper than the bound (or referring to themselves)."""
+class _TooLarge(ValueError):
+    """Arguments past a bound: nested too deep (or referring to themselves), too many values."""
 
 
-def jsonable(value: Any, *, max_depth: int = MAX_ARGUMENT_DEPTH, cut: bool = False) -> Any:
+def jsonable(
+    value: Any, *, max_depth: int = MAX_ARGUMENT_DEPTH, cut: bool = False,
+    max_values: int | None = None,
+) -> Any:
     """`value` as plain JSON data, for the proposal the judge reads and the audit log stores.
 
     Objects JSON cannot hold become short descriptions (arrays and bytes are summarised, not
@@ -202,31 +209,69 @@ def jsonable(value: Any, *, max_depth: int = MAX_ARGUMENT_DEPTH, cut: bool = Fal
     Args:
         value: what to convert.
         max_depth: the deepest nesting accepted.
-        cut: replace what lies deeper by a marker instead of raising (for logging what was
-            refused).
+        cut: replace what lies deeper (or beyond `max_values`) by a marker instead of raising
+            (for logging what was refused).
+        max_values: the most values (containers included) converted; None: no bound.
 
     Raises:
-        ValueError: `value` nests deeper than `max_depth` levels (or refers to itself).
+        ValueError: `value` nests deeper than `max_depth` levels (or refers to itself), or
+            holds more than `max_values` values.
     """
+    budget = [math.inf if max_values is None else max_values]
 
     def key_text(key: Any) -> str:
         return safe_text(str.__str__(key)) if isinstance(key, str) else short_repr(key)
+
+    def spent() -> bool:
+        """True when no value is left to convert: then a marker ends the container (cut), or
+        the arguments are refused."""
+        if budget[0] > 0:
+            return False
+        if cut:
+            return True
+        raise _TooLarge(f"arguments hold more than {max_values} values")
+
+    def pairs_of(pairs: Iterable[tuple[Any, Any]], depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if spent():
+                out["<cut>"] = f"<more than {max_values} values>"
+                break
+            out[key_text(k)] = walk(v, depth + 1)
+        return out
+
+    def items_of(items: Iterable[Any], depth: int) -> list[Any]:
+        out: list[Any] = []
+        for v in items:
+            if spent():
+                out.append(f"<more than {max_values} values>")
+                break
+            out.append(walk(v, depth + 1))
+        return out
 
     def walk(obj: Any, depth: int) -> Any:
         if depth > max_depth:
             if cut:
                 return f"<nested deeper than {max_depth} levels>"
-            raise _TooDeep(
+            raise _TooLarge(
                 f"arguments nest deeper than {max_depth} levels (or refer to themselves)"
             )
+        budget[0] -= 1
+        kind = type(obj)
+        if kind is str:  # the common cases, exactly typed: nothing of theirs can be overridden
+            return safe_text(obj)
+        if obj is None or kind is bool or (kind is float and math.isfinite(obj)):
+            return obj
+        if kind is int and obj.bit_length() <= 1000:
+            return obj
         try:
             return convert(obj, depth)
-        except _TooDeep:
+        except _TooLarge:
             raise
         except RecursionError:
             if cut:
                 return f"<nested deeper than {max_depth} levels>"
-            raise _TooDeep(f"arguments nest deeper than {max_depth} levels") from None
+            raise _TooLarge(f"arguments nest deeper than {max_depth} levels") from None
         except Exception as exc:  # an object whose own methods fail: described, never raised
             return f"<{_type_name(obj)}: unreadable ({_type_name(exc)})>"
 
@@ -243,11 +288,11 @@ def jsonable(value: Any, *, max_depth: int = MAX_ARGUMENT_DEPTH, cut: bool = Fal
         if isinstance(obj, str):
             return safe_text(str.__str__(obj))
         if isinstance(obj, dict):
-            return {key_text(k): walk(v, depth + 1) for k, v in dict.items(obj)}
+            return pairs_of(dict.items(obj), depth)
         if isinstance(obj, (list, tuple, set, frozenset)):
-            return [walk(v, depth + 1) for v in obj]
+            return items_of(obj, depth)
         if isinstance(obj, Mapping):
-            return {key_text(k): walk(v, depth + 1) for k, v in obj.items()}
+            return pairs_of(obj.items(), depth)
         shape = getattr(obj, "shape", None)
         if shape is not None and hasattr(obj, "dtype"):
             if shape == () and hasattr(obj, "item"):  # a numpy scalar
@@ -298,7 +343,7 @@ class ActionProposal(BaseModel):
     @field_validator("arguments", mode="before")
     @classmethod
     def _plain_arguments(cls, v: Any) -> Any:
-        return jsonable(v) if isinstance(v, Mapping) else v
+        return jsonable(v, max_values=MAX_ARGUMENT_VALUES) if isinstance(v, Mapping) else v
 
     @field_validator("stamp")
     @classmethod

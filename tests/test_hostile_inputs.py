@@ -393,3 +393,38 @@ def test_serve_refuses_json_readers_disagree_on(serve_client: Any, body: str,
     r = serve_client.post(path, content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     assert set(r.json()) == {"error"}
+
+
+# -- size: refused early, audited short -----------------------------------------------------
+
+
+def _record_size(path: Path, decision: Decision) -> int:
+    lines = [line for line in path.read_text().splitlines() if decision.id in line]
+    assert len(lines) == 1
+    return len(lines[0])
+
+
+def test_a_million_argument_values_are_refused_before_they_are_converted(
+    config: GuardConfig, frame: Frame, audit_path: Path
+) -> None:
+    """A million values were all converted and rendered (seconds on the caller's thread,
+    whatever the deadline), then refused for the action's length, and written whole into an
+    18 MB audit record."""
+    arguments = {f"k{i}": i for i in range(1_000_000)}
+    with _guard(config) as g:
+        d = g.check(frame, {"name": "set_joints", "arguments": arguments})
+    assert (d.verdict, d.status) == (Verdict.VETO, Status.INVALID_INPUT)
+    assert "more than 10000 values" in (d.error or "")
+    assert _record_size(audit_path, d) < 1_000_000
+
+
+def test_an_oversized_description_is_audited_cut(
+    config: GuardConfig, frame: Frame, audit_path: Path
+) -> None:
+    with _guard(config) as g:
+        d = g.check(frame, {"name": "say", "description": "a" * 1_000_000})
+    assert (d.verdict, d.status) == (Verdict.VETO, Status.INVALID_INPUT)
+    assert _record_size(audit_path, d) < 64_000  # was the whole megabyte
+    (record,) = [json.loads(line) for line in audit_path.read_text().splitlines()
+                 if d.id in line]
+    assert record["proposal"]["description"].endswith("(1000000 characters)")
