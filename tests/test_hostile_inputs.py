@@ -428,3 +428,25 @@ def test_an_oversized_description_is_audited_cut(
     (record,) = [json.loads(line) for line in audit_path.read_text().splitlines()
                  if d.id in line]
     assert record["proposal"]["description"].endswith("(1000000 characters)")
+
+
+# -- the judge's answer: numbers in ASCII digits only -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "ALLOW\nrisk: ０",  # fullwidth zero: float() read it as 0.0
+        "ALLOW\nrisk: ٠",  # Arabic-Indic zero
+        "VETO\nrisk: ০.৪",  # Bengali: reads 0.4, looks like 0.8 in an audit
+        "ALLOW\nrisk: 0_0",  # float() takes underscores
+        "ANNOTATE\nhazard: burn|hot pan|burns|１",
+    ],
+)
+def test_numbers_outside_ascii_digits_are_not_the_grammar(
+    config: GuardConfig, frame: Frame, answer: str
+) -> None:
+    with Guard(config, backend=ScriptedBackend.answering(answer)) as g:
+        d = g.check(frame, STOVE)
+    assert (d.verdict, d.status) == (Verdict.VETO, Status.ERROR)
+    assert "is not a number" in (d.error or "")

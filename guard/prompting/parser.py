@@ -65,11 +65,18 @@ _PROJECTION_RE = re.compile(r"^(?:-\s+)?(scene|effect)\s*:\s*(.*)$", re.IGNORECA
 _CATEGORY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\- ]{0,63}$", re.ASCII)
 
 
+#: A number as the grammar writes it: ASCII digits. Python's float() also reads other
+#: scripts' digits ('٠', fullwidth '０', Bengali '৪' that looks like an 8) and underscores.
+#: ("nan" and "inf" pass here, to be refused as outside [0, 1].)
+_NUMBER_RE = re.compile(
+    r"^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|nan|inf(?:inity)?)$", re.ASCII | re.IGNORECASE
+)
+
+
 def _unit_float(raw: str, what: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ParseError(f"{what} is not a number: {raw[:40]!r}") from None
+    if not _NUMBER_RE.match(raw):
+        raise ParseError(f"{what} is not a number: {raw[:40]!r}")
+    value = float(raw)
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
         raise ParseError(f"{what} {raw[:40]!r} is outside [0, 1]")
     return value
