@@ -466,6 +466,48 @@ def test_files_rosbag2_ships_that_are_not_episodes_say_what_they_are(
     assert err.count("\n") == 1 and hint in err, err
 
 
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_a_split_bag_missing_one_of_its_files_reads_the_rest_and_reports_the_loss(
+    storage, scripted_config, tmp_path, capsys
+):
+    """rosbag2's split bags (rosbag2_py/test/resources/{mcap,sqlite3}/wbag: wbag_0..4 and a
+    metadata.yaml listing them) copied without one file. Before: the sqlite3 bag was
+    unreadable as a whole (exit 1, nothing judged) and the MCAP one was scanned file by file
+    without an index: 3 of 6 proposals judged, exit 0, the loss silent."""
+    import yaml
+
+    bag = tmp_path / "split"
+    bag.mkdir()
+    everything = items()
+    suffix = ".mcap" if storage == "mcap" else ".db3"
+    for k, part in enumerate((everything[:6], everything[6:])):
+        [file] = write_bag(tmp_path / f"part{k}", part, storage=storage).glob(f"*{suffix}")
+        shutil.copy(file, bag / f"split_{k}{suffix}")
+    (bag / "metadata.yaml").write_text(yaml.safe_dump({"rosbag2_bagfile_information": {
+        "version": 5, "storage_identifier": storage,
+        "relative_file_paths": [f"split_0{suffix}", f"split_1{suffix}"],
+        "duration": {"nanoseconds": 3_000_000_000},
+        "starting_time": {"nanoseconds_since_epoch": round(T0 * 1e9)}, "message_count": 12,
+        "topics_with_message_count": [
+            {"message_count": 6, "topic_metadata": {
+                "name": name, "type": msgtype, "serialization_format": "cdr",
+                "offered_qos_profiles": ""}}
+            for name, msgtype in (("/camera/image_raw", "sensor_msgs/msg/Image"),
+                                  ("/guard/proposals", "std_msgs/msg/String"))],
+        "compression_format": "", "compression_mode": ""}}))
+    (bag / f"split_1{suffix}").unlink()
+    rc = cli(bag, tmp_path / "out", "--config", str(scripted_config))
+    decisions = lines(tmp_path / "out" / "decisions.jsonl")
+    assert [d["proposal"]["id"] for d in decisions] == ["p0", "p1", "p2"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["messages"] == {"/camera/image_raw": {"expected": 6, "read": 3},
+                                   "/guard/proposals": {"expected": 6, "read": 3}}
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert f"metadata.yaml lists split_1{suffix}, not in the folder" in err
+    assert "6 messages the index counts were never read" in err
+
+
 def test_split_files_are_read_in_split_order(tmp_path):
     from guard.replay.bag import _storage_files
 

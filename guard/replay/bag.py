@@ -132,6 +132,8 @@ class BagEpisode(Episode):
         # rosbags readers: one for a bare file or a rosbag2 folder, one per storage file for a
         # folder without a metadata.yaml rosbags can read
         self._readers: list[Any] = []
+        # messages per topic from a metadata.yaml rosbags could not use, when it has them
+        self._index_counts: dict[str, int] | None = None
         self._scan_files: list[Path] = []
         self._stores: dict[str, Any] = {}
         self._skew_noted = False
@@ -163,6 +165,10 @@ class BagEpisode(Episode):
                 for conn in reader.connections:
                     available.setdefault(conn.topic, set()).add(conn.msgtype)
                     counts[conn.topic] = counts.get(conn.topic, 0) + conn.msgcount
+            if self._index_counts is not None:
+                # the bag's own index outranks what the files at hand hold: a split file
+                # gone missing shows up as messages never read
+                counts = dict(self._index_counts)
         try:
             # a channel list read whole (an index, or a scan to the file's end) is complete
             self._pick_topics(image_topic, proposal_topic, available,
@@ -195,15 +201,17 @@ class BagEpisode(Episode):
         `_IncompleteSummary` for an MCAP file whose summary rosbags would misread.
 
         A rosbag2 folder without metadata.yaml (the recorder did not end cleanly; rosbag2's
-        own reindex test bags) or with one in the layout of versions 1-2 (topics under
-        `topic_and_type`), which rosbags refuses, is read storage file by storage file: each
-        .db3 and .mcap describes its own topics.
+        own reindex test bags), with one in the layout of versions 1-2 (topics under
+        `topic_and_type`), or one that lists a split file the folder lacks (a partial copy),
+        all of which rosbags refuses, is read storage file by storage file: each .db3 and
+        .mcap describes its own topics. The metadata's message counts, where it has them,
+        stay the index the read is measured against.
         """
         from rosbags.rosbag2 import Reader
 
         files = [path]
         if path.is_dir():
-            why = _unusable_metadata(path)
+            why, self._index_counts = _unusable_metadata(path)
             if why is not None:
                 files = _storage_files(path)
                 if not files:
@@ -532,22 +540,34 @@ def _check_summary(file: Path) -> None:
         raise _IncompleteSummary(f"{file.name}: its summary leaves {left_out} out")
 
 
-def _unusable_metadata(folder: Path) -> str | None:
-    """Why `folder`'s metadata.yaml cannot describe the bag to rosbags, or None."""
+def _unusable_metadata(folder: Path) -> tuple[str | None, dict[str, int] | None]:
+    """Why rosbags cannot read `folder` by its metadata.yaml (None when it can, or when
+    rosbags will say best what is wrong), and the messages per topic the file counts."""
     meta = folder / "metadata.yaml"
     if not meta.is_file():
-        return "no metadata.yaml"
+        return "no metadata.yaml", None
+    from pathlib import PurePath
+
     import yaml
 
     try:
         info = yaml.safe_load(meta.read_text(encoding="utf-8"))["rosbag2_bagfile_information"]
-        topics = info["topics_with_message_count"]
-        old = any("topic_metadata" not in t for t in topics)
-    except Exception:  # rosbags says what is wrong with it
-        return None
+        counts: dict[str, int] = {}
+        old = False
+        for entry in info["topics_with_message_count"]:
+            topic = entry.get("topic_metadata") or entry.get("topic_and_type")
+            old = old or "topic_metadata" not in entry
+            counts[topic["name"]] = counts.get(topic["name"], 0) + int(entry["message_count"])
+        missing = [name for name in (PurePath(str(x)).name for x in info["relative_file_paths"])
+                   if not (folder / name).is_file()]
+    except Exception:
+        return None, None
     if old:
-        return f"metadata.yaml version {info.get('version')} lists topics as topic_and_type"
-    return None
+        return f"metadata.yaml version {info.get('version')} lists topics as topic_and_type", (
+            counts)
+    if missing:
+        return f"metadata.yaml lists {', '.join(missing)}, not in the folder", counts
+    return None, None
 
 
 def _storage_files(folder: Path) -> list[Path]:
