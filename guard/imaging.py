@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from guard.errors import InvalidInputError
 
@@ -88,6 +88,10 @@ def decode_image_bytes(
                     f"{max_input_pixels} pixel limit"
                 )
             im.load()  # decodes fully: a truncated file fails here, not later
+            # The orientation a camera recorded (EXIF, as phones write it) is applied, as
+            # transformers' load_image does: the judge sees the scene upright, as viewers
+            # show it, not turned on its side.
+            ImageOps.exif_transpose(im, in_place=True)
             if im.mode in _WIDE_MODES:
                 return _wide_to_rgb(np.asarray(im), source)
             rgb = im.convert("RGB")

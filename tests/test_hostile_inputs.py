@@ -450,3 +450,26 @@ def test_numbers_outside_ascii_digits_are_not_the_grammar(
         d = g.check(frame, STOVE)
     assert (d.verdict, d.status) == (Verdict.VETO, Status.ERROR)
     assert "is not a number" in (d.error or "")
+
+
+# -- images: what the camera recorded -----------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_an_exif_orientation_is_applied_as_transformers_loads_images(
+    tmp_path: Path, orientation: int
+) -> None:
+    """A phone photo tagged 'rotate 90' was judged on its side; transformers' load_image (how
+    a Hugging Face pipeline reads the same file) turns it upright."""
+    from transformers.image_utils import load_image
+
+    from guard.imaging import decode_image_file
+
+    pixels = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.png"  # PNG: lossless, so the pixels compare exactly
+    image.save(path, exif=exif.tobytes())
+    expected = np.asarray(load_image(str(path)).convert("RGB"))
+    np.testing.assert_array_equal(decode_image_file(path), expected)
