@@ -238,6 +238,9 @@ def test_mcap_with_garbage_after_its_magic(tmp_path, tail, capsys):
     assert rc == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and "truncated 1" in err
+    # the reason itself is on the terminal, not only in summary.json
+    detail = summary["damaged"]["items"][0]["detail"]
+    assert f"truncated: {detail}" in err
 
 
 def test_mcap_chunk_that_inflates_beyond_its_declared_size(tmp_path):

@@ -118,6 +118,12 @@ def run(args: argparse.Namespace) -> int:
         kinds = ", ".join(f"{k} {n}" for k, n in damaged["by_kind"].items())
         print(f"guard replay: damaged input: {kinds} (listed in {result.summary_path})",
               file=sys.stderr)
+        seen: set[str] = set()
+        for item in damaged["items"]:  # the first reason of each kind, so no file must be opened
+            if item["kind"] not in seen:
+                seen.add(item["kind"])
+                where = f" ({item['topic']})" if item.get("topic") else ""
+                print(f"guard replay:   {item['kind']}{where}: {item['detail']}", file=sys.stderr)
     from guard.replay.episode import LOST_KINDS
 
     code = 0
