@@ -16,7 +16,8 @@ Each case is scored on:
 
 - **silent allow**: a check that could not genuinely run (the fault makes that certain) came
   back as anything but a veto while claiming ``status: ok``;
-- **crash**: `Guard.check` raised;
+- **crash**: `Guard.check` raised (also for objects that misbehave: frames set without
+  validation, argument keys and ids whose ``str()`` raises, a million argument values);
 - **hang**: it did not return within twice the deadline plus a grace period;
 - **lost record**: a decision was returned whose record is not in the audit log and which
   does not say that the audit write failed (a failed write must be a veto, never silent);
@@ -41,7 +42,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,7 +294,17 @@ def _clock_cases(h: Harness) -> Iterator[Outcome]:
                     expect_veto=h.config.policy.max_frame_age_ms is not None)
         yield h.run("clock", "no frame at all", g, None, h.proposal(),
                     expect_veto=h.config.policy.require_frame)
+        # Set with model_copy(update=...), which skips validation: the check reads them all
+        # the same (they once raised out of Guard.check or broke its audit record).
+        unvalidated: dict[str, dict[str, Any]] = {
+            "frame stamp set to text, unvalidated": {"stamp": "now"},
+            "frame stamp 10**400, unvalidated": {"stamp": 10**400},
+            "frame stamp_ns beyond int64, unvalidated": {"stamp_ns": 2**64},
+        }
+        for case, update in unvalidated.items():
+            yield h.run("clock", case, g, h.frame().model_copy(update=update), h.proposal())
     for case, clock in {"guard clock NaN": lambda: math.nan,
+                        "guard clock reads 10**400": lambda: 10**400,
                         "guard clock raises": _broken_clock}.items():
         with h.guard(clock=clock) as g:
             yield h.run("clock", case, g, h.frame(), h.proposal())
@@ -401,6 +412,10 @@ def _image_cases(h: Harness) -> Iterator[Outcome]:
             "not a frame (a string)": "frame.png",
             "not a frame (an array)": h.scenes[0].image,
             "a list holding an int": [1],
+            "a frame whose image is None (unvalidated)": Frame.model_construct(
+                image=None, stamp=time.time(), source="faults", stamp_ns=None),
+            "a frame whose image is bytes (unvalidated)": Frame.model_construct(
+                image=b"\x00" * 12, stamp=time.time(), source="faults", stamp_ns=None),
         }.items():
             yield h.run("images", case, g, frames, h.proposal())
 
@@ -424,6 +439,39 @@ def _decoder(data: bytes, max_pixels: int) -> Callable[[], Frame]:
     return source
 
 
+class _Unprintable:
+    """An object whose text cannot be had: str() and repr() raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class _ItemsRaise(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        raise RuntimeError("items refused")
+
+
+class _NanWithoutRepr(float):
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class _UnreadableMapping(Mapping[str, Any]):
+    """A proposal mapping whose every read raises."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise RuntimeError("unreadable")
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("unreadable")
+
+    def __len__(self) -> int:
+        return 1
+
+
 def _deep(n: int) -> Any:
     value: Any = "leaf"
     for _ in range(n):
@@ -445,6 +493,11 @@ def _action_text_cases(h: Harness) -> Iterator[Outcome]:
         "proposal is None": None,
         "proposal is a string": "turn on the stove",
         "proposal is an object": object(),
+        "an id whose str() raises": {"name": "act", "id": _Unprintable()},
+        "an id over 4300 digits": {"name": "act", "id": 10**5000},
+        "a mapping whose methods raise": _UnreadableMapping(),
+        "a million argument values": {
+            "name": "act", "arguments": {f"k{i}": i for i in range(1_000_000)}},
     }
     odd: dict[str, Any] = {
         "arguments with object()": {"name": "act", "arguments": {"o": object()}},
@@ -452,6 +505,11 @@ def _action_text_cases(h: Harness) -> Iterator[Outcome]:
         "arguments with a numpy array": {"name": "act", "arguments": {"a": np.zeros(9)}},
         "arguments with NaN": {"name": "act", "arguments": {"x": math.nan}},
         "NUL and control characters": {"name": "act\x00", "description": "go\x1b[2J\x07"},
+        "an argument key whose str() raises": {"name": "act", "arguments": {_Unprintable(): 1}},
+        "an argument key over 4300 digits": {"name": "act", "arguments": {10**5000: 1}},
+        "an argument dict whose items() raises": {"name": "act", "arguments": _ItemsRaise(a=1)},
+        "an argument NaN whose repr() raises": {
+            "name": "act", "arguments": {"x": _NanWithoutRepr(math.nan)}},
     }
     with h.guard() as g:
         for case, proposal in invalid.items():
