@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -220,10 +221,14 @@ def json_safe(value: object) -> Any:
     return _Storable().value(value, 0)
 
 
+# One encoder, built once: json.dumps with non-default options builds a new one per call.
+# allow_nan stays on for reading: a record written by an older version may hold NaN, and its
+# hash was computed that way. New records never do (json_safe).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _canonical(record: Mapping[str, Any]) -> bytes:
-    # allow_nan stays on for reading: a record written by an older version may hold NaN, and
-    # its hash was computed that way. New records never do (json_safe).
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(record).encode()
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
@@ -252,6 +257,18 @@ def rotated_files(path: str | Path) -> list[Path]:
         if m and entry.is_file():
             found.append((int(m.group(1)), entry))
     return [f for _, f in sorted(found)]
+
+
+def _next_rotated_name(path: Path) -> Path:
+    """`path.N` for an N past every name of that form, whatever it is (a directory or a FIFO
+    named like a rotated file would make the rename fail or replace it)."""
+    pattern = re.compile(re.escape(path.name) + r"\.([0-9]+)")
+    numbers = [int(m.group(1)) for name in os.listdir(path.parent)
+               if (m := pattern.fullmatch(name))]
+    number = max(numbers, default=0) + 1
+    while os.path.lexists(target := _sibling(path, f".{number}")):
+        number += 1
+    return target
 
 
 @dataclass(frozen=True)
@@ -326,8 +343,10 @@ def read_head(path: str | Path) -> Head | None:
 
 
 def _parse_record(raw: bytes) -> dict[str, Any] | None:
+    """The audit record on one line, or None. NUL bytes before it are skipped: a crash on
+    ext4/xfs can leave the space of records whose data never reached the disk as NULs."""
     try:
-        rec = json.loads(raw)
+        rec = json.loads(raw.lstrip(b"\0"))
     except (ValueError, RecursionError):
         return None
     if (isinstance(rec, dict) and isinstance(rec.get("hash"), str)
@@ -354,6 +373,8 @@ class _Tail:
     good_end: int  # just past the last newline: what follows is a torn record
     seq: int | None  # of the last whole record (None: no record in the file)
     digest: str
+    unterminated: bool = False  # the bytes after good_end are a whole record, only its
+    # newline is missing: the line is ended, not cut
 
 
 def _scan_tail(fd: int) -> _Tail:
@@ -370,9 +391,37 @@ def _scan_tail(fd: int) -> _Tail:
                              f"{MAX_LINE_BYTES} this version reads back; rotate it by hand")
         rec = _parse_record(os.pread(fd, end - start, start)) if end > start else None
         if rec is not None:
-            return _Tail(size, good_end, rec["seq"], rec["hash"])
+            return _unterminated(fd, _Tail(size, good_end, rec["seq"], rec["hash"]))
         end = start_nl  # not a record (blank, or damage verify reports): look further back
-    return _Tail(size, good_end, None, GENESIS)
+    return _unterminated(fd, _Tail(size, good_end, None, GENESIS))
+
+
+def _unterminated(fd: int, tail: _Tail) -> _Tail:
+    """`tail`, or the whole record after it that lacks only its newline (its hash holds and it
+    links to the record before): a crash between a record's last byte and its newline, or a
+    tool that strips the final newline. That record is kept, not cut as torn."""
+    if not 0 < tail.size - tail.good_end <= MAX_LINE_BYTES:
+        return tail
+    rec = _parse_record(os.pread(fd, tail.size - tail.good_end, tail.good_end))
+    if rec is None or record_hash(rec) != rec["hash"]:
+        return tail
+    if tail.seq is not None and (rec["prev"] != tail.digest or rec["seq"] != tail.seq + 1):
+        return tail
+    return _Tail(tail.size, tail.size, rec["seq"], rec["hash"], unterminated=True)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _require_regular(mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, f"it is {_file_kind(mode)}, not a regular file")
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -439,6 +488,7 @@ class AuditLog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock_fd = self._open_lock()
+            existed = os.path.lexists(self.path)
             self._open_log()
         except OSError as exc:
             self._close_fds()
@@ -447,7 +497,7 @@ class AuditLog:
             ) from None
         try:
             with self._locked():
-                self._adopt(None)
+                self._adopt(None if existed else "log file missing: created anew")
         except BaseException:
             self._close_fds()
             raise
@@ -490,7 +540,20 @@ class AuditLog:
                        0o644)
 
     def _open_log(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # A regular file only: a FIFO blocks the decision once its buffer fills, /dev/null
+        # drops every record, and neither has a size the chain can be checked against.
+        try:
+            _require_regular(os.stat(self.path).st_mode)
+        except FileNotFoundError:
+            pass
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                     | os.O_NONBLOCK, 0o644)
+        try:
+            _require_regular(os.fstat(fd).st_mode)
+            os.set_blocking(fd, True)
+        except OSError:
+            os.close(fd)
+            raise
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = fd
@@ -553,12 +616,16 @@ class AuditLog:
     def _adopt(self, event: str | None) -> None:
         """Take the chain from the file: cut a torn tail into evidence, and when the file does
         not end where the chain does (per this writer and the head), say so in a marker."""
+        no_head = None  # why the head could not anchor the chain, when it could not
         try:
             head, gen = _load_head(self.path)
             self._head_gen = max(self._head_gen, gen)  # another writer may have moved it on
+            if head is None:
+                no_head = (f"{self.head_path.name} is empty" if self.head_path.exists()
+                           else f"no head file ({self.head_path.name})")
         except ValueError as exc:
             log.warning("audit: %s; it will be rewritten", exc)
-            head = None
+            head, no_head = None, str(exc).replace(str(self.head_path), self.head_path.name)
         known_seq, known_hash = self._seq, self._prev
         if head is not None and head.seq >= known_seq:
             known_seq, known_hash = head.seq, head.hash
@@ -567,8 +634,23 @@ class AuditLog:
         markers: list[tuple[str, dict[str, Any]]] = []
         if tail.size > tail.good_end:
             markers.append(("repair", self._cut_torn_tail(tail)))
-        self._offset = tail.good_end
+        elif tail.unterminated:
+            markers.append(("repair", self._end_line(tail)))
+        self._offset = tail.good_end + (1 if tail.unterminated else 0)
+        unanchored = None
+        if no_head is not None and known_seq < 0:
+            # Nothing anchors the chain's end: a cut tail cannot be told from a whole log. The
+            # chain says so, so that writing a new head does not erase the fact.
+            if tail.seq is None:
+                known_seq, known_hash, source = self._newest_rotated_tail()
+            else:
+                known_seq, known_hash, source = tail.seq, tail.digest, self.path.name
+            if known_seq >= 0:
+                unanchored = (f"{no_head}: the chain goes on from {source} (seq {known_seq}); "
+                              "records cut from its end together with the head would not show")
         writer_head = {"seq": known_seq, "hash": known_hash}
+        if unanchored:
+            event = f"{event}; {unanchored}" if event else unanchored
         if tail.seq is None:
             self._seq, self._prev = known_seq, known_hash
             if known_seq >= 0:  # a chain exists, but not in this file: it is new or emptied
@@ -579,13 +661,42 @@ class AuditLog:
         else:
             self._seq, self._prev = tail.seq, tail.digest
             behind = tail.seq < known_seq or (tail.seq == known_seq and tail.digest != known_hash)
-            if behind:
+            if behind or unanchored:
                 markers.append(("reopen", {
                     "reason": event or "log file ends before its head",
                     "writer_head": writer_head,
                     "found": {"seq": tail.seq, "hash": tail.digest}}))
         for kind, payload in markers:
             self._write_record(kind, payload)
+
+    def _newest_rotated_tail(self) -> tuple[int, str, str]:
+        """(seq, hash, file name) of the last record of the newest rotated file; (-1, GENESIS,
+        "") when there is none. Where the chain goes on when the log file is empty or missing
+        and no head says (a crash between a rotation's rename and the new file)."""
+        for older in reversed(rotated_files(self.path)):
+            try:
+                fd = os.open(older, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                tail = _scan_tail(fd)
+            finally:
+                os.close(fd)
+            if tail.seq is not None:
+                return tail.seq, tail.digest, older.name
+        return -1, GENESIS, ""
+
+    def _end_line(self, tail: _Tail) -> dict[str, Any]:
+        """Write the newline a whole last record lacks, so the next record starts a line."""
+        try:
+            _write_all(self._fd, b"\n")
+        except OSError as exc:
+            raise AuditError(f"{self.path}: the last record lacks its newline, which could not "
+                             f"be written: {exc.strerror or exc}") from None
+        log.warning("audit: %s: the last record lacked its newline; added", self.path)
+        return {"reason": "the last record lacked its newline (a crash between its last byte "
+                          "and the newline, or a tool that strips it); the line was ended",
+                "newline": {"offset": tail.size, "seq": tail.seq}}
 
     def _cut_torn_tail(self, tail: _Tail) -> dict[str, Any]:
         """Copy the bytes after the last whole record into `LOG.torn-NS`, then cut them off."""
@@ -655,8 +766,7 @@ class AuditLog:
         """Move the log to `LOG.N` and start a new file; the chain goes on into it."""
         try:
             older = rotated_files(self.path)
-            number = int(older[-1].name.rsplit(".", 1)[1]) + 1 if older else 1
-            target = _sibling(self.path, f".{number}")
+            target = _next_rotated_name(self.path)
             os.rename(self.path, target)
             self._open_log()
             self._offset = 0
@@ -769,21 +879,132 @@ class VerifyResult:
         return "\n".join(lines)
 
 
-def _lines(f: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, bytes) per line; None for a line longer than MAX_LINE_BYTES (skipped
-    without holding it)."""
+_BOM = b"\xef\xbb\xbf"
+_LOCK_WAIT_S = 5.0  # how long verify waits for writers to let it take a consistent snapshot
+_CONTROL = re.compile("[\x00-\x1f\x7f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _one_line(text: str) -> str:
+    """`text` with control characters escaped: a field of a forged record cannot add lines
+    to verify's output, one line per problem."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
+                        else f"\\u{ord(m.group()):04x}", text)
+
+
+def _lines(f: BinaryIO, limit: int | None = None) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes) per line of the first `limit` bytes (all when None); None for a
+    line longer than MAX_LINE_BYTES (skipped without holding it)."""
     n = 0
-    while True:
-        raw = f.readline(MAX_LINE_BYTES + 1)
+    left = limit
+
+    def read(size: int) -> bytes:
+        nonlocal left
+        raw = f.readline(size if left is None else min(size, left))
+        if left is not None:
+            left -= len(raw)
+        return raw
+
+    while left is None or left > 0:
+        raw = read(MAX_LINE_BYTES + 1)
         if not raw:
             return
         n += 1
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-            while (chunk := f.readline(1 << 20)) and not chunk.endswith(b"\n"):
+            while (chunk := read(1 << 20)) and not chunk.endswith(b"\n"):
                 pass
             yield n, None
         else:
             yield n, raw
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _read_json(raw: bytes) -> tuple[Any, str | None]:
+    """(the line's JSON value, None), or (None, what keeps it from being read, and where)."""
+    try:
+        return json.loads(raw), None
+    except UnicodeDecodeError as exc:
+        return None, (f"not UTF-8: byte 0x{exc.object[exc.start]:02x} at byte {exc.start + 1} "
+                      "of the line")
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"
+    except RecursionError:
+        return None, "not readable JSON: nested too deep"
+    except ValueError as exc:  # an integer past int()'s digit limit, for one
+        return None, f"not readable JSON: {str(exc).split(';')[0]}"
+
+
+def _record_shape(value: Any) -> str | None:
+    """Why a JSON value is not an audit record; None when it has the chain's fields."""
+    if not isinstance(value, dict):
+        return f"a JSON {_json_kind(value)} where a record (an object) belongs"
+    for key in ("hash", "prev"):
+        if key not in value:
+            return f"no {key} field"
+        if not isinstance(value[key], str):
+            return f"its {key} is a JSON {_json_kind(value[key])}, not a string"
+    return None
+
+
+def _hash_holds(rec: dict[str, Any]) -> tuple[bool, bytes]:
+    """(whether the record's hash is that of its canonical JSON, its canonical line), with one
+    encoding: the body's canonical JSON is the line less its top-level `"hash":...` member (the
+    first one: an earlier copy nested in the payload would have to contain the record's own
+    hash, so it only makes a forged record fail)."""
+    line = _canonical(rec)
+    member = b'"hash":' + _CANONICAL.encode(rec["hash"]).encode()
+    i = line.find(member)
+    j = i + len(member)
+    if line[i - 1:i] == b",":
+        body = line[:i - 1] + line[j:]
+    elif line[j:j + 1] == b",":
+        body = line[:i] + line[j + 1:]
+    else:
+        body = line[:i] + line[j:]
+    return hashlib.sha256(body).hexdigest() == rec["hash"], line
+
+
+def _duplicate_keys(raw: bytes) -> set[str]:
+    """Keys that appear twice in one object of the line (readers disagree on which counts)."""
+    dups: set[str] = set()
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                dups.add(key)
+            seen.add(key)
+        return dict(items)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        pass
+    return dups
+
+
+def _reencoding(line: bytes, canonical: bytes) -> str:
+    """How a line that holds the same record differs from the bytes the writer wrote."""
+    hows = []
+    if line.startswith(_BOM):
+        hows.append("a byte order mark")
+        line = line[len(_BOM):]
+    if line.endswith(b"\r"):
+        hows.append("CRLF line endings")
+        line = line[:-1]
+    if line != canonical:
+        hows.append("spacing, key order or escapes not the writer's")
+    return " and ".join(hows)
 
 
 class _Walk:
@@ -795,45 +1016,86 @@ class _Walk:
         self.started = False
         self.last_seq: int | None = None
         self.hash_at_head: str | None = None
+        # per file: how lines were re-encoded -> [problem index, first line, count]
+        self.reencoded: dict[str, list[int]] = {}
 
     def problem(self, where: str, line: int | None, reason: str) -> None:
         r = self.result
         if r.ok:
             r.ok, r.line, r.reason, r.file, r.records = False, line, reason, where, r.total
         if len(r.problems) < _MAX_PROBLEMS:
-            r.problems.append(f"{where}: line {line}: {reason}" if line else f"{where}: {reason}")
+            text = f"{where}: line {line}: {reason}" if line else f"{where}: {reason}"
+            r.problems.append(_one_line(text))
         elif len(r.problems) == _MAX_PROBLEMS:
             r.problems.append("... further problems not listed")
 
-    def file(self, path: Path, last: bool) -> None:
-        where = str(path)
-        with path.open("rb") as f:
-            for n, raw in _lines(f):
-                if raw is None:
-                    self.problem(where, n, f"line longer than {MAX_LINE_BYTES} bytes: "
-                                           "not read")
-                    self.prev = self.expected_seq = None
-                    continue
-                if not raw.strip():
-                    continue
-                if not raw.endswith(b"\n") and last:
-                    self.problem(where, n, "torn last record (no newline): a writer stopped "
-                                 "mid-record; the next writer to open the log moves it to "
-                                 "evidence and continues the chain")
-                    continue
-                self.record(where, n, raw)
+    def note(self, text: str) -> None:
+        self.result.notes.append(_one_line(text))
 
-    def record(self, where: str, n: int, raw: bytes) -> None:
+    def damage(self, where: str, line: int | None, reason: str) -> None:
+        """A problem after which the next record's link and seq cannot be judged."""
+        self.problem(where, line, reason)
+        self.prev = self.expected_seq = None
+
+    def file(self, where: str, f: BinaryIO, last: bool, limit: int | None) -> None:
+        self.reencoded = {}
+        n = 0
         try:
-            rec = json.loads(raw)
-        except (ValueError, RecursionError):
-            self.problem(where, n, "not valid JSON (truncated or edited)")
-            self.prev = self.expected_seq = None
+            for n, raw in _lines(f, limit):
+                self.line(where, n, raw, last)
+        except OSError as exc:
+            self.damage(where, n + 1, f"read error: {exc.strerror or exc}")
+        for how, (index, first, count) in self.reencoded.items():
+            if count > 1 and index < len(self.result.problems):
+                reason = self.reencoded_reason(how, count)
+                self.result.problems[index] = _one_line(f"{where}: line {first}: {reason}")
+                if index == 0:
+                    self.result.reason = reason
+
+    @staticmethod
+    def reencoded_reason(how: str, count: int) -> str:
+        more = f" (and {count - 1} more lines of this file)" if count > 1 else ""
+        return (f"re-encoded with {how}{more}: the file was rewritten by another tool; each "
+                "record's content and the chain are intact")
+
+    def line(self, where: str, n: int, raw: bytes | None, last: bool) -> None:
+        if raw is None:
+            self.damage(where, n, f"line longer than {MAX_LINE_BYTES} bytes: not read")
             return
-        if (not isinstance(rec, dict) or not isinstance(rec.get("hash"), str)
-                or not isinstance(rec.get("prev"), str)):
-            self.problem(where, n, "not an audit record (no hash/prev)")
-            self.prev = self.expected_seq = None
+        body = raw.lstrip(b"\0")
+        nuls = len(raw) - len(body)
+        ended = raw.endswith(b"\n")
+        if not body.strip() and not nuls:
+            return  # a blank line
+        if not ended and last:
+            rec = _parse_record(raw)
+            if rec is not None and record_hash(rec) == rec["hash"] and not nuls:
+                self.record(where, n, raw)
+                self.note(f"{where}: line {n}: the last record lacks its newline (it is whole; "
+                          "the next writer to open the log ends the line)")
+                return
+            what = (f"{nuls} NUL bytes" + (f" and {len(body)} bytes of a record" if body else "")
+                    + ": a crash saved the file's size but not its data" if nuls
+                    else f"{len(raw)} bytes, no newline: a writer stopped mid-record")
+            self.damage(where, n, f"torn last record ({what}); the next writer to open the log "
+                                  "moves it to evidence and continues the chain")
+            return
+        if nuls:
+            self.damage(where, n, f"{nuls} NUL bytes " + (
+                "before a record" if body.strip() else "where records were")
+                + ": a crash saved the file's size but not its data; what was there is lost")
+            if not body.strip():
+                return
+        self.record(where, n, body, cut=not ended)
+
+    def record(self, where: str, n: int, raw: bytes, cut: bool = False) -> None:
+        rec, unreadable = _read_json(raw)
+        if unreadable is not None:
+            self.damage(where, n, unreadable + (" (the file ends mid-record)" if cut else ""))
+            return
+        shape = _record_shape(rec)
+        if shape is not None:
+            self.damage(where, n, f"not an audit record: {shape}")
             return
         seq = rec.get("seq")
         reasons = []
@@ -843,12 +1105,17 @@ class _Walk:
                 self.chain_start(where, n, seq)
         elif self.prev is not None and rec["prev"] != self.prev:
             reasons.append("chain broken: prev does not match the record before")
-        if record_hash(rec) != rec["hash"]:
+        hash_holds, canonical = _hash_holds(rec)
+        if not hash_holds:
             reasons.append("hash mismatch: the record was edited")
-        if self.expected_seq is not None and seq != self.expected_seq:
+        if type(seq) is not int:
+            reasons.append(f"seq {json.dumps(seq)[:40]} is not an integer")
+        elif self.expected_seq is not None and seq != self.expected_seq:
             reasons.append(f"seq {seq} != {self.expected_seq}")
         if reasons:
             self.problem(where, n, "; ".join(reasons))
+        else:
+            self.encoding(where, n, raw, canonical)
         self.result.total += 1
         self.prev = rec["hash"]
         self.expected_seq = seq + 1 if type(seq) is int else None
@@ -862,6 +1129,26 @@ class _Walk:
         elif kind == "reopen":
             self.reopen(where, n, rec)
 
+    def encoding(self, where: str, n: int, raw: bytes, canonical: bytes) -> None:
+        """The line must be the bytes the writer wrote: its canonical JSON. Same content in
+        other bytes is a rewrite; a key written twice is worse (readers take different ones)."""
+        line = raw[:-1] if raw.endswith(b"\n") else raw
+        if line == canonical:
+            return
+        dups = _duplicate_keys(line)
+        if dups:
+            names = ", ".join(sorted(dups))
+            self.problem(where, n, f"duplicate key(s) {names[:200]}: JSON readers disagree on "
+                                   "which value counts (the writer never writes a key twice)")
+            return
+        how = _reencoding(line, canonical)
+        seen = self.reencoded.get(how)
+        if seen is not None:
+            seen[2] += 1
+            return
+        self.reencoded[how] = [len(self.result.problems), n, 1]
+        self.problem(where, n, self.reencoded_reason(how, 1))
+
     def chain_start(self, where: str, n: int, seq: object) -> None:
         first = self.head.first_seq if self.head is not None else None
         if type(seq) is int and first is not None and seq > first:
@@ -869,49 +1156,60 @@ class _Walk:
                                    f"seq {seq}, its head says the oldest kept record is seq "
                                    f"{first}")
         elif first is not None and first > 0 and seq == first:
-            self.result.notes.append(
-                f"{where}: line {n}: the log starts at seq {seq}: older rotated files were "
-                "pruned (audit.keep)")
+            self.note(f"{where}: line {n}: the log starts at seq {seq}: older rotated files "
+                      "were pruned (audit.keep)")
         else:
-            self.result.notes.append(
-                f"{where}: line {n}: the log starts at seq {seq}, after earlier records that "
-                "are not in it (rotated away, or in files not given)")
+            self.note(f"{where}: line {n}: the log starts at seq {seq}, after earlier records "
+                      "that are not in it (rotated away, or in files not given)")
 
     def repair(self, where: str, n: int, rec: dict[str, Any]) -> None:
+        newline = rec.get("newline")
+        if isinstance(newline, dict):
+            self.note(f"{where}: line {n}: the last record lacked its newline; the writer added "
+                      f"it at offset {newline.get('offset')}")
+            return
         torn = rec.get("torn")
         if not isinstance(torn, dict):
             torn = {}
         name = str(torn.get("evidence", ""))
-        evidence = Path(where).with_name(name) if name else None
         state = "evidence file missing"
-        if evidence is not None and evidence.is_file():
-            sha = hashlib.sha256()
-            with evidence.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    sha.update(chunk)
-            state = ("kept in " + name if sha.hexdigest() == torn.get("sha256")
-                     else f"evidence file {name} does not match the recorded sha256")
-        self.result.notes.append(
-            f"{where}: line {n}: torn tail repaired: {torn.get('bytes')} bytes cut at offset "
-            f"{torn.get('offset')} (sha256 {str(torn.get('sha256'))[:16]}...), {state}")
+        if not name or "/" in name or "\0" in name or name in (".", ".."):
+            state = f"evidence name {name[:80]!r} is not a file name"
+        else:
+            evidence = Path(where).with_name(name)
+            try:
+                sha = hashlib.sha256()
+                with evidence.open("rb") as f:
+                    while chunk := f.read(1 << 20):
+                        sha.update(chunk)
+                state = ("kept in " + name if sha.hexdigest() == torn.get("sha256")
+                         else f"evidence file {name} does not match the recorded sha256")
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                state = f"evidence file {name} unreadable ({exc.strerror or exc})"
+        self.note(f"{where}: line {n}: torn tail repaired: {torn.get('bytes')} bytes cut at "
+                  f"offset {torn.get('offset')} (sha256 {str(torn.get('sha256'))[:16]}...), "
+                  f"{state}")
 
     def reopen(self, where: str, n: int, rec: dict[str, Any]) -> None:
         wh = rec.get("writer_head") if isinstance(rec.get("writer_head"), dict) else None
         found = rec.get("found") if isinstance(rec.get("found"), dict) else None
-        reason = rec.get("reason", "")
+        reason = str(rec.get("reason", ""))[:500]
         if wh is not None and wh.get("hash") != rec["prev"]:
             ends = found.get("seq") if found else None
             self.problem(where, n, f"records lost: the writer's chain had reached seq "
                                    f"{wh.get('seq')} (hash {str(wh.get('hash'))[:16]}...) but "
                                    f"the log ended at seq {ends}: {reason}")
         else:
-            self.result.notes.append(f"{where}: line {n}: writer reopened the log: {reason}")
+            self.note(f"{where}: line {n}: writer reopened the log: {reason}")
 
-    def check_head(self, where: str) -> None:
+    def check_head(self, where: str, head_empty: bool) -> None:
         h = self.head
         if h is None:
-            self.result.notes.append(f"no head file ({where}.head): a cut tail would go "
-                                     "unnoticed")
+            self.note(f"head file {where}.head is empty (created, but no write of it reached "
+                      "the disk): a cut tail would go unnoticed" if head_empty else
+                      f"no head file ({where}.head): a cut tail would go unnoticed")
             return
         ends = -1 if self.last_seq is None else self.last_seq
         if ends < h.seq:
@@ -922,39 +1220,142 @@ class _Walk:
                                       f"{str(self.hash_at_head)[:16]}..., head says "
                                       f"{h.hash[:16]}...): the log was rewritten")
         elif ends > h.seq:
-            self.result.notes.append(
-                f"{where}: {ends - h.seq} record(s) after the head's seq {h.seq} (a writer "
-                "stopped between a record and its head)")
+            self.note(f"{where}: {ends - h.seq} record(s) after the head's seq {h.seq} (a "
+                      "writer stopped between a record and its head)")
+
+
+@dataclass
+class _Snapshot:
+    """The log's files opened, its size and its head read, together."""
+
+    files: list[tuple[Path, BinaryIO | None]] = field(default_factory=list)  # None: open later
+    log_size: int | None = None  # None: the log file is missing or unreadable
+    log_missing: bool = False
+    head: Head | None = None
+    head_error: str | None = None
+    head_empty: bool = False
+    unlocked: str | None = None  # why the writers' lock was not taken
+
+
+def _snapshot(p: Path) -> _Snapshot:
+    """Open the log's files and read its head under the writers' lock (shared, held only for
+    this), so a writer rotating or pruning meanwhile does not show as damage: open files stay
+    readable when renamed or deleted, and the log is read only as far as it went then."""
+    snap = _Snapshot()
+    lock_name = _sibling(p, ".lock").name
+    try:
+        lock_fd = os.open(_sibling(p, ".lock"), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        lock_fd = -1  # no writer ever opened this log
+    except OSError as exc:
+        lock_fd, snap.unlocked = -1, f"cannot open {lock_name} ({exc.strerror})"
+    try:
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        while lock_fd >= 0:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    snap.unlocked = f"a writer held {lock_name} for {_LOCK_WAIT_S:.0f} s"
+                    break
+                time.sleep(0.005)
+            except OSError as exc:
+                snap.unlocked = f"cannot lock {lock_name} ({exc.strerror})"
+                break
+        for f in [*rotated_files(p), p]:
+            try:
+                fh: BinaryIO | None = f.open("rb")
+            except FileNotFoundError:
+                if f == p:
+                    snap.log_missing = True  # reported against the head
+                    continue
+                fh = None
+            except OSError:
+                fh = None  # opened again when reached, to report why it cannot be read
+            if f == p and fh is not None:
+                snap.log_size = os.fstat(fh.fileno()).st_size
+            snap.files.append((f, fh))
+        try:
+            snap.head = read_head(p)
+            hp = _sibling(p, ".head")
+            snap.head_empty = snap.head is None and hp.exists()
+        except ValueError as exc:
+            snap.head_error = str(exc)
+    except BaseException:
+        for _, fh in snap.files:
+            if fh is not None:
+                fh.close()
+        raise
+    finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)
+    return snap
 
 
 def verify(path: str | Path) -> VerifyResult:
     """Walk the chain of the log at `path` and its rotated files, and check it against its head.
 
     Reads line by line (time linear in the log's size, memory bounded by `MAX_LINE_BYTES`) and
-    reports every problem, not only the first.
+    reports every problem, not only the first. A writer may append meanwhile: the files are
+    taken as they were at one moment, under the writers' lock.
 
     Raises:
-        UsageError: there is no log file at `path`.
+        UsageError: there is no log at `path` (no log file, rotated file or head), or `path` is
+            not a regular file.
     """
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise UsageError(f"{p}: audit file not found")
-    files = [*rotated_files(p), p]
-    head: Head | None = None
-    head_error = None
     try:
-        head = read_head(p)
-    except ValueError as exc:
-        head_error = str(exc)
-    walk = _Walk(head)
-    walk.result.files = [str(f) for f in files]
-    for f in files:
-        walk.file(f, last=f == p)
-    if head_error:
-        walk.problem(str(p), None, head_error)
-    else:
-        walk.check_head(str(p))
+        mode: int | None = os.stat(p).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise UsageError(f"{p}: cannot read ({exc.strerror})") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise UsageError(f"{p}: it is {_file_kind(mode)}, not an audit log file")
+    snap = _snapshot(p)
+    present = [f for f, _ in snap.files]
+    if snap.log_missing and not present and not _sibling(p, ".head").exists():
+        raise UsageError(f"{p}: audit file not found")
+    walk = _Walk(snap.head)
+    walk.result.files = [str(f) for f in present]
+    for f, fh in snap.files:
+        if fh is None:
+            try:
+                fh = f.open("rb")
+            except OSError as exc:
+                gone = " (deleted while verify ran)" if exc.errno == errno.ENOENT else ""
+                walk.damage(str(f), None, f"cannot read: {exc.strerror or exc}{gone}")
+                continue
+        try:
+            walk.file(str(f), fh, last=f == p, limit=snap.log_size if f == p else None)
+        finally:
+            fh.close()
+    if snap.unlocked:
+        walk.note(f"{snap.unlocked}: read without it; a rotation meanwhile may show as damage "
+                  "(run verify again)")
+    if snap.log_missing:
+        _log_missing(walk, p, present)
+    if snap.head_error:
+        walk.problem(str(p), None, snap.head_error)
+    elif snap.log_size is not None or (snap.log_missing and snap.head is not None):
+        walk.check_head(str(p), snap.head_empty)  # (an unreadable log is reported as such)
     r = walk.result
     if r.ok:
         r.records = r.total
     return r
+
+
+def _log_missing(walk: _Walk, p: Path, present: list[Path]) -> None:
+    """The log file is gone: fine only when the rotated files end where the head says (a
+    rotation stopped between renaming the log and creating the next file)."""
+    h = walk.head
+    if h is not None and present and walk.last_seq == h.seq and walk.hash_at_head == h.hash:
+        walk.note(f"{p}: the log file is missing, but the chain ends in {present[-1].name} "
+                  "where its head says (a rotation stopped between renaming the log and "
+                  "creating the next; the next writer creates it)")
+    elif h is not None:
+        walk.problem(str(p), None, "the log file is missing")
+    else:
+        walk.problem(str(p), None, "the log file is missing, and no head file says where the "
+                                   "chain ended")

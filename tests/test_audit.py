@@ -45,10 +45,16 @@ def test_an_edit_with_a_recomputed_hash_breaks_the_next_link(tmp_path):
     rec = json.loads(ls[1])
     rec["decision"]["verdict"] = "allow"
     rec["hash"] = record_hash(rec)
-    ls[1] = json.dumps(rec)
+    # written as the writer writes (canonical JSON), the edit shows only at the next link
+    ls[1] = json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     p.write_text("\n".join(ls) + "\n")
     r = verify(p)
     assert not r.ok and r.line == 3 and "chain broken" in r.reason
+    # written any other way, the edited line itself is reported as rewritten
+    ls[1] = json.dumps(rec)
+    p.write_text("\n".join(ls) + "\n")
+    r = verify(p)
+    assert not r.ok and r.line == 2 and "re-encoded" in r.reason
 
 
 @pytest.mark.parametrize("op", ["delete", "swap", "truncate"])

@@ -560,3 +560,242 @@ def test_cli_verify_reports_each_problem_on_one_line(tmp_path):
     assert r.returncode == 1 and "tail truncated" in r.stdout, r.stdout
     problem_lines = [x for x in r.stdout.splitlines() if "tail truncated" in x]
     assert len(problem_lines) == 1
+
+
+# -- red team: damaged files as crashes, editors and other tools leave them ----------------------
+# Each of these failed before the fix it names (issue: torn logs and other damage).
+
+
+def canonical(rec: dict) -> bytes:
+    """A record's line as the writer writes it."""
+    return json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_nul_bytes_a_crash_left_are_named_and_the_chain_goes_on_after_them(tmp_path):
+    # ext4/xfs delayed allocation: after a power cut the file has its new size but the blocks
+    # of the last records read as NULs. Here record 2's bytes are NULs and record 3 survived.
+    p = tmp_path / "a.jsonl"
+    write_log(p, 4)
+    lines = p.read_bytes().splitlines(keepends=True)
+    p.write_bytes(b"".join(lines[:2]) + b"\0" * len(lines[2]) + lines[3])
+    res = verify(p)
+    assert not res.ok and res.line == 3 and "NUL bytes before a record" in res.reason
+    assert len(res.problems) == 1, res.problems  # record 3 after the NULs is read and counted
+    write_log(p, 1)  # the writer continues from record 3, not from record 1 (a forked chain)
+    recs = [json.loads(x.lstrip(b"\0")) for x in p.read_bytes().splitlines()]
+    assert [r["seq"] for r in recs] == [0, 1, 3, 4] and recs[3]["prev"] == recs[2]["hash"]
+    assert len(verify(p).problems) == 1
+    # NULs at the end (the usual shape) are a torn tail: named, and moved to evidence on open
+    with p.open("ab") as f:
+        f.write(b"\0" * 4096)
+    res = verify(p)
+    assert not res.ok and "torn last record (4096 NUL bytes" in res.problems[-1]
+
+
+def test_a_whole_last_record_without_its_newline_is_kept(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 3)
+    p.write_bytes(p.read_bytes()[:-1])  # a crash between the last byte and the newline
+    res = verify(p)
+    assert res.ok and res.records == 3, res.describe(p)  # was: torn record, tail truncated
+    assert any("lacks its newline" in n for n in res.notes)
+    write_log(p, 1)  # was: the whole record cut into evidence and reported as lost
+    recs = records(p)
+    assert [r["kind"] for r in recs] == ["decision"] * 3 + ["repair", "decision"]
+    assert recs[3]["newline"]["seq"] == 2 and not list(tmp_path.glob("*.torn-*"))
+    res = verify(p)
+    assert res.ok and res.records == 5, res.describe(p)
+    assert any("lacked its newline" in n for n in res.notes)
+
+
+def test_a_missing_log_file_is_checked_against_its_head_and_rotated_files(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 3)
+    p.unlink()  # the log is gone, its head stays: was "audit file not found" (exit 2)
+    res = verify(p)
+    assert not res.ok and "the log file is missing" in res.reason
+    assert any("tail truncated: head says 3 records" in x for x in res.problems)
+    q = tmp_path / "b" / "a.jsonl"
+    write_log(q, 20, max_bytes=1500)
+    rotated = audit_mod.rotated_files(q)
+    q.rename(q.with_name(f"a.jsonl.{len(rotated) + 1}"))  # a crash between rename and create
+    res = verify(q)
+    assert res.ok and res.records == 20, res.describe(q)
+    assert any("a rotation stopped" in n for n in res.notes)
+    with pytest.raises(audit_mod.UsageError, match="not found"):
+        verify(tmp_path / "none" / "a.jsonl")
+
+
+def test_a_writer_that_finds_no_usable_head_says_so_in_the_chain(tmp_path):
+    # Was: the head written anew and verify OK with no trace, so cutting the tail together
+    # with the head and restarting the writer left nothing to see.
+    for damage in ("delete", "empty", "garbage"):
+        p = tmp_path / damage / "a.jsonl"
+        write_log(p, 3)
+        hp = p.with_name("a.jsonl.head")
+        if damage == "delete":
+            hp.unlink()
+        else:
+            hp.write_bytes(b"" if damage == "empty" else b"garbage")
+        res = verify(p)
+        assert res.ok == (damage != "garbage"), res.describe(p)
+        assert damage != "empty" or any("is empty" in n for n in res.notes), res.notes
+        write_log(p, 1)
+        recs = records(p)
+        assert recs[3]["kind"] == "reopen" and recs[3]["writer_head"]["seq"] == 2
+        res = verify(p)
+        assert res.ok and any("the chain goes on from a.jsonl (seq 2)" in n for n in res.notes)
+    # with the head and the log gone, the chain goes on from the newest rotated file
+    p = tmp_path / "rot" / "a.jsonl"
+    write_log(p, 20, max_bytes=1500)
+    p.unlink()
+    p.with_name("a.jsonl.head").unlink()
+    write_log(p, 1)  # was: a new chain from genesis, so verify reported a broken chain
+    res = verify(p)
+    assert res.ok, res.describe(p)
+    assert any("the chain goes on from a.jsonl." in n for n in res.notes)
+
+
+def test_re_encoded_lines_and_duplicate_keys_are_reported(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 4)
+    clean = p.read_bytes()
+    p.write_bytes(clean.replace(b"\n", b"\r\n"))  # a log saved by a Windows editor
+    res = verify(p)  # was: OK (json.loads takes the \r as whitespace)
+    assert not res.ok and res.line == 1 and len(res.problems) == 1, res.problems
+    assert "CRLF line endings (and 3 more lines" in res.reason
+    p.write_bytes(b"\xef\xbb\xbf" + clean)
+    res = verify(p)
+    assert not res.ok and "byte order mark" in res.reason
+    lines = clean.splitlines(keepends=True)
+    # a second "verdict": this reader takes the last, others the first
+    lines[1] = lines[1].replace(b'"decision":{', b'"decision":{"verdict":"allow",', 1)
+    p.write_bytes(b"".join(lines))
+    res = verify(p)
+    assert not res.ok and res.line == 2 and "duplicate key(s) verdict" in res.reason
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (lambda r, raw: raw.replace(b'"veto"', b'"v\xff\xfeo"'), "not UTF-8: byte 0xff"),
+    (lambda r, raw: b"[1,2]", "not an audit record: a JSON array"),
+    (lambda r, raw: b"null", "not an audit record: a JSON null"),
+    (lambda r, raw: canonical({**r, "hash": 5}), "its hash is a JSON number, not a string"),
+    (lambda r, raw: raw.replace(b'"seq":1', b'"seq":' + b"9" * 5000),
+     "Exceeds the limit (4300 digits)"),
+    (lambda r, raw: b"[" * 100_000 + b"]" * 100_000, "nested too deep"),
+])
+def test_each_problem_line_names_what_is_wrong(tmp_path, damage, reason):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 3)
+    lines = p.read_bytes().splitlines()
+    lines[1] = damage(json.loads(lines[1]), lines[1])
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    res = verify(p)
+    assert not res.ok and res.line == 2 and reason in res.reason, res.reason
+
+
+@pytest.mark.parametrize("seq", ["1", 1.0, True])
+def test_a_seq_that_is_not_an_integer_is_reported(tmp_path, seq):
+    from guard.audit import record_hash
+
+    p = tmp_path / "a.jsonl"
+    write_log(p, 3)
+    lines = p.read_bytes().splitlines()
+    rec = json.loads(lines[1])
+    rec["seq"] = seq
+    rec["hash"] = record_hash(rec)
+    lines[1] = canonical(rec)
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    res = verify(p)  # was: 1.0 and true passed as seq 1 ("1" was reported as "seq 1 != 1")
+    assert not res.ok and res.line == 2 and "is not an integer" in res.reason, res.reason
+
+
+def test_forged_fields_cannot_add_lines_to_the_report_or_crash_it(tmp_path):
+    from guard.audit import record_hash
+
+    p = tmp_path / "a.jsonl"
+    write_log(p, 2)
+    forged = [
+        {"kind": "reopen", "reason": "ok\nproblem: none, all fine", "writer_head": None},
+        {"kind": "repair", "torn": {"evidence": "../x/y", "bytes": 1}},  # was: a ValueError
+    ]
+    prev, seq, lines = records(p)[-1]["hash"], 2, []
+    for body in forged:
+        rec = {**body, "seq": seq, "ts": 0.0, "prev": prev}
+        rec["hash"] = record_hash(rec)
+        lines.append(canonical(rec) + b"\n")
+        prev, seq = rec["hash"], seq + 1
+    with p.open("ab") as f:
+        f.writelines(lines)
+    text = verify(p).describe(p)
+    assert not any(x.startswith("problem: none") for x in text.splitlines()), text
+    assert "ok\\x0aproblem: none" in text and "is not a file name" in text
+
+
+def test_a_log_path_that_is_not_a_regular_file_is_refused(tmp_path):
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)  # was: opened; appends blocked once the pipe buffer filled (a hang)
+    with pytest.raises(audit_mod.UsageError, match="it is a FIFO, not a regular file"):
+        AuditLog(fifo)
+    null = tmp_path / "null.jsonl"
+    null.symlink_to(os.devnull)  # was: every record "written" into /dev/null
+    with pytest.raises(audit_mod.UsageError, match="character device"):
+        AuditLog(null)
+    with pytest.raises(audit_mod.UsageError, match="it is a FIFO, not an audit log file"):
+        verify(fifo)
+    p = tmp_path / "a.jsonl"
+    with AuditLog(p) as log:
+        log.append("decision", {"n": 0})
+        p.unlink()
+        os.mkfifo(p)  # replaced under the writer: the next append fails closed
+        with pytest.raises(AuditError, match="FIFO"):
+            log.append("decision", {"n": 1})
+
+
+def test_rotation_skips_a_name_already_taken(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 6, max_bytes=1500)
+    taken = p.with_name(f"a.jsonl.{len(audit_mod.rotated_files(p)) + 1}")
+    taken.mkdir()  # not a rotated file, but its name: the rename onto it failed every time
+    (taken / "x").write_text("x")
+    write_log(p, 20, max_bytes=1500)
+    res = verify(p)
+    assert res.ok and res.records == 26, res.describe(p)
+
+
+def test_verify_reads_a_consistent_log_while_a_writer_rotates_and_prunes(tmp_path, monkeypatch):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 12, max_bytes=700, keep=2)
+    writer = AuditLog(p, max_bytes=700, keep=2)
+    real = audit_mod.rotated_files
+    moved = threading.Event()
+
+    def rotate_meanwhile(path):
+        found = real(path)
+        if not moved.is_set():  # once: verify has listed the files, a writer rotates now
+            moved.set()
+            t = threading.Thread(target=lambda: [writer.append("decision", {"i": i})
+                                                 for i in range(8)])
+            t.start()
+            t.join(1.0)  # before the fix this finished: files pruned and renamed under verify
+        return found
+
+    monkeypatch.setattr(audit_mod, "rotated_files", rotate_meanwhile)
+    res = verify(p)
+    monkeypatch.setattr(audit_mod, "rotated_files", real)
+    writer.close()
+    assert res.ok, res.describe(p)  # was: FileNotFoundError, or records reported missing
+    assert verify(p).ok
+
+
+def test_cli_verify_exit_codes_on_a_missing_log_and_a_fifo(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 3)
+    p.unlink()
+    r = guard_cli("audit", "verify", p)  # was: exit 2 "audit file not found", head ignored
+    assert r.returncode == 1 and "problem: " in r.stdout and "the log file is missing" in r.stdout
+    fifo = tmp_path / "f.jsonl"
+    os.mkfifo(fifo)
+    r = guard_cli("audit", "verify", fifo)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "it is a FIFO, not an audit log file" in r.stderr and "Traceback" not in r.stderr

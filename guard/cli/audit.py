@@ -7,8 +7,9 @@ checks the chain against LOG.head (a cut tail). Prints one summary line, then on
 problem (`problem: ...`) and per recorded event that is not damage (`note: ...`: a repaired
 torn tail, a log that starts after rotated-away records, no head file).
 
-Exit 0 when the chain is intact, 1 when any record was edited, removed, reordered or lost, 2
-when LOG does not exist.
+Exit 0 when the chain is intact, 1 when any record was edited, removed, reordered, lost,
+re-encoded or unreadable (a missing LOG whose head or rotated files remain included), 2 when
+there is no log at all (no LOG, LOG.N or LOG.head) or LOG is not a regular file.
 """
 
 from __future__ import annotations
