@@ -287,8 +287,8 @@ class Guard:
         jobs: list[_Job] = []
         for row in rows:
             try:
-                if row.entered_error is not None:
-                    raise InvalidInputError(row.entered_error)
+                if row.refusal is not None:
+                    raise InvalidInputError(row.refusal)
                 row.limit_ms = self._deadline_ms(row.item.deadline_ms)
                 row.deadline = row.t0 + row.limit_ms / 1000.0
                 action, rules = self._head(row.item.proposal, row.trace)
@@ -297,7 +297,7 @@ class Guard:
                     continue
                 frames = row.item.frames
                 if not callable(frames):
-                    row.trace.frames = _as_frames(frames)
+                    row.trace.frames = _as_frames(frames, self.config.image.max_frames)
                 row.job = _Job(self, frames, action, now, row.deadline, rules, row.limit_ms)
                 jobs.append(row.job)
             except InvalidInputError as exc:
@@ -325,9 +325,10 @@ class Guard:
     def _judge_each(self, rows: list[_BatchRow], now: float | None) -> list[Judgement]:
         """`judge` for each row, concurrently (the guard's own pool bounds the judging)."""
         def one(row: _BatchRow) -> Judgement:
-            # A bad `entered` goes on as given: `judge` refuses it as this item's own veto.
-            entered = row.item.entered if row.entered_error else row.t0
-            return self.judge(row.item.frames, row.item.proposal, now=now, entered=entered,
+            if row.refusal is not None:
+                decision = self._failed(Status.INVALID_INPUT, row.refusal, RuleOutcome())
+                return self._finish(decision, row.item.proposal, row.trace)
+            return self.judge(row.item.frames, row.item.proposal, now=now, entered=row.t0,
                               deadline_ms=row.item.deadline_ms)
 
         if len(rows) < 2:
@@ -505,7 +506,8 @@ class Guard:
         if rules.skips_model:
             return self._by_rules(rules)
         if not callable(frames):
-            trace.frames = _as_frames(frames)  # known even if the judge then times out
+            # known even if the judge then times out
+            trace.frames = _as_frames(frames, self.config.image.max_frames)
         job = _Job(self, frames, action, now, deadline, rules, limit_ms)
         future = self._executor.submit(job.run)
         try:
@@ -807,14 +809,18 @@ class _BatchRow:
     """One item of a batch on its way through `Guard.judge_batch`."""
 
     def __init__(self, item: BatchItem) -> None:
-        self.item = item
         self.t0 = time.monotonic()
-        #: Why `item.entered` cannot be used: the row's invalid_input veto.
-        self.entered_error: str | None = None
+        #: Why the item cannot be judged as given (not a BatchItem, an unusable `entered`):
+        #: the row's invalid_input veto.
+        self.refusal: str | None = None
+        if not isinstance(item, BatchItem):
+            self.refusal = f"a batch item must be a BatchItem, got {type(item).__name__}"
+            item = BatchItem(None, {"batch_item": item})
+        self.item = item
         try:
             self.t0 = _entered(item.entered, self.t0)
         except InvalidInputError as exc:
-            self.entered_error = str(exc)
+            self.refusal = str(exc)
         self.limit_ms = math.inf
         self.deadline = math.inf
         self.trace = _Trace()
@@ -874,14 +880,15 @@ class _Job:
 
         self.stage = "acquiring frames"
         try:
-            frames = _as_frames(self.frames() if callable(self.frames) else self.frames)
+            frames = _as_frames(self.frames() if callable(self.frames) else self.frames,
+                                image_cfg.max_frames)
         except InvalidInputError as exc:
             return self.failed(Status.INVALID_INPUT, str(exc))
         except Exception as exc:
             return self.failed(
                 Status.ERROR, f"frame source failed: {type(exc).__name__}: {exc}"
             )
-        self._frames = frames = frames[-image_cfg.max_frames :]
+        self._frames = frames
         for f in frames:
             try:
                 check_array(
@@ -951,7 +958,7 @@ class _BatchJob:
             except InvalidInputError as exc:  # e.g. an aspect ratio the judge refuses
                 results[i] = job.failed(Status.INVALID_INPUT, str(exc))
                 continue
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit from a frame source too: this row's veto
                 log.error("guard check failed unexpectedly: %r", exc)
                 results[i] = job.failed(Status.ERROR, f"internal error: {exc!r}")
                 continue
@@ -1070,22 +1077,23 @@ def unjudged(
     return decision
 
 
-def _as_frames(frames: FramesArg) -> list[Frame]:
-    """The frames, each validated again (a Frame built with `model_construct` or changed with
-    `model_copy(update=...)` skipped its validation): what the type refuses is invalid input,
-    so no check reads a stamp that is not a number or an image that is not an array."""
+def _as_frames(frames: FramesArg, keep: int) -> list[Frame]:
+    """The newest `keep` frames, each validated again (a Frame built with `model_construct` or
+    changed with `model_copy(update=...)` skipped its validation): what the type refuses is
+    invalid input, so no check reads a stamp that is not a number or an image that is not an
+    array."""
     if frames is None:
         return []
     if isinstance(frames, Frame):
         frames = [frames]
     if isinstance(frames, (str, bytes)) or not isinstance(frames, Sequence):
         raise InvalidInputError(f"frames must be Frame objects, got {type(frames).__name__}")
-    out = []
-    for f in frames:
-        if f is None:
-            continue
+    given = [f for f in frames if f is not None]
+    for f in given:
         if not isinstance(f, Frame):
             raise InvalidInputError(f"frames must be Frame objects, got {type(f).__name__}")
+    out = []
+    for f in given[-keep:]:
         try:
             out.append(Frame.model_validate({k: getattr(f, k, None) for k in Frame.model_fields}))
         except ValidationError as exc:

@@ -473,3 +473,36 @@ def test_an_exif_orientation_is_applied_as_transformers_loads_images(
     image.save(path, exif=exif.tobytes())
     expected = np.asarray(load_image(str(path)).convert("RGB"))
     np.testing.assert_array_equal(decode_image_file(path), expected)
+
+
+# -- batches: each item its own audited decision ------------------------------------------
+
+
+class _BatchingScripted(ScriptedBackend):
+    """The scripted judge with a batch path (a server's)."""
+
+    def judge_batch(self, requests: list[Any]) -> list[Any]:
+        return [self.judge(r) for r in requests]
+
+
+def _exits() -> Frame:
+    raise SystemExit(1)
+
+
+@pytest.mark.parametrize("batching", [True, False], ids=["batch-path", "one-by-one"])
+def test_a_bad_batch_item_is_its_own_veto(
+    config: GuardConfig, frame: Frame, audit_path: Path, batching: bool
+) -> None:
+    """A tuple instead of a BatchItem raised AttributeError out of check_batch; a frame source
+    raising SystemExit on the batch's worker raised out of it too."""
+    backend = _BatchingScripted.answering(ALLOW) if batching else ScriptedBackend.answering(
+        ALLOW)
+    items: list[Any] = [(frame, STOVE), BatchItem(_exits, STOVE), BatchItem(frame, STOVE)]
+    with Guard(config, backend=backend) as g:
+        bad, exits, good = g.check_batch(items)
+    assert (bad.verdict, bad.status) == (Verdict.VETO, Status.INVALID_INPUT)
+    assert "must be a BatchItem" in (bad.error or "")
+    assert (exits.verdict, exits.status) == (Verdict.VETO, Status.ERROR)
+    assert (good.verdict, good.status) == (Verdict.ALLOW, Status.OK)
+    for d in (bad, exits, good):
+        assert _audited(audit_path, d)
