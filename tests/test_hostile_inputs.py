@@ -506,3 +506,49 @@ def test_a_bad_batch_item_is_its_own_veto(
     assert (good.verdict, good.status) == (Verdict.ALLOW, Status.OK)
     for d in (bad, exits, good):
         assert _audited(audit_path, d)
+
+
+# -- ROS image messages with fields of the wrong type ------------------------------------------
+
+
+def _image_msg(**fields: Any) -> Any:
+    from types import SimpleNamespace
+
+    base: dict[str, Any] = {"height": 2, "width": 2, "encoding": "rgb8", "step": 6,
+                            "is_bigendian": 0, "data": bytes(12)}
+    return SimpleNamespace(**{**base, **fields})
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"height": "2"},  # ValueError / TypeError / AttributeError out of the conversion, not
+        {"height": math.nan},  # the one-line InvalidInputError the node and replay catch
+        {"width": None},
+        {"step": 6.0},
+        {"data": "abcdefghijkl"},
+        {"data": None},
+        {"data": [300] * 12},
+    ],
+    ids=["height-text", "height-nan", "width-none", "step-float", "data-text", "data-none",
+         "data-over-255"],
+)
+def test_an_image_message_with_fields_of_the_wrong_type_is_invalid_input(
+    fields: dict[str, Any]
+) -> None:
+    from guard.errors import InvalidInputError
+    from guard.wire import ros_image_to_rgb
+
+    with pytest.raises(InvalidInputError):
+        ros_image_to_rgb(_image_msg(**fields), source="camera")
+
+
+def test_a_compressed_image_without_bytes_is_invalid_input() -> None:
+    from types import SimpleNamespace
+
+    from guard.errors import InvalidInputError
+    from guard.wire import ros_compressed_to_rgb
+
+    for data in (None, "not bytes"):
+        with pytest.raises(InvalidInputError, match="camera: data"):
+            ros_compressed_to_rgb(SimpleNamespace(format="png", data=data), source="camera")

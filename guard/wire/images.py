@@ -32,6 +32,7 @@ matters little: a frame is converted only when a check judges it, once.
 from __future__ import annotations
 
 import io
+import numbers
 from typing import Any
 
 import numpy as np
@@ -72,15 +73,35 @@ _ENCODINGS: dict[str, tuple[int, str, str]] = {
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
 
 
-def _as_bytes(data: Any) -> np.ndarray:
-    """The message's data as a flat uint8 array, without a copy where the buffer allows."""
+def _as_bytes(data: Any, source: str) -> np.ndarray:
+    """The message's data as a flat uint8 array, without a copy where the buffer allows.
+
+    Raises:
+        InvalidInputError: data that is no bytes (text, None, numbers outside 0..255).
+    """
     if isinstance(data, np.ndarray):
         flat = data.reshape(-1)
         return flat if flat.dtype == np.uint8 else flat.view(np.uint8)
+    if isinstance(data, str):  # np.asarray would read its characters as numbers
+        raise InvalidInputError(f"{source}: data is text, not bytes")
     try:
         return np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
     except TypeError:  # a plain list of ints (hand-built messages)
+        pass
+    try:
         return np.asarray(data, dtype=np.uint8).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidInputError(f"{source}: data is not bytes ({exc})") from None
+
+
+def _count(msg: Any, name: str, source: str) -> int:
+    """An integer field of the message (height, width, step), or one line saying why not."""
+    value = getattr(msg, name, None)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidInputError(
+            f"{source}: {name} must be an integer, got {type(value).__name__}"
+        )
+    return int(value)
 
 
 def ros_image_to_rgb(
@@ -97,8 +118,8 @@ def ros_image_to_rgb(
         InvalidInputError: an unsupported encoding, an empty or oversized image, data that
             does not hold `height` rows of `step` bytes, non-finite float samples.
     """
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    encoding = str(msg.encoding)
+    height, width, step = (_count(msg, f, source) for f in ("height", "width", "step"))
+    encoding = str(getattr(msg, "encoding", ""))
     spec = _ENCODINGS.get(encoding.lower())
     if spec is None:
         raise InvalidInputError(
@@ -117,7 +138,7 @@ def ros_image_to_rgb(
         raise InvalidInputError(f"{source}: {encoding} needs an even width, got {width}")
     size = np.dtype(sample).itemsize
     row = width * channels * size
-    data = _as_bytes(msg.data)
+    data = _as_bytes(getattr(msg, "data", None), source)
     needed = step * (height - 1) + row
     if step < row or data.size < needed:
         raise InvalidInputError(
@@ -214,7 +235,7 @@ def ros_compressed_to_rgb(
             `max_input_pixels`.
     """
     fmt = str(getattr(msg, "format", "") or "")
-    data = _as_bytes(msg.data).tobytes()
+    data = _as_bytes(getattr(msg, "data", None), source).tobytes()
     encoding, codec = _compressed_depth(fmt, data)
     if codec is not None:
         return _depth_to_rgb(encoding, codec, data, fmt, source, max_input_pixels)
