@@ -325,9 +325,12 @@ def _load_head(path: Path) -> tuple[Head | None, int]:
         raise ValueError(f"{hp}: unreadable ({exc.strerror})") from None
     if not raw:
         return None, 0  # created, never written: a crash before the first record
+    if len(raw) > 2 * _HEAD_SLOT:
+        raise ValueError(f"{hp}: not a head file (longer than the {2 * _HEAD_SLOT} bytes of "
+                         "its two slots)")
     slots = [_decode_head_slot(raw[i:i + _HEAD_SLOT]) for i in (0, _HEAD_SLOT)]
     valid = [s for s in slots if s is not None]
-    if len(raw) > 2 * _HEAD_SLOT or not valid:
+    if not valid:
         raise ValueError(f"{hp}: not a head file (no valid slot)")
     gen, head = max(valid, key=lambda s: s[0])
     return head, gen
@@ -477,7 +480,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._fd = self._lock_fd = -1
-        self._ident = (0, 0)
+        self._ident = self._lock_ident = (0, 0)
         self._offset = 0  # where this writer's last record ended
         self._seq, self._prev = -1, GENESIS
         self._first_seq = 0
@@ -488,16 +491,23 @@ class AuditLog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock_fd = self._open_lock()
-            existed = os.path.lexists(self.path)
-            self._open_log()
+            # The file is opened under the lock: opened before it, it could be rotated away by
+            # another writer while this one waits, and the chain adopted from a stale file.
+            self._flock()
+            try:
+                existed = os.path.lexists(self.path)
+                self._open_log()
+                self._adopt(None if existed else "log file missing: created anew")
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        except AuditError:
+            self._close_fds()
+            raise
         except OSError as exc:
             self._close_fds()
             raise UsageError(
                 f"audit.path = {str(self.path)!r}: cannot open ({exc.strerror})"
             ) from None
-        try:
-            with self._locked():
-                self._adopt(None if existed else "log file missing: created anew")
         except BaseException:
             self._close_fds()
             raise
@@ -536,8 +546,28 @@ class AuditLog:
     # -- file handling (all under the locks) ----------------------------------------------------
 
     def _open_lock(self) -> int:
-        return os.open(_sibling(self.path, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                       0o644)
+        fd = os.open(_sibling(self.path, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        st = os.fstat(fd)
+        self._lock_ident = (st.st_dev, st.st_ino)
+        return fd
+
+    def _flock(self) -> None:
+        """Take `LOG.lock` exclusively: the file now at that path, not one deleted or replaced
+        under this writer (a cleanup of stale files), which would exclude nobody."""
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        while not self._lock_is_current():
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            old_lock, self._lock_fd = self._lock_fd, self._open_lock()
+            os.close(old_lock)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+
+    def _lock_is_current(self) -> bool:
+        """Whether the lock this writer holds is the file now at `LOG.lock`."""
+        try:
+            st = os.stat(_sibling(self.path, ".lock"))
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._lock_ident
 
     def _open_log(self) -> None:
         # A regular file only: a FIFO blocks the decision once its buffer fills, /dev/null
@@ -582,7 +612,7 @@ class AuditLog:
                     os.close(old_lock)
                     self._open_log()
                     self._pid = os.getpid()
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                self._flock()
             except OSError as exc:
                 raise AuditError(f"{self.path}: cannot lock the audit log ({exc})") from None
             try:
@@ -812,7 +842,7 @@ class AuditLog:
                 try:
                     self._head_gen = max(self._head_gen, _load_head(self.path)[1])
                 except ValueError:
-                    pass
+                    os.ftruncate(fd, 0)  # not a head (too long, no valid slot): start it anew
             gen = self._head_gen + 1
             data, offset = _encode_head(head, gen), (gen % 2) * _HEAD_SLOT
             done = 0

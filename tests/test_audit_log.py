@@ -799,3 +799,79 @@ def test_cli_verify_exit_codes_on_a_missing_log_and_a_fifo(tmp_path):
     r = guard_cli("audit", "verify", fifo)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "it is a FIFO, not an audit log file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_head_file_with_bytes_after_its_slots_is_started_anew(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 3)
+    with (tmp_path / "a.jsonl.head").open("ab") as f:
+        f.write(b"junk")  # a tool appended to it; the slots themselves are fine
+    res = verify(p)
+    assert not res.ok and "longer than the 1024 bytes of its two slots" in res.reason
+    write_log(p, 1)  # was: the slots rewritten in place, the file still too long, forever
+    res = verify(p)
+    assert res.ok and read_head(p).seq == 4, res.describe(p)
+    assert any("longer than the 1024 bytes" in n for n in res.notes)
+
+
+def test_writers_follow_a_lock_file_deleted_under_them(tmp_path):
+    import fcntl
+
+    p = tmp_path / "a.jsonl"
+    first = AuditLog(p)
+    first.append("decision", {"w": "first"})
+    lock = tmp_path / "a.jsonl.lock"
+    lock.unlink()  # a cleanup of stale files; the next writer creates a new one
+    second = AuditLog(p)
+    fd = os.open(lock, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the second writer is mid-append
+    t = threading.Thread(target=first.append, args=("decision", {"w": "first"}))
+    t.start()
+    t.join(0.5)
+    waited = t.is_alive()  # was: the first writer held the deleted lock and went ahead
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    t.join(30)
+    assert waited and not t.is_alive()
+    threads = [threading.Thread(target=lambda log=log: [log.append("decision", {"i": i})
+                                                        for i in range(100)])
+               for log in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    first.close()
+    second.close()
+    res = verify(p)
+    assert res.ok and res.records == 202, res.describe(p)
+
+
+def test_a_writer_opening_while_another_rotates_takes_the_new_file(tmp_path, monkeypatch):
+    import fcntl
+
+    p = tmp_path / "a.jsonl"
+    other = AuditLog(p, max_bytes=1)  # rotates before every record
+    other.append("decision", {"w": "other"})
+    armed = [True]
+    main = threading.current_thread()
+
+    class Flock:  # fcntl as guard.audit sees it: the new writer's first lock lets the other
+        def __getattr__(self, name: str):  # writer rotate first, as a busy one would
+            return getattr(fcntl, name)
+
+        def flock(self, fd: int, op: int) -> None:
+            if op == fcntl.LOCK_EX and armed[0] and threading.current_thread() is main:
+                armed[0] = False
+                t = threading.Thread(target=other.append, args=("decision", {"w": "other"}))
+                t.start()
+                t.join(30)
+            fcntl.flock(fd, op)
+
+    monkeypatch.setattr(audit_mod, "fcntl", Flock())
+    with AuditLog(p, max_bytes=1) as late:  # was: it had opened the file before the lock,
+        late.append("decision", {"w": "late"})  # adopted it rotated away, forked the chain
+    monkeypatch.undo()
+    other.close()
+    res = verify(p)
+    assert res.ok and res.records == 3, res.describe(p)
+    assert [r["kind"] for f in audit_mod.rotated_files(p) for r in records(f)] == ["decision"] * 2
