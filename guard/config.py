@@ -107,6 +107,10 @@ GRID_FACTORS = {"qwen2-vl": 28, "qwen2.5-vl": 28, "qwen3-vl": 32}
 """Side multiple of each Qwen-VL family's image grid: patch size x merge (14 x 2, 16 x 2)."""
 
 
+#: The most frames one check may judge (`image.max_frames`); a request may carry no more.
+MAX_FRAMES = 16
+
+
 class ImageConfig(_Strict):
     """How frames are sized for the judge (the rule: `guard.imaging`)."""
 
@@ -117,7 +121,7 @@ class ImageConfig(_Strict):
     # Side multiple of a judge that cannot report its own grid (a remote server whose model
     # folder is not readable here): a number, or a family name from GRID_FACTORS.
     grid_factor: int = Field(default=28, ge=1, le=1024)
-    max_frames: int = Field(default=1, ge=1, le=16)
+    max_frames: int = Field(default=1, ge=1, le=MAX_FRAMES)
     max_input_pixels: int = Field(default=50_000_000, ge=1)
     max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
 

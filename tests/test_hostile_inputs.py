@@ -552,3 +552,19 @@ def test_a_compressed_image_without_bytes_is_invalid_input() -> None:
     for data in (None, "not bytes"):
         with pytest.raises(InvalidInputError, match="camera: data"):
             ros_compressed_to_rgb(SimpleNamespace(format="png", data=data), source="camera")
+
+
+@pytest.mark.parametrize("path", ["/v1/check", "/v1/judge"])
+def test_serve_refuses_more_images_than_a_check_judges(serve_client: Any, path: str) -> None:
+    """Each image was decoded before the deadline was consulted: 100 000 one-pixel PNGs (9 MB,
+    under the body limit) held a server worker for 10 s, to judge the newest one."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "PNG")
+    one = base64.b64encode(buf.getvalue()).decode()
+    body = {"images": [one] * 17, **({"action": "x"} if path == "/v1/check" else {"user": "x"})}
+    r = serve_client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"].startswith("images:")

@@ -31,8 +31,8 @@ refused the request, and every such decision is in the audit log):
     500  an audited veto with status error: a fault of the server itself
     401  no or wrong bearer token (when one is set); 413 body over the size limit;
     400  body not a JSON object (a name given twice and NaN / Infinity are not JSON: readers
-         disagree on them); 422 fields of the wrong type; each with {"error": one line}
-         and no decision (nothing was proposed)
+         disagree on them); 422 fields of the wrong type, or more than 16 images (no check
+         judges more); each with {"error": one line} and no decision (nothing was proposed)
 
 `POST /v1/judge` answers 200 with the answer, or {"error": one line} with 503 (queue full or
 not ready), 504 (its deadline passed), 502 (the model failed), 4xx as above; the client's
@@ -63,7 +63,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from guard.backends import ChatPrompt, JudgeOutput, JudgeRequest
-from guard.config import GuardConfig
+from guard.config import MAX_FRAMES, GuardConfig
 from guard.core import BatchItem, Guard, unjudged
 from guard.errors import BackendError, BackendTimeout, InvalidInputError
 from guard.imaging import backend_grid, decode_image_bytes
@@ -110,7 +110,9 @@ class CheckBody(BaseModel):
     action: str
     tool: str | None = None
     arguments: dict[str, Any] = Field(default_factory=dict)
-    images: list[str] = Field(default_factory=list)
+    # No more than any check judges: each image is decoded before the deadline is consulted
+    # (100 000 one-pixel PNGs, 9 MB, held a worker for 10 s).
+    images: list[str] = Field(default_factory=list, max_length=MAX_FRAMES)
     id: str | None = None
     deadline_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
@@ -131,7 +133,9 @@ class JudgeBody(BaseModel):
 
     system: str = ""
     user: str
-    images: list[str] = Field(default_factory=list)
+    # No more than any check judges: each image is decoded before the deadline is consulted
+    # (100 000 one-pixel PNGs, 9 MB, held a worker for 10 s).
+    images: list[str] = Field(default_factory=list, max_length=MAX_FRAMES)
     max_new_tokens: int = Field(default=128, ge=1, le=8192)
     rationale: Literal["sync", "async", "off"] = "sync"
     deadline_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
