@@ -399,6 +399,25 @@ def _scan_tail(fd: int) -> _Tail:
     return _unterminated(fd, _Tail(size, good_end, None, GENESIS))
 
 
+def _hash_of_seq(fd: int, end: int, seq: int, lines: int = 1024) -> str | None:
+    """The hash of record `seq` among the last `lines` lines before offset `end` (just past a
+    newline); None when it is not there (an earlier file, or too far back)."""
+    newlines = _newlines_backward(fd, end)
+    line_end = next(newlines, None)
+    for _ in range(lines):
+        if line_end is None:
+            return None
+        start_nl = next(newlines, None)
+        start = 0 if start_nl is None else start_nl + 1
+        if line_end - start > MAX_LINE_BYTES:
+            return None
+        rec = _parse_record(os.pread(fd, line_end - start, start)) if line_end > start else None
+        if rec is not None and rec["seq"] <= seq:
+            return str(rec["hash"]) if rec["seq"] == seq else None
+        line_end = start_nl
+    return None
+
+
 def _unterminated(fd: int, tail: _Tail) -> _Tail:
     """`tail`, or the whole record after it that lacks only its newline (its hash holds and it
     links to the record before): a crash between a record's last byte and its newline, or a
@@ -691,6 +710,15 @@ class AuditLog:
         else:
             self._seq, self._prev = tail.seq, tail.digest
             behind = tail.seq < known_seq or (tail.seq == known_seq and tail.digest != known_hash)
+            if not behind and tail.seq > known_seq >= 0:
+                # Records after the chain's known end (a writer stopped before its head, or
+                # another appended): the record at that end must still be the one known.
+                found_hash = _hash_of_seq(self._fd, tail.good_end, known_seq)
+                if found_hash is not None and found_hash != known_hash:
+                    behind = True
+                    event = event or (f"record seq {known_seq} is not the one the chain had "
+                                      f"(hash {found_hash[:16]}..., known {known_hash[:16]}...):"
+                                      " the log was rewritten")
             if behind or unanchored:
                 markers.append(("reopen", {
                     "reason": event or "log file ends before its head",
@@ -1228,9 +1256,10 @@ class _Walk:
         reason = str(rec.get("reason", ""))[:500]
         if wh is not None and wh.get("hash") != rec["prev"]:
             ends = found.get("seq") if found else None
-            self.problem(where, n, f"records lost: the writer's chain had reached seq "
-                                   f"{wh.get('seq')} (hash {str(wh.get('hash'))[:16]}...) but "
-                                   f"the log ended at seq {ends}: {reason}")
+            self.problem(where, n, f"records lost or rewritten: the writer's chain had "
+                                   f"reached seq {wh.get('seq')} (hash "
+                                   f"{str(wh.get('hash'))[:16]}...), the log it found ended at "
+                                   f"seq {ends}: {reason}")
         else:
             self.note(f"{where}: line {n}: writer reopened the log: {reason}")
 

@@ -875,3 +875,22 @@ def test_a_writer_opening_while_another_rotates_takes_the_new_file(tmp_path, mon
     res = verify(p)
     assert res.ok and res.records == 3, res.describe(p)
     assert [r["kind"] for f in audit_mod.rotated_files(p) for r in records(f)] == ["decision"] * 2
+
+
+def test_a_rewritten_record_before_the_tail_is_recorded_before_the_head_is_rewritten(tmp_path):
+    from guard.audit import record_hash
+
+    p = tmp_path / "a.jsonl"
+    write_log(p, 4)
+    lines = p.read_bytes().splitlines()
+    last = json.loads(lines[3])  # the record the head names, rewritten with its hash ...
+    last["decision"]["verdict"] = "allow"
+    last["hash"] = record_hash(last)
+    lines[3] = canonical(last)
+    extra = {**last, "seq": 4, "prev": last["hash"]}  # ... and one more after it
+    extra["hash"] = record_hash(extra)
+    p.write_bytes(b"\n".join([*lines, canonical(extra)]) + b"\n")
+    assert any("does not match the head" in x for x in verify(p).problems)
+    write_log(p, 1)  # was: the writer took the log as it found it and wrote a new head
+    res = verify(p)
+    assert not res.ok and "record seq 3 is not the one the chain had" in res.reason, res.reason
