@@ -568,3 +568,32 @@ def test_serve_refuses_more_images_than_a_check_judges(serve_client: Any, path: 
     r = serve_client.post(path, json=body)
     assert r.status_code == 422, r.text
     assert r.json()["error"].startswith("images:")
+
+
+def test_serve_reads_a_body_off_the_event_loop(
+    serve_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JSON of a request was read on the event loop: while 32 MB of it were parsed (about a
+    second), no probe and no other client was answered."""
+    import threading
+
+    import guard.serve.app as app_module
+
+    started, release, parsed = threading.Event(), threading.Event(), threading.Event()
+    real = app_module._parse
+
+    def slow_parse(body: bytes, model: Any) -> Any:
+        started.set()
+        release.wait(20)  # a big body: parsed once the probe was answered (or 20 s passed)
+        parsed.set()
+        return real(body, model)
+
+    monkeypatch.setattr(app_module, "_parse", slow_parse)
+    post = threading.Thread(target=lambda: serve_client.post("/v1/check", json={"action": "x"}))
+    post.start()
+    assert started.wait(10)
+    assert serve_client.get("/livez").status_code == 200
+    answered_meanwhile = not parsed.is_set()
+    release.set()
+    post.join()
+    assert answered_meanwhile

@@ -385,7 +385,10 @@ def create_app(
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
         try:
-            return _parse(await _read_body(request, opts.max_body_bytes), model)
+            body = await _read_body(request, opts.max_body_bytes)
+            # On a worker thread: reading 32 MB of JSON takes a second, and the event loop
+            # answers the probes and every other client meanwhile.
+            return await anyio.to_thread.run_sync(_parse, body, model)
         except _Refused as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
 
