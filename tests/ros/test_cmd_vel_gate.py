@@ -3,6 +3,8 @@
 The gate judges the camera by the core's freshness rule with the guard's policy; before it
 had its own copy, which treated a frame stamped ahead of the clock as fresh for as long as
 the stamp lay ahead (one frame stamped +1 h, then a silent camera: the gate stayed open).
+An open gate also relayed NaN and infinite velocities to the base, and passed with a node
+clock that did not run (use_sim_time, no /clock).
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from typing import Any
 
 import pytest
 from guard_ros.gate import (
+    TWIST_FIELDS,
     Action,
     CmdVelGate,
     GatePolicy,
     GateState,
     StopReason,
+    clock_problem,
+    command_problem,
     inactive,
 )
 
@@ -225,3 +230,74 @@ def test_state_json() -> None:
                        "detail": "latest decision is a veto"}
     assert json.loads(inactive("deactivated").to_json())["state"] == "inactive"
     assert not inactive("x").passing
+
+
+# -- commands the base must not be given, and a clock that does not run -----------------------
+
+MOVING = (0.5, 0.0, 0.0, 0.0, 0.0, 0.2)
+
+
+def _open() -> CmdVelGate:
+    gate = _gate()
+    assert gate.on_command(NOW, POLICY).action is Action.PASS
+    return gate
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("field", range(6))
+def test_a_non_finite_command_is_never_passed(field: int, value: float) -> None:
+    # The measured defect: an open gate relayed linear.x = nan (and inf, -inf) to the base.
+    components = list(MOVING)
+    components[field] = value
+    problem = command_problem(components, None, NOW, POLICY)
+    assert problem is not None and TWIST_FIELDS[field] in problem
+    for policy in (POLICY, GatePolicy(mode="shadow")):  # not a judgement: shadow stops too
+        gate = _open()
+        step = gate.on_command(NOW, policy, problem)
+        assert (step.action, step.changed) == (Action.ZERO, True)
+        assert step.state.reason is StopReason.INVALID_COMMAND
+        assert json.loads(step.state.to_json())["reason"] == "invalid_command"
+        # Zeros on the watchdog while no valid command comes, for stop_pub_timeout...
+        assert gate.on_tick(NOW + 0.1, policy).action is Action.ZERO
+        assert gate.on_tick(NOW + 5.0, policy).action is Action.QUIET
+        # ...and the next valid command passes again (the gate's rule decides as before).
+        step = gate.on_command(NOW + 0.2, policy, None)
+        assert (step.action, step.changed, step.state.passing) == (Action.PASS, True, True)
+
+
+def test_a_large_finite_command_is_not_the_gates_to_limit() -> None:
+    # Magnitudes are the velocity smoother's and the base's limits; the gate refuses only
+    # what no limit can compare (NaN) or clamp to a number (inf).
+    assert command_problem((1e308, -1e308, 0.0, 0.0, 0.0, 1e308), None, NOW, POLICY) is None
+
+
+def test_a_stamped_command_is_held_to_the_freshness_rule() -> None:
+    assert command_problem(MOVING, NOW - 0.5, NOW, POLICY) is None
+    assert command_problem(MOVING, NOW + 0.05, NOW, POLICY) is None  # within the skew
+    ahead = command_problem(MOVING, NOW + 3600.0, NOW, POLICY)
+    assert ahead is not None and "ahead of the node's clock" in ahead
+    old = command_problem(MOVING, NOW - 3600.0, NOW, POLICY)
+    assert old is not None and "over max_frame_age_ms (1000)" in old
+    assert command_problem(MOVING, NOW - 3600.0, NOW, GatePolicy(max_frame_age_ms=None)) is None
+    # No /clock yet: the gate stops for the clock itself (below), not for the command.
+    assert command_problem(MOVING, NOW, 0.0, POLICY) is None
+
+
+def test_a_clock_that_does_not_run_stops_the_gate() -> None:
+    # use_sim_time with no /clock yet: ROS time 0. A frame timed on arrival then was "0 s
+    # old" and the gate passed (the measured defect, with a zero-stamped camera).
+    gate = _gate(0.0)
+    assert clock_problem(0.0) is not None and clock_problem(NOW) is None
+    state = gate.state(0.0, POLICY)
+    assert state.reason is StopReason.STALE_CAMERA and "/clock" in state.detail
+    assert gate.on_command(0.0, POLICY).action is Action.ZERO
+
+
+def test_an_untrusted_frame_stops_the_gate() -> None:
+    gate = _gate()
+    gate.on_frame(NOW, untrusted="has no header stamp (zero)")
+    state = gate.state(NOW, POLICY)
+    assert state.reason is StopReason.STALE_CAMERA and "no header stamp" in state.detail
+    assert gate.camera(NOW, POLICY).status is Status.STALE_FRAME
+    gate.on_frame(NOW)  # a stamped frame again
+    assert gate.state(NOW, POLICY).passing

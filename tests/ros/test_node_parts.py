@@ -8,10 +8,12 @@ check the wiring.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -83,8 +85,6 @@ def test_diagnostics_counters_rate_window_and_timings() -> None:
 
 
 def test_diagnostics_view_of_a_guard_and_of_none() -> None:
-    from types import SimpleNamespace
-
     guard = SimpleNamespace(
         config=SimpleNamespace(policy=PolicyConfig(deadline_ms=80.0, max_frame_age_ms=500.0)),
         backend=SimpleNamespace(model_id="m"), mode="shadow", stats={"checks": 1})
@@ -124,10 +124,11 @@ class _Msg:
     """A camera message as guard.wire reads it (rgb8 sensor_msgs/Image fields)."""
 
     def __init__(self, value: int = 10, width: int = 4, height: int = 2,
-                 encoding: str = "rgb8") -> None:
+                 encoding: str = "rgb8", stamp: tuple[int, int] = (0, 0)) -> None:
         self.width, self.height, self.encoding = width, height, encoding
         self.step, self.is_bigendian = width * 3, 0
         self.data = bytes([value]) * (width * height * 3)
+        self.header = SimpleNamespace(stamp=SimpleNamespace(sec=stamp[0], nanosec=stamp[1]))
 
 
 def test_frames_convert_once_keep_the_newest_and_report_a_bad_one() -> None:
@@ -362,3 +363,157 @@ def test_relay_orders_zeros_commands_and_state() -> None:
     assert isinstance(zero, TwistStamped) and zero.header.frame_id == "base_link"
     assert (zero.header.stamp.sec, zero.header.stamp.nanosec) == (5, 7)
     assert np.isclose(zero.twist.linear.x, 0.0)
+
+
+# -- hostile input: velocities, stamps and clocks ---------------------------------------------
+
+
+def _open_relay(stamped: bool, sent: list[tuple[str, Any]]) -> Any:
+    from guard_ros.gate import CmdVelGate, GatePolicy
+    from guard_ros.relay import GateRelay
+
+    now_ns = 1_700_000_000 * 10**9
+    relay = GateRelay(CmdVelGate(), lambda n, m: sent.append((n, m)), lambda: now_ns,
+                      GatePolicy, stamped=stamped)
+    relay.gate.on_frame(now_ns / 1e9)
+    relay.on_decision(Verdict.ALLOW, send=False)
+    return relay
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_relay_never_sends_a_non_finite_velocity(value: float) -> None:
+    """The measured defect: with the gate open, Twist linear.x = nan (inf, -inf) went out on
+    cmd_vel unchanged. Now a zero goes out instead and guard/gate_state says why."""
+    pytest.importorskip("geometry_msgs.msg")
+    from geometry_msgs.msg import Twist
+
+    sent: list[tuple[str, Any]] = []
+    relay = _open_relay(False, sent)
+    fine = Twist()
+    fine.linear.x = 1e308  # finite: the base's limits are not the gate's
+    relay.on_command(fine)
+    assert sent[0][1] is fine
+    sent.clear()
+    bad = Twist()
+    bad.linear.x = 0.5
+    bad.angular.z = value
+    relay.on_command(bad)
+    assert [n for n, _ in sent] == ["cmd_vel", "gate_state"]
+    assert sent[0][1] == Twist()
+    state = json.loads(sent[1][1].data)
+    assert (state["state"], state["reason"]) == ("stopped", "invalid_command")
+    assert "angular.z" in state["detail"]
+
+
+def test_relay_refuses_a_stamped_command_with_an_untrustworthy_stamp() -> None:
+    pytest.importorskip("geometry_msgs.msg")
+    from geometry_msgs.msg import TwistStamped
+
+    sent: list[tuple[str, Any]] = []
+    relay = _open_relay(True, sent)
+    now_s = 1_700_000_000
+    for (sec, nanosec), why in [((now_s - 1, 1_500_000_000), "not a valid ROS time"),
+                                ((-1, 0), "not a valid ROS time"),
+                                ((now_s + 3600, 0), "ahead of the node's clock"),
+                                ((now_s - 3600, 0), "over max_frame_age_ms")]:
+        command = TwistStamped()
+        command.twist.linear.x = 0.5
+        command.header.stamp.sec, command.header.stamp.nanosec = sec, nanosec
+        sent.clear()
+        step = relay.on_command(command)
+        assert sent[0][1].twist.linear.x == 0.0, (sec, nanosec)
+        assert step.state.reason is not None and why in step.state.detail, step.state.detail
+    for sec in (0, now_s):  # a zero stamp (no time given, as a Twist) and a current one pass
+        command.header.stamp.sec, command.header.stamp.nanosec = sec, 0
+        sent.clear()
+        relay.on_command(command)
+        assert sent[0][1] is command
+
+
+def test_header_stamps_that_are_not_ros_times_are_refused() -> None:
+    from guard_ros.frames import InvalidStamp, header_stamp
+
+    def header(sec: int, nanosec: int) -> Any:
+        return SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec))
+
+    assert header_stamp(header(0, 0)) is None
+    assert header_stamp(header(5, 999_999_999)) == 5_999_999_999
+    # nanosec 3e9 with sec 5 used to read as 8 s: a frame 4 s old could pass as current.
+    for sec, nanosec in ((5, 1_000_000_000), (5, 3_000_000_000), (-1, 0), (-(2**31), 5)):
+        with pytest.raises(InvalidStamp, match="not a valid ROS time"):
+            header_stamp(header(sec, nanosec))
+
+
+def _stamped_msg(sec: int, nanosec: int) -> Any:
+    return _Msg(stamp=(sec, nanosec))
+
+
+def test_a_frame_without_a_trustworthy_stamp_is_kept_but_untrusted() -> None:
+    from guard_ros.frames import received
+
+    arrival = 1_700_000_000 * 10**9
+    ok = received(_stamped_msg(1_699_999_999, 5), arrival, False)
+    assert (ok.stamp_ns, ok.untrusted) == (1_699_999_999_000_000_005, None)
+    zero = received(_stamped_msg(0, 0), arrival, False)
+    assert zero.stamp_ns == arrival and "no header stamp" in (zero.untrusted or "")
+    # The opt-in: a zero stamp is the arrival time (the old behaviour); an invalid stamp never.
+    assert received(_stamped_msg(0, 0), arrival, True).untrusted is None
+    invalid = received(_stamped_msg(1_699_999_996, 3_900_000_000), arrival, True)
+    assert invalid.stamp_ns == arrival and "not a valid ROS time" in (invalid.untrusted or "")
+
+
+def test_judge_vetoes_frames_whose_age_cannot_be_known(judge: Any, tmp_path: Path) -> None:
+    """The measured defects: a zero-stamped frame, timed on arrival, was judged fresh (an
+    allow), with use_sim_time and no /clock too (arrival 0, clock 0: "0 ms old" forever); a
+    stamp with nanosec >= 1e9 could read as current."""
+    from guard_ros.frames import received
+
+    now = 1_700_000_000 * 10**9
+    judge.configure(judge.params)
+    judge.max_frames = 1
+    cases = [(_stamped_msg(0, 0), "no header stamp"),
+             (_stamped_msg(1_699_999_996, 3_900_000_000), "not a valid ROS time"),
+             (_stamped_msg(-1, 0), "not a valid ROS time")]
+    decisions = []
+    for msg, why in cases:
+        judge.frames.clear()
+        judge.frames.add(received(msg, now, False))
+        decision, frame = judge.judge(_proposal(), None, now + 10**6)
+        assert (decision.verdict, decision.status, frame) == (
+            Verdict.VETO, Status.STALE_FRAME, None), decision.rationale
+        assert why in decision.rationale
+        decisions.append(decision)
+    # With the opt-in, a zero stamp is the arrival time and is judged as before.
+    judge.age_unstamped_from_arrival = True
+    judge.frames.clear()
+    judge.frames.add(received(_stamped_msg(0, 0), now, True))
+    assert judge.judge(_proposal(), None, now + 10**6)[0].status is Status.OK
+    # The clock does not run (ROS time 0): the guard cannot tell time, an error veto.
+    judge.frames.clear()
+    judge.frames.add(received(_stamped_msg(0, 0), 0, True))
+    clockless, _ = judge.judge(_proposal(), None, 0)
+    assert (clockless.verdict, clockless.status) == (Verdict.VETO, Status.ERROR)
+    assert "/clock" in clockless.rationale
+    # A proposal whose own stamp is not a time is bad input.
+    bad_stamp = _proposal()
+    bad_stamp.header.stamp.sec, bad_stamp.header.stamp.nanosec = 5, 0
+    bad_stamp.header.stamp.nanosec = 2_000_000_000
+    invalid, _ = judge.judge(bad_stamp, None, now)
+    assert (invalid.verdict, invalid.status) == (Verdict.VETO, Status.INVALID_INPUT)
+    assert "not a valid ROS time" in invalid.rationale
+    audit = (tmp_path / "audit.jsonl").read_text()
+    assert all(d.id in audit for d in (*decisions, clockless, invalid))
+
+
+def test_judge_ages_the_frame_after_converting_it(judge: Any) -> None:
+    """Converting or decoding a large frame takes real time (a 7000x7000 JPEG: 1.2 s here);
+    the frame was aged against the clock read before it, so it could pass as fresh when it
+    was not by the time it was judged."""
+    now = 1_700_000_000 * 10**9
+    judge.configure(judge.params)  # max_frame_age_ms 1000
+    judge.max_frames = 1
+    judge.frames.add(CameraFrame(_Msg(), now))
+    judge._clock = lambda: now + 1_500 * 10**6  # the clock once the frame is converted
+    decision, _ = judge.judge(_proposal(), None, now + 500 * 10**6)
+    assert (decision.verdict, decision.status) == (Verdict.VETO, Status.STALE_FRAME)
+    assert "1500 ms old" in decision.rationale

@@ -40,6 +40,14 @@ proposal's time), in header stamps:
 
 An unstamped proposal is judged on the newest frames at hand, as before: nothing says which
 frame it belongs to.
+
+A frame's time (`header_stamp`, `received`): its header stamp, when that is a valid ROS time.
+A frame without one (zero: many drivers leave it unset) or with an invalid one (nanosec at or
+above 1e9, or negative seconds: no ROS clock reads that) is kept, stamped on arrival for its
+order, but its time is untrusted: every check of it is a `stale_frame` veto and the gate stops,
+since nothing bounds how old the picture is (a driver re-sending a cached image with a zero
+stamp would look new forever). `age_unstamped_frames_from_arrival` takes a zero stamp as the
+arrival time instead, for drivers that cannot be fixed.
 """
 
 from __future__ import annotations
@@ -51,6 +59,31 @@ from typing import Any
 from guard.freshness import frame_freshness, Freshness
 from guard.types import Decision, Frame, Status
 from guard.wire import ns_to_seconds, ros_message_to_rgb, seconds_to_ns
+from guard.wire.stamps import NS_PER_S
+
+
+class InvalidStamp(ValueError):
+    """A header stamp that is not a valid `builtin_interfaces/Time` (the reason in words)."""
+
+
+def header_stamp(header: Any) -> int | None:
+    """The integer nanoseconds of a `std_msgs/Header` stamp; None when it is zero (not given).
+
+    Raises:
+        InvalidStamp: nanosec at or above 1e9 (the message's own range, which rclpy does not
+            enforce: sec 5 and nanosec 3e9 would otherwise read as 8 s), or negative seconds
+            (rclpy and rclcpp refuse negative times, so no ROS clock reads one).
+    """
+    stamp = getattr(header, 'stamp', None)
+    if stamp is None:
+        return None
+    sec, nanosec = int(getattr(stamp, 'sec', 0)), int(getattr(stamp, 'nanosec', 0))
+    if sec < 0 or not 0 <= nanosec < NS_PER_S:
+        raise InvalidStamp(
+            f'header stamp (sec {sec}, nanosec {nanosec}) is not a valid ROS time: nanosec '
+            'must be below 1e9 and sec not negative')
+    ns = sec * NS_PER_S + nanosec
+    return ns or None
 
 
 class CameraFrame:
@@ -62,13 +95,21 @@ class CameraFrame:
     gives back to ROS exactly; `stamp` is the same time in float seconds, for frame ages.
     """
 
-    __slots__ = ('_error', '_frame', 'msg', 'stamp', 'stamp_ns')
+    __slots__ = ('_error', '_frame', 'msg', 'stamp', 'stamp_ns', 'untrusted')
 
-    def __init__(self, msg: Any, stamp_ns: int) -> None:
-        """Keep `msg` (sensor_msgs Image or CompressedImage) stamped `stamp_ns`."""
+    def __init__(self, msg: Any, stamp_ns: int, untrusted: str | None = None) -> None:
+        """Keep `msg` (sensor_msgs Image or CompressedImage) stamped `stamp_ns`.
+
+        Args:
+            msg: the camera message.
+            stamp_ns: its time (node clock, integer nanoseconds).
+            untrusted: why that time cannot be trusted (no or an invalid header stamp:
+                `stamp_ns` is then only the arrival time); every check of it is stale.
+        """
         self.msg = msg
         self.stamp_ns = stamp_ns
         self.stamp = ns_to_seconds(stamp_ns)
+        self.untrusted = untrusted
         self._frame: Frame | None = None
         self._error: str | None = None
 
@@ -86,6 +127,24 @@ class CameraFrame:
             raise ValueError(self._error)
         assert self._frame is not None
         return self._frame
+
+
+UNSTAMPED = ('has no header stamp (zero), so its age cannot be known; stamp frames at '
+             'capture, or set age_unstamped_frames_from_arrival')
+
+
+def received(msg: Any, arrival_ns: int, age_unstamped_from_arrival: bool) -> CameraFrame:
+    """The `CameraFrame` of a camera message that arrived at `arrival_ns` (node clock): timed
+    by its header stamp, or untrusted (module docstring) when the stamp is zero or invalid."""
+    try:
+        stamp_ns = header_stamp(getattr(msg, 'header', None))
+    except InvalidStamp as exc:
+        return CameraFrame(msg, arrival_ns, str(exc))
+    if stamp_ns is not None:
+        return CameraFrame(msg, stamp_ns)
+    if age_unstamped_from_arrival:
+        return CameraFrame(msg, arrival_ns)
+    return CameraFrame(msg, arrival_ns, UNSTAMPED)
 
 
 class FrameBuffer:

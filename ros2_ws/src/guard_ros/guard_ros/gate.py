@@ -22,10 +22,15 @@ so the gate can never pass commands on a frame the judge would call stale (a fra
 hour ahead of the clock, then a silent camera, used to keep the gate open for that hour).
 
 The rule, as in nav2's collision_monitor ("an invalid source means stop"), decided here and
-nowhere else: shadow mode passes everything; otherwise the latest decision being a veto, a
-missing, stale or untrustworthy camera frame, or no decision yet at all stops the robot (the
-reason reported is the first of those that holds). A check of the sources that itself fails
-is a stop too, never a pass.
+nowhere else: a command the base must not be given (a non-finite component, a stamp that is
+not a valid time, stamped too far ahead of the node's clock or older than `max_frame_age_ms`:
+`command_problem`) stops the robot, in shadow mode too, until a valid command arrives;
+otherwise shadow mode passes everything; otherwise the latest decision being a veto, a node
+clock that does not run yet (ROS time 0: use_sim_time before the first /clock), a missing,
+stale or untrustworthy camera frame, or no decision yet at all stops the robot (the reason
+reported is the first of those that holds). A check of the sources that itself fails is a
+stop too, never a pass. (nav2 drops a non-finite command and sends nothing, so the base keeps
+the previous one until its own timeout; here it is a stop, zero at once.)
 
 What is sent while stopped is nav2's too: zero velocity on every command and watchdog tick
 for at most `stop_pub_timeout` seconds after stopping, then nothing, so the base's own
@@ -34,6 +39,7 @@ command timeout (or a twist_mux below it) takes over rather than a stream of zer
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 import enum
 import json
@@ -42,10 +48,25 @@ import threading
 from typing import Any
 
 from guard.freshness import frame_freshness, Freshness
-from guard.types import Verdict
+from guard.types import Status, Verdict
 
 # nav2 collision_monitor's default for the same parameter.
 DEFAULT_STOP_PUB_TIMEOUT_S = 2.0
+# The components of a geometry_msgs/Twist, in the order `command_problem` is given them.
+TWIST_FIELDS = ('linear.x', 'linear.y', 'linear.z', 'angular.x', 'angular.y', 'angular.z')
+
+
+def clock_problem(now: float) -> str | None:
+    """Why the node's clock (seconds) cannot age anything now; None when it can.
+
+    ROS time 0 is rclpy's "not set yet": with use_sim_time, the time before the first /clock
+    message. Every age measured against it is meaningless (a frame stamped on arrival would be
+    0 s old forever), so nothing is fresh until the clock runs.
+    """
+    if not math.isfinite(now) or now <= 0.0:
+        return (f"the node's clock reads {now!r}: with use_sim_time, no /clock message has "
+                'arrived yet, so no frame or command can be shown to be recent')
+    return None
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,7 @@ class GatePolicy:
 class StopReason(str, enum.Enum):
     """Why the gate stops the robot (the `reason` of `guard/gate_state`)."""
 
+    INVALID_COMMAND = 'invalid_command'
     VETO = 'veto'
     STALE_CAMERA = 'stale_camera'
     NO_DECISION_YET = 'no_decision_yet'
@@ -131,6 +153,38 @@ class Step:
     changed: bool
 
 
+def command_problem(components: Sequence[float], stamp: float | None, now: float,
+                    policy: GatePolicy) -> str | None:
+    """Why a velocity command must not reach the base; None when it may (if the gate passes).
+
+    Args:
+        components: the Twist's six values, in `TWIST_FIELDS` order.
+        stamp: a TwistStamped's header stamp in seconds (node clock); None for a plain Twist
+            or a zero stamp (no time given, as diff_drive_controller also reads it).
+        now: the node's clock in seconds.
+        policy: the guard's policy: a stamp is held to the core's freshness rule, at most
+            `max_clock_skew_ms` ahead (a command stamped ahead would never time out at a base
+            that ages commands by their stamp) and at most `max_frame_age_ms` old (planned on
+            a scene older than any frame the guard would judge).
+    """
+    bad = [f'{name} = {value!r}' for name, value in zip(TWIST_FIELDS, components, strict=True)
+           if not math.isfinite(value)]
+    if bad:
+        return 'velocity command is not finite: ' + ', '.join(bad)
+    if stamp is None or clock_problem(now) is not None:
+        return None  # an unknown time, or a clock that cannot tell (the gate stops for that)
+    fresh = frame_freshness(stamp, now, max_age_ms=policy.max_frame_age_ms,
+                            max_skew_ms=policy.max_clock_skew_ms)
+    if fresh.fresh:
+        return None
+    age_ms = fresh.age_ms if fresh.age_ms is not None else math.nan
+    if age_ms < 0:
+        return (f"velocity command is stamped {-age_ms:.0f} ms ahead of the node's clock, over "
+                f'max_clock_skew_ms ({policy.max_clock_skew_ms:g})')
+    return (f'velocity command is stamped {age_ms:.0f} ms ago, over max_frame_age_ms '
+            f'({policy.max_frame_age_ms:g})')
+
+
 class CmdVelGate:
     """Latest verdict and newest camera stamp, the state they give, and what to send.
 
@@ -152,12 +206,22 @@ class CmdVelGate:
         self._last_verdict: Verdict | None = None
         self._stopped_since: float | None = None
         self._reported: tuple[bool, StopReason | None] | None = None
+        # Why the newest frame's time cannot be trusted (no or an invalid header stamp).
+        self._untrusted: str | None = None
+        # Why the latest velocity command was refused (None: it was valid).
+        self._refused: str | None = None
 
-    def on_frame(self, stamp: float | None) -> None:
-        """Record the stamp (seconds, node clock) of the camera frame just received."""
+    def on_frame(self, stamp: float | None, untrusted: str | None = None) -> None:
+        """Record the stamp (seconds, node clock) of the camera frame just received.
+
+        Args:
+            stamp: its time.
+            untrusted: why its time cannot be trusted (then it is stale whatever `stamp` is).
+        """
         with self._lock:
             self._newest_stamp = stamp
             self._has_frame = True
+            self._untrusted = untrusted
 
     def on_decision(self, verdict: Verdict) -> None:
         """Record the verdict of a decision just published (a proposal's, not a service's)."""
@@ -172,6 +236,8 @@ class CmdVelGate:
             self._last_verdict = None
             self._stopped_since = None
             self._reported = None
+            self._untrusted = None
+            self._refused = None
 
     @property
     def last_verdict(self) -> Verdict | None:
@@ -181,7 +247,9 @@ class CmdVelGate:
     def camera(self, now: float, policy: GatePolicy) -> Freshness:
         """Judge the newest frame by the core's freshness rule (``status`` None: fresh)."""
         with self._lock:
-            stamp, has_frame = self._newest_stamp, self._has_frame
+            stamp, has_frame, untrusted = self._newest_stamp, self._has_frame, self._untrusted
+        if has_frame and untrusted is not None:
+            return Freshness(Status.STALE_FRAME, f'the newest frame {untrusted}')
         return frame_freshness(
             stamp, now, max_age_ms=policy.max_frame_age_ms,
             max_skew_ms=policy.max_clock_skew_ms, has_frame=has_frame)
@@ -194,10 +262,16 @@ class CmdVelGate:
             policy: the guard's policy as in force now.
         """
         try:
+            refused = self._refused
+            if refused is not None:
+                return GateState(StopReason.INVALID_COMMAND, refused)
             if policy.mode == 'shadow':
                 return PASSING
             if self._last_verdict is Verdict.VETO:
                 return GateState(StopReason.VETO, 'latest decision is a veto')
+            clock = clock_problem(now)
+            if clock is not None:
+                return GateState(StopReason.STALE_CAMERA, clock)
             fresh = self.camera(now, policy)
             if fresh.status is not None:
                 if not self._has_frame:
@@ -215,8 +289,17 @@ class CmdVelGate:
         state = self.state(now, policy)
         return None if state.passing else state.detail
 
-    def on_command(self, now: float, policy: GatePolicy) -> Step:
-        """Answer a velocity command just received: pass it, send zero instead, or nothing."""
+    def on_command(self, now: float, policy: GatePolicy, refused: str | None = None) -> Step:
+        """Answer a velocity command just received: pass it, send zero instead, or nothing.
+
+        Args:
+            now: the node's clock in seconds.
+            policy: the guard's policy as in force now.
+            refused: why this command must not reach the base (`command_problem`); the gate
+                then stops, reason `invalid_command`, until a command without one arrives.
+        """
+        with self._lock:
+            self._refused = refused
         return self._step(now, policy, command=True)
 
     def on_tick(self, now: float, policy: GatePolicy) -> Step:

@@ -49,7 +49,7 @@ from guard_interfaces.msg import Decision as DecisionMsg
 from guard_ros.annotations import Annotator, RosTypes
 from guard_ros.check_server import CheckServer
 from guard_ros.diagnostics import GuardDiagnostics, GuardView
-from guard_ros.frames import CameraFrame, FrameBuffer
+from guard_ros.frames import FrameBuffer, received
 from guard_ros.gate import CmdVelGate, GatePolicy, inactive, Step
 from guard_ros.judging import Judge
 from guard_ros.messages import decision_msg
@@ -58,6 +58,7 @@ from guard_ros.pending import Pending
 from guard_ros.process import run
 from guard_ros.relay import GateRelay
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
@@ -200,13 +201,18 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
             self._pubs['gate_state'] = self.create_publisher(
                 String, 'guard/gate_state', GATE_STATE_QOS)
             self._relay.publish_state(inactive('configured, not active'))
+            # Timers on the steady clock, not the node's: with use_sim_time and no /clock (or
+            # a paused one) a node-clock timer never fires, and the gate would neither report
+            # its state nor re-send zeros, nor /diagnostics say why.
             self._timers.append(self.create_timer(
-                params['watchdog_period_ms'] / 1000.0, self._on_watchdog))
+                params['watchdog_period_ms'] / 1000.0, self._on_watchdog,
+                clock=Clock(clock_type=ClockType.STEADY_TIME)))
         # Not a lifecycle publisher: an inactive guard should still say so on /diagnostics.
         self._pubs['diagnostics'] = self.create_publisher(
             DiagnosticArray, '/diagnostics', CONTROL_QOS)
         self._timers.append(self.create_timer(
-            params['diagnostics_period_s'], self._on_diagnostics))
+            params['diagnostics_period_s'], self._on_diagnostics,
+            clock=Clock(clock_type=ClockType.STEADY_TIME)))
         self.get_logger().info(
             f'configured: model {guard.backend.model_id}, mode {guard.mode}, deadline '
             f'{policy.deadline_ms:g} ms, max frame age {policy.max_frame_age_ms} ms, '
@@ -336,21 +342,21 @@ class GuardNode(LifecycleNode):  # type: ignore[misc]  # rclpy ships no type inf
     def _on_image(self, msg: Image | CompressedImage) -> None:
         # Only stores: conversion happens when a check needs the frame, never here.
         start = time.perf_counter()
-        stamp_ns = header_stamp_ns(msg.header)
+        entry = received(msg, self._now_ns(), self._judge.age_unstamped_from_arrival)
         delay_ms = None
-        if stamp_ns is None:
-            # No capture time: the arrival time is the best bound there is.
-            stamp_ns = self._now_ns()
-            if not self._zero_stamp_warned:
-                self._zero_stamp_warned = True
-                self.get_logger().warning(
-                    'camera frames have no header stamp: their age is measured from '
-                    'arrival, which hides delays before it')
+        if entry.untrusted is not None:
+            self.get_logger().warning(
+                f'camera frame not trusted (every check of it is a stale_frame veto): it '
+                f'{entry.untrusted}', throttle_duration_sec=10.0)
+        elif not self._zero_stamp_warned and header_stamp_ns(msg.header) is None:
+            self._zero_stamp_warned = True  # age_unstamped_frames_from_arrival is on
+            self.get_logger().warning(
+                'camera frames have no header stamp: their age is measured from arrival, '
+                'which hides delays before it (age_unstamped_frames_from_arrival)')
         elif not self.get_parameter('use_sim_time').value:
-            delay_ms = (time.time_ns() - stamp_ns) / 1e6
-        entry = CameraFrame(msg, stamp_ns)
+            delay_ms = (time.time_ns() - entry.stamp_ns) / 1e6
         self._frames.add(entry)
-        self._relay.gate.on_frame(entry.stamp)
+        self._relay.gate.on_frame(entry.stamp, entry.untrusted)
         self._diag.count('frames')
         self._diag.camera_callback((time.perf_counter() - start) * 1000.0, delay_ms)
 

@@ -17,30 +17,42 @@
 No rclpy here (message classes only): `Judge` holds the node's `Guard` between configure and
 cleanup and turns a `guard_interfaces/ActionProposal` (plus the newest camera frames, or the
 image a `guard/check` call brought) into a `Decision`. Every failure is an audited veto
-(fail closed): a bad proposal is `invalid_input`, an image that cannot be decoded is
-`invalid_input`, a stamped proposal whose frame did not come (`frames.paired`) is
-`stale_frame`, no guard or a bug is `error`.
+(fail closed): a bad proposal (or one whose header stamp is not a valid time) is
+`invalid_input`, an image that cannot be decoded is `invalid_input`, a stamped proposal whose
+frame did not come (`frames.paired`) or a frame whose time is untrusted (no or an invalid
+header stamp: `frames.received`) is `stale_frame`, a node clock that does not run yet (ROS time
+0: use_sim_time before the first /clock) is `error`, as the core's rule for a clock that
+cannot tell time, and so are no guard and a bug.
+
+The node's clock is read again once the frames are converted, and the check's deadline runs
+from then too: converting (or decoding) a large frame takes real time, which must count
+towards its age and the deadline rather than be hidden before the check.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 import logging
+import time
 from typing import Any
 
 from guard.config import AuditConfig, load_config, PolicyConfig
 from guard.core import Guard, unjudged
 from guard.freshness import Freshness
 from guard.types import Decision, Frame, Status
-from guard.wire import header_stamp_ns, ns_to_seconds, proposal_fields_from_msg, ProposalError
+from guard.wire import ns_to_seconds, proposal_fields_from_msg, ProposalError
 from guard_ros.frames import (
     CameraFrame,
     frame_time_ns,
     FrameBuffer,
     frames_for,
+    header_stamp,
+    InvalidStamp,
     paired,
     proposal_time,
+    received,
 )
+from guard_ros.gate import clock_problem
 from guard_ros.params import config_overrides
 
 _log = logging.getLogger(__name__)
@@ -73,6 +85,7 @@ class Judge:
         self.max_frames = 1
         self.max_input_pixels = 50_000_000
         self.frame_wait_ms = 0.0
+        self.age_unstamped_from_arrival = False
 
     def configure(self, params: dict[str, Any]) -> Guard:
         """Build the guard from the node's parameters (loads the model).
@@ -89,6 +102,8 @@ class Judge:
         self.max_frames = config.image.max_frames
         self.max_input_pixels = config.image.max_input_pixels
         self.frame_wait_ms = float(params['frame_wait_ms'])
+        self.age_unstamped_from_arrival = bool(
+            params.get('age_unstamped_frames_from_arrival', False))
         self.guard = guard
         return guard
 
@@ -148,7 +163,12 @@ class Judge:
                             audit=self.audit_config,
                             proposal={'id': msg.id, 'name': msg.name}), None
         try:
-            stamp_ns = header_stamp_ns(msg.header)
+            try:
+                stamp_ns = header_stamp(msg.header)
+            except InvalidStamp as exc:
+                return guard.reject({'id': msg.id, 'name': msg.name,
+                                     'description': msg.description},
+                                    Status.INVALID_INPUT, f'proposal {exc}'), None
             stamp = ns_to_seconds(stamp_ns)
             try:
                 # The adapter replay reads proposals with; the guard then validates the
@@ -159,8 +179,11 @@ class Judge:
                 base = {'id': msg.id, 'name': msg.name, 'description': msg.description,
                         'stamp': stamp}
                 return guard.reject(base, Status.INVALID_INPUT, str(exc)), None
+            clock = clock_problem(ns_to_seconds(now_ns))
+            if clock is not None:
+                return guard.reject(proposal, Status.ERROR, clock), None
             if image is not None:
-                entries = [CameraFrame(image, header_stamp_ns(image.header) or now_ns)]
+                entries = [received(image, now_ns, self.age_unstamped_from_arrival)]
                 source = SERVICE_SOURCE
             else:
                 entries, now_ns, pairing = self._camera_frames(guard, stamp_ns, now_ns)
@@ -172,6 +195,11 @@ class Judge:
                         frame_stamp=newest.stamp if newest else None)
                     decision.frame_stamp_ns = newest.stamp_ns if newest else None
                     return decision, None
+            untrusted = next((e for e in entries if e.untrusted is not None), None)
+            if untrusted is not None:  # its age cannot be known: never fresh
+                return guard.reject(proposal, Status.STALE_FRAME,
+                                    f'the camera frame {untrusted.untrusted}'), None
+            entered = time.monotonic()  # the deadline counts converting the frames
             frames = []
             for entry in entries:
                 try:
@@ -181,7 +209,12 @@ class Judge:
                         proposal, Status.INVALID_INPUT, str(exc), frame_stamp=entry.stamp)
                     decision.frame_stamp_ns = entry.stamp_ns
                     return decision, None
-            decision = guard.check(frames, proposal, now=ns_to_seconds(now_ns))
+            if self._clock is not None and frames:  # converting took time: age from now
+                now_ns = self._clock()
+                clock = clock_problem(ns_to_seconds(now_ns))
+                if clock is not None:
+                    return guard.reject(proposal, Status.ERROR, clock), None
+            decision = guard.check(frames, proposal, now=ns_to_seconds(now_ns), entered=entered)
             decision.frame_stamp_ns = frame_time_ns(decision, entries)
             judged = [f for f in frames if f.stamp_ns == decision.frame_stamp_ns]
             return decision, (judged[-1] if judged else None)

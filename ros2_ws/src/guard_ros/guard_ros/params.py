@@ -68,6 +68,11 @@ PARAMETERS: dict[str, ParameterSpec] = {
         500.0, 'A proposal with a header stamp is judged on a camera frame stamped at or after '
         'it; how long to wait for one (wall time) before a stale_frame veto. Unstamped '
         'proposals are judged on the newest frame at once.'),
+    'age_unstamped_frames_from_arrival': ParameterSpec(
+        False, 'A camera frame with a zero header stamp is stale (every check of it a '
+        'stale_frame veto, the gate stopped): its age cannot be known. true: take its arrival '
+        'time instead, for drivers that leave the stamp unset (hides any delay before '
+        'arrival, such as a driver re-sending a cached image).'),
     'watchdog_period_ms': ParameterSpec(
         100.0, 'Period of the cmd_vel watchdog that sends zero velocity while stopped.'),
     'stop_pub_timeout': ParameterSpec(

@@ -17,7 +17,9 @@
 What passes is `gate.CmdVelGate`'s decision alone; `GateRelay` sends what it answers through
 the node's publishers (given as one `publish(name, msg)` callable: 'cmd_vel' and
 'gate_state'), so it runs without rclpy. One lock orders a verdict against the commands: once
-a veto is recorded, no command judged open before it can still go out after its zero.
+a veto is recorded, no command judged open before it can still go out after its zero. A
+command the base must not be given (`gate.command_problem`: NaN or infinite components, a
+stamp that is not a valid time, too far ahead or too old) is never sent: the gate stops on it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Any
 from geometry_msgs.msg import Twist, TwistStamped
 from guard.types import Verdict
 from guard.wire import ns_to_seconds
-from guard_ros.gate import Action, CmdVelGate, GatePolicy, GateState, Step
+from guard_ros.frames import header_stamp, InvalidStamp
+from guard_ros.gate import Action, CmdVelGate, command_problem, GatePolicy, GateState, Step
 from guard_ros.messages import time_msg
 from std_msgs.msg import String
 
@@ -70,10 +73,21 @@ class GateRelay:
 
     def on_command(self, command: Twist | TwistStamped) -> Step:
         """Relay a command just received, or a zero instead, or nothing (the gate says)."""
+        twist = command.twist if self.stamped else command
+        stamp_ns, refused = None, None
         if self.stamped:
             self._frame_id = command.header.frame_id
+            try:
+                stamp_ns = header_stamp(command.header)
+            except InvalidStamp as exc:
+                refused = f'velocity command {exc}'
+        components = (twist.linear.x, twist.linear.y, twist.linear.z,
+                      twist.angular.x, twist.angular.y, twist.angular.z)
         with self._lock:
-            return self._send(self.gate.on_command(self._now(), self._policy()), command)
+            now, policy = self._now(), self._policy()
+            if refused is None:
+                refused = command_problem(components, ns_to_seconds(stamp_ns), now, policy)
+            return self._send(self.gate.on_command(now, policy, refused), command)
 
     def on_tick(self) -> Step:
         """A watchdog tick: a zero while the stop is recent, else nothing."""
