@@ -157,6 +157,8 @@ MAX_ARGUMENT_DEPTH = 32
 #: any sensible `policy.max_action_chars` (each value takes at least two characters), and
 #: converting a million of them held the caller for seconds past its deadline.
 MAX_ARGUMENT_VALUES = 10_000
+#: The longest proposal id (UUIDs, tool-call and ROS ids are tens of characters).
+MAX_ID_CHARS = 1024
 _MAX_REPR = 200
 
 
@@ -322,7 +324,8 @@ class ActionProposal(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(default_factory=new_id)
+    # An id names the proposal in the decision and the log: 5 MB of one was echoed whole.
+    id: str = Field(default_factory=new_id, max_length=MAX_ID_CHARS)
     name: str
     description: str = ""
     arguments: dict[str, Any] = Field(default_factory=dict)

@@ -597,3 +597,12 @@ def test_serve_reads_a_body_off_the_event_loop(
     release.set()
     post.join()
     assert answered_meanwhile
+
+
+def test_a_megabyte_id_is_invalid_input_not_echoed(config: GuardConfig, frame: Frame) -> None:
+    """An id is not in the action text, so no length limit reached it: 5 MB of one was judged
+    and echoed whole in the decision (to a ROS topic, an HTTP response)."""
+    with _guard(config) as g:
+        d = g.check(frame, {"name": "stove_on", "id": "i" * 5_000_000})
+    assert (d.verdict, d.status) == (Verdict.VETO, Status.INVALID_INPUT)
+    assert len(d.proposal_id) <= 200
