@@ -317,7 +317,7 @@ def _load_head(path: Path) -> tuple[Head | None, int]:
     """(head, generation) of the log at `path`; (None, 0) when there is no head file."""
     hp = _sibling(path, ".head")
     try:
-        with hp.open("rb") as f:
+        with _open_read(hp) as f:
             raw = f.read(2 * _HEAD_SLOT + 1)
     except FileNotFoundError:
         return None, 0
@@ -444,6 +444,24 @@ def _file_kind(mode: int) -> str:
 def _require_regular(mode: int) -> None:
     if not stat.S_ISREG(mode):
         raise OSError(errno.EINVAL, f"it is {_file_kind(mode)}, not a regular file")
+
+
+def _open_regular(path: str | Path, flags: int, mode: int = 0o644) -> int:
+    """os.open for a regular file only. Non-blocking until checked: opening a FIFO to read
+    waits for a writer forever, and a FIFO or device may sit where a log file belongs."""
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    try:
+        _require_regular(os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_read(path: Path) -> BinaryIO:
+    """`path` opened to read, when it is a regular file (else OSError, never a hang)."""
+    return os.fdopen(_open_regular(path, os.O_RDONLY), "rb")
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -595,14 +613,7 @@ class AuditLog:
             _require_regular(os.stat(self.path).st_mode)
         except FileNotFoundError:
             pass
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-                     | os.O_NONBLOCK, 0o644)
-        try:
-            _require_regular(os.fstat(fd).st_mode)
-            os.set_blocking(fd, True)
-        except OSError:
-            os.close(fd)
-            raise
+        fd = _open_regular(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = fd
@@ -733,7 +744,7 @@ class AuditLog:
         and no head says (a crash between a rotation's rename and the new file)."""
         for older in reversed(rotated_files(self.path)):
             try:
-                fd = os.open(older, os.O_RDONLY | os.O_CLOEXEC)
+                fd = _open_regular(older, os.O_RDONLY)
             except OSError:
                 continue
             try:
@@ -758,10 +769,19 @@ class AuditLog:
 
     def _cut_torn_tail(self, tail: _Tail) -> dict[str, Any]:
         """Copy the bytes after the last whole record into `LOG.torn-NS`, then cut them off."""
-        evidence = _sibling(self.path, f".torn-{time.time_ns()}")
+        stamp = time.time_ns()
+        evidence = _sibling(self.path, f".torn-{stamp}")
         sha = hashlib.sha256()
         try:
-            out = os.open(evidence, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            for n in range(1, 1000):  # a clock stepped back can repeat a name: never overwrite
+                try:
+                    out = os.open(evidence, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                  0o644)
+                    break
+                except FileExistsError:
+                    evidence = _sibling(self.path, f".torn-{stamp}-{n}")
+            else:
+                raise OSError(errno.EEXIST, "no free evidence file name")
             try:
                 pos = tail.good_end
                 while pos < tail.size:
@@ -861,7 +881,7 @@ class AuditLog:
                 if self._head_fd >= 0:
                     os.close(self._head_fd)
                     self._head_fd = -1
-                fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fd = _open_regular(self.head_path, os.O_RDWR | os.O_CREAT)
                 self._head_fd = fd
                 if self.fsync:
                     _fsync_dir(self.path.parent)
@@ -893,7 +913,7 @@ class AuditLog:
 
 def _first_seq(path: Path) -> int | None:
     try:
-        with path.open("rb") as f:
+        with _open_read(path) as f:
             raw = f.readline(MAX_LINE_BYTES)
     except OSError:
         return None
@@ -1237,7 +1257,7 @@ class _Walk:
             evidence = Path(where).with_name(name)
             try:
                 sha = hashlib.sha256()
-                with evidence.open("rb") as f:
+                with _open_read(evidence) as f:
                     while chunk := f.read(1 << 20):
                         sha.update(chunk)
                 state = ("kept in " + name if sha.hexdigest() == torn.get("sha256")
@@ -1303,7 +1323,7 @@ def _snapshot(p: Path) -> _Snapshot:
     snap = _Snapshot()
     lock_name = _sibling(p, ".lock").name
     try:
-        lock_fd = os.open(_sibling(p, ".lock"), os.O_RDONLY | os.O_CLOEXEC)
+        lock_fd = os.open(_sibling(p, ".lock"), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         lock_fd = -1  # no writer ever opened this log
     except OSError as exc:
@@ -1324,7 +1344,7 @@ def _snapshot(p: Path) -> _Snapshot:
                 break
         for f in [*rotated_files(p), p]:
             try:
-                fh: BinaryIO | None = f.open("rb")
+                fh: BinaryIO | None = _open_read(f)
             except FileNotFoundError:
                 if f == p:
                     snap.log_missing = True  # reported against the head
@@ -1381,7 +1401,7 @@ def verify(path: str | Path) -> VerifyResult:
     for f, fh in snap.files:
         if fh is None:
             try:
-                fh = f.open("rb")
+                fh = _open_read(f)
             except OSError as exc:
                 gone = " (deleted while verify ran)" if exc.errno == errno.ENOENT else ""
                 walk.damage(str(f), None, f"cannot read: {exc.strerror or exc}{gone}")

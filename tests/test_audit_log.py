@@ -894,3 +894,45 @@ def test_a_rewritten_record_before_the_tail_is_recorded_before_the_head_is_rewri
     write_log(p, 1)  # was: the writer took the log as it found it and wrote a new head
     res = verify(p)
     assert not res.ok and "record seq 3 is not the one the chain had" in res.reason, res.reason
+
+
+def test_non_regular_head_lock_or_evidence_files_never_hang_the_writer_or_verify(tmp_path):
+    from guard.audit import record_hash
+
+    p = tmp_path / "a.jsonl"
+    write_log(p, 2)
+    # a repair record naming a FIFO as its evidence: opening it to read waited forever
+    last = records(p)[-1]
+    rec = {"kind": "repair", "torn": {"evidence": "ev"}, "seq": 2, "ts": 0.0,
+           "prev": last["hash"]}
+    rec["hash"] = record_hash(rec)
+    with p.open("ab") as f:
+        f.write(canonical(rec) + b"\n")
+    os.mkfifo(tmp_path / "ev")
+    for name in ("a.jsonl.head", "a.jsonl.lock"):
+        (tmp_path / name).unlink()
+        os.mkfifo(tmp_path / name)
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(verify(p)), daemon=True)
+    t.start()
+    t.join(30)
+    assert out, "verify hung"
+    assert not out[0].ok and "a.jsonl.head: unreadable (it is a FIFO" in out[0].reason
+    assert any("evidence file ev unreadable (it is a FIFO" in n for n in out[0].notes)
+    t = threading.Thread(target=lambda: out.append(write_log(p, 1)), daemon=True)
+    t.start()
+    t.join(30)
+    assert len(out) == 2, "the writer hung"  # it audits; the head it cannot write is reported
+
+
+def test_a_repeated_evidence_name_is_never_overwritten(tmp_path, monkeypatch):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 1)
+    monkeypatch.setattr(audit_mod.time, "time_ns", lambda: 1_700_000_000_000_000_000)
+    for torn in (b'{"first', b'{"second'):  # a clock stepped back: the same name twice
+        with p.open("ab") as f:
+            f.write(torn)
+        write_log(p, 1)  # was: the second open failed (evidence name taken), a veto
+    monkeypatch.undo()
+    kept = sorted(x.read_bytes() for x in tmp_path.glob("a.jsonl.torn-*"))
+    assert kept == [b'{"first', b'{"second'] and verify(p).ok
