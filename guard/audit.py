@@ -947,6 +947,7 @@ class VerifyResult:
     def describe(self, path: str | Path) -> str:
         """One summary line, then one line per problem and per note."""
         span = f" in {len(self.files)} files" if len(self.files) > 1 else ""
+        path = _one_line(str(path))  # a file name is text from outside too
         if self.ok:
             lines = [f"{path}: OK, {self.records} records{span}, chain intact"]
         else:

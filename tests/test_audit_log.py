@@ -936,3 +936,10 @@ def test_a_repeated_evidence_name_is_never_overwritten(tmp_path, monkeypatch):
     monkeypatch.undo()
     kept = sorted(x.read_bytes() for x in tmp_path.glob("a.jsonl.torn-*"))
     assert kept == [b'{"first', b'{"second'] and verify(p).ok
+
+
+def test_a_file_name_with_a_line_break_stays_on_its_line(tmp_path):
+    p = tmp_path / "a\nproblem: none.jsonl"
+    write_log(p, 2)
+    text = verify(p).describe(p)
+    assert len(text.splitlines()) == 1 and "a\\x0aproblem: none.jsonl: OK" in text, text
