@@ -606,3 +606,20 @@ def test_a_megabyte_id_is_invalid_input_not_echoed(config: GuardConfig, frame: F
         d = g.check(frame, {"name": "stove_on", "id": "i" * 5_000_000})
     assert (d.verdict, d.status) == (Verdict.VETO, Status.INVALID_INPUT)
     assert len(d.proposal_id) <= 200
+
+
+def test_cli_server_refuses_an_image_file_over_the_limit_before_reading_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--server` read every image file whole into memory and sent it as base64, whatever its
+    size (the local path refuses files over image.max_file_bytes before reading them)."""
+    image = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+                    ).save(image)
+    config = tmp_path / "guard.yaml"
+    config.write_text(f"image:\n  max_file_bytes: 1024\naudit:\n  path: {tmp_path / 'a.jsonl'}\n")
+    rc = main(["check", "--config", str(config), "--image", str(image), "--action", "x",
+               "--server", "http://127.0.0.1:9", "--server-timeout-s", "5"])
+    decision = json.loads(capsys.readouterr().out)
+    assert rc == 3
+    assert decision["status"] == "invalid_input" and "byte limit" in decision["error"]

@@ -223,7 +223,7 @@ def _run_remote(args: argparse.Namespace, arguments: object, unreadable: str | N
     import base64
 
     from guard.cli.serve import read_token
-    from guard.config import AuditConfig, load_config
+    from guard.config import GuardConfig, load_config
     from guard.core import unjudged
     from guard.errors import UsageError
     from guard.serve.client import RemoteFailure, check_url, post_check
@@ -242,13 +242,22 @@ def _run_remote(args: argparse.Namespace, arguments: object, unreadable: str | N
         raise UsageError(f"--deadline-ms {args.deadline_ms:g}: must be positive")
     token = read_token(args.token_file)
     # This side's log takes only the vetoes of requests that brought no decision back.
-    audit = load_config(args.config).audit if args.config else AuditConfig()
+    local = load_config(args.config) if args.config else GuardConfig()
+    audit = local.audit
     if args.audit is not None:
         audit = audit.model_copy(update={"path": args.audit})
     proposal = {"name": args.tool, "description": args.action, "arguments": arguments}
     if unreadable is not None:
         return _emit(unjudged(Status.INVALID_INPUT, unreadable, audit=audit,
                               proposal={**proposal, "arguments": {}}))
+    limit = local.image.max_file_bytes
+    for path in args.image:  # read whole and sent as base64: a 10 GB file must not be
+        size = Path(path).stat().st_size
+        if size > limit:
+            return _emit(unjudged(
+                Status.INVALID_INPUT,
+                f"{path}: image file is {size} bytes, over the {limit} byte limit",
+                audit=audit, proposal=proposal))
     body: dict[str, object] = {
         "action": args.action, "tool": args.tool, "arguments": arguments,
         "images": [base64.b64encode(Path(p).read_bytes()).decode() for p in args.image],
