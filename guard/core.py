@@ -420,8 +420,12 @@ class Guard:
         that did not decode), audited like any other."""
         if status is Status.OK:
             raise ValueError("reject() needs a failure status")
+        # The reason and stamp come from what the front end was given: made loggable, and a
+        # stamp that is no finite number is none (it once raised out of the audit step).
+        reason = safe_text(reason) if isinstance(reason, str) else short_repr(reason)
         decision = self._failed(status, reason, RuleOutcome())
-        decision.frame_stamp = frame_stamp
+        stamp = _real(frame_stamp)
+        decision.frame_stamp = stamp if stamp is not None and math.isfinite(stamp) else None
         trace = _Trace()
         try:
             trace.proposal = _as_proposal(proposal)

@@ -623,3 +623,17 @@ def test_cli_server_refuses_an_image_file_over_the_limit_before_reading_it(
     decision = json.loads(capsys.readouterr().out)
     assert rc == 3
     assert decision["status"] == "invalid_input" and "byte limit" in decision["error"]
+
+
+@pytest.mark.parametrize("stamp", ["12:00", 10**400, math.nan, [1.0]],
+                         ids=["text", "int-over-float", "nan", "list"])
+def test_reject_takes_any_frame_stamp(
+    config: GuardConfig, audit_path: Path, stamp: Any
+) -> None:
+    """A front end's reject() with a stamp that was no finite number raised out of the audit
+    step (text, a list, 10**400) instead of returning its veto."""
+    with _guard(config) as g:
+        d = g.reject(STOVE, Status.INVALID_INPUT, "the image did not decode",
+                     frame_stamp=stamp)
+    assert (d.verdict, d.status, d.frame_stamp) == (Verdict.VETO, Status.INVALID_INPUT, None)
+    assert _audited(audit_path, d)
