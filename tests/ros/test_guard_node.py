@@ -25,8 +25,9 @@ from geometry_msgs.msg import Twist
 from guard_interfaces.msg import ActionProposal, Decision
 from guard_interfaces.srv import CheckAction
 from rclpy.duration import Duration
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
+from std_msgs.msg import String
 
 pytestmark = [pytest.mark.ros]
 
@@ -53,6 +54,8 @@ GUARD_CONFIG = {
     "policy": {"deadline_ms": 600, "max_frame_age_ms": 1500},
 }
 CAMERA_HZ = 20.0
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 class Graph:
@@ -353,23 +356,51 @@ def test_frame_stamped_in_the_future_then_silence_stops_the_robot(graph: Graph) 
     assert all(t.linear.x == 0.0 for t in g.cmd_vel[start:])
 
 
-def test_frames_without_stamp_are_aged_from_arrival(graph: Graph) -> None:
-    # A zero header stamp falls back to the arrival time (with one warning), and is then
-    # judged by the same rule as any stamp: fresh while frames keep coming, stale after.
+def test_frames_without_stamp_are_stale_vetoes_and_stop_the_gate(graph: Graph) -> None:
+    # The measured defect: a zero header stamp was taken as the arrival time, so frames from a
+    # driver that never stamps were "fresh" and a proposal was allowed (with use_sim_time and
+    # no /clock too: arrival 0, clock 0). Their age cannot be known: stale_frame, audited.
     g = graph
     node = g.probe.node
     timer = node.create_timer(1.0 / CAMERA_HZ, lambda: g.camera.publish(make_image()))
     try:
-        g.diagnostic(lambda v: v["camera_stale"] == "false", timeout=10.0)
-        d = g.decision_for(g.propose("pick up the cup"))
-        assert (d.verdict, d.status) == (Decision.ALLOW, "ok"), d.rationale
-        assert d.frame_stamp.sec > 0  # the arrival time, not 0
+        assert g.probe.wait(lambda: "no header stamp" in g.node.log(), 10.0), g.node.log()
+        pid = g.propose("pick up the cup")
+        d = g.decision_for(pid)
+        assert (d.verdict, d.status) == (Decision.VETO, "stale_frame"), d.rationale
+        assert "no header stamp" in d.rationale
+        assert _audit_decision(g, pid)["status"] == "stale_frame"
+        g.diagnostic(lambda v: v["camera_stale"] == "true", timeout=5.0)
+        start = len(g.cmd_vel)
+        moving = Twist()
+        moving.linear.x = 0.5
+        g.cmd_vel_in.publish(moving)
+        assert g.probe.wait(lambda: len(g.cmd_vel) - start >= 1, 5.0), g.node.log()
+        assert all(t.linear.x == 0.0 for t in g.cmd_vel[start:])
     finally:
         node.destroy_timer(timer)
-    assert "no header stamp" in g.node.log()
-    g.diagnostic(lambda v: v["camera_stale"] == "true", timeout=5.0)
-    d = g.decision_for(g.propose("pick up the cup"))
-    assert (d.verdict, d.status) == (Decision.VETO, "stale_frame")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_velocity_is_never_relayed(camera: Graph, value: float) -> None:
+    # The measured defect: with the gate open, linear.x = nan, inf and -inf each went out on
+    # cmd_vel unchanged. Now a zero goes out and guard/gate_state says invalid_command.
+    g = camera
+    states = g.probe.collect(String, f"{g.node.namespace}/guard/gate_state", LATCHED)
+    g.open_gate()
+    moving = Twist()
+    moving.linear.x = 0.5
+    start = len(g.cmd_vel)
+    g.cmd_vel_in.publish(moving)
+    assert g.probe.wait(lambda: any(t.linear.x == 0.5 for t in g.cmd_vel[start:]), 5.0)
+    bad = Twist()
+    bad.linear.x = value
+    start = len(g.cmd_vel)
+    g.cmd_vel_in.publish(bad)
+    assert g.probe.wait(
+        lambda: any(json.loads(m.data)["reason"] == "invalid_command" for m in states)
+        and len(g.cmd_vel) > start, 5.0), g.node.log()
+    assert all(t.linear.x == 0.0 for t in g.cmd_vel[start:]), [t.linear.x for t in g.cmd_vel]
 
 
 @pytest.mark.parametrize("encoding", ["8UC1", "mono16"])
