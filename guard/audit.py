@@ -1145,7 +1145,8 @@ class _Walk:
         nuls = len(raw) - len(body)
         ended = raw.endswith(b"\n")
         if not body.strip() and not nuls:
-            return  # a blank line
+            self.reencoded_line(where, n, "blank lines")  # the writer never writes one
+            return
         if not ended and last:
             rec = _parse_record(raw)
             if rec is not None and record_hash(rec) == rec["hash"] and not nuls:
@@ -1220,7 +1221,10 @@ class _Walk:
             self.problem(where, n, f"duplicate key(s) {names[:200]}: JSON readers disagree on "
                                    "which value counts (the writer never writes a key twice)")
             return
-        how = _reencoding(line, canonical)
+        self.reencoded_line(where, n, _reencoding(line, canonical))
+
+    def reencoded_line(self, where: str, n: int, how: str) -> None:
+        """A line in other bytes than the writer's, reported once per file and kind."""
         seen = self.reencoded.get(how)
         if seen is not None:
             seen[2] += 1

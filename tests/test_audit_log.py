@@ -769,6 +769,7 @@ def test_verify_reads_a_consistent_log_while_a_writer_rotates_and_prunes(tmp_pat
     writer = AuditLog(p, max_bytes=700, keep=2)
     real = audit_mod.rotated_files
     moved = threading.Event()
+    threads = []
 
     def rotate_meanwhile(path):
         found = real(path)
@@ -776,6 +777,7 @@ def test_verify_reads_a_consistent_log_while_a_writer_rotates_and_prunes(tmp_pat
             moved.set()
             t = threading.Thread(target=lambda: [writer.append("decision", {"i": i})
                                                  for i in range(8)])
+            threads.append(t)
             t.start()
             t.join(1.0)  # before the fix this finished: files pruned and renamed under verify
         return found
@@ -783,6 +785,7 @@ def test_verify_reads_a_consistent_log_while_a_writer_rotates_and_prunes(tmp_pat
     monkeypatch.setattr(audit_mod, "rotated_files", rotate_meanwhile)
     res = verify(p)
     monkeypatch.setattr(audit_mod, "rotated_files", real)
+    threads[0].join(30)  # the writer waited for verify's snapshot, then wrote its 8 records
     writer.close()
     assert res.ok, res.describe(p)  # was: FileNotFoundError, or records reported missing
     assert verify(p).ok
@@ -943,3 +946,13 @@ def test_a_file_name_with_a_line_break_stays_on_its_line(tmp_path):
     write_log(p, 2)
     text = verify(p).describe(p)
     assert len(text.splitlines()) == 1 and "a\\x0aproblem: none.jsonl: OK" in text, text
+
+
+def test_blank_lines_between_records_are_reported_as_a_rewrite(tmp_path):
+    p = tmp_path / "a.jsonl"
+    write_log(p, 3)
+    lines = p.read_bytes().splitlines(keepends=True)
+    p.write_bytes(lines[0] + b"\n  \n" + b"".join(lines[1:]))  # was: skipped, verify OK
+    res = verify(p)
+    assert not res.ok and res.line == 2 and "blank lines (and 1 more line" in res.reason
+    assert res.total == 3
