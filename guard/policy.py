@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from guard.config import PolicyConfig, Rule
@@ -29,9 +30,18 @@ class CompiledRule:
     arguments: dict[str, re.Pattern[str]]
 
     def matches(self, proposal: ActionProposal, text: str) -> bool:
-        if self.tool is not None and not self.tool.search(proposal.name):
+        # A veto or annotate rule also sees the text folded (`folded`): "kn\u200bife" and
+        # fullwidth "ｋｎｉｆｅ" are the knife a rule names, and folding may only add
+        # restrictions. An allow rule sees the text as sent: folding must not widen an allow.
+        fold = self.rule.verdict is not Verdict.ALLOW
+
+        def found(pattern: re.Pattern[str], raw: str) -> bool:
+            return pattern.search(raw) is not None or (
+                fold and pattern.search(folded(raw)) is not None)
+
+        if self.tool is not None and not found(self.tool, proposal.name):
             return False
-        if self.text is not None and not self.text.search(text):
+        if self.text is not None and not found(self.text, text):
             return False
         for key, pattern in self.arguments.items():
             if key not in proposal.arguments:
@@ -41,9 +51,20 @@ class CompiledRule:
                 raw = value
             else:
                 raw = json.dumps(value, sort_keys=True, default=str)
-            if not pattern.search(raw):
+            if not found(pattern, raw):
                 return False
         return True
+
+
+def folded(text: str) -> str:
+    """`text` as a rule reads it besides the text itself: NFKC-normalised (fullwidth and
+    compatibility forms to their plain letters) and without format characters (zero-width
+    spaces and joiners, soft hyphens, bidi controls), which split a word for a regular
+    expression but not for a reader."""
+    if text.isascii():
+        return text
+    return "".join(c for c in unicodedata.normalize("NFKC", text)
+                   if unicodedata.category(c) != "Cf")
 
 
 def compile_rules(rules: list[Rule]) -> list[CompiledRule]:

@@ -637,3 +637,33 @@ def test_reject_takes_any_frame_stamp(
                      frame_stamp=stamp)
     assert (d.verdict, d.status, d.frame_stamp) == (Verdict.VETO, Status.INVALID_INPUT, None)
     assert _audited(audit_path, d)
+
+
+# -- deterministic rules: obfuscated words still match a veto rule ----------------------------
+
+
+@pytest.mark.parametrize(
+    "description",
+    ["hand over the kn\u200bife",  # a zero-width space splits the word for the regex only
+     "hand over the ｋｎｉｆｅ",  # fullwidth letters
+     "hand over the kni\u00adfe"],  # a soft hyphen
+    ids=["zero-width-space", "fullwidth", "soft-hyphen"],
+)
+def test_a_veto_rule_is_not_dodged_by_invisible_or_fullwidth_characters(
+    config: GuardConfig, frame: Frame, description: str
+) -> None:
+    """The rule's regex missed the word, and the judge (answering ALLOW here) decided alone."""
+    rule = {"name": "no-knife", "match": {"text": "knife"}, "verdict": "veto"}
+    with _guard(config, **{"policy.rules": [rule]}) as g:
+        d = g.check(frame, {"name": "hand_over", "description": description})
+    assert (d.verdict, d.status, d.rules) == (Verdict.VETO, Status.OK, ["no-knife"])
+
+
+def test_folding_never_widens_an_allow_rule(config: GuardConfig, frame: Frame) -> None:
+    rule = {"name": "looking-is-fine", "match": {"tool": "^look$"}, "verdict": "allow"}
+    with Guard(config.with_overrides(**{"policy.rules": [rule]}),
+               backend=ScriptedBackend.answering("VETO")) as g:
+        plain = g.check(frame, {"name": "look"})
+        dodged = g.check(frame, {"name": "ｌｏｏｋ"})
+    assert plain.rules == ["looking-is-fine"] and plain.verdict is Verdict.ALLOW
+    assert dodged.rules == [] and dodged.verdict is Verdict.VETO  # the judge decided
