@@ -59,17 +59,27 @@ class GuardSFTCollator:
         builder: The guard's input builder for the model.
         max_length: Drop tokens beyond this many (None keeps all). Truncation never cuts
             image tokens in practice: they come first and the answers are short.
+        label_tokens: Keep only the first this many answer tokens (labels and inputs), so
+            the loss is on them alone (1: the verdict); None keeps the whole answer.
     """
 
     builder: QwenInputBuilder
     max_length: int | None = None
+    label_tokens: int | None = None
 
     def encode(self, example: dict[str, Any], completion: str) -> dict[str, torch.Tensor]:
         enc = self.builder.from_messages(clean_messages(example["prompt"]), _images_of(example),
                                          completion=completion)
-        if self.max_length is not None:
+        end = self.max_length
+        if self.label_tokens is not None:
+            answer = (enc["labels"][0] != IGNORE_INDEX).nonzero()
+            if len(answer):
+                first = int(answer[0])
+                end = first + self.label_tokens if end is None else min(
+                    end, first + self.label_tokens)
+        if end is not None:
             for key in ("input_ids", "attention_mask", "mm_token_type_ids", "labels"):
-                enc[key] = enc[key][:, : self.max_length]
+                enc[key] = enc[key][:, :end]
         return enc
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

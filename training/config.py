@@ -155,6 +155,11 @@ class DataSpec(_Strict):
             `projection_template`; the answer writes the consequence projection, then the
             verdict), so that one model answers in both modes.
         projection_template: The projection-first template.
+        answer_label_tokens: SFT only: supervise only the first N tokens of each answer (1:
+            the verdict of a verdict-first answer) and cut the sequence there; None (the
+            default) supervises the whole answer. The verdict is one token of a ~40-token
+            answer: averaged with the rest, its gradient toward the image is too weak to leave
+            a constant-answer plateau (docs/experiment, "Why the knife rule stays at chance").
         unlabeled: CASPO only: extra prompts whose labels are dropped (scenes of the kind
             the guard will meet, with no one to label them). Their outcome reward is None, so
             their outcome advantage is zero and only the teacher's token reward trains on them:
@@ -170,6 +175,7 @@ class DataSpec(_Strict):
     constitution_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     projection_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     projection_template: str = "consequence_compact_projection"
+    answer_label_tokens: int | None = Field(default=None, ge=1)
 
     @field_validator("action_format")
     @classmethod
@@ -197,6 +203,13 @@ class RunConfig(_Strict):
     model: ModelSpec
     data: DataSpec
     trainer: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _answer_label_tokens_is_sft(self) -> RunConfig:
+        if self.data.answer_label_tokens is not None and self.method != "sft":
+            raise ValueError(f"data.answer_label_tokens is for sft (its labels); {self.method} "
+                             "does not read it")
+        return self
 
     @model_validator(mode="after")
     def _unlabeled_needs_a_teacher(self) -> RunConfig:

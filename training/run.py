@@ -168,7 +168,8 @@ def build(cfg: RunConfig, out: str | Path, *, reward_funcs: list[Any] | None = N
 
         from training.collators import GuardSFTCollator
 
-        collator = GuardSFTCollator(input_builder(processor, model.config), args.max_length)
+        collator = GuardSFTCollator(input_builder(processor, model.config), args.max_length,
+                                    cfg.data.answer_label_tokens)
         trainer = SFTTrainer(model=model, data_collator=collator, **common)
     elif cfg.method == "dpo":
         from trl import DPOTrainer

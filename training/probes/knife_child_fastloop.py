@@ -1,0 +1,170 @@
+"""Where does learning the knife-near-child rule stall? A tight training loop on the verdict
+token alone, fast enough for many steps on 2 cores.
+
+    python -m training.probes.knife_child_fastloop --init embedded --world default \
+        --steps 1500 [--freeze vision|lm] [--lr 1e-3] [--n-train 1536] [--out result.json]
+
+Examples are encoded once, exactly as the SFT collator encodes them (`GuardSFTCollator`), cut
+after the first answer token, with the loss on that token only (the verdict: VETO or ALLOW);
+then plain AdamW over random batches, no trainer, no re-encoding. So thousands of steps cost
+minutes, and every variant sees the same examples in the same order.
+
+- ``--init embedded`` starts from the model at ``--model`` (default: the embedded model; it
+  is only read), ``random`` from random weights of the same config (seed 0).
+- ``--world default``: knife scenes of the default world (look-alikes: an adult or a cat where
+  the child would be in 80% of safe scenes); ``easy``: no look-alike and no extra cat (a safe
+  scene holds the asking adult only).
+- ``--freeze vision`` trains the language model only (the merged image tokens stay what the
+  tower gives); ``--freeze lm`` trains the vision tower and merger only.
+
+Validation: 512 held-out knife items (world seed 77, `train` split, never a test seed),
+accuracy of argmax(VETO, ALLOW) at the verdict position, every ``--eval-every`` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+WORLDS: dict[str, dict[str, Any]] = {
+    "easy": {"rules": ("knife_child",), "presence_decoy_rate": 0.0, "extra_hazard_rate": 0.0},
+    "default": {"rules": ("knife_child",)},
+    "all": {},  # every default rule, knife scenes a quarter of them
+}
+
+
+def _encode(model: Any, processor: Any, items: list[Any],
+            max_length: int | None = None) -> list[dict[str, Any]]:
+    from guard.backends.qwen_inputs import IGNORE_INDEX
+    from training.collators import GuardSFTCollator
+    from training.data import sft_rows
+    from training.processor import input_builder
+
+    col = GuardSFTCollator(input_builder(processor, model.config))
+    out = []
+    for row in sft_rows(items, action_format="tool_call_v1"):
+        enc = col.encode(row, row["completion"])
+        first = int((enc["labels"][0] != IGNORE_INDEX).nonzero()[0])
+        end = first + 1 if max_length is None else max(max_length, first + 1)
+        for key in ("input_ids", "attention_mask", "mm_token_type_ids", "labels"):
+            enc[key] = enc[key][:, :end]
+        enc["verdict_at"] = first
+        enc["rule"] = row["target_rule"]
+        out.append(enc)
+    return out
+
+
+def _accuracy(model: Any, batch_fn: Any, data: list[dict[str, Any]], veto: int,
+              allow: int) -> dict[str, float]:
+    import torch
+
+    right: dict[str, list[int]] = {}
+    with torch.inference_mode():
+        for s in range(0, len(data), 64):
+            chunk = data[s:s + 64]
+            b = batch_fn(chunk)
+            labels = b.pop("labels")
+            logits = model(**b).logits
+            for i, e in enumerate(chunk):
+                pos = int(e["verdict_at"]) - 1  # the position that predicts the verdict
+                want = int(labels[i, pos + 1])
+                got = veto if logits[i, pos, veto] > logits[i, pos, allow] else allow
+                right.setdefault(str(e["rule"]), []).append(int(got == want))
+    every = [r for rs in right.values() for r in rs]
+    return {"all": round(sum(every) / len(every), 3),
+            **{k: round(sum(v) / len(v), 3) for k, v in sorted(right.items())}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from guard.world import WorldConfig
+    from training.collators import _batch
+    from training.data import world_items
+    from training.evaluate import load_for_eval
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="guard/models/hazardworld-small")
+    p.add_argument("--init", choices=("embedded", "random"), default="embedded")
+    p.add_argument("--world", choices=tuple(WORLDS), default="default")
+    p.add_argument("--freeze", choices=("vision", "lm"))
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--n-train", type=int, default=1536)
+    p.add_argument("--max-length", type=int,
+                   help="keep the answer up to this many tokens in all, as the SFT runs'"
+                        " max_length does (the loss then averages over those answer tokens);"
+                        " default: the verdict token only")
+    p.add_argument("--clip", type=float, help="clip the gradient norm (the HF Trainer: 1.0)")
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+
+    model, processor = load_for_eval(args.model)
+    if args.init == "random":
+        model = Qwen2_5_VLForConditionalGeneration._from_config(model.config)
+    tok = processor.tokenizer
+    veto, allow = (tok.encode(w, add_special_tokens=False)[0] for w in ("VETO", "ALLOW"))
+    cfg = WorldConfig(**WORLDS[args.world])
+    t0 = time.time()
+    train = _encode(model, processor, world_items(
+        "train", args.n_train, seed=0, start=300_000, config=cfg,
+        bare_phrase_rate=0.15, unnamed_tool_rate=0.15), args.max_length)
+    val = _encode(model, processor, world_items("train", 512, seed=77, config=cfg))
+    pad = tok.pad_token_id
+
+    def batch_fn(chunk: list[dict[str, Any]]) -> dict[str, Any]:
+        return _batch(chunk, pad)
+
+    inner = model.model
+    frozen = {"vision": inner.visual, "lm": inner.language_model}.get(args.freeze or "")
+    if frozen is not None:
+        for prm in frozen.parameters():
+            prm.requires_grad_(False)
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=args.lr,
+                            weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+    rng = random.Random(0)
+    log: list[dict[str, Any]] = [{"step": 0, "val_acc": _accuracy(
+        model.eval(), batch_fn, val, veto, allow)}]
+    print(json.dumps(log[-1]), flush=True)
+    model.train()
+    losses: list[float] = []
+    t1 = time.time()
+    for step in range(1, args.steps + 1):
+        b = batch_fn(rng.sample(train, args.batch))
+        loss = model(**b).loss
+        loss.backward()
+        if args.clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if step % args.eval_every == 0 or step == args.steps:
+            entry = {"step": step, "train_loss": round(sum(losses) / len(losses), 4),
+                     "val_acc": _accuracy(model.eval(), batch_fn, val, veto, allow),
+                     "s": round(time.time() - t1, 1)}
+            model.train()
+            losses = []
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+    res = {"init": args.init, "world": args.world, "freeze": args.freeze, "lr": args.lr,
+           "max_length": args.max_length, "clip": args.clip,
+           "batch": args.batch, "n_train": args.n_train, "encode_s": round(t1 - t0, 1),
+           "log": log}
+    if args.out:
+        args.out.write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
