@@ -30,10 +30,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from guard.errors import UsageError
+from guard.errors import InvalidInputError, UsageError
 from guard.imaging import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_INPUT_PIXELS
 from guard.types import Frame
-from guard.wire import header_stamp_ns, ns_to_seconds, ros_compressed_to_rgb, ros_image_to_rgb
+from guard.wire import (
+    InvalidStamp,
+    header_stamp_ns,
+    ns_to_seconds,
+    ros_compressed_to_rgb,
+    ros_image_to_rgb,
+)
 
 FrameResult = Frame | Sequence[Frame] | None
 FrameSource = Callable[[], FrameResult] | Callable[[], Awaitable[FrameResult]]
@@ -369,7 +375,10 @@ class RosImageTopic:
         msg, received = latest
         stamp = received
         if self.stamp_mode == "header":
-            header = ns_to_seconds(header_stamp_ns(getattr(msg, "header", None)))
+            try:
+                header = ns_to_seconds(header_stamp_ns(getattr(msg, "header", None)))
+            except InvalidStamp as exc:  # never aged as some other, fresher time
+                raise InvalidInputError(f"{self.topic}: {exc}") from None
             stamp = received if header is None else header
         convert = ros_compressed_to_rgb if self.compressed else ros_image_to_rgb
         return Frame(image=convert(msg, source=self.topic), stamp=stamp, source=self.topic)

@@ -268,3 +268,30 @@ def test_a_missing_decompressor_names_the_replay_extra(
     monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(MissingExtraError, match=r"embodied-guard\[replay\]"):
         _decompress(compression, b"\x00" * 16, 16)
+
+
+def test_a_frame_whose_header_stamp_is_not_a_ros_time_is_aged_in_bag_time(config, tmp_path):
+    """nanosec 3e9 (rclpy and the bag readers do not enforce the range) read as time would put
+    the frame 3 s later than it is; replay keeps bag time for it and says why."""
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    types = store.types
+    bad = types["sensor_msgs/msg/Image"](
+        header=types["std_msgs/msg/Header"](
+            stamp=types["builtin_interfaces/msg/Time"](sec=int(T0), nanosec=3_000_000_000),
+            frame_id="camera"),
+        height=2, width=2, encoding="rgb8", is_bigendian=0, step=6,
+        data=np.full(12, 90, np.uint8))
+    raw = store.serialize_cdr(bad, "sensor_msgs/msg/Image")
+    items: list[BagFrame | BagProposal | BagRaw] = [
+        BagRaw(T0, "/camera/image_raw", "sensor_msgs/msg/Image", raw),
+        BagProposal(T0 + 0.1, {"id": "p", "name": "move"}),
+    ]
+    bag = write_bag(tmp_path / "stamp.mcap", items, bare=True)
+    with Guard(config, backend=ScriptedBackend()) as guard:
+        replay(bag, tmp_path / "out", guard=guard, progress=False)
+    decisions, summary = outputs(tmp_path / "out")
+    assert [d["status"] for d in decisions] == ["ok"]
+    assert decisions[0]["frame_stamp"] == pytest.approx(T0)  # bag time, not T0 + 3 s
+    assert any("not a valid ROS time" in n and "bag time" in n for n in summary["notes"])

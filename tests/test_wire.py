@@ -13,6 +13,7 @@ import random
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from guard.errors import InvalidInputError
 from guard.types import ActionProposal
 from guard.wire import (
     SUPPORTED_ENCODINGS,
+    InvalidStamp,
     ProposalError,
     header_stamp_ns,
     ns_to_seconds,
@@ -399,3 +401,42 @@ def test_tool_calls_and_in_process_calls_give_the_same_proposal() -> None:
         {"name": "x", "arguments": "[" * 100_000}).error or "")
     with pytest.raises(ValueError, match="the tool name is empty"):
         proposal_from_call(" ", {})
+
+
+@pytest.mark.parametrize(("sec", "nanosec"), [
+    (5, 3_000_000_000),  # would read as 8 s: a frame 3 s fresher than it is
+    (5, 1_000_000_000),
+    (-1, 0),
+    (5, -1),
+    (5.5, 0),
+    ("5", 0),
+    (None, 0),
+])
+def test_a_stamp_that_is_not_a_ros_time_is_refused(sec: Any, nanosec: Any) -> None:
+    with pytest.raises(InvalidStamp):
+        time_to_ns(types.SimpleNamespace(sec=sec, nanosec=nanosec))
+    with pytest.raises(InvalidStamp):
+        header_stamp_ns(types.SimpleNamespace(
+            stamp=types.SimpleNamespace(sec=sec, nanosec=nanosec)))
+
+
+def test_numpy_integer_stamp_fields_are_times() -> None:
+    stamp = types.SimpleNamespace(sec=np.int32(5), nanosec=np.uint32(7))
+    assert time_to_ns(stamp) == 5_000_000_007
+
+
+def test_the_ros_camera_source_refuses_a_frame_whose_stamp_is_not_a_ros_time() -> None:
+    """The middleware's ROS camera source ages frames by their header (stamp_mode "header"):
+    sec 5 with nanosec 3e9 would have read as 8 s. Built without a ROS graph: only the
+    conversion of the newest message is exercised."""
+    import threading
+
+    source = frames.RosImageTopic.__new__(frames.RosImageTopic)
+    source._lock = threading.Lock()
+    source.stamp_mode, source.compressed, source.topic = "header", False, "/camera/image_raw"
+    stamp = types.SimpleNamespace(sec=1_700_000_000, nanosec=3_000_000_000)
+    msg = types.SimpleNamespace(header=types.SimpleNamespace(stamp=stamp), height=1, width=1,
+                                encoding="rgb8", is_bigendian=0, step=3, data=bytes(3))
+    source._latest = (msg, 1_700_000_000.0)
+    with pytest.raises(InvalidInputError, match="not a valid ROS time"):
+        source()

@@ -36,6 +36,7 @@ from guard.replay.episode import (
     placeholder,
 )
 from guard.wire import (
+    InvalidStamp,
     header_stamp_ns,
     ns_to_seconds,
     ros_compressed_to_rgb,
@@ -137,6 +138,7 @@ class BagEpisode(Episode):
         self._scan_files: list[Path] = []
         self._stores: dict[str, Any] = {}
         self._skew_noted = False
+        self._bad_stamp_noted = False
         self._n_proposals = 0
         mcaps = (
             [path] if path.suffix.lower() == ".mcap"
@@ -311,7 +313,13 @@ class BagEpisode(Episode):
             error = f"{topic}: {msgtype} does not deserialize ({type(exc).__name__}: {exc})"
             self.add_damage(UNREADABLE_MESSAGE, error, topic, t_ns)
             return FrameEvent(t_ns, topic, t, None, error, reported=True)
-        header_ns = header_stamp_ns(getattr(msg, "header", None))
+        try:
+            header_ns = header_stamp_ns(getattr(msg, "header", None))
+        except InvalidStamp as exc:  # ages use bag time, as for a stamp far from it
+            header_ns = None
+            if not self._bad_stamp_noted:
+                self._bad_stamp_noted = True
+                self.notes.append(f"{topic}: {exc}; frame ages use bag time")
         stamp = ns_to_seconds(header_ns)
         if stamp is None or abs(stamp - t) > MAX_STAMP_SKEW_S:
             if stamp is not None and not self._skew_noted:

@@ -33,6 +33,7 @@ from guard.wire.proposals import (
     proposal_from_tool_call,
 )
 from guard.wire.stamps import (
+    InvalidStamp,
     header_stamp_ns,
     ns_to_seconds,
     ns_to_time,
@@ -42,6 +43,7 @@ from guard.wire.stamps import (
 
 __all__ = [
     "SUPPORTED_ENCODINGS",
+    "InvalidStamp",
     "ProposalError",
     "ToolCall",
     "header_stamp_ns",

@@ -59,31 +59,18 @@ from typing import Any
 from guard.freshness import frame_freshness, Freshness
 from guard.types import Decision, Frame, Status
 from guard.wire import ns_to_seconds, ros_message_to_rgb, seconds_to_ns
-from guard.wire.stamps import NS_PER_S
-
-
-class InvalidStamp(ValueError):
-    """A header stamp that is not a valid `builtin_interfaces/Time` (the reason in words)."""
+from guard.wire.stamps import header_stamp_ns, InvalidStamp
 
 
 def header_stamp(header: Any) -> int | None:
     """The integer nanoseconds of a `std_msgs/Header` stamp; None when it is zero (not given).
 
+    The wire layer's rule, shared with replay and the middleware's ROS camera source.
+
     Raises:
-        InvalidStamp: nanosec at or above 1e9 (the message's own range, which rclpy does not
-            enforce: sec 5 and nanosec 3e9 would otherwise read as 8 s), or negative seconds
-            (rclpy and rclcpp refuse negative times, so no ROS clock reads one).
+        InvalidStamp: not a valid ROS time (nanosec at or above 1e9, negative seconds).
     """
-    stamp = getattr(header, 'stamp', None)
-    if stamp is None:
-        return None
-    sec, nanosec = int(getattr(stamp, 'sec', 0)), int(getattr(stamp, 'nanosec', 0))
-    if sec < 0 or not 0 <= nanosec < NS_PER_S:
-        raise InvalidStamp(
-            f'header stamp (sec {sec}, nanosec {nanosec}) is not a valid ROS time: nanosec '
-            'must be below 1e9 and sec not negative')
-    ns = sec * NS_PER_S + nanosec
-    return ns or None
+    return header_stamp_ns(header)
 
 
 class CameraFrame:
