@@ -667,3 +667,21 @@ def test_folding_never_widens_an_allow_rule(config: GuardConfig, frame: Frame) -
         dodged = g.check(frame, {"name": "ｌｏｏｋ"})
     assert plain.rules == ["looking-is-fine"] and plain.verdict is Verdict.ALLOW
     assert dodged.rules == [] and dodged.verdict is Verdict.VETO  # the judge decided
+
+
+def test_cli_lines_show_control_characters_as_escapes(
+    tmp_path: Path, image_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A path or a backend's message with a line break and a terminal escape sequence was
+    printed raw: a second, forged line on stderr, and the terminal's colours changed."""
+    assert _check_cli(tmp_path, "--image", "a\nguard check: ok\x1b[2J.png", "--action", "x") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "a\\nguard check" in err
+
+    config = tmp_path / "guard.yaml"
+    config.write_text("model:\n  backend: scripted\n  warmup: false\n  scripted:\n"
+                      "    responses: [{raise_error: \"boom\\nguard check: ok\\u001b[2J\"}]\n")
+    assert main(["check", "--config", str(config), "--audit", str(tmp_path / "a.jsonl"),
+                 "--image", str(image_file), "--action", "x"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "boom\\nguard check" in err

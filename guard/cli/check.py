@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -77,7 +78,7 @@ def load_judge_config(args: argparse.Namespace, **extra: object) -> GuardConfig:
     from guard.errors import ConfigError, UsageError
 
     if args.config is not None and not Path(args.config).is_file():
-        raise UsageError(f"--config {args.config}: file not found")
+        raise UsageError(f"--config {shown(args.config)}: file not found")
     config = load_config(args.config)
     overrides = {
         "model.id": args.model,
@@ -95,6 +96,16 @@ def load_judge_config(args: argparse.Namespace, **extra: object) -> GuardConfig:
         # A flag the config cannot take (an unknown --backend, --adapter for a backend
         # without adapters) is a usage error, exit 2, not a config file that does not validate.
         raise UsageError(str(exc)) from None
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def shown(text: str) -> str:
+    """`text` (a path, an error naming what a user gave) for one line of a terminal: control
+    characters, line breaks and escape sequences written as escapes, lone surrogates too."""
+    safe = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], safe)
 
 
 def first_line(exc: BaseException) -> str:
@@ -122,7 +133,8 @@ def _emit(decision: Decision) -> int:
 
     print(decision.model_dump_json())
     if decision.status is not Status.OK:
-        print(f"guard check: {decision.status.value}: {decision.error}", file=sys.stderr)
+        print(f"guard check: {decision.status.value}: {shown(str(decision.error))}",
+              file=sys.stderr)
     return 3 if decision.verdict is Verdict.VETO else 0
 
 
@@ -165,9 +177,9 @@ def run(args: argparse.Namespace) -> int:
 
     for path in args.image:
         if not Path(path).exists():
-            raise UsageError(f"--image {path}: file not found")
+            raise UsageError(f"--image {shown(path)}: file not found")
         if not Path(path).is_file():
-            raise UsageError(f"--image {path}: not a regular file")
+            raise UsageError(f"--image {shown(path)}: not a regular file")
     if args.action == "-":
         args.action = _read_action(sys.stdin.buffer)
     arguments: object = {}
