@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from guard.errors import ConfigError
+from guard.imaging import DEFAULT_MAX_INPUT_PIXELS
 from guard.types import Verdict
 
 
@@ -116,7 +117,9 @@ class ImageConfig(_Strict):
 
     # The pixel budget: the guard's area bounds; a local model folder's processor bounds
     # apply where tighter.
-    max_pixels: int = Field(default=401_408, ge=784)
+    # At most what a frame may hold on arrival: min_pixels up to it once made every frame
+    # 10^10 pixels on its way to the judge (30 GB, a MemoryError or the OOM killer).
+    max_pixels: int = Field(default=401_408, ge=784, le=DEFAULT_MAX_INPUT_PIXELS)
     min_pixels: int = Field(default=3_136, ge=1)
     # Side multiple of a judge that cannot report its own grid (a remote server whose model
     # folder is not readable here): a number, or a family name from GRID_FACTORS.

@@ -685,3 +685,12 @@ def test_cli_lines_show_control_characters_as_escapes(
                  "--image", str(image_file), "--action", "x"]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "\x1b" not in err and "boom\\nguard check" in err
+
+
+def test_a_pixel_budget_beyond_any_input_is_a_config_error(tmp_path: Path) -> None:
+    """max_pixels had no upper bound: with min_pixels as large, a backend with a grid enlarged
+    every frame to 10^10 pixels (30 GB: a MemoryError, or the OOM killer without a limit)."""
+    path = tmp_path / "guard.yaml"
+    path.write_text("image:\n  max_pixels: 10000000000\n  min_pixels: 10000000000\n")
+    with pytest.raises(ConfigError, match=r"image\.max_pixels = "):
+        load_config(path)
