@@ -694,3 +694,16 @@ def test_a_pixel_budget_beyond_any_input_is_a_config_error(tmp_path: Path) -> No
     path.write_text("image:\n  max_pixels: 10000000000\n  min_pixels: 10000000000\n")
     with pytest.raises(ConfigError, match=r"image\.max_pixels = "):
         load_config(path)
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe", b'user: "{action}"\nname: ' + b"[" * 50_000],
+                         ids=["not-utf8", "deep-nesting"])
+def test_a_template_python_cannot_read_is_a_config_error(tmp_path: Path, body: bytes) -> None:
+    """UnicodeDecodeError and RecursionError came out of load_template, and `guard check`
+    called them 'model did not load'."""
+    from guard.prompting import load_template
+
+    path = tmp_path / "mine.yaml"
+    path.write_bytes(body)
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_template(str(path))

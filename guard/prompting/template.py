@@ -110,8 +110,11 @@ def load_template(name_or_path: str) -> PromptTemplate:
         )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply to read") from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: bad UTF-8, a 5000-digit int
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: not valid YAML: {first}") from None
     if not isinstance(data, dict) or not isinstance(data.get("user"), str):
         raise ConfigError(f"{path}: a template needs a 'user' string (and optionally 'system')")
     if "{action}" not in data["user"]:
