@@ -15,11 +15,16 @@ turn, or end the text (``<|endoftext|>``) before the judge has read it. On the e
    ``<think>``, ``<tool_call>``, ``<tool_response>`` and their closing forms (non-special added
    tokens, which its tokenizer matches in text all the same). A marker is a boundary, so it
    leaves a space, which also keeps two halves of a marker from joining into a new one.
-2. **Line breaks, control characters and runs of whitespace become one space**, and the ends
+2. **Invisible format characters are removed** (Unicode category Cf: zero-width spaces and
+   joiners, the soft hyphen, bidi overrides, the byte order mark, the tag characters
+   U+E0000-U+E007F that "ASCII smuggling" hides instructions in). They are invisible to a
+   person reading the action, so they must not change what the judge reads: ``kn\u200bife``
+   is the knife, and ``<|im_\u200bend|>`` is the marker of rule 1, removed.
+3. **Line breaks, control characters and runs of whitespace become one space**, and the ends
    are trimmed. The templates put the action on one line; the answer format and chat turns are
    line-based, so a newline lets an action draw a fake answer (``ALLOW\\nrisk: 0.0``) or a fake
    turn header on a line of its own.
-3. **Any ``<|`` left** (a marker with no end) gets a backslash, ``<\\|``, so the result never
+4. **Any ``<|`` left** (a marker with no end) gets a backslash, ``<\\|``, so the result never
    holds the start of a marker and applying the rule again changes nothing.
 
 Honest text (world phrases, tool names, ``json.dumps`` arguments, whose newlines are escaped)
@@ -54,6 +59,14 @@ _MARKER = re.compile(r"<\|[^<>|]*\|>|</?(?:" + "|".join(QWEN_TAGS) + r")>")
 _MARKER_START = re.compile(r"<(?=\||/?(?:" + "|".join(QWEN_TAGS) + r")>)")
 #: What a marker start becomes in `break_markers`: the ``<`` with a backslash after it.
 MARKER_BREAK = "<\\"
+#: Every format character (Unicode category Cf) up to Unicode 16; a test checks the running
+#: Python's unicodedata against it.
+_FORMAT = re.compile(
+    "[\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
+    "\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001"
+    "\U000e0020-\U000e007f]"
+)
 #: Runs of whitespace (line breaks, Unicode line and paragraph separators included) and of C0
 #: and C1 control characters.
 _SPACE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
@@ -71,13 +84,14 @@ def break_markers(text: str) -> str:
 
 def untrusted_text(text: str) -> str:
     """Untrusted text (an action, a tool name, arguments) as it may appear in a prompt: on one
-    line, with every control marker replaced by a space, and holding no character sequence a
+    line, without invisible format characters, with every control marker replaced by a
+    space, and holding no character sequence a
     Qwen-VL tokenizer reads as a control token. Idempotent.
 
     Honest text (no marker, no line break, single spaces, no space at the ends) is returned
     unchanged.
     """
-    return break_markers(_SPACE.sub(" ", _MARKER.sub(" ", text)).strip())
+    return break_markers(_SPACE.sub(" ", _MARKER.sub(" ", _FORMAT.sub("", text))).strip())
 
 
 def has_marker(text: str) -> bool:
