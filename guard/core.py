@@ -38,7 +38,15 @@ from guard.config import AuditConfig, GuardConfig, PolicyConfig
 from guard.errors import BackendError, BackendTimeout, ConfigError, GuardError, InvalidInputError
 from guard.freshness import frame_freshness
 from guard.imaging import check_array, resize_for_judge
-from guard.policy import RuleOutcome, compile_rules, decide, evaluate_rules, failure_verdict
+from guard.policy import (
+    RuleOutcome,
+    RulesProgress,
+    RulesUnfinished,
+    compile_rules,
+    decide,
+    evaluate_rules,
+    failure_verdict,
+)
 from guard.prompting import (
     DEFAULT_ANSWER_MODE,
     ParseError,
@@ -114,6 +122,10 @@ class Guard:
         self._executor = cf.ThreadPoolExecutor(
             max_workers=self.config.policy.max_inflight, thread_name_prefix="guard-judge"
         )
+        # The rules' own workers: a busy judge never delays an allow or veto rule.
+        self._rules_executor = cf.ThreadPoolExecutor(
+            max_workers=self.config.policy.max_inflight, thread_name_prefix="guard-rules"
+        )
         self._lock = threading.Lock()
         self._rationale_callbacks: list[RationaleCallback] = []
         self._rationales_pending = 0
@@ -126,6 +138,7 @@ class Guard:
                 self.warmup()
         except BaseException:
             self._executor.shutdown(wait=False)
+            self._rules_executor.shutdown(wait=False)
             self.audit.close()
             raise
 
@@ -291,7 +304,11 @@ class Guard:
                     raise InvalidInputError(row.refusal)
                 row.limit_ms = self._deadline_ms(row.item.deadline_ms)
                 row.deadline = row.t0 + row.limit_ms / 1000.0
-                action, rules = self._head(row.item.proposal, row.trace)
+                try:
+                    action, rules = self._head(row.item.proposal, row.trace, row.deadline)
+                except RulesUnfinished:
+                    row.decision = self._rules_unfinished(row.limit_ms, row.trace)
+                    continue
                 if rules.skips_model:
                     row.decision = self._by_rules(rules)
                     continue
@@ -466,6 +483,7 @@ class Guard:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._rules_executor.shutdown(wait=False, cancel_futures=True)
         try:
             self.backend.close()
         finally:
@@ -479,9 +497,17 @@ class Guard:
 
     # -- the check -----------------------------------------------------------------------
 
-    def _head(self, proposal: ProposalArg, trace: _Trace) -> tuple[str, RuleOutcome]:
-        """Validate the proposal, render its action text, evaluate the rules (in the caller's
-        thread: no frame, no model)."""
+    def _head(self, proposal: ProposalArg, trace: _Trace, deadline: float
+              ) -> tuple[str, RuleOutcome]:
+        """Validate the proposal, render its action text, evaluate the rules (no frame, no
+        model; on a worker of their own, waited for until `deadline`, so a pattern that
+        backtracks badly on this text cannot hold the caller).
+
+        Raises:
+            InvalidInputError: the proposal or its action text is refused.
+            RulesUnfinished: the rules did not all answer by `deadline` (`trace.rules` then
+                holds the worst they could have decided).
+        """
         policy = self.config.policy
         trace.proposal = _as_proposal(proposal)
         action = trace.proposal.as_text(self.action_format)
@@ -494,8 +520,37 @@ class Guard:
                 f"action text is {len(action)} characters, over max_action_chars "
                 f"({policy.max_action_chars})"
             )
-        trace.rules = rules = evaluate_rules(self._rules, trace.proposal, action)
+        try:
+            trace.rules = rules = self._evaluate_rules(trace.proposal, action, deadline)
+        except RulesUnfinished as exc:
+            trace.rules = exc.outcome
+            raise
         return action, rules
+
+    def _evaluate_rules(self, proposal: ActionProposal, action: str, deadline: float
+                        ) -> RuleOutcome:
+        if not self._rules:  # nothing that could take long: no thread hop
+            return evaluate_rules(self._rules, proposal, action)
+        progress = RulesProgress(self._rules)
+        # The patterns stop themselves at the deadline too, but in CPU time (`regex`): the
+        # caller waits on the wall clock.
+        future = self._rules_executor.submit(
+            evaluate_rules, self._rules, proposal, action, deadline=deadline, progress=progress
+        )
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except cf.TimeoutError:
+            future.cancel()
+            raise progress.unfinished() from None
+
+    def _rules_unfinished(self, limit_ms: float, trace: _Trace) -> Decision:
+        """The timeout of a check whose rules did not all answer in time: vetoed or annotated
+        by every rule that could still have matched, even under `on_failure: allow`."""
+        return self._failed(
+            Status.TIMEOUT,
+            f"no answer within deadline_ms ({limit_ms:g}; still evaluating policy rules)",
+            trace.rules,
+        )
 
     def _check(
         self,
@@ -506,7 +561,10 @@ class Guard:
         limit_ms: float,
         trace: _Trace,
     ) -> Decision:
-        action, rules = self._head(proposal, trace)
+        try:
+            action, rules = self._head(proposal, trace, deadline)
+        except RulesUnfinished:
+            return self._rules_unfinished(limit_ms, trace)
         if rules.skips_model:
             return self._by_rules(rules)
         if not callable(frames):

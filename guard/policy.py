@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-import re
+import time
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Any
+
+# `regex`, not `re`: a pattern that backtracks badly on some action text (`(a|aa)+$`) must
+# not hold a check past its deadline. `re` cannot be stopped and holds the GIL while it runs,
+# so even waiting for it on another thread cannot end on time; `regex` releases the GIL
+# (concurrent=True) and takes a timeout. Its default syntax (VERSION0) is `re`'s.
+import regex
 
 from guard.config import PolicyConfig, Rule
 from guard.errors import ConfigError
@@ -25,19 +32,36 @@ NOMINAL_RISK = {Verdict.ALLOW: 0.0, Verdict.ANNOTATE: 0.5, Verdict.VETO: 1.0}
 @dataclass(frozen=True)
 class CompiledRule:
     rule: Rule
-    tool: re.Pattern[str] | None
-    text: re.Pattern[str] | None
-    arguments: dict[str, re.Pattern[str]]
+    tool: Any  # regex.Pattern (the `regex` module ships no type annotations)
+    text: Any
+    arguments: dict[str, Any]
 
-    def matches(self, proposal: ActionProposal, text: str) -> bool:
+    def matches(self, proposal: ActionProposal, text: str, deadline: float | None = None
+                ) -> bool:
+        """Whether the rule matches; `deadline` is a `time.monotonic()` instant.
+
+        Raises:
+            RulesUnfinished: the deadline passed before every pattern had answered (the
+                caller names the rules; this one only says it did not finish).
+        """
         # A veto or annotate rule also sees the text folded (`folded`): "kn\u200bife" and
         # fullwidth "ｋｎｉｆｅ" are the knife a rule names, and folding may only add
         # restrictions. An allow rule sees the text as sent: folding must not widen an allow.
         fold = self.rule.verdict is not Verdict.ALLOW
 
-        def found(pattern: re.Pattern[str], raw: str) -> bool:
-            return pattern.search(raw) is not None or (
-                fold and pattern.search(folded(raw)) is not None)
+        def search(pattern: Any, raw: str) -> bool:
+            timeout = None
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    raise RulesUnfinished([], [])
+            try:
+                return pattern.search(raw, timeout=timeout, concurrent=True) is not None
+            except TimeoutError:
+                raise RulesUnfinished([], []) from None
+
+        def found(pattern: Any, raw: str) -> bool:
+            return search(pattern, raw) or (fold and search(pattern, folded(raw)))
 
         if self.tool is not None and not found(self.tool, proposal.name):
             return False
@@ -70,12 +94,12 @@ def folded(text: str) -> str:
 def compile_rules(rules: list[Rule]) -> list[CompiledRule]:
     """Compile every rule's patterns; a bad pattern is a ConfigError naming the rule."""
 
-    def rx(pattern: str | None, where: str) -> re.Pattern[str] | None:
+    def rx(pattern: str | None, where: str) -> Any:
         if pattern is None:
             return None
         try:
-            return re.compile(pattern, re.IGNORECASE)
-        except re.error as exc:
+            return regex.compile(pattern, regex.IGNORECASE | regex.VERSION0)
+        except regex.error as exc:
             raise ConfigError(
                 f"{where} = {pattern!r}: not a valid regular expression ({exc})"
             ) from None
@@ -112,13 +136,66 @@ class RuleOutcome:
         return self.verdict in (Verdict.VETO, Verdict.ALLOW)
 
 
+class RulesUnfinished(Exception):
+    """The deadline passed before every rule had been evaluated (a pattern that backtracks
+    badly on this text, or no time left)."""
+
+    def __init__(self, matched: list[Rule], unknown: list[Rule]) -> None:
+        super().__init__("the policy rules did not finish before the deadline")
+        self.matched, self.unknown = matched, unknown
+
+    @property
+    def outcome(self) -> RuleOutcome:
+        """The worst the rules could have decided: those that matched, and every veto or
+        annotate rule not known not to match taken as matching (an allow rule never adds a
+        restriction). `matched` names only the rules that did match."""
+        verdicts = [r.verdict for r in self.matched]
+        verdicts += [r.verdict for r in self.unknown if r.verdict is not Verdict.ALLOW]
+        if not verdicts:
+            return RuleOutcome(matched=list(self.matched))
+        return RuleOutcome(verdict=Verdict.most_restrictive(*verdicts),
+                           matched=list(self.matched))
+
+
+@dataclass
+class RulesProgress:
+    """How far an evaluation of the rules got: read by a caller that stopped waiting for it."""
+
+    rules: list[CompiledRule]
+    matched: list[Rule] = field(default_factory=list)
+    done: int = 0  # rules evaluated so far
+
+    def unfinished(self) -> RulesUnfinished:
+        return RulesUnfinished(list(self.matched), [c.rule for c in self.rules[self.done:]])
+
+
 def evaluate_rules(
-    rules: list[CompiledRule], proposal: ActionProposal, text: str | None = None
+    rules: list[CompiledRule], proposal: ActionProposal, text: str | None = None,
+    *, deadline: float | None = None, progress: RulesProgress | None = None,
 ) -> RuleOutcome:
     """The rules that match `proposal`; `text` is its action text as the judge reads it
-    (default: the default rendering)."""
+    (default: the default rendering).
+
+    Args:
+        deadline: The `time.monotonic()` instant after which no pattern may go on (None: no
+            limit). `regex` measures it in the process's CPU time: a caller that needs the
+            wall-clock instant runs this on another thread and waits until then.
+        progress: Kept up to date as the rules are evaluated.
+
+    Raises:
+        RulesUnfinished: the deadline passed first; it holds what was known by then.
+    """
     text = proposal.as_text() if text is None else text
-    matched = [c.rule for c in rules if c.matches(proposal, text)]
+    progress = RulesProgress(rules) if progress is None else progress
+    for c in rules:
+        try:
+            hit = c.matches(proposal, text, deadline)
+        except RulesUnfinished:
+            raise progress.unfinished() from None
+        if hit:
+            progress.matched.append(c.rule)
+        progress.done += 1
+    matched = list(progress.matched)
     if not matched:
         return RuleOutcome()
     return RuleOutcome(

@@ -669,6 +669,53 @@ def test_folding_never_widens_an_allow_rule(config: GuardConfig, frame: Frame) -
     assert dodged.rules == [] and dodged.verdict is Verdict.VETO  # the judge decided
 
 
+# A rule's pattern that backtracks badly on the action text: `(a|aa)+z` takes seconds on 32
+# a's (with `re`: 1.5 s here; `(\w+\s?)+$` took 4.5 s on 25 characters), and ran in the
+# caller's thread before the deadline was looked at, so the caller got its timeout veto late.
+SLOW_RULE = {"name": "slow", "match": {"text": "(a|aa)+z"}, "verdict": "veto"}
+SLOW_ACTION = {"name": "say", "description": "a" * 32}
+
+
+def test_a_rule_pattern_that_backtracks_stops_at_the_deadline(
+    config: GuardConfig, frame: Frame, audit_path: Path
+) -> None:
+    with _guard(config, **{"policy.rules": [SLOW_RULE]}) as g:
+        d = g.check(frame, SLOW_ACTION, deadline_ms=50)
+    assert (d.verdict, d.status, d.rules) == (Verdict.VETO, Status.TIMEOUT, [])
+    assert d.error is not None and "still evaluating policy rules" in d.error
+    assert _audited(audit_path, d)
+
+
+def test_rules_that_did_not_finish_veto_even_under_on_failure_allow(
+    config: GuardConfig, frame: Frame, audit_path: Path
+) -> None:
+    """A rule not known not to match is taken as matching: padding the action text until a
+    veto rule is too slow must not turn that rule into an allow."""
+    first = {"name": "say-is-fine", "match": {"tool": "^say$"}, "verdict": "allow"}
+    with _guard(config, **{"policy.rules": [first, SLOW_RULE],
+                           "policy.on_failure": "allow"}) as g:
+        d = g.check(frame, SLOW_ACTION, deadline_ms=50)
+        quick = g.check(frame, {"name": "say", "description": "hello"})
+    assert (d.verdict, d.status, d.rules) == (Verdict.VETO, Status.TIMEOUT, ["say-is-fine"])
+    assert _audited(audit_path, d)
+    assert (quick.verdict, quick.status, quick.rules) == (Verdict.ALLOW, Status.OK,
+                                                          ["say-is-fine"])
+
+
+def test_a_slow_rule_in_a_batch_is_that_items_timeout(
+    config: GuardConfig, frame: Frame, audit_path: Path
+) -> None:
+    """The batch path evaluated the rules of every item in the caller's thread too."""
+    with Guard(config.with_overrides(**{"policy.rules": [SLOW_RULE]}),
+               backend=_BatchingScripted.answering(ALLOW)) as g:
+        slow, good = g.check_batch([BatchItem(frame, SLOW_ACTION, deadline_ms=50),
+                                    BatchItem(frame, STOVE)])
+    assert (slow.verdict, slow.status) == (Verdict.VETO, Status.TIMEOUT)
+    assert "still evaluating policy rules" in (slow.error or "")
+    assert (good.verdict, good.status) == (Verdict.ALLOW, Status.OK)
+    assert _audited(audit_path, slow) and _audited(audit_path, good)
+
+
 def test_cli_lines_show_control_characters_as_escapes(
     tmp_path: Path, image_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,9 +1,12 @@
+import time
+
 import pytest
 
 from guard.config import PolicyConfig, Rule, RuleMatch
 from guard.errors import ConfigError
 from guard.policy import (
     RuleOutcome,
+    RulesUnfinished,
     answer_risk,
     compile_rules,
     decide,
@@ -91,6 +94,24 @@ def test_rules(proposal, verdict, names):
     assert out.verdict is verdict
     assert [r.name for r in out.matched] == names
     assert out.skips_model == (verdict in (Verdict.VETO, Verdict.ALLOW))
+
+
+def test_rules_stop_at_the_deadline_and_assume_the_worst_of_those_unknown():
+    """`(a|aa)+z` takes seconds on 32 a's; the deadline (already past here) stops it. The
+    rules not known not to match count as matching, except allow rules (no restriction)."""
+    rules = [
+        Rule(name="say", match=RuleMatch(tool="^say$"), verdict=Verdict.ALLOW),
+        Rule(name="slow", match=RuleMatch(text="(a|aa)+z"), verdict=Verdict.ANNOTATE),
+        Rule(name="later-allow", match=RuleMatch(tool="x"), verdict=Verdict.ALLOW),
+    ]
+    proposal = ActionProposal(name="say", description="a" * 32)
+    with pytest.raises(RulesUnfinished) as caught:
+        evaluate_rules(compile_rules(rules), proposal, deadline=time.monotonic() + 0.05)
+    out = caught.value.outcome
+    assert (out.verdict, [r.name for r in out.matched]) == (Verdict.ANNOTATE, ["say"])
+    # Without a deadline nothing changes: every rule answers.
+    quick = ActionProposal(name="say", description="hello")
+    assert evaluate_rules(compile_rules(rules), quick).verdict is Verdict.ALLOW
 
 
 def test_a_bad_rule_pattern_names_the_rule():
