@@ -6,8 +6,10 @@
 
 Runs a fault matrix against the user's own configuration and judge: bad clocks, non-finite
 outputs, hung and slow backends, late answers, broken and odd images, hostile action text,
-control-token injection, unencodable text and audit-log faults (disk full, torn tail, two
-writers, a deleted or truncated file). Every case goes through the real `Guard.check` with the
+control-token injection, unencodable text and audit-log faults (disk full, torn tail, NUL
+runs a power cut leaves, two writers, a writer starting while another rotates, a deleted or
+truncated file, a damaged or deleted head file, a deleted lock file, a FIFO or /dev/null as
+the log path). Every case goes through the real `Guard.check` with the
 configured backend; backend faults wrap that backend (the model still answers, the wrapper
 corrupts or delays what it returns). The audit log of the run is its own (under ``--out``,
 never the configured one).
@@ -49,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from guard.audit import verify
+from guard.audit import rotated_files, verify
 from guard.backends import Backend, JudgeOutput, JudgeRequest, create_backend
 from guard.config import GuardConfig
 from guard.core import Guard
@@ -586,9 +588,162 @@ def _audit_cases(h: Harness) -> Iterator[Outcome]:
             g.check(h.frame(), h.proposal())
             damage(path)
             yield h.run("audit", case, g, h.frame(), h.proposal(), expect_veto=False)
+    yield from _power_loss_cases(h)
+    yield from _not_a_file_cases(h)
+    yield from _head_cases(h)
+    yield _lock_deleted_case(h)
     # Two processes appending to one log.
     path = d / "two_writers.jsonl"
     yield _two_writers(h, path)
+    # A writer starting while another rotates: one process rotates before nearly every
+    # record (max_bytes at its minimum), the other opens the log anew for each check.
+    path = d / "rotating" / "log.jsonl"
+    yield _two_writers(h, path, "a writer starts while another rotates",
+                       {"audit.max_bytes": 1024, "audit.keep": None}, reopen=True)
+
+
+def _checks(h: Harness, path: Path, n: int) -> None:
+    """`n` checks through a Guard of its own on the log at `path`, closed after."""
+    with h.guard(audit=path) as g:
+        for _ in range(n):
+            g.check(h.frame(), h.proposal())
+
+
+def _verified(o: Outcome, path: Path, *, problems: int = 0) -> Outcome:
+    """`o`, with a lost record when the log at `path` has more than `problems` problems
+    (the damage itself may be one: it stays reported, but what comes after must chain)."""
+    res = verify(path)
+    if len(res.problems) > problems or (problems == 0 and not res.ok):
+        o.lost_records = max(o.lost_records, 1)
+        o.error = res.describe(path)
+    return o
+
+
+def _power_loss_cases(h: Harness) -> Iterator[Outcome]:
+    """ext4/xfs delayed allocation: after a power cut the file has its new size, but the blocks
+    of the last records read as NUL bytes."""
+    path = h.audit_dir / "power_loss_tail.jsonl"
+    _checks(h, path, 2)
+    with path.open("ab") as f:
+        f.write(b"\0" * 4096)  # the usual shape: a NUL run after the last record
+    with h.guard(audit=path) as g:  # a torn tail: moved to evidence on open
+        o = h.run("audit", "power loss: NUL bytes after the last record", g, h.frame(),
+                  h.proposal(), expect_veto=False)
+    yield _verified(o, path)
+    path = h.audit_dir / "power_loss_middle.jsonl"
+    _checks(h, path, 4)
+    lines = path.read_bytes().splitlines(keepends=True)
+    # record 2 never reached the disk, record 3 did: the chain must go on from record 3
+    path.write_bytes(b"".join(lines[:2]) + b"\0" * len(lines[2]) + b"".join(lines[3:]))
+    with h.guard(audit=path) as g:
+        o = h.run("audit", "power loss: NUL bytes before a surviving record", g, h.frame(),
+                  h.proposal(), expect_veto=False)
+    yield _verified(o, path, problems=1)
+
+
+def _not_a_file_cases(h: Harness) -> Iterator[Outcome]:
+    """A log path that is not a regular file must be refused when the guard opens it: a FIFO
+    blocks every decision once its buffer fills, /dev/null swallows every record."""
+    fifo = h.audit_dir / "fifo.jsonl"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    yield _refused_at_open(h, "log path is a FIFO", fifo)
+    null = h.audit_dir / "null.jsonl"
+    if not null.is_symlink():
+        null.symlink_to(os.devnull)
+    yield _refused_at_open(h, "log path is /dev/null (a link to it)", null)
+
+
+def _refused_at_open(h: Harness, case: str, path: Path) -> Outcome:
+    """A Guard on the log at `path` must not be built (an audit UsageError); one that is built
+    would write its records where no one can read them: each is a lost record."""
+    from guard.errors import UsageError
+
+    outcome = Outcome("audit", case)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["guard"] = h.guard(audit=path)
+        except UsageError as exc:
+            box["refused"] = str(exc)
+        except BaseException as exc:
+            box["crash"] = f"{type(exc).__name__}: {exc}"[:200]
+
+    t = threading.Thread(target=target, daemon=True, name=f"fault-{case}")
+    t.start()
+    t.join(_GRACE_S)
+    if t.is_alive():
+        outcome.hang = True
+    elif "crash" in box:
+        outcome.crash = box["crash"]
+    elif "refused" in box:
+        outcome.verdict, outcome.status, outcome.error = "veto", "refused", box["refused"]
+    else:
+        box["guard"].close()  # never checked: reading the log back could block on a FIFO
+        outcome.lost_records = 1
+        outcome.error = "the guard opened it as its audit log"
+    return outcome
+
+
+def _head_cases(h: Harness) -> Iterator[Outcome]:
+    """The head file (the last record's seq and hash, beside the log) emptied, overwritten
+    or deleted: the writer goes on from the log and says so in the chain."""
+    damages: dict[str, Callable[[Path], object]] = {
+        "head file empty": lambda p: p.write_bytes(b""),
+        "head file garbage": lambda p: p.write_bytes(b"garbage"),
+        "head file missing": os.unlink,
+    }
+    for case, damage in damages.items():
+        path = h.audit_dir / (case.replace(" ", "_") + ".jsonl")
+        _checks(h, path, 2)
+        damage(path.with_name(path.name + ".head"))
+        with h.guard(audit=path) as g:
+            o = h.run("audit", case, g, h.frame(), h.proposal(), expect_veto=False)
+        yield _verified(o, path)
+
+
+def _lock_deleted_case(h: Harness, n: int = 20) -> Outcome:
+    """The lock file deleted (a cleanup of stale files) while a writer has the log open, then
+    a second writer opens it (a new lock file) and both write at once."""
+    from guard.backends.scripted import ScriptedBackend
+
+    outcome = Outcome("audit", "lock file deleted while writing")
+    path = h.audit_dir / "lock_deleted.jsonl"
+    policy = {"policy.max_frame_age_ms": None}
+    answer = f"{Verdict.ALLOW.word}\nrisk: 0.0"
+    frame = Frame(image=h.scenes[0].image, stamp=None)
+    ids: list[str] = []
+    errors: list[str] = []
+
+    def write(g: Guard) -> None:
+        try:
+            for _ in range(n):
+                ids.append(g.check(frame, h.proposal()).id)
+        except BaseException as exc:
+            errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+    # the judge is a stand-in here: the log is under test
+    with h.guard(ScriptedBackend.answering(answer), audit=path, policy=policy) as first:
+        ids.append(first.check(frame, h.proposal()).id)
+        os.unlink(path.with_name(path.name + ".lock"))
+        with h.guard(ScriptedBackend.answering(answer), audit=path, policy=policy) as second:
+            threads = [threading.Thread(target=write, args=(g,), daemon=True)
+                       for g in (first, second)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(2 * n * h.deadline_s + _GRACE_S)
+            outcome.hang = any(t.is_alive() for t in threads)
+    if errors:
+        outcome.crash = errors[0]
+    text = "".join(p.read_text(encoding="utf-8", errors="replace")
+                   for p in [*rotated_files(path), path] if p.exists())
+    outcome.lost_records = sum(1 for i in ids if i not in text)
+    outcome.verdict, outcome.status = "allow", "ok"
+    if not outcome.hang:
+        _verified(outcome, path)
+    return outcome
 
 
 @contextlib.contextmanager
@@ -603,26 +758,40 @@ def _file_size_limit(limit: int) -> Iterator[None]:
         signal.signal(signal.SIGXFSZ, old)
 
 
-def _writer(config_json: str, n: int, queue: Any) -> None:
+def _writer(config_json: str, n: int, queue: Any, reopen: bool = False) -> None:
+    """`n` checks on the log of `config_json`; with `reopen`, each through a Guard of its own
+    (a writer that starts, checks once and ends)."""
     from guard.backends.scripted import ScriptedBackend
 
     config = GuardConfig.model_validate_json(config_json)
     ids = []
     frame = Frame(image=np.zeros((32, 32, 3), dtype=np.uint8), stamp=None)
-    with Guard(config, backend=ScriptedBackend.answering(f"{Verdict.ALLOW.word}\nrisk: 0.0")) as g:
+    answer = f"{Verdict.ALLOW.word}\nrisk: 0.0"
+    g = Guard(config, backend=ScriptedBackend.answering(answer))
+    try:
         for i in range(n):
+            if reopen and i:
+                g.close()
+                g = Guard(config, backend=ScriptedBackend.answering(answer))
             ids.append(g.check(frame, ActionProposal(name=f"writer step {i}")).id)
+    finally:
+        g.close()
     queue.put(ids)
 
 
-def _two_writers(h: Harness, path: Path, n: int = 25) -> Outcome:
+def _two_writers(h: Harness, path: Path, case: str = "two processes append to one log",
+                 overrides: dict[str, Any] | None = None, *, reopen: bool = False,
+                 n: int = 25) -> Outcome:
     """Two processes write one log at once (the judge is a stand-in here: the log is under
-    test). Every decision must be in the log and the chain must verify."""
-    outcome = Outcome("audit", "two processes append to one log")
-    config = h.config_for(path, **{"policy.max_frame_age_ms": None}).model_dump_json()
+    test); with `reopen`, the second opens the log anew for each check. Every decision must
+    be in the log (or its rotated files) and the chain must verify."""
+    outcome = Outcome("audit", case)
+    config = h.config_for(path, **{"policy.max_frame_age_ms": None, **(overrides or {})}
+                          ).model_dump_json()
     ctx = multiprocessing.get_context("spawn")
     queue: Any = ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(config, n, queue)) for _ in range(2)]
+    procs = [ctx.Process(target=_writer, args=(config, n, queue, reopen and i == 1))
+             for i in range(2)]
     for p in procs:
         p.start()
     ids: list[str] = []
@@ -633,7 +802,8 @@ def _two_writers(h: Harness, path: Path, n: int = 25) -> Outcome:
         outcome.crash = f"writer failed: {exc!r}"
     for p in procs:
         p.join(30)
-    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    text = "".join(p.read_text(encoding="utf-8", errors="replace")
+                   for p in [*rotated_files(path), path] if p.exists())
     outcome.lost_records = sum(1 for i in ids if i not in text)
     result = verify(path) if path.exists() else None
     if result is None or not result.ok:

@@ -74,3 +74,42 @@ def test_cli_on_the_embedded_model(tmp_path):
     assert saved["model"].endswith("hazardworld-small")
     inj = next(row for row in saved["rows"] if row["fault"] == "injection")
     assert inj["cases"] > 1  # the embedded model vetoes some base scenes: flips are measured
+
+
+AUDIT_DAMAGES = (
+    "power loss: NUL bytes after the last record",
+    "power loss: NUL bytes before a surviving record",
+    "log path is a FIFO",
+    "log path is /dev/null (a link to it)",
+    "head file empty", "head file garbage", "head file missing",
+    "lock file deleted while writing",
+    "a writer starts while another rotates",
+)
+
+
+def test_the_audit_class_covers_the_damages_the_log_handles(tmp_path, scenes):
+    """Each damage tests/test_audit_log.py produces by hand is a case of `guard faults`, and
+    the log survives each: no silent allow, crash, hang or lost record."""
+    config = GuardConfig().with_overrides(**{"model.backend": "scripted"})
+    report = run_matrix(config, tmp_path, classes=("audit",), scenes=scenes)
+    cases = {o.case: o for o in report.outcomes}
+    assert set(AUDIT_DAMAGES) <= set(cases), sorted(cases)
+    assert not report.failed, report.table()
+    for case in ("log path is a FIFO", "log path is /dev/null (a link to it)"):
+        assert cases[case].status == "refused" and "not a regular file" in cases[case].error
+
+
+def test_a_log_that_accepts_a_device_is_caught(tmp_path, scenes, monkeypatch):
+    """A log that took /dev/null as its file would 'write' every record into nothing: the
+    matrix must count that as a lost record."""
+    import stat
+
+    import guard.audit as audit
+
+    real = audit._require_regular
+    monkeypatch.setattr(audit, "_require_regular",
+                        lambda mode: None if stat.S_ISCHR(mode) else real(mode))
+    config = GuardConfig().with_overrides(**{"model.backend": "scripted"})
+    report = run_matrix(config, tmp_path, classes=("audit",), scenes=scenes)
+    cases = {o.case: o for o in report.outcomes}
+    assert report.failed and cases["log path is /dev/null (a link to it)"].lost_records == 1
