@@ -241,3 +241,41 @@ def test_truncated_jpeg_with_a_real_model_gives_one_stderr_line(tiny_model, tmp_
     d = json.loads(r.stdout)
     assert r.returncode == 3 and d["status"] == "invalid_input"
     assert_one_clear_line(r.stderr)
+
+
+def test_an_audit_log_that_does_not_open_is_named_as_such(scripted_config, tmp_path):
+    """A torn tail the log could not move to evidence (the evidence write hits a file-size
+    limit here, as on a full disk) was reported as 'model did not load'."""
+    import resource
+    import signal
+
+    cfg = scripted_config("ALLOW")
+    log = tmp_path / "audit.jsonl"
+    assert guard("check", "--image", EXAMPLE, "--action", "x", "--config", cfg).returncode == 0
+    with log.open("ab") as f:  # a writer that crashed mid-record
+        f.write(b'{"seq": 1, "kind": "decision", "x": "' + b"y" * 8192)
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+
+    r = subprocess.run(
+        [sys.executable, "-m", "guard.cli.main", "check", "--image", str(EXAMPLE),
+         "--action", "x", "--config", str(cfg)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, preexec_fn=limit,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    d = json.loads(r.stdout)
+    assert r.returncode == 3 and (d["verdict"], d["status"]) == ("veto", "error")
+    assert_one_clear_line(r.stderr)
+    assert "model did not load" not in r.stderr
+    assert f"audit log {log} did not open: the log ends in a torn record" in r.stderr
+
+
+def test_other_commands_errors_show_control_characters_as_escapes(tmp_path):
+    """`guard audit verify` printed the path of its not-found error raw: a line break and a
+    terminal escape sequence in it forged a second line on stderr and drove the terminal."""
+    r = guard("audit", "verify", tmp_path / "a\nguard audit: OK\x1b[2J.jsonl")
+    assert r.returncode == 2
+    assert_one_clear_line(r.stderr)
+    assert "\x1b" not in r.stderr and "a\\nguard audit: OK\\x1b[2J.jsonl" in r.stderr

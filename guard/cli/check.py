@@ -115,15 +115,19 @@ def first_line(exc: BaseException) -> str:
 
 
 def open_guard(config: GuardConfig) -> Guard:
-    """A Guard for `config`; a model that does not load is one GuardError line, a usage
-    mistake stays a UsageError."""
+    """A Guard for `config`; an audit log or a model that does not open is one GuardError line
+    naming which, a usage mistake stays a UsageError."""
     from guard.core import Guard
-    from guard.errors import GuardError, UsageError
+    from guard.errors import AuditError, GuardError, UsageError
 
     try:
         return Guard(config)
     except UsageError:
         raise
+    except AuditError as exc:  # the log is opened first: a torn tail it could not repair
+        path = config.audit.path
+        reason = first_line(exc).removeprefix(f"{Path(path).expanduser()}: ")
+        raise GuardError(f"audit log {path} did not open: {reason}") from None
     except Exception as exc:  # missing extra, bad weights, unknown hub id: nothing can be judged
         raise GuardError(f"model did not load: {first_line(exc)}") from None
 

@@ -71,16 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_module", None):
         parser.print_help()
         return EXIT_USAGE
+    from guard.cli.check import shown
     from guard.errors import GuardError, UsageError
 
     run: Callable[[argparse.Namespace], int] = _lazy_module(args._module).run
+    # An error names what a user gave (a path, a config value): one line on stderr, its
+    # line breaks and escape sequences written as escapes, never a forged line.
     try:
         return run(args)
     except UsageError as exc:
-        print(f"guard {args.command}: error: {exc}", file=sys.stderr)
+        print(f"guard {args.command}: error: {shown(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except GuardError as exc:
-        print(f"guard {args.command}: {exc}", file=sys.stderr)
+        print(f"guard {args.command}: {shown(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
