@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from guard.types import Verdict
+
 WORLDS: dict[str, dict[str, Any]] = {
     "easy": {"rules": ("knife_child",), "presence_decoy_rate": 0.0, "extra_hazard_rate": 0.0},
     "default": {"rules": ("knife_child",)},
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.init == "random":
         model = Qwen2_5_VLForConditionalGeneration._from_config(model.config)
     tok = processor.tokenizer
-    veto, allow = (tok.encode(w, add_special_tokens=False)[0] for w in ("VETO", "ALLOW"))
+    veto, allow = (tok.encode(v.word, add_special_tokens=False)[0]
+                   for v in (Verdict.VETO, Verdict.ALLOW))
     cfg = WorldConfig(**WORLDS[args.world])
     t0 = time.time()
     train = _encode(model, processor, world_items(

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from guard.types import Verdict
+
 
 def _items(n: int, seed: int) -> tuple[list[Any], list[Any]]:
     from guard.world import WorldConfig, iter_items
@@ -89,7 +91,7 @@ def _features(model: Any, processor: Any, items: list[Any]) -> dict[str, np.ndar
 
     col = GuardSFTCollator(input_builder(processor, model.config))
     tok = processor.tokenizer
-    veto = tok.encode("VETO", add_special_tokens=False)[0]
+    veto = tok.encode(Verdict.VETO.word, add_special_tokens=False)[0]
     out: dict[str, list[np.ndarray]] = {}
     for row in sft_rows(items):
         enc = col.builder.from_messages(row["prompt"], [row["image"]])
