@@ -157,9 +157,11 @@ class DataSpec(_Strict):
         projection_template: The projection-first template.
         answer_label_tokens: SFT only: supervise only the first N tokens of each answer (1:
             the verdict of a verdict-first answer) and cut the sequence there; None (the
-            default) supervises the whole answer. The verdict is one token of a ~40-token
-            answer: averaged with the rest, its gradient toward the image is too weak to leave
-            a constant-answer plateau (docs/experiment, "Why the knife rule stays at chance").
+            default) supervises the whole answer. For a rule whose picture reaches the answer
+            through the verdict alone (the knife rule: 1 token of 49-106), the whole answer's
+            loss is too weak to leave the constant-answer plateau (docs/experiment, "Why the
+            knife rule stays at chance"). The rest of the answer is then never trained (the
+            model repeats its verdict): follow such a stage with a whole-answer one.
         unlabeled: CASPO only: extra prompts whose labels are dropped (scenes of the kind
             the guard will meet, with no one to label them). Their outcome reward is None, so
             their outcome advantage is zero and only the teacher's token reward trains on them:

@@ -94,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="guard/models/hazardworld-small")
     p.add_argument("--init", choices=("embedded", "random"), default="embedded")
     p.add_argument("--world", choices=tuple(WORLDS), default="default")
+    p.add_argument("--val-world", choices=tuple(WORLDS),
+                   help="validate on this world (default: the training world)")
+    p.add_argument("--extra-knife", type=int, default=0,
+                   help="add this many knife-only items to the training items (oversampling"
+                        " knife scenes in an --world all mix)")
     p.add_argument("--freeze", choices=("vision", "lm"))
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -106,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip", type=float, help="clip the gradient norm (the HF Trainer: 1.0)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--out", type=Path)
+    p.add_argument("--save", type=Path, help="save the trained model and processor here"
+                   " (a later run continues it with --model)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -121,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     train = _encode(model, processor, world_items(
         "train", args.n_train, seed=0, start=300_000, config=cfg,
         bare_phrase_rate=0.15, unnamed_tool_rate=0.15), args.max_length)
-    val = _encode(model, processor, world_items("train", 512, seed=77, config=cfg))
+    if args.extra_knife:
+        train += _encode(model, processor, world_items(
+            "train", args.extra_knife, seed=0, start=400_000,
+            config=WorldConfig(**WORLDS["default"]), bare_phrase_rate=0.15,
+            unnamed_tool_rate=0.15), args.max_length)
+    val_cfg = WorldConfig(**WORLDS[args.val_world or args.world])
+    val = _encode(model, processor, world_items("train", 512, seed=77, config=val_cfg))
     pad = tok.pad_token_id
 
     def batch_fn(chunk: list[dict[str, Any]]) -> dict[str, Any]:
@@ -160,12 +173,16 @@ def main(argv: list[str] | None = None) -> int:
             losses = []
             log.append(entry)
             print(json.dumps(entry), flush=True)
-    res = {"init": args.init, "world": args.world, "freeze": args.freeze, "lr": args.lr,
-           "max_length": args.max_length, "clip": args.clip,
+    res = {"init": args.init, "world": args.world, "val_world": args.val_world or args.world,
+           "freeze": args.freeze, "lr": args.lr, "max_length": args.max_length,
+           "clip": args.clip, "extra_knife": args.extra_knife,
            "batch": args.batch, "n_train": args.n_train, "encode_s": round(t1 - t0, 1),
            "log": log}
     if args.out:
         args.out.write_text(json.dumps(res, indent=1) + "\n")
+    if args.save:
+        model.save_pretrained(str(args.save))
+        processor.save_pretrained(str(args.save))
     return 0
 
 
