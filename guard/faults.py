@@ -441,7 +441,10 @@ def _decoder(data: bytes, max_pixels: int) -> Callable[[], Frame]:
     return source
 
 
-class _Unprintable:
+# Objects that misbehave, as hostile callers pass them (the cases below and tests use them).
+
+
+class Unprintable:
     """An object whose text cannot be had: str() and repr() raise."""
 
     def __str__(self) -> str:
@@ -451,17 +454,21 @@ class _Unprintable:
         raise RuntimeError("no repr")
 
 
-class _ItemsRaise(dict):  # type: ignore[type-arg]
+class ItemsRaise(dict):  # type: ignore[type-arg]
+    """A dict whose items() raises."""
+
     def items(self) -> Any:
         raise RuntimeError("items refused")
 
 
-class _NanWithoutRepr(float):
+class NanWithoutRepr(float):
+    """A float (NaN in use) whose repr raises."""
+
     def __repr__(self) -> str:
         raise RuntimeError("no repr")
 
 
-class _UnreadableMapping(Mapping[str, Any]):
+class UnreadableMapping(Mapping[str, Any]):
     """A proposal mapping whose every read raises."""
 
     def __getitem__(self, key: str) -> Any:
@@ -495,9 +502,9 @@ def _action_text_cases(h: Harness) -> Iterator[Outcome]:
         "proposal is None": None,
         "proposal is a string": "turn on the stove",
         "proposal is an object": object(),
-        "an id whose str() raises": {"name": "act", "id": _Unprintable()},
+        "an id whose str() raises": {"name": "act", "id": Unprintable()},
         "an id over 4300 digits": {"name": "act", "id": 10**5000},
-        "a mapping whose methods raise": _UnreadableMapping(),
+        "a mapping whose methods raise": UnreadableMapping(),
         "a million argument values": {
             "name": "act", "arguments": {f"k{i}": i for i in range(1_000_000)}},
     }
@@ -507,11 +514,11 @@ def _action_text_cases(h: Harness) -> Iterator[Outcome]:
         "arguments with a numpy array": {"name": "act", "arguments": {"a": np.zeros(9)}},
         "arguments with NaN": {"name": "act", "arguments": {"x": math.nan}},
         "NUL and control characters": {"name": "act\x00", "description": "go\x1b[2J\x07"},
-        "an argument key whose str() raises": {"name": "act", "arguments": {_Unprintable(): 1}},
+        "an argument key whose str() raises": {"name": "act", "arguments": {Unprintable(): 1}},
         "an argument key over 4300 digits": {"name": "act", "arguments": {10**5000: 1}},
-        "an argument dict whose items() raises": {"name": "act", "arguments": _ItemsRaise(a=1)},
+        "an argument dict whose items() raises": {"name": "act", "arguments": ItemsRaise(a=1)},
         "an argument NaN whose repr() raises": {
-            "name": "act", "arguments": {"x": _NanWithoutRepr(math.nan)}},
+            "name": "act", "arguments": {"x": NanWithoutRepr(math.nan)}},
     }
     with h.guard() as g:
         for case, proposal in invalid.items():
@@ -902,4 +909,15 @@ def temp_out() -> Path:
     return Path(tempfile.mkdtemp(prefix="guard-faults-"))
 
 
-__all__ = ["CLASSES", "Outcome", "Report", "Scene", "default_scenes", "run_matrix"]
+__all__ = [
+    "CLASSES",
+    "ItemsRaise",
+    "NanWithoutRepr",
+    "Outcome",
+    "Report",
+    "Scene",
+    "Unprintable",
+    "UnreadableMapping",
+    "default_scenes",
+    "run_matrix",
+]

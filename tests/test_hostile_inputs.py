@@ -11,7 +11,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from guard.cli.main import main
 from guard.config import GuardConfig, load_config
 from guard.core import BatchItem, Guard
 from guard.errors import ConfigError
+from guard.faults import ItemsRaise, NanWithoutRepr, Unprintable, UnreadableMapping
 from guard.types import ActionProposal, Decision, Frame, Status, Verdict, jsonable
 from guard.wire import ProposalError, parse_tool_call, proposal_from_json
 
@@ -113,47 +114,18 @@ def test_stamp_ns_follows_the_int64_rule_of_the_decision(
 # -- arguments and proposals whose own methods fail -----------------------------------------
 
 
-class _KeyWithoutText:
-    def __str__(self) -> str:
-        raise RuntimeError("no text")
-
-    def __repr__(self) -> str:
-        raise RuntimeError("no repr")
-
-
-class _ItemsRaise(dict):  # type: ignore[type-arg]
-    def items(self) -> Any:
-        raise RuntimeError("items refused")
-
-
-class _NanWithoutRepr(float):
-    def __repr__(self) -> str:
-        raise RuntimeError("no repr")
-
-
 class _StrWithoutText(str):
     def __str__(self) -> str:
         raise RuntimeError("no text")
 
 
-class _UnreadableMapping(Mapping[str, Any]):
-    def __getitem__(self, key: str) -> Any:
-        raise RuntimeError("unreadable")
-
-    def __iter__(self) -> Iterator[str]:
-        raise RuntimeError("unreadable")
-
-    def __len__(self) -> int:
-        return 1
-
-
 @pytest.mark.parametrize(
     "arguments",
     [
-        {_KeyWithoutText(): 1},  # the audit write failed: an unlogged veto
+        {Unprintable(): 1},  # the audit write failed: an unlogged veto
         {10**5000: 1},  # str() of the key: over Python's 4300-digit limit
-        {"x": _NanWithoutRepr(math.nan)},  # internal error, then an unlogged veto
-        _ItemsRaise(a=1),  # internal error, then an unlogged veto
+        {"x": NanWithoutRepr(math.nan)},  # internal error, then an unlogged veto
+        ItemsRaise(a=1),  # internal error, then an unlogged veto
         {"x": _StrWithoutText("text")},
     ],
     ids=["key-str-raises", "key-int-over-limit", "nan-repr-raises", "items-raises",
@@ -170,10 +142,10 @@ def test_arguments_whose_methods_fail_are_judged_and_audited(
 
 
 def test_jsonable_is_total_and_plain() -> None:
-    out = jsonable({"k": _NanWithoutRepr(math.nan), "s": _StrWithoutText("t"),
-                    "d": _ItemsRaise(a=1), "m": _UnreadableMapping()})
+    out = jsonable({"k": NanWithoutRepr(math.nan), "s": _StrWithoutText("t"),
+                    "d": ItemsRaise(a=1), "m": UnreadableMapping()})
     assert out["k"] == "nan" and out["s"] == "t" and out["d"] == {"a": 1}
-    assert out["m"].startswith("<_UnreadableMapping: unreadable")
+    assert out["m"].startswith("<UnreadableMapping: unreadable")
     json.dumps(out, allow_nan=False)
     assert type(out["s"]) is str
 
@@ -181,10 +153,10 @@ def test_jsonable_is_total_and_plain() -> None:
 @pytest.mark.parametrize(
     "proposal",
     [
-        {"name": "x", "id": _KeyWithoutText()},  # raised RuntimeError out of check
+        {"name": "x", "id": Unprintable()},  # raised RuntimeError out of check
         {"name": "x", "id": 10**5000},  # raised ValueError out of check
-        _UnreadableMapping(),  # raised RuntimeError out of check
-        {"name": "x", "arguments": {}, _KeyWithoutText(): 1},  # unlogged veto
+        UnreadableMapping(),  # raised RuntimeError out of check
+        {"name": "x", "arguments": {}, Unprintable(): 1},  # unlogged veto
     ],
     ids=["id-str-raises", "id-int-over-limit", "unreadable-mapping", "key-str-raises"],
 )
