@@ -1089,11 +1089,7 @@ def _as_proposal(proposal: ProposalArg) -> ActionProposal:
         if isinstance(proposal, Mapping):
             return ActionProposal.model_validate(dict(proposal))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(map(str, err["loc"])) or "proposal"
-        raise InvalidInputError(
-            f"proposal {where}: {err['msg'].removeprefix('Value error, ')}"
-        ) from None
+        raise _invalid("proposal", exc) from None
     except Exception as exc:  # a mapping whose own methods raise: it cannot be read
         raise InvalidInputError(
             f"proposal cannot be read: {type(exc).__name__}: {_short(exc)}"
@@ -1159,12 +1155,15 @@ def _as_frames(frames: FramesArg, keep: int) -> list[Frame]:
         try:
             out.append(Frame.model_validate({k: getattr(f, k, None) for k in Frame.model_fields}))
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(map(str, err["loc"])) or "frame"
-            raise InvalidInputError(
-                f"frame {where}: {err['msg'].removeprefix('Value error, ')}"
-            ) from None
+            raise _invalid("frame", exc) from None
     return out
+
+
+def _invalid(what: str, exc: ValidationError) -> InvalidInputError:
+    """The first error of a failed validation of `what` (proposal, frame) as one line."""
+    err = exc.errors()[0]
+    where = ".".join(map(str, err["loc"])) or what
+    return InvalidInputError(f"{what} {where}: {err['msg'].removeprefix('Value error, ')}")
 
 
 def _real(x: Any) -> float | None:
