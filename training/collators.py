@@ -18,7 +18,12 @@ from typing import Any
 import torch
 
 from guard.backends.qwen_inputs import IGNORE_INDEX, QwenInputBuilder
+from guard.types import Verdict
 from training.data import clean_messages, load_image
+
+#: The batch key of the per-token loss weights (`GuardSFTCollator.verdict_weight`); the
+#: trainer pops it before the forward pass (`training.losses.VerdictWeightedSFTTrainer`).
+LABEL_WEIGHTS = "label_weights"
 
 
 def _images_of(example: dict[str, Any]) -> list[Any]:
@@ -37,6 +42,23 @@ def _pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
     return out
 
 
+def verdict_offset(completion: str) -> int:
+    """Where the verdict starts in an answer: its first character in verdict-first mode, the
+    first line that opens with a verdict word in projection-first mode (after the ``scene:``
+    and ``effect:`` lines).
+
+    Raises:
+        ValueError: No line of the answer opens with a verdict word.
+    """
+    words = tuple(v.name for v in Verdict)
+    offset = 0
+    for line in completion.splitlines(keepends=True):
+        if line.startswith(words):
+            return offset
+        offset += len(line)
+    raise ValueError(f"no verdict line in the answer {completion[:60]!r}")
+
+
 def _batch(encoded: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
     batch = {
         "input_ids": _pad([e["input_ids"][0] for e in encoded], pad_id),
@@ -44,6 +66,8 @@ def _batch(encoded: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, tor
         "mm_token_type_ids": _pad([e["mm_token_type_ids"][0] for e in encoded], 0),
         "labels": _pad([e["labels"][0] for e in encoded], IGNORE_INDEX),
     }
+    if LABEL_WEIGHTS in encoded[0]:
+        batch[LABEL_WEIGHTS] = _pad([e[LABEL_WEIGHTS][0] for e in encoded], 0)
     with_images = [e for e in encoded if "pixel_values" in e]
     if with_images:
         batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
@@ -61,25 +85,52 @@ class GuardSFTCollator:
             image tokens in practice: they come first and the answers are short.
         label_tokens: Keep only the first this many answer tokens (labels and inputs), so
             the loss is on them alone (1: the verdict); None keeps the whole answer.
+        verdict_weight: The verdict token's weight in the answer's loss (the others weigh
+            1); other than 1, the batch carries ``label_weights`` (0 off the answer) for
+            `training.losses.VerdictWeightedSFTTrainer`. A knife answer has one picture-
+            dependent token, its verdict, among 49-106 (docs/experiment, knife-near-child).
     """
 
     builder: QwenInputBuilder
     max_length: int | None = None
     label_tokens: int | None = None
+    verdict_weight: float = 1.0
+
+    def _verdict_index(self, completion: str, labels: torch.Tensor, first: int) -> int:
+        """The verdict's first token in the sequence, the answer starting at `first`.
+
+        Raises:
+            ValueError: The answer's ids do not start with the head's (the text before the
+                verdict) as tokenized alone: the verdict's token is not known for sure.
+        """
+        head = completion[:verdict_offset(completion)]
+        if not head:
+            return first
+        ids = self.builder.tokenizer(head, add_special_tokens=False)["input_ids"]
+        if labels[first:first + len(ids)].tolist() != list(ids):
+            raise ValueError(f"the answer's tokens do not start with its head {head[:60]!r}")
+        return first + len(ids)
 
     def encode(self, example: dict[str, Any], completion: str) -> dict[str, torch.Tensor]:
         enc = self.builder.from_messages(clean_messages(example["prompt"]), _images_of(example),
                                          completion=completion)
         end = self.max_length
-        if self.label_tokens is not None:
-            answer = (enc["labels"][0] != IGNORE_INDEX).nonzero()
+        answer = (enc["labels"][0] != IGNORE_INDEX).nonzero()
+        if self.label_tokens is not None and len(answer):
+            first = int(answer[0])
+            end = first + self.label_tokens if end is None else min(
+                end, first + self.label_tokens)
+        if self.verdict_weight != 1.0:
+            weights = (enc["labels"] != IGNORE_INDEX).float()
             if len(answer):
-                first = int(answer[0])
-                end = first + self.label_tokens if end is None else min(
-                    end, first + self.label_tokens)
+                weights[0, self._verdict_index(completion, enc["labels"][0],
+                                                 int(answer[0]))] = self.verdict_weight
+            enc[LABEL_WEIGHTS] = weights
         if end is not None:
-            for key in ("input_ids", "attention_mask", "mm_token_type_ids", "labels"):
-                enc[key] = enc[key][:, :end]
+            for key in ("input_ids", "attention_mask", "mm_token_type_ids", "labels",
+                        LABEL_WEIGHTS):
+                if key in enc:
+                    enc[key] = enc[key][:, :end]
         return enc
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -104,4 +155,4 @@ class GuardPreferenceCollator(GuardSFTCollator):
         return batch
 
 
-__all__ = ["GuardPreferenceCollator", "GuardSFTCollator"]
+__all__ = ["LABEL_WEIGHTS", "GuardPreferenceCollator", "GuardSFTCollator", "verdict_offset"]

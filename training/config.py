@@ -162,6 +162,11 @@ class DataSpec(_Strict):
             loss is too weak to leave the constant-answer plateau (docs/experiment, "Why the
             knife rule stays at chance"). The rest of the answer is then never trained (the
             model repeats its verdict): follow such a stage with a whole-answer one.
+        verdict_loss_weight: SFT only: the verdict token's weight in the answer's loss, a
+            weighted mean over the answer's tokens (the others weigh 1; 1.0, the default, is
+            the plain token mean). The verdict gets the gradient while the whole answer, its
+            format, stays supervised. Needs trl's default loss (``loss_type: nll``, no label
+            smoothing), whose per-token terms it reweights (`training.sft`).
         unlabeled: CASPO only: extra prompts whose labels are dropped (scenes of the kind
             the guard will meet, with no one to label them). Their outcome reward is None, so
             their outcome advantage is zero and only the teacher's token reward trains on them:
@@ -178,6 +183,7 @@ class DataSpec(_Strict):
     projection_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     projection_template: str = "consequence_compact_projection"
     answer_label_tokens: int | None = Field(default=None, ge=1)
+    verdict_loss_weight: float = Field(default=1.0, gt=0.0)
 
     @field_validator("action_format")
     @classmethod
@@ -211,6 +217,19 @@ class RunConfig(_Strict):
         if self.data.answer_label_tokens is not None and self.method != "sft":
             raise ValueError(f"data.answer_label_tokens is for sft (its labels); {self.method} "
                              "does not read it")
+        return self
+
+    @model_validator(mode="after")
+    def _verdict_loss_weight_is_sft(self) -> RunConfig:
+        if self.data.verdict_loss_weight == 1.0:
+            return self
+        if self.method != "sft":
+            raise ValueError(f"data.verdict_loss_weight is for sft (its loss); {self.method} "
+                             "does not read it")
+        if self.trainer.get("loss_type", "nll") != "nll" or self.trainer.get(
+                "label_smoothing_factor", 0.0):
+            raise ValueError("data.verdict_loss_weight reweights trl's default loss: it needs "
+                             "trainer.loss_type nll and no label_smoothing_factor")
         return self
 
     @model_validator(mode="after")

@@ -19,6 +19,9 @@ CASPO (Consequence-Aware Safety Policy Optimization), as this project implements
    GRPO; λ = 1 is pure constitution self-distillation (reported to collapse entropy).
 5. **Loss**: PPO-clip on the token advantages (`ppo_clip_loss`), plus an optional k3 KL to a
    frozen reference (`kl_k3`).
+
+SFT with the verdict weighted up (`token_weight_scale`, ``data.verdict_loss_weight``): the
+answer's cross entropy as a weighted mean, the verdict token weighing more.
 """
 
 from __future__ import annotations
@@ -60,6 +63,25 @@ def _safe_div(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """``x / d``, and 0 where ``d`` is 0 (a group without spread carries no signal)."""
     d = d.expand_as(x) if d.dim() else d.expand(x.shape)
     return torch.where(d > 0, x / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(x))
+
+
+def token_weight_scale(weights: torch.Tensor) -> torch.Tensor:
+    """Per-token factors that turn trl SFT's token mean into a weighted mean.
+
+    trl's loss is ``sum(l) / N``: ``N`` the micro-batch's labelled tokens ``n``, or
+    ``num_items_in_batch`` (the whole accumulated batch's) when the trainer passes it. With
+    each token's loss multiplied by ``w n / sum(w)`` it is ``sum(w l) / sum(w)`` for one
+    micro-batch, and ``sum(w l) n / (sum(w) N)`` under accumulation: the micro-batch's
+    weighted mean, the micro-batches in trl's own proportions. All weights 1 give factor 1,
+    trl's loss unchanged.
+
+    Args:
+        weights: ``(B, T)``, 0 where the token is not labelled.
+    """
+    labelled = (weights > 0).sum()
+    if int(labelled) == 0:
+        return weights
+    return weights * (labelled / weights.sum())
 
 
 def group_advantages(
@@ -292,5 +314,6 @@ __all__ = [
     "mix_advantages",
     "ppo_clip_loss",
     "token_rewards",
+    "token_weight_scale",
     "verdict_kl",
 ]

@@ -164,13 +164,12 @@ def build(cfg: RunConfig, out: str | Path, *, reward_funcs: list[Any] | None = N
         "processing_class": processor, "peft_config": lora, "callbacks": cbs,
     }
     if cfg.method == "sft":
-        from trl import SFTTrainer
-
         from training.collators import GuardSFTCollator
+        from training.sft import verdict_weighted_trainer_class
 
         collator = GuardSFTCollator(input_builder(processor, model.config), args.max_length,
-                                    cfg.data.answer_label_tokens)
-        trainer = SFTTrainer(model=model, data_collator=collator, **common)
+                                    cfg.data.answer_label_tokens, cfg.data.verdict_loss_weight)
+        trainer = verdict_weighted_trainer_class()(model=model, data_collator=collator, **common)
     elif cfg.method == "dpo":
         from trl import DPOTrainer
 
