@@ -100,7 +100,7 @@ _NAMED = (
 
 
 # Words that read as "the X extra" in prose without naming an extra ("the same extra budget").
-_PROSE = {"same", "one", "an", "new", "other", "optional", "first", "last"}
+_PROSE = {"same", "one", "an", "new", "other", "optional", "first", "last", "only"}
 
 
 def _named_extras(text: str) -> set[str]:
