@@ -124,6 +124,16 @@ class Graph:
         """Make the latest decision an allow (the camera must be on)."""
         assert self.decision_for(self.propose("pick up the cup")).verdict == Decision.ALLOW
 
+    def drive_through_open_gate(self) -> Twist:
+        """Open the gate and see a 0.5 m/s command relayed; that command."""
+        self.open_gate()
+        moving = Twist()
+        moving.linear.x = 0.5
+        start = len(self.cmd_vel)
+        self.cmd_vel_in.publish(moving)
+        assert self.probe.wait(lambda: any(t.linear.x == 0.5 for t in self.cmd_vel[start:]), 5.0)
+        return moving
+
 
 @pytest.fixture(scope="module")
 def graph(ros_graph: dict[str, Any]) -> Iterator[Graph]:
@@ -289,12 +299,7 @@ def test_a_nameless_or_too_deep_proposal_is_an_audited_invalid_input_veto(
 
 def test_veto_closes_the_cmd_vel_gate(camera: Graph) -> None:
     g = camera
-    g.open_gate()
-    moving = Twist()
-    moving.linear.x = 0.5
-    start = len(g.cmd_vel)
-    g.cmd_vel_in.publish(moving)
-    assert g.probe.wait(lambda: any(t.linear.x == 0.5 for t in g.cmd_vel[start:]), 5.0)
+    moving = g.drive_through_open_gate()
 
     assert g.decision_for(g.propose("put the towel on the stove")).verdict == Decision.VETO
     start = len(g.cmd_vel)
@@ -387,12 +392,7 @@ def test_a_non_finite_velocity_is_never_relayed(camera: Graph, value: float) -> 
     # cmd_vel unchanged. Now a zero goes out and guard/gate_state says invalid_command.
     g = camera
     states = g.probe.collect(String, f"{g.node.namespace}/guard/gate_state", LATCHED)
-    g.open_gate()
-    moving = Twist()
-    moving.linear.x = 0.5
-    start = len(g.cmd_vel)
-    g.cmd_vel_in.publish(moving)
-    assert g.probe.wait(lambda: any(t.linear.x == 0.5 for t in g.cmd_vel[start:]), 5.0)
+    g.drive_through_open_gate()
     bad = Twist()
     bad.linear.x = value
     start = len(g.cmd_vel)
