@@ -141,7 +141,10 @@ class DataSpec(_Strict):
     """Where examples come from and how they are prompted.
 
     Attributes:
-        train: The training items.
+        train: The training items: one source, or a list of sources whose items are
+            concatenated (the trainer shuffles them). A list can name a source twice, or a
+            world source restricted to one rule beside the whole world, to oversample a rule
+            that a mixed stage must not lose (docs/experiment, "The knife-near-child rule").
         eval: Optional evaluation items (trl's ``eval_strategy`` decides when).
         template: The guard prompt template (name or path), as the judge uses at inference.
         action_format: How a proposal is rendered into the prompt's action text
@@ -173,7 +176,7 @@ class DataSpec(_Strict):
             the one way the constitution can reach scenes no label covers.
     """
 
-    train: Source
+    train: Source | list[Source]
     eval: Source | None = None
     unlabeled: Source | None = None
     template: str = "consequence_compact"
@@ -184,6 +187,13 @@ class DataSpec(_Strict):
     projection_template: str = "consequence_compact_projection"
     answer_label_tokens: int | None = Field(default=None, ge=1)
     verdict_loss_weight: float = Field(default=1.0, gt=0.0)
+
+    @field_validator("train")
+    @classmethod
+    def _some_train_source(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list of sources: name at least one")
+        return v
 
     @field_validator("action_format")
     @classmethod

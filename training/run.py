@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 RUN_CONFIG_FILE = "run_config.yaml"
 
 
-def load_items(source: WorldSource | FolderSource | DatasetSource) -> list[Any]:
-    """The `GuardItem`s a data source names.
+def load_items(source: WorldSource | FolderSource | DatasetSource
+               | list[WorldSource | FolderSource | DatasetSource]) -> list[Any]:
+    """The `GuardItem`s a data source names (a list of sources: their items, in order).
 
     Raises:
         ConfigError: A dataset source that ``datasets`` cannot load or that lacks the columns
@@ -55,6 +56,8 @@ def load_items(source: WorldSource | FolderSource | DatasetSource) -> list[Any]:
     """
     from training.data import folder_items, world_items
 
+    if isinstance(source, list):
+        return [item for one in source for item in load_items(one)]
     if isinstance(source, FolderSource):
         return folder_items(source.path, source.limit)
     if isinstance(source, DatasetSource):

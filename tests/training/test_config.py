@@ -102,3 +102,23 @@ def test_set_dotted_indexes_lists_and_names_bad_keys() -> None:
         set_dotted(data, "warm_start.2.n", 1)
     with pytest.raises(ConfigError, match="'n' is not a section"):
         set_dotted(data, "warm_start.0.n.x", 1)
+
+
+def test_a_list_of_train_sources_concatenates_them_and_can_oversample_a_rule() -> None:
+    from collections import Counter
+
+    from training.run import load_items
+
+    data = {"train": [{"source": "world", "n": 16, "start": 0},
+                      {"source": "world", "n": 16, "start": 5000,
+                       "overrides": {"rules": ["knife_child"]}}]}
+    cfg = load_run_config({**_minimal(), "data": data})
+    items = load_items(cfg.data.train)
+    rules = Counter(it.meta["target_rule"] for it in items)
+    assert len(items) == 32 and rules["knife_child"] >= 16
+    assert [it.id for it in items[16:]] == [it.id for it in load_items(cfg.data.train[1])]
+
+
+def test_an_empty_list_of_train_sources_is_refused() -> None:
+    with pytest.raises(ConfigError, match="at least one"):
+        load_run_config({**_minimal(), "data": {"train": []}})
