@@ -25,7 +25,8 @@ import math
 import numbers
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,7 @@ from guard.types import (
     jsonable,
     safe_text,
     short_repr,
+    validation_line,
 )
 
 log = logging.getLogger("guard")
@@ -183,11 +185,13 @@ class Guard:
 
     def set_policy(self, **fields: Any) -> None:
         """Change policy fields at runtime (``deadline_ms``, ``max_frame_age_ms``, ``mode``,
-        thresholds): checks that start afterwards use them, and the policy fingerprint in the
-        audit records follows.
+        thresholds, ``rules``): checks that start afterwards use them, and the policy
+        fingerprint in the audit records follows.
 
         Raises:
-            ConfigError: An unknown field or a bad value (the policy is left as it was).
+            ConfigError: An unknown field, a bad value or rule pattern, or a new
+                ``max_inflight`` (the worker pools are sized when the guard starts); the
+                policy is left as it was.
         """
         data = {**self.config.policy.model_dump(), **fields}
         try:
@@ -197,6 +201,14 @@ class Guard:
             field = ".".join(map(str, err["loc"]))
             raise ConfigError(f"policy.{field} = {fields.get(field, '?')!r}: "
                               f"{err['msg']}") from None
+        if policy.max_inflight != self.config.policy.max_inflight:
+            raise ConfigError(
+                f"policy.max_inflight = {policy.max_inflight}: read when the guard starts "
+                f"(its worker pools hold {self.config.policy.max_inflight}); start a new Guard"
+            )
+        # Compiled before anything changes: the fingerprint must never name rules not applied.
+        rules = compile_rules(policy.rules)
+        self._rules = rules
         self.config = self.config.model_copy(update={"policy": policy})
         self._policy_id = policy.fingerprint()
 
@@ -267,12 +279,12 @@ class Guard:
         decision.latency_ms = (time.monotonic() - t0) * 1000.0
         return self._finish(decision, proposal, trace)
 
-    def check_batch(self, items: Sequence[BatchItem], *, now: float | None = None
+    def check_batch(self, items: Iterable[BatchItem], *, now: float | None = None
                     ) -> list[Decision]:
         """`judge_batch`'s decisions alone."""
         return [j.decision for j in self.judge_batch(items, now=now)]
 
-    def judge_batch(self, items: Sequence[BatchItem], *, now: float | None = None
+    def judge_batch(self, items: Iterable[BatchItem], *, now: float | None = None
                     ) -> list[Judgement]:
         """Judge several proposals together (a server's waiting clients): each gets exactly
         the decision `judge` would give it alone (same validation, rules, frame handling,
@@ -286,14 +298,22 @@ class Guard:
         the others of the batch keep theirs. Never raises for what it is given.
 
         Args:
-            items: What to judge, in order (`BatchItem`).
+            items: What to judge, in order: a list (any iterable) of `BatchItem`.
             now: The guard's clock for the frame-age checks (default: read per item once
                 its frames are in hand).
 
         Returns:
-            One `Judgement` per item, in the items' order.
+            One `Judgement` per item, in the items' order; one audited invalid_input veto
+            when `items` is no iterable of items (a number, text, a mapping, a lone
+            `BatchItem`) or cannot be read to its end.
         """
-        rows = [_BatchRow(item) for item in items]
+        t0 = time.monotonic()
+        try:
+            rows = [_BatchRow(item) for item in _batch_items(items)]
+        except InvalidInputError as exc:
+            decision = self._failed(Status.INVALID_INPUT, str(exc), RuleOutcome())
+            decision.latency_ms = (time.monotonic() - t0) * 1000.0
+            return [self._finish(decision, {"batch": items}, _Trace())]
         if (getattr(self.backend, "judge_batch", None) is None
                 or self.config.model.rationale == "async" or len(rows) < 2):
             return self._judge_each(rows, now)
@@ -510,6 +530,7 @@ class Guard:
         """
         policy = self.config.policy
         trace.proposal = _as_proposal(proposal)
+        _judgeable(trace.proposal)
         action = trace.proposal.as_text(self.action_format)
         if not action.strip():
             raise InvalidInputError("the action text is empty")
@@ -1099,6 +1120,22 @@ def _as_proposal(proposal: ProposalArg) -> ActionProposal:
     )
 
 
+def _judgeable(proposal: ActionProposal) -> None:
+    """Refuse what the type lets through (so front ends can build stand-ins) but no check
+    may judge.
+
+    Raises:
+        InvalidInputError: a blank id (decisions are matched to proposals by id: one blank id
+            would name them all alike), or a tool name holding a control character (no tool
+            is named so, and "stove_on\x00" slips past the rule ``^stove_on$``).
+    """
+    if not proposal.id.strip():
+        raise InvalidInputError("proposal id is empty (leave it out and one is made)")
+    for c in proposal.name:
+        if unicodedata.category(c) == "Cc":
+            raise InvalidInputError(f"proposal name holds a control character ({c!r})")
+
+
 def unjudged(
     status: Status,
     error: str,
@@ -1135,6 +1172,24 @@ def unjudged(
     return decision
 
 
+def _batch_items(items: Any) -> list[Any]:
+    """The items of a batch as a list, read once.
+
+    Raises:
+        InvalidInputError: `items` is no iterable of items (text and bytes iterate as
+            characters, a mapping as its keys), or reading it failed.
+    """
+    if isinstance(items, (str, bytes, bytearray, memoryview, Mapping, BatchItem)) or not (
+            isinstance(items, Iterable)):
+        raise InvalidInputError(
+            f"batch items must be a list of BatchItem, got {type(items).__name__}")
+    try:
+        return list(items)
+    except Exception as exc:
+        raise InvalidInputError(
+            f"batch items cannot be read: {type(exc).__name__}: {_short(exc)}") from None
+
+
 def _as_frames(frames: FramesArg, keep: int) -> list[Frame]:
     """The newest `keep` frames, each validated again (a Frame built with `model_construct` or
     changed with `model_copy(update=...)` skipped its validation): what the type refuses is
@@ -1161,9 +1216,7 @@ def _as_frames(frames: FramesArg, keep: int) -> list[Frame]:
 
 def _invalid(what: str, exc: ValidationError) -> InvalidInputError:
     """The first error of a failed validation of `what` (proposal, frame) as one line."""
-    err = exc.errors()[0]
-    where = ".".join(map(str, err["loc"])) or what
-    return InvalidInputError(f"{what} {where}: {err['msg'].removeprefix('Value error, ')}")
+    return InvalidInputError(validation_line(what, exc))
 
 
 def _real(x: Any) -> float | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Verdict(str, Enum):
@@ -191,13 +191,25 @@ def short_repr(obj: Any) -> str:
     return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
 
 
-class _TooLarge(ValueError):
+class _Refused(ValueError):
+    """Arguments `jsonable` was told to refuse rather than describe."""
+
+
+def validation_line(what: str, exc: ValidationError) -> str:
+    """The first error of a failed validation of `what` (proposal, frame) as one line, for
+    every front end's invalid_input decision (pydantic's own first line names no field)."""
+    err = exc.errors()[0]
+    where = ".".join(map(str, err["loc"])) or what
+    return f"{what} {where}: {err['msg'].removeprefix('Value error, ')}"
+
+
+class _TooLarge(_Refused):
     """Arguments past a bound: nested too deep (or referring to themselves), too many values."""
 
 
 def jsonable(
     value: Any, *, max_depth: int = MAX_ARGUMENT_DEPTH, cut: bool = False,
-    max_values: int | None = None,
+    max_values: int | None = None, finite: bool = False,
 ) -> Any:
     """`value` as plain JSON data, for the proposal the judge reads and the audit log stores.
 
@@ -214,10 +226,12 @@ def jsonable(
         cut: replace what lies deeper (or beyond `max_values`) by a marker instead of raising
             (for logging what was refused).
         max_values: the most values (containers included) converted; None: no bound.
+        finite: refuse a non-finite number (NaN, an infinity) instead of writing it as text
+            (a proposal: the judge cannot tell a NaN target from the word "nan").
 
     Raises:
         ValueError: `value` nests deeper than `max_depth` levels (or refers to itself), or
-            holds more than `max_values` values.
+            holds more than `max_values` values, or (`finite`) a non-finite number.
     """
     budget = [math.inf if max_values is None else max_values]
 
@@ -268,7 +282,7 @@ def jsonable(
             return obj
         try:
             return convert(obj, depth)
-        except _TooLarge:
+        except _Refused:
             raise
         except RecursionError:
             if cut:
@@ -286,7 +300,11 @@ def jsonable(
             return short_repr(number) if number.bit_length() > 1000 else number
         if isinstance(obj, float):
             real = float.__float__(obj)
-            return real if math.isfinite(real) else float.__repr__(real)
+            if math.isfinite(real):
+                return real
+            if finite:  # the wire readers' words (guard.wire.proposals)
+                raise _Refused(f"arguments hold a non-finite number ({float.__repr__(real)})")
+            return float.__repr__(real)
         if isinstance(obj, str):
             return safe_text(str.__str__(obj))
         if isinstance(obj, dict):
@@ -318,8 +336,11 @@ class ActionProposal(BaseModel):
     """An action an agent or planner wants to run: a tool name, what it does, its arguments.
 
     Validation lives here, so every front end refuses the same things: a blank tool name,
-    arguments nested deeper than `MAX_ARGUMENT_DEPTH`. Text is made encodable and arguments
-    plain JSON (see `jsonable`) on construction.
+    arguments nested deeper than `MAX_ARGUMENT_DEPTH` or holding a non-finite number (once
+    made text, a NaN could no longer be told from the word). Text is made encodable and
+    arguments plain JSON (see `jsonable`) on construction. What the decision core alone
+    refuses to judge (a blank id, control characters in the tool name) is constructed here,
+    so a front end's stand-in for a refused call can still be built and audited.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -346,7 +367,9 @@ class ActionProposal(BaseModel):
     @field_validator("arguments", mode="before")
     @classmethod
     def _plain_arguments(cls, v: Any) -> Any:
-        return jsonable(v, max_values=MAX_ARGUMENT_VALUES) if isinstance(v, Mapping) else v
+        if not isinstance(v, Mapping):
+            return v
+        return jsonable(v, max_values=MAX_ARGUMENT_VALUES, finite=True)
 
     @field_validator("stamp")
     @classmethod

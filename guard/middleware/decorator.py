@@ -37,8 +37,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from pydantic import ValidationError
+
 from guard.errors import ActionVetoed, InvalidInputError
-from guard.types import ActionProposal, Decision, Status, Verdict, jsonable
+from guard.types import ActionProposal, Decision, Status, Verdict, jsonable, validation_line
 
 if TYPE_CHECKING:
     from guard.core import Guard
@@ -147,10 +149,12 @@ class ProposalBuilder:
             description = self.describe
         else:
             description = self.default_description
+        # The arguments as called: the type makes them plain JSON and refuses what every
+        # front end refuses (a NaN turned into the text "nan" here first was judged).
         return ActionProposal(
             name=self.name,
             description=description,
-            arguments=jsonable(arguments),
+            arguments=arguments,
             stamp=time.time(),
         )
 
@@ -172,7 +176,10 @@ class Judge:
             return make(), None
         except Exception as exc:
             placeholder = ActionProposal(name=name.strip() or "?")
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            if isinstance(exc, ValidationError):  # its own first line names no field
+                reason = validation_line("proposal", exc)
+            else:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             return placeholder, self.guard.reject(
                 placeholder, Status.INVALID_INPUT, f"the call cannot be judged: {reason}"
             )

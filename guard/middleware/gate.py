@@ -146,7 +146,8 @@ class ToolGate:
                 wrote ('' or None: none). Text that is not a JSON object is an audited
                 invalid_input veto.
             description: What the tool does (the judge reads its first line with the name).
-            call_id: The framework's tool-call id, kept as the proposal id (None: a new id).
+            call_id: The framework's tool-call id, kept as the proposal id (None or '', a
+                framework's unset id: a new id; a blank one is an audited invalid_input veto).
 
         Returns:
             The `GateResult`; the decision is already in the audit log.

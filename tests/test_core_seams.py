@@ -1,0 +1,205 @@
+"""Hostile inputs on the decision core's seams, second round: what a batch is given instead of
+a list of items, a policy swapped at runtime, proposal ids that name nothing, non-finite
+argument numbers and control characters in tool names. Each case raised out of the core, let
+a rule the audit named go unapplied, or was judged by one front end and refused by another.
+The promise (tests/test_hostile_inputs.py): the core never raises for what it is given, and a
+check that did not genuinely run is an audited veto.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from guard.backends.scripted import ScriptedBackend
+from guard.config import GuardConfig
+from guard.core import BatchItem, Guard
+from guard.errors import ConfigError
+from guard.middleware import ToolGate, guarded
+from guard.types import ActionProposal, Decision, Frame, Status, Verdict
+
+ALLOW = "ALLOW\nrisk: 0.0"
+STOVE = ActionProposal(name="stove_on", description="turn on the stove")
+NO_STOVE = {"name": "no-stove", "match": {"tool": "^stove_on$"}, "verdict": "veto"}
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    # split("\n"), not splitlines(): a record may hold U+0085 or U+2028 unescaped
+    return [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
+
+
+def _audited(path: Path, decision: Decision) -> dict[str, Any]:
+    (record,) = [r for r in _records(path) if r.get("decision", {}).get("id") == decision.id]
+    return record
+
+
+def _guard(config: GuardConfig, **overrides: Any) -> Guard:
+    if overrides:
+        config = config.with_overrides(**overrides)
+    return Guard(config, backend=ScriptedBackend.answering(ALLOW))
+
+
+# -- a batch given something that is not a list of items ---------------------------------------
+
+
+def _iteration_fails() -> Iterator[BatchItem]:
+    raise RuntimeError("the queue went away")
+    yield  # pragma: no cover - makes this a generator
+
+
+@pytest.mark.parametrize(
+    "items",
+    [5, None, "abc", b"ab", {"a": 1}, BatchItem(None, STOVE), _iteration_fails()],
+    ids=["int", "none", "str", "bytes", "mapping", "one-item-unlisted", "iteration-raises"],
+)
+def test_a_batch_that_is_no_list_of_items_is_one_audited_veto(
+    config: GuardConfig, audit_path: Path, items: Any
+) -> None:
+    """5, None and a bare BatchItem raised TypeError out of check_batch; "abc" and b"ab" were
+    judged character by character (a veto per letter, byte values named as items)."""
+    with _guard(config) as g:
+        decisions = g.check_batch(items)
+    assert len(decisions) == 1
+    (d,) = decisions
+    assert (d.verdict, d.status) == (Verdict.VETO, Status.INVALID_INPUT)
+    assert (d.error or "").startswith("batch items ")
+    assert "batch" in _audited(audit_path, d)["proposal"]["invalid"]
+
+
+def test_a_batch_from_any_iterable_is_judged_item_by_item(
+    config: GuardConfig, frame: Frame
+) -> None:
+    with _guard(config) as g:
+        decisions = g.check_batch(BatchItem(frame, STOVE) for _ in range(2))
+        assert g.check_batch([]) == []
+    assert [(d.verdict, d.status) for d in decisions] == [(Verdict.ALLOW, Status.OK)] * 2
+
+
+# -- a policy swapped at runtime is the policy applied --------------------------------------
+
+
+def test_rules_set_at_runtime_are_the_rules_applied(
+    config: GuardConfig, frame: Frame, audit_path: Path
+) -> None:
+    """set_policy(rules=...) changed the fingerprint every decision carries but kept the old
+    compiled rules: the audit named a policy whose veto rule was never applied."""
+    with _guard(config) as g:
+        g.set_policy(rules=[NO_STOVE])
+        vetoed = g.check(frame, STOVE)
+        g.set_policy(rules=[])
+        allowed = g.check(frame, STOVE)
+    assert (vetoed.verdict, vetoed.rules) == (Verdict.VETO, ["no-stove"])
+    assert (allowed.verdict, allowed.rules) == (Verdict.ALLOW, [])
+    assert vetoed.policy != allowed.policy
+
+
+def test_a_bad_rule_set_at_runtime_changes_nothing(config: GuardConfig, frame: Frame) -> None:
+    bad = {"name": "broken", "match": {"tool": "("}, "verdict": "veto"}
+    with _guard(config, **{"policy.rules": [NO_STOVE]}) as g:
+        before = g.policy_id
+        with pytest.raises(ConfigError, match=r"policy\.rules\.0\.match\.tool"):
+            g.set_policy(rules=[bad])
+        d = g.check(frame, STOVE)
+    assert (g.policy_id, d.verdict, d.rules) == (before, Verdict.VETO, ["no-stove"])
+
+
+def test_max_inflight_cannot_change_at_runtime(config: GuardConfig) -> None:
+    """The worker pools are sized when the guard starts: a new max_inflight changed the
+    fingerprint and nothing else."""
+    with _guard(config) as g:
+        before = g.policy_id
+        with pytest.raises(ConfigError, match=r"policy\.max_inflight"):
+            g.set_policy(max_inflight=16)
+        g.set_policy(max_inflight=g.config.policy.max_inflight)  # unchanged: fine
+    assert g.policy_id == before
+
+
+# -- a proposal id that names nothing ------------------------------------------------------
+
+
+@pytest.mark.parametrize("pid", ["", "   ", "\n"], ids=["empty", "spaces", "newline"])
+def test_a_blank_proposal_id_is_an_audited_invalid_input(
+    config: GuardConfig, frame: Frame, audit_path: Path, pid: str
+) -> None:
+    """An empty id was judged and audited as proposal "": every such proposal shared one id,
+    so a consumer matching decisions to proposals by id could take one's allow for another."""
+    with _guard(config) as g:
+        d = g.check(frame, {"name": "stove_on", "id": pid})
+    assert (d.verdict, d.status) == (Verdict.VETO, Status.INVALID_INPUT)
+    assert "proposal id is empty" in (d.error or "")
+    assert _audited(audit_path, d)["decision"]["id"] == d.id
+
+
+def test_the_gate_reads_an_empty_call_id_as_none_and_refuses_a_blank_one(
+    config: GuardConfig, frame: Frame, audit_path: Path
+) -> None:
+    """A framework's unset call id ('') gets a fresh proposal id, as None does; one of spaces
+    is the core's invalid input."""
+    with _guard(config) as g:
+        gate = ToolGate(g, frames=lambda: frame)
+        unset = gate.check("stove_on", {}, call_id="")
+        blank = gate.check("stove_on", {}, call_id="  ")
+    assert unset.run and unset.decision.proposal_id == unset.proposal.id != ""
+    assert _audited(audit_path, unset.decision)["proposal"]["id"] == unset.proposal.id
+    assert not blank.run and blank.decision.status is Status.INVALID_INPUT
+    assert _audited(audit_path, blank.decision)
+
+
+# -- non-finite numbers in arguments ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", [math.nan, math.inf, -math.inf, np.float32("nan"), [1.0, math.inf],
+              {"deep": {"x": math.nan}}],
+    ids=["nan", "inf", "-inf", "numpy-nan", "in-a-list", "nested"],
+)
+def test_a_non_finite_argument_is_refused_by_every_front_end(
+    config: GuardConfig, frame: Frame, audit_path: Path, value: Any
+) -> None:
+    """The wire readers and ToolGate refused NaN and infinities; Guard.check and @guarded
+    judged them as the text "nan" (the judge cannot tell a NaN target from the word), and a
+    guarded tool allowed that way ran with the NaN."""
+    ran: list[Any] = []
+
+    with _guard(config) as g:
+        direct = g.check(frame, {"name": "move_arm", "arguments": {"x": value}})
+
+        @guarded(g, frames=lambda: frame, on_veto="return", refusal="vetoed")
+        def move_arm(x: Any) -> str:
+            ran.append(x)
+            return "moved"
+
+        assert move_arm(value) == "vetoed"
+        gated = ToolGate(g, frames=lambda: frame).check("move_arm", {"x": value})
+    assert ran == []
+    for d in (direct, gated.decision):
+        assert (d.verdict, d.status) == (Verdict.VETO, Status.INVALID_INPUT)
+        assert "non-finite number" in (d.error or "")
+        assert _audited(audit_path, d)
+
+
+# -- control characters in tool names -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["stove_on\x00", "stove_on\r", "\x1b[2Jstove_on",
+                                  "stove\x85on", "stove_on\n"],
+                         ids=["nul", "cr", "escape", "c1-next-line", "newline"])
+def test_a_tool_name_with_control_characters_is_an_audited_invalid_input(
+    config: GuardConfig, frame: Frame, audit_path: Path, name: str
+) -> None:
+    """A control character kept a name from the rule that names the tool ("stove_on\\x00"
+    missed ^stove_on$, and the judge, answering ALLOW, decided alone); no tool is named so."""
+    with _guard(config, **{"policy.rules": [NO_STOVE]}) as g:
+        d = g.check(frame, {"name": name})
+        gated = ToolGate(g, frames=lambda: frame).check(name, {})
+    assert not gated.run
+    for decision in (d, gated.decision):
+        assert (decision.verdict, decision.status) == (Verdict.VETO, Status.INVALID_INPUT)
+        assert "control character" in (decision.error or "")
+        assert _audited(audit_path, decision)
