@@ -247,7 +247,8 @@ class Guard:
             now: The guard's clock for the frame-age check (default: the clock, read once the
                 frames are in hand); on the frames' time base.
             entered: The `time.monotonic()` instant the check began, for a front end that
-                waited for its frames before calling (default: now).
+                waited for its frames before calling (default: now). Not a finite number, or
+                after now (another clock's reading): an `invalid_input` veto.
             deadline_ms: A shorter deadline for this check alone (a client in a hurry); the
                 policy's `deadline_ms` when None or longer. Not a positive number: an
                 `invalid_input` veto.
@@ -1242,18 +1243,24 @@ def _reading(now: Any) -> Any:
 
 
 def _entered(entered: Any, now: float) -> float:
-    """The instant a check began: `now` when not given. A caller's `entered` can only shorten
-    the deadline: one in the future counts from `now`.
+    """The instant a check began: `now` (a `time.monotonic()` reading) when not given.
 
     Raises:
-        InvalidInputError: `entered` is not a finite number.
+        InvalidInputError: `entered` is not a finite number, or lies after `now`: a monotonic
+            instant read before the check cannot, so it was read from another clock (the wall
+            clock's `time.time()` is decades ahead), and taking it as now would give a
+            caller that waited for its frames a whole deadline after the wait.
     """
     if entered is None:
         return now
     value = _real(entered)
     if value is None or not math.isfinite(value):
         raise InvalidInputError(f"entered = {_short(entered)}: must be a finite time.monotonic()")
-    return min(value, now)
+    if value > now:
+        raise InvalidInputError(
+            f"entered = {_short(entered)} is {value - now:.3g} s after time.monotonic(): "
+            "not a reading of that clock")
+    return value
 
 
 def _cut(proposal: ActionProposal, limit: int) -> ActionProposal:

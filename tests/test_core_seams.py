@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,26 @@ def test_a_tool_name_with_control_characters_is_an_audited_invalid_input(
         assert (decision.verdict, decision.status) == (Verdict.VETO, Status.INVALID_INPUT)
         assert "control character" in (decision.error or "")
         assert _audited(audit_path, decision)
+
+
+# -- an `entered` read from another clock ----------------------------------------------------
+
+
+def test_an_entered_from_the_wall_clock_is_an_audited_invalid_input(
+    config: GuardConfig, frame: Frame, audit_path: Path
+) -> None:
+    """A front end that waited for its frames and passed `time.time()` minus the wait: the
+    reading lay in time.monotonic()'s future, counted as now, and the judge got a whole
+    deadline after the wait (here an allow 250 ms late, where the monotonic reading times
+    out). A monotonic instant is never in the future."""
+    waited = 0.3
+    backend = ScriptedBackend.answering(ALLOW, ALLOW, delay_ms=250)
+    with Guard(config.with_overrides(**{"policy.deadline_ms": 400}), backend=backend) as g:
+        wall = g.check(frame, STOVE, entered=time.time() - waited)
+        [batched] = g.check_batch([BatchItem(frame, STOVE, entered=time.time() - waited)])
+        monotonic = g.check(frame, STOVE, entered=time.monotonic() - waited)
+    for d in (wall, batched):
+        assert (d.verdict, d.status) == (Verdict.VETO, Status.INVALID_INPUT)
+        assert "after time.monotonic()" in (d.error or "")
+        assert _audited(audit_path, d)
+    assert (monotonic.verdict, monotonic.status) == (Verdict.VETO, Status.TIMEOUT)
