@@ -162,14 +162,27 @@ def record_evaluation(model_dir: str | Path, report: dict[str, Any], *, split: s
     return path
 
 
-def _source_text(source: dict[str, Any] | None) -> str:
-    if not source:
+def _sources(spec: Any) -> list[dict[str, Any]]:
+    """A data field of the run config as a list of sources (it holds one or a list)."""
+    listed = spec if isinstance(spec, list) else [spec]
+    return [s for s in listed if isinstance(s, dict) and s]
+
+
+def _source_text(spec: Any) -> str:
+    sources = _sources(spec)
+    if not sources:
         return "none"
+    return "; plus ".join(_one_source_text(s) for s in sources)
+
+
+def _one_source_text(source: dict[str, Any]) -> str:
     kind = source.get("source", "world")
     if kind == "world":
+        rules = (source.get("overrides") or {}).get("rules")
         return (f"synthetic world `{source.get('split')}` split, {source.get('n')} items from "
                 f"index {source.get('start', 0)}, seed {source.get('seed', 0)}, preset "
-                f"`{source.get('preset', 'default')}`")
+                f"`{source.get('preset', 'default')}`"
+                + (f", rules {', '.join(f'`{r}`' for r in rules)} only" if rules else ""))
     if kind == "dataset":
         split = source.get("split")
         return f"dataset `{source.get('path')}`" + (f", split `{split}`" if split else "")
@@ -241,8 +254,9 @@ def _body(name: str, model_dir: Path, run: dict[str, Any] | None, train: dict[st
                    "hazards and the consequence).")
     else:
         out.append(f"A {arch}model folder for embodied-guard (no training record).")
-    train_source = ((run or {}).get("data") or {}).get("train") or {}
-    if run and train_source.get("source", "world") == "world":
+    train_sources = _sources(((run or {}).get("data") or {}).get("train"))
+    if run and train_sources and all(s.get("source", "world") == "world"
+                                     for s in train_sources):
         out += ["", "It was trained on the project's synthetic consequence world (`guard.world`) "
                 "only and knows nothing else: it is not a safety model for a real robot."]
     out += ["", "## Use", "", "```bash",
@@ -333,8 +347,8 @@ def build_model_card(model_dir: str | Path, *, name: str | None = None,
     tags += [t for t in (model_type, method, "trl" if method else None,
                          "lora" if adapter else None) if t]
     data = (run or {}).get("data") or {}
-    hub_datasets = [d for d in (_hub_id((data.get(k) or {}).get("path"))
-                                for k in ("train", "eval")) if d]
+    hub_datasets = [d for k in ("train", "eval") for s in _sources(data.get(k))
+                    if (d := _hub_id(s.get("path")))]
     evals = _eval_results(records, train, run)
     card_data = ModelCardData(
         license=resolve_license(folder, base, license),

@@ -130,6 +130,23 @@ def test_base_model_license_and_adapters(tmp_path: Path) -> None:
     assert card.data.base_model == "Qwen/Qwen3-VL-4B-Instruct"
 
 
+def test_a_run_trained_on_a_list_of_sources_names_each(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    (folder / "training_run_config.yaml").write_text(
+        "method: sft\nmodel: {id: base}\ndata:\n  train:\n"
+        "    - {source: world, split: train, n: 64}\n"
+        "    - {source: world, split: train, n: 32, start: 900,"
+        " overrides: {rules: [knife_child]}}\n"
+        "    - {source: dataset, path: someone/guard-data}\n")
+    card: Any = build_model_card(folder)
+    assert card.data.datasets == ["someone/guard-data"]
+    assert "64 items from index 0" in card.text
+    assert "32 items from index 900" in card.text and "`knife_child` only" in card.text
+    assert "knows nothing else" not in card.text  # one source is not the synthetic world
+
+
 def test_the_embedded_model_card_is_generated_from_its_records(tmp_path: Path) -> None:
     """The committed README.md is what `training.card` writes from the folder's records. If this
     fails after a new evaluation, rerun the commands in the card with ``--record`` (they rewrite
