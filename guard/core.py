@@ -455,12 +455,16 @@ class Guard:
         frame_stamp: float | None = None,
     ) -> Decision:
         """A fail-closed decision for a check a front end could not even start (e.g. an image
-        that did not decode), audited like any other."""
-        if status is Status.OK:
-            raise ValueError("reject() needs a failure status")
+        that did not decode), audited like any other. A status given as its text is read as
+        that status; one that is no status at all is an error veto that names it.
+
+        Raises:
+            ValueError: `status` is ok (a refusal that is no failure is a front end's bug).
+        """
         # The reason and stamp come from what the front end was given: made loggable, and a
         # stamp that is no finite number is none (it once raised out of the audit step).
         reason = safe_text(reason) if isinstance(reason, str) else short_repr(reason)
+        status, reason = _failure_status(status, reason, "reject()")
         decision = self._failed(status, reason, RuleOutcome())
         stamp = _real(frame_stamp)
         decision.frame_stamp = stamp if stamp is not None and math.isfinite(stamp) else None
@@ -1121,6 +1125,23 @@ def _as_proposal(proposal: ProposalArg) -> ActionProposal:
     )
 
 
+def _failure_status(status: Any, reason: str, caller: str) -> tuple[Status, str]:
+    """The status of a refusal and its reason: a status's text is that status (read from a
+    wire message or a config), anything else no status is an error that names it.
+
+    Raises:
+        ValueError: `status` is ok.
+    """
+    if not isinstance(status, Status):
+        try:
+            status = Status(status)
+        except (ValueError, TypeError):  # unhashable too
+            return Status.ERROR, f"{reason} (status {_short(status)} is no Status)"
+    if status is Status.OK:
+        raise ValueError(f"{caller} needs a failure status")
+    return status, reason
+
+
 def _judgeable(proposal: ActionProposal) -> None:
     """Refuse what the type lets through (so front ends can build stand-ins) but no check
     may judge.
@@ -1149,8 +1170,7 @@ def unjudged(
     `on_failure` says, since no policy was read. It goes to the audit log `audit` names (the
     default log when None); a log that cannot be written is named in the decision's error.
     """
-    if status is Status.OK:
-        raise ValueError("unjudged() needs a failure status")
+    status, error = _failure_status(status, error, "unjudged()")
     decision = Decision(
         verdict=Verdict.VETO, status=status, risk=1.0, model="none", policy="none",
         rationale=f"check did not run ({status.value}): {error}", error=error,

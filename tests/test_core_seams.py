@@ -20,7 +20,7 @@ import pytest
 
 from guard.backends.scripted import ScriptedBackend
 from guard.config import GuardConfig
-from guard.core import BatchItem, Guard
+from guard.core import BatchItem, Guard, unjudged
 from guard.errors import ConfigError
 from guard.middleware import ToolGate, guarded
 from guard.types import ActionProposal, Decision, Frame, Status, Verdict
@@ -227,3 +227,28 @@ def test_an_entered_from_the_wall_clock_is_an_audited_invalid_input(
         assert "after time.monotonic()" in (d.error or "")
         assert _audited(audit_path, d)
     assert (monotonic.verdict, monotonic.status) == (Verdict.VETO, Status.TIMEOUT)
+
+
+# -- a front end's own refusal with a status that is no Status ------------------------------
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    ("timeout", Status.TIMEOUT), ("bogus", Status.ERROR), (None, Status.ERROR),
+    (3, Status.ERROR)], ids=["status-text", "unknown-text", "none", "int"])
+def test_a_refusal_with_a_status_that_is_no_status_is_still_an_audited_veto(
+    config: GuardConfig, audit_path: Path, status: Any, expected: Status
+) -> None:
+    """reject() and unjudged() with "timeout" (a status read from a wire message or a
+    config) raised AttributeError: the front end's refusal was neither returned nor
+    audited."""
+    with _guard(config) as g:
+        d = g.reject({"name": "stove_on"}, status, "the image did not decode")
+        ok: Any = "ok"
+        with pytest.raises(ValueError, match="failure status"):
+            g.reject({"name": "stove_on"}, ok, "fine")
+    u = unjudged(status, "the model did not load", audit=config.audit)
+    for decision in (d, u):
+        assert (decision.verdict, decision.status) == (Verdict.VETO, expected)
+        assert _audited(audit_path, decision)
+    if expected is Status.ERROR:
+        assert "is no Status" in (d.error or "")
