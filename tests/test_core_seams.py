@@ -252,3 +252,16 @@ def test_a_refusal_with_a_status_that_is_no_status_is_still_an_audited_veto(
         assert _audited(audit_path, decision)
     if expected is Status.ERROR:
         assert "is no Status" in (d.error or "")
+
+
+def test_the_gate_names_a_description_that_is_not_text(
+    config: GuardConfig, frame: Frame, audit_path: Path
+) -> None:
+    """A description that was no text was refused as "'int' object has no attribute
+    'splitlines'"."""
+    with _guard(config) as g:
+        bad: Any = 5
+        result = ToolGate(g, frames=lambda: frame).check("stove_on", {}, description=bad)
+    assert not result.run and result.decision.status is Status.INVALID_INPUT
+    assert "description must be text, got int" in (result.decision.error or "")
+    assert _audited(audit_path, result.decision)

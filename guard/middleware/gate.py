@@ -266,8 +266,16 @@ class ToolGate:
 
 
 def first_line(description: str | None) -> str:
-    """The first non-blank line of a tool's description: what the judge reads."""
-    for line in (description or "").splitlines():
+    """The first non-blank line of a tool's description: what the judge reads.
+
+    Raises:
+        TypeError: the description is not text (the gate's one-line refusal names it).
+    """
+    if description is None:
+        return ""
+    if not isinstance(description, str):
+        raise TypeError(f"the tool description must be text, got {type(description).__name__}")
+    for line in description.splitlines():
         if line.strip():
             return line.strip()
     return ""
