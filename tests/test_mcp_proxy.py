@@ -461,3 +461,48 @@ def test_veto_and_warning_texts_state_the_consequence() -> None:
     assert "could not run (timeout: slow judge)" in veto_text(failed, proposal)
     shadow = decision.model_copy(update={"mode": "shadow"})
     assert "shadow mode" in warning_text(shadow, proposal)
+
+
+def test_a_raw_client_sending_nan_arguments_gets_audited_vetoes(work: Path) -> None:
+    """JSON has no NaN, but the SDK's parser reads the literal; the SDK's own client sends null.
+    A hostile client writing the line itself: the known tool and the unknown one are both
+    audited vetoes that ran nothing (the unknown tool's stand-in proposal raised before)."""
+    proc = subprocess.Popen([sys.executable, *proxy_args(work, "--frames", str(FRAME))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, cwd=ROOT, env=dict(os.environ))
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def send(line: str) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write(line.encode() + b"\n")
+        proc.stdin.flush()
+
+    def answer(want: int) -> dict[str, Any]:
+        assert proc.stdout is not None
+        while True:
+            line = proc.stdout.readline()
+            assert line, "the proxy closed its output"
+            msg: dict[str, Any] = json.loads(line)
+            if msg.get("id") == want:
+                return msg
+
+    try:
+        send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"}}}))
+        answer(1)
+        send(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        send('{"jsonrpc": "2.0", "id": 2, "method": "tools/call", '
+             '"params": {"name": "move_base", "arguments": {"x": NaN, "y": 1}}}')
+        send('{"jsonrpc": "2.0", "id": 3, "method": "tools/call", '
+             '"params": {"name": "self_destruct", "arguments": {"x": Infinity}}}')
+        known, unknown = answer(2)["result"], answer(3)["result"]
+    finally:
+        stop(proc)
+    assert known["isError"] and unknown["isError"]
+    assert known["_meta"][META_KEY]["status"] == "invalid_input"
+    assert unknown["_meta"][META_KEY]["status"] == "invalid_input"
+    assert "self_destruct" in unknown["content"][0]["text"]
+    assert ran(work) == []
+    records = audit_records(work)
+    assert [r["decision"]["status"] for r in records] == ["invalid_input", "invalid_input"]

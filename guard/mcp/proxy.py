@@ -110,6 +110,16 @@ _GUARD_CHECK_TOOL = types.Tool(
 )
 
 
+def _stand_in(fields: dict[str, Any]) -> ActionProposal:
+    """The proposal an audit record or a veto message names: the fields as given, or, where the
+    type refuses them (a NaN argument, a blank name), the tool's name alone, so that a refusal
+    is still audited and answered rather than raised."""
+    try:
+        return ActionProposal(**fields)
+    except ValueError:
+        return ActionProposal(name=str(fields.get("name") or "?").strip() or "?")
+
+
 @dataclass(frozen=True)
 class ProxyOptions:
     """How the proxy reaches its upstream and treats the guard's decisions.
@@ -349,11 +359,7 @@ class GuardProxy:
         # The core validates the mapping itself: a proposal it refuses is an audited
         # invalid_input veto, never an exception here.
         decision = await self.guard.acheck(self._frames(arguments), fields)
-        try:
-            proposal = ActionProposal(**fields)
-        except ValueError:
-            proposal = ActionProposal(name=str(fields.get("name") or "?").strip() or "?")
-        return decision, proposal
+        return decision, _stand_in(fields)
 
     async def _reject(self, proposal: ActionProposal, status: Status, reason: str) -> Decision:
         # The audit write happens off the event loop, as every check's does.
@@ -371,8 +377,8 @@ class GuardProxy:
         if name not in self._tools:
             await self._refresh_tools()
         if name not in self._tools:
-            proposal = ActionProposal(name=name.strip() or "?", arguments=judged_arguments(
-                arguments, self.options.image_argument))
+            proposal = _stand_in({"name": name, "arguments": judged_arguments(
+                arguments, self.options.image_argument)})
             decision = await self._reject(
                 proposal, Status.INVALID_INPUT, f"the upstream server has no tool {name!r}"
             )
