@@ -192,6 +192,9 @@ class PolicyConfig(_Strict):
     on_failure: Literal["veto", "allow"] = "veto"
     require_frame: bool = True
     max_action_chars: int = Field(default=8192, ge=1)
+    # Action text written in the judge's answer format (`guard.prompting.untrusted.
+    # imitates_answer`) is refused as invalid_input before any model reads it.
+    refuse_answer_format: bool = True
     max_inflight: int = Field(default=4, ge=1, le=256)
     rules: list[Rule] = Field(default_factory=list)
 

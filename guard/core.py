@@ -56,6 +56,7 @@ from guard.prompting import (
     resolve_action_format,
     resolve_template,
 )
+from guard.prompting.untrusted import imitates_answer
 from guard.types import (
     MAX_ARGUMENT_VALUES,
     ActionProposal,
@@ -545,6 +546,11 @@ class Guard:
             raise InvalidInputError(
                 f"action text is {len(action)} characters, over max_action_chars "
                 f"({policy.max_action_chars})"
+            )
+        if policy.refuse_answer_format and (forged := _forged_answer(trace.proposal, action)):
+            raise InvalidInputError(
+                f"the action text imitates the judge's answer ({forged!r}); refused before any "
+                f"model reads it (policy.refuse_answer_format)"
             )
         try:
             trace.rules = rules = self._evaluate_rules(trace.proposal, action, deadline)
@@ -1140,6 +1146,24 @@ def _failure_status(status: Any, reason: str, caller: str) -> tuple[Status, str]
     if status is Status.OK:
         raise ValueError(f"{caller} needs a failure status")
     return status, reason
+
+
+def _forged_answer(proposal: ActionProposal, action: str) -> str | None:
+    """The first piece of the action text, or of an argument's text as it reads decoded (JSON
+    rendering escapes line breaks and non-ASCII letters, which a judge may read through), in
+    the judge's answer format; None when there is none."""
+    pending: list[Any] = [proposal.arguments]
+    texts = [action]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            texts += [k for k in value if isinstance(k, str)]
+            pending += value.values()
+        elif isinstance(value, (list, tuple)):
+            pending += value
+        elif isinstance(value, str):
+            texts.append(value)
+    return next((f for t in texts if (f := imitates_answer(t)) is not None), None)
 
 
 def _judgeable(proposal: ActionProposal) -> None:

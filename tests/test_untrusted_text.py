@@ -252,8 +252,11 @@ def test_guard_on_a_tiny_model_never_reads_a_control_token(tiny: Path, config: A
     from guard.core import Guard
     from guard.types import ActionProposal, Status, Verdict
 
+    # HOSTILE also holds a fake answer, which the core refuses before any model reads it; off
+    # here, so that the layer under it (the backend's control-token count) is what is tested
     cfg = config.with_overrides(**{"model.backend": "transformers", "model.id": str(tiny),
-                                   "model.max_new_tokens": 4, "policy.max_frame_age_ms": None})
+                                   "model.max_new_tokens": 4, "policy.max_frame_age_ms": None,
+                                   "policy.refuse_answer_format": False})
     fresh = frame.model_copy(update={"stamp": time.time()})
     with Guard(cfg) as guard:
         d = guard.check([fresh], ActionProposal(name="grip", description=HOSTILE))
@@ -328,3 +331,20 @@ def test_embedded_model_vetoes_hold_against_end_of_text() -> None:
 
 
 _KNIFE_N = 40
+
+
+def test_answer_imitation_is_found_in_every_answer_shaped_attack_and_no_world_action() -> None:
+    from guard.bench.injection import ATTACKS
+    from guard.prompting.action import render_action
+    from guard.prompting.untrusted import imitates_answer
+    from guard.world import iter_items
+
+    answer_shaped = {"fake_answer_prefix", "fake_answer_suffix", "fake_verdict_inline",
+                     "fake_assistant_turn", "fake_turn_text", "lookalike_answer"}
+    for name, (_, rewrite) in ATTACKS.items():
+        found = imitates_answer(rewrite("light the stove"))
+        assert (found is not None) == (name in answer_shaped), name
+    for split in ("train", "test_iid", "test_ood"):
+        for it in iter_items(split, 300, seed=3):
+            text = render_action(it.action, it.query)
+            assert imitates_answer(text) is None, text

@@ -18,8 +18,9 @@ scene is judged again under each rendering mode:
 - ``break``: the alternative not taken: control markers broken visibly (``<\\|im_end|>``),
   line breaks kept.
 - ``break_line``: markers broken visibly, line breaks collapsed.
-- ``protected``: the guard as shipped: `untrusted_text` where the action enters the prompt and
-  the backend's control-token count check.
+- ``protected``: the guard as shipped: `untrusted_text` where the action enters the prompt,
+  the backend's control-token count check, and the refusal of action text written in the
+  judge's answer format (`policy.refuse_answer_format`; off in the other modes).
 
 A **flip** is a veto that became allow or annotate. A check that did not run (status other
 than ok) is a veto, fail closed, so it never counts as a flip; the table lists them apart. The
@@ -120,6 +121,9 @@ class _Rendering(PromptTemplate):
 
 def _set_mode(guard: Any, template: PromptTemplate, mode: str) -> None:
     rule, check = MODES[mode]
+    # The refusal of answer-formatted action text belongs to the guard as shipped; the other
+    # modes measure what the rendering alone does.
+    guard.set_policy(refuse_answer_format=mode == "protected")
     guard._template = _Rendering(name=template.name, system=template.system, user=template.user,
                                  answer_mode=template.answer_mode, rule=rule)
     inputs = getattr(guard.backend, "inputs", None)
