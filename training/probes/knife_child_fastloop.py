@@ -56,6 +56,7 @@ def _encode(model: Any, processor: Any, items: list[Any],
             enc[key] = enc[key][:, :end]
         enc["verdict_at"] = first
         enc["rule"] = row["target_rule"]
+        enc["ood"] = row.get("ood")
         out.append(enc)
     return out
 
@@ -75,8 +76,9 @@ def _accuracy(model: Any, batch_fn: Any, data: list[dict[str, Any]], veto: int,
                 pos = int(e["verdict_at"]) - 1  # the position that predicts the verdict
                 want = int(labels[i, pos + 1])
                 got = veto if logits[i, pos, veto] > logits[i, pos, allow] else allow
-                right.setdefault(str(e["rule"]), []).append(int(got == want))
-    every = [r for rs in right.values() for r in rs]
+                key = f"ood:{e['ood']}" if e.get("ood") else str(e["rule"])
+                right.setdefault(key, []).append(int(got == want))
+    every = [r for k, rs in right.items() if not k.startswith("ood:") for r in rs]
     return {"all": round(sum(every) / len(every), 3),
             **{k: round(sum(v) / len(v), 3) for k, v in sorted(right.items())}}
 
@@ -110,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                         " default: the verdict token only")
     p.add_argument("--clip", type=float, help="clip the gradient norm (the HF Trainer: 1.0)")
     p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--ood-seed", type=int,
+                   help="also score `test_ood` items of this world seed (512; per held-out kind"
+                        " as ood:composition and ood:layout); never the test seed 1000")
     p.add_argument("--out", type=Path)
     p.add_argument("--save", type=Path, help="save the trained model and processor here"
                    " (a later run continues it with --model)")
@@ -135,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             unnamed_tool_rate=0.15), args.max_length)
     val_cfg = WorldConfig(**WORLDS[args.val_world or args.world])
     val = _encode(model, processor, world_items("train", 512, seed=77, config=val_cfg))
+    if args.ood_seed is not None:
+        if args.ood_seed == 1000:
+            p.error("--ood-seed 1000 is the test seed; validate on another")
+        val += _encode(model, processor, world_items("test_ood", 512, seed=args.ood_seed,
+                                                     config=val_cfg))
     pad = tok.pad_token_id
 
     def batch_fn(chunk: list[dict[str, Any]]) -> dict[str, Any]:
