@@ -346,6 +346,25 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+#: pydantic's "the value is not of this form" errors: a union member the value does not take.
+_SHAPE_ERRORS = frozenset({"list_type", "dict_type", "model_attributes_type", "model_type"})
+
+
+def _error_lines(exc: ValidationError) -> list[str]:
+    """One line per mistake, named by the config's own path. pydantic reports a union (a
+    source or a list of sources) once per member: the member's label is left out of the path,
+    and a member's "not of this form" error is dropped where another member names the mistake
+    inside the value."""
+    def path(e: Any) -> str:
+        return ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and "[" in x))
+
+    errors = exc.errors()
+    inner = [path(e) for e in errors if e["type"] not in _SHAPE_ERRORS]
+    kept = [e for e in errors if e["type"] not in _SHAPE_ERRORS
+            or not any(p == path(e) or p.startswith(path(e) + ".") for p in inner)]
+    return [f"{path(e)}: {e['msg']} (got {e.get('input')!r})" for e in kept]
+
+
 def load_run_config(
     source: str | Path | dict[str, Any],
     *,
@@ -392,9 +411,7 @@ def load_run_config(
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-                 for e in exc.errors()]
-        raise ConfigError(f"{where}: " + "; ".join(lines)) from None
+        raise ConfigError(f"{where}: " + "; ".join(_error_lines(exc))) from None
     if validate_trainer:
         cfg.trainer_args("unused")
     else:

@@ -116,9 +116,22 @@ def test_a_list_of_train_sources_concatenates_them_and_can_oversample_a_rule() -
     items = load_items(cfg.data.train)
     rules = Counter(it.meta["target_rule"] for it in items)
     assert len(items) == 32 and rules["knife_child"] >= 16
+    assert isinstance(cfg.data.train, list)
     assert [it.id for it in items[16:]] == [it.id for it in load_items(cfg.data.train[1])]
 
 
 def test_an_empty_list_of_train_sources_is_refused() -> None:
     with pytest.raises(ConfigError, match="at least one"):
         load_run_config({**_minimal(), "data": {"train": []}})
+
+
+@pytest.mark.parametrize(("train", "path"), [
+    ({"source": "world"}, "data.train.world.n"),
+    ([{"source": "world", "n": 4}, {"source": "dataset"}], "data.train.1.dataset.path"),
+])
+def test_a_bad_source_is_named_by_its_path_alone(train: object, path: str) -> None:
+    """One line for one mistake: not once per form `train` may take (a source, a list)."""
+    with pytest.raises(ConfigError) as err:
+        load_run_config({**_minimal(), "data": {"train": train}})
+    bad = train[-1] if isinstance(train, list) else train
+    assert str(err.value) == f"config: {path}: Field required (got {bad!r})"
