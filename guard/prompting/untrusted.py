@@ -50,6 +50,7 @@ prompt rendered here).
 from __future__ import annotations
 
 import re
+import unicodedata
 
 #: Qwen3's tags, added to its tokenizer as non-special tokens (matched in text all the same).
 QWEN_TAGS = ("think", "tool_call", "tool_response")
@@ -118,8 +119,6 @@ def imitates_answer(text: str) -> str | None:
     reads it: NFKC-folded (fullwidth letters), without invisible format characters, line breaks
     as spaces.
     """
-    import unicodedata
-
     plain = _SPACE.sub(" ", _FORMAT.sub("", unicodedata.normalize("NFKC", text)))
     found = _ANSWER_IMITATION.search(plain)
     return found.group(0).strip() if found else None
