@@ -104,13 +104,18 @@ def test_a_trained_folder_loads_and_its_card_holds_the_measured_metrics(
     assert card.data.license == "apache-2.0"
 
 
+def _run_folder(path: Path, run_config: str) -> Path:
+    """A model folder holding only a config and the run config that trained it."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    (path / "training_run_config.yaml").write_text(run_config)
+    return path
+
+
 def test_base_model_license_and_adapters(tmp_path: Path) -> None:
-    folder = tmp_path / "m"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
-    (folder / "training_run_config.yaml").write_text(
+    folder = _run_folder(tmp_path / "m", (
         "method: caspo\nmodel: {id: Qwen/Qwen2.5-VL-7B-Instruct}\n"
-        "data: {train: {source: dataset, path: someone/guard-data, split: train}}\n")
+        "data: {train: {source: dataset, path: someone/guard-data, split: train}}\n"))
     card: Any = build_model_card(folder)
     assert card.data.base_model == "Qwen/Qwen2.5-VL-7B-Instruct"
     assert card.data.datasets == ["someone/guard-data"]
@@ -131,15 +136,12 @@ def test_base_model_license_and_adapters(tmp_path: Path) -> None:
 
 
 def test_a_run_trained_on_a_list_of_sources_names_each(tmp_path: Path) -> None:
-    folder = tmp_path / "m"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
-    (folder / "training_run_config.yaml").write_text(
+    folder = _run_folder(tmp_path / "m", (
         "method: sft\nmodel: {id: base}\ndata:\n  train:\n"
         "    - {source: world, split: train, n: 64}\n"
         "    - {source: world, split: train, n: 32, start: 900,"
         " overrides: {rules: [knife_child]}}\n"
-        "    - {source: dataset, path: someone/guard-data}\n")
+        "    - {source: dataset, path: someone/guard-data}\n"))
     card: Any = build_model_card(folder)
     assert card.data.datasets == ["someone/guard-data"]
     assert "64 items from index 0" in card.text
