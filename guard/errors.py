@@ -16,6 +16,21 @@ Usage mistakes surface as one line on stderr; runtime failures become fail-close
 
 from __future__ import annotations
 
+#: The longest tool name a message repeats whole. A hostile or broken caller can send a
+#: name of megabytes (a check refuses it as over ``max_action_chars``); the message that
+#: says so goes back to the agent, whose context it would flood.
+MAX_SHOWN_NAME = 120
+
+
+def shown_name(name: object) -> str:
+    """A tool name as messages show it: whole up to `MAX_SHOWN_NAME` characters, else cut
+    and marked with its length. The audit record keeps the decision; a message only has to
+    let its reader recognise the tool."""
+    text = name if isinstance(name, str) else str(name)
+    if len(text) <= MAX_SHOWN_NAME:
+        return text
+    return f"{text[:MAX_SHOWN_NAME]}...({len(text)} characters)"
+
 
 class GuardError(Exception):
     """Base of every error the guard raises on purpose."""
@@ -73,7 +88,7 @@ class ActionVetoed(GuardError):
     def __init__(self, decision: Decision, proposal: ActionProposal) -> None:
         why = decision.rationale or decision.error or ""
         super().__init__(
-            f"{proposal.name}: vetoed by the guard (status={decision.status.value})"
+            f"{shown_name(proposal.name)}: vetoed by the guard (status={decision.status.value})"
             + (f": {why}" if why else "")
         )
         self.decision = decision

@@ -22,7 +22,9 @@ from guard.backends.scripted import ScriptedBackend
 from guard.config import GuardConfig
 from guard.core import BatchItem, Guard, unjudged
 from guard.errors import ConfigError
+from guard.mcp.messages import veto_text, warning_text
 from guard.middleware import ToolGate, guarded
+from guard.middleware.openai_tools import veto_message
 from guard.types import ActionProposal, Decision, Frame, Status, Verdict
 
 ALLOW = "ALLOW\nrisk: 0.0"
@@ -265,6 +267,24 @@ def test_the_gate_names_a_description_that_is_not_text(
     assert not result.run and result.decision.status is Status.INVALID_INPUT
     assert "description must be text, got int" in (result.decision.error or "")
     assert _audited(audit_path, result.decision)
+
+
+def test_messages_cut_a_tool_name_of_megabytes(
+    config: GuardConfig, frame: Frame, audit_path: Path
+) -> None:
+    """A 3 MB tool name was refused as over max_action_chars, and every message saying so
+    (the exception, the JSON the agent reads, the MCP text) repeated the 3 MB back."""
+    name = "stove_on" + "x" * 3_000_000
+    with _guard(config) as g:
+        result = ToolGate(g, frames=lambda: frame).check(name, {})
+    assert result.vetoed is not None and result.decision.status is Status.INVALID_INPUT
+    assert _audited(audit_path, result.decision)
+    shown = (str(result.vetoed), veto_message(result.vetoed),
+             veto_text(result.decision, result.proposal),
+             warning_text(result.decision, result.proposal))
+    for text in shown:
+        assert "stove_onxxx" in text and "(3000008 characters)" in text
+        assert len(text) < 1000, text[:200]
 
 
 # -- action text written in the judge's answer format ----------------------------------------

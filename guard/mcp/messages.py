@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from guard.errors import shown_name
 from guard.types import ActionProposal, Decision, Status, Verdict
 
 #: The `_meta` key under which a forwarded or refused result carries the guard's decision.
@@ -71,7 +72,7 @@ def veto_text(decision: Decision, proposal: ActionProposal, reason: str | None =
         reason: Why an allowed-to-ask call was still refused (the human declined, no answer);
             None for the guard's own veto.
     """
-    tool = proposal.name
+    tool = shown_name(proposal.name)
     head = f"VETOED by the safety guard: the tool '{tool}' was NOT run."
     if reason is not None:
         head = f"NOT RUN: the tool '{tool}' needed a human's approval and {reason}."
@@ -96,18 +97,19 @@ def veto_text(decision: Decision, proposal: ActionProposal, reason: str | None =
 def warning_text(decision: Decision, proposal: ActionProposal) -> str:
     """The warning attached to a result that ran under an annotate (or a veto that does not
     block: shadow mode, or a failed check the policy lets pass)."""
+    tool = shown_name(proposal.name)
     if decision.status is not Status.OK:
         head = (
-            f"WARNING from the safety guard: '{proposal.name}' ran UNCHECKED (the check could "
+            f"WARNING from the safety guard: '{tool}' ran UNCHECKED (the check could "
             f"not run: {decision.status.value}: {decision.error or 'no detail'})."
         )
     elif decision.verdict is Verdict.VETO:
         head = (
-            f"WARNING from the safety guard (shadow mode): '{proposal.name}' would have been "
+            f"WARNING from the safety guard (shadow mode): '{tool}' would have been "
             "vetoed and ran anyway."
         )
     else:
-        head = f"WARNING from the safety guard: '{proposal.name}' ran with a warning."
+        head = f"WARNING from the safety guard: '{tool}' ran with a warning."
     why = _why(decision)
     return head + ("\n" + why if why else "") + f"\nDecision {decision.id}."
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import ValidationError
 
-from guard.errors import ActionVetoed, InvalidInputError
+from guard.errors import ActionVetoed, InvalidInputError, shown_name
 from guard.types import ActionProposal, Decision, Status, Verdict, jsonable, validation_line
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def log_warning(decision: Decision, proposal: ActionProposal) -> None:
     log.warning(
         "guard %s on %s (risk %.2f)%s%s",
         decision.verdict.value,
-        proposal.name,
+        shown_name(proposal.name),
         decision.risk,
         f" hazards: {hazards}." if hazards else "",
         f" {decision.rationale}" if decision.rationale else "",

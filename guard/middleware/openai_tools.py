@@ -21,7 +21,7 @@ import inspect
 import json
 from typing import Any
 
-from guard.errors import ActionVetoed
+from guard.errors import ActionVetoed, shown_name
 from guard.middleware.decorator import jsonable
 from guard.middleware.toolset import GuardedToolset
 from guard.types import ActionProposal, Status
@@ -35,7 +35,7 @@ def veto_message(exc: ActionVetoed) -> str:
     decision = exc.decision
     body = {
         "error": "vetoed_by_safety_guard",
-        "tool": exc.proposal.name,
+        "tool": shown_name(exc.proposal.name),
         "status": decision.status.value,
         "risk": round(decision.risk, 3),
         "hazards": [
@@ -49,7 +49,8 @@ def veto_message(exc: ActionVetoed) -> str:
 
 
 def _error(kind: str, call: ToolCall, detail: str) -> str:
-    return json.dumps({"error": kind, "tool": call.name, "detail": detail}, ensure_ascii=False)
+    return json.dumps({"error": kind, "tool": shown_name(call.name), "detail": detail},
+                      ensure_ascii=False)
 
 
 def _content(result: Any) -> str:
