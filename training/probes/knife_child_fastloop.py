@@ -16,6 +16,13 @@ minutes, and every variant sees the same examples in the same order.
   scene holds the asking adult only).
 - ``--freeze vision`` trains the language model only (the merged image tokens stay what the
   tower gives); ``--freeze lm`` trains the vision tower and merger only.
+- ``--cell-item-weight W`` adds an auxiliary loss: a linear head reads every merged image
+  token (one per grid cell) and names the item lying in that cell (or none), weighted W
+  against the verdict loss. It asks the tower to keep an item's identity whatever it lies on:
+  the composition probe found the trained tower's token encodes (anchor, item) pairs instead,
+  so a held-out pairing reads as its anchor. Reported as ``cell_item`` (every cell of the
+  validation scenes) and ``cell_item:composition`` (the key cell of held-out compositions:
+  is a box on the stove named a box?).
 
 Validation: 512 held-out knife items (world seed 77, `train` split, never a test seed),
 accuracy of argmax(VETO, ALLOW) at the verdict position, every ``--eval-every`` steps.
@@ -31,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from guard.types import Verdict
+from guard.world.catalog import KINDS
 
 WORLDS: dict[str, dict[str, Any]] = {
     "easy": {"rules": ("knife_child",), "presence_decoy_rate": 0.0, "extra_hazard_rate": 0.0},
@@ -61,8 +69,57 @@ def _encode(model: Any, processor: Any, items: list[Any],
     return out
 
 
+#: Per-cell item classes of the auxiliary head: 0 is an empty cell.
+ITEM_CLASSES: tuple[str, ...] = ("", *(k.name for k in KINDS.values()
+                                         if k.layer == "item"))
+
+
+def _cell_items(split: str, n: int, seed: int, start: int, config: Any) -> list[dict[str, Any]]:
+    """Per item of ``world_items(split, n, seed=seed, start=start)``: the item class of every
+    cell in raster order (the merged tokens' order) and the key cell of a composition item."""
+    import torch
+
+    from guard.world import iter_items
+    from training.probes.composition_perception import KEY_ANCHOR
+
+    out = []
+    for w in iter_items(split, n, seed=seed, config=config, start=start):
+        cls = []
+        for cell in w.scene.cells():
+            it = w.scene.item(cell)
+            cls.append(ITEM_CLASSES.index(it.kind) if it is not None else 0)
+        key = None
+        if w.ood == "composition":
+            anchor = KEY_ANCHOR.get(w.rule)
+            if anchor is not None:
+                r, c = w.scene.find(anchor)[0].cell
+                key = r * w.scene.cols + c
+        out.append({"cells": torch.tensor(cls), "key_cell": key})
+    return out
+
+
+class _CellItemHead:
+    """The auxiliary head and the hook that hands it the tower's merged tokens."""
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        visual = model.model.visual
+        dim = int(model.config.text_config.hidden_size)
+        self.linear = torch.nn.Linear(dim, len(ITEM_CLASSES))
+        self.tokens: Any = None
+        visual.register_forward_hook(self._grab)
+
+    def _grab(self, _module: Any, _inputs: Any, output: Any) -> None:
+        self.tokens = output.pooler_output
+
+    def logits(self, n_images: int) -> Any:
+        """(images, cells, classes) for the last forward pass."""
+        return self.linear(self.tokens).reshape(n_images, -1, len(ITEM_CLASSES))
+
+
 def _accuracy(model: Any, batch_fn: Any, data: list[dict[str, Any]], veto: int,
-              allow: int) -> dict[str, float]:
+              allow: int, head: _CellItemHead | None = None) -> dict[str, float]:
     import torch
 
     right: dict[str, list[int]] = {}
@@ -72,13 +129,22 @@ def _accuracy(model: Any, batch_fn: Any, data: list[dict[str, Any]], veto: int,
             b = batch_fn(chunk)
             labels = b.pop("labels")
             logits = model(**b).logits
+            if head is not None:
+                got_cells = head.logits(len(chunk)).argmax(-1)
+                for i, e in enumerate(chunk):
+                    ok = (got_cells[i] == e["cells"]).tolist()
+                    right.setdefault("cell_item", []).extend(int(x) for x in ok)
+                    if e["key_cell"] is not None:
+                        right.setdefault("cell_item:composition", []).append(
+                            int(ok[e["key_cell"]]))
             for i, e in enumerate(chunk):
                 pos = int(e["verdict_at"]) - 1  # the position that predicts the verdict
                 want = int(labels[i, pos + 1])
                 got = veto if logits[i, pos, veto] > logits[i, pos, allow] else allow
                 key = f"ood:{e['ood']}" if e.get("ood") else str(e["rule"])
                 right.setdefault(key, []).append(int(got == want))
-    every = [r for k, rs in right.items() if not k.startswith("ood:") for r in rs]
+    every = [r for k, rs in right.items() if not k.startswith(("ood:", "cell_item"))
+             for r in rs]
     return {"all": round(sum(every) / len(every), 3),
             **{k: round(sum(v) / len(v), 3) for k, v in sorted(right.items())}}
 
@@ -111,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                         " max_length does (the loss then averages over those answer tokens);"
                         " default: the verdict token only")
     p.add_argument("--clip", type=float, help="clip the gradient norm (the HF Trainer: 1.0)")
+    p.add_argument("--cell-item-weight", type=float, default=0.0,
+                   help="weight of the auxiliary loss naming the item in every cell from its"
+                        " merged image token (0: off)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--ood-seed", type=int,
                    help="also score `test_ood` items of this world seed (512; per held-out kind"
@@ -130,21 +199,30 @@ def main(argv: list[str] | None = None) -> int:
                    for v in (Verdict.VETO, Verdict.ALLOW))
     cfg = WorldConfig(**WORLDS[args.world])
     t0 = time.time()
-    train = _encode(model, processor, world_items(
-        "train", args.n_train, seed=0, start=300_000, config=cfg,
-        bare_phrase_rate=0.15, unnamed_tool_rate=0.15), args.max_length)
+    train_kw = {"bare_phrase_rate": 0.15, "unnamed_tool_rate": 0.15}
+    sources: list[tuple[str, int, int, int, Any, dict[str, Any]]] = [
+        ("train", args.n_train, 0, 300_000, cfg, train_kw)]
     if args.extra_knife:
-        train += _encode(model, processor, world_items(
-            "train", args.extra_knife, seed=0, start=400_000,
-            config=WorldConfig(**WORLDS["default"]), bare_phrase_rate=0.15,
-            unnamed_tool_rate=0.15), args.max_length)
+        sources.append(("train", args.extra_knife, 0, 400_000,
+                        WorldConfig(**WORLDS["default"]), train_kw))
     val_cfg = WorldConfig(**WORLDS[args.val_world or args.world])
-    val = _encode(model, processor, world_items("train", 512, seed=77, config=val_cfg))
+    n_train_sources = len(sources)
+    sources.append(("train", 512, 77, 0, val_cfg, {}))
     if args.ood_seed is not None:
         if args.ood_seed == 1000:
             p.error("--ood-seed 1000 is the test seed; validate on another")
-        val += _encode(model, processor, world_items("test_ood", 512, seed=args.ood_seed,
-                                                     config=val_cfg))
+        sources.append(("test_ood", 512, args.ood_seed, 0, val_cfg, {}))
+    encoded = []
+    for k, (split, n, seed, start, wcfg, kw) in enumerate(sources):
+        enc = _encode(model, processor, world_items(split, n, seed=seed, start=start,
+                                                    config=wcfg, **kw),
+                      args.max_length if k < n_train_sources else None)
+        if args.cell_item_weight:
+            for e, c in zip(enc, _cell_items(split, n, seed, start, wcfg), strict=True):
+                e.update(c)
+        encoded.append(enc)
+    train = [e for enc in encoded[:n_train_sources] for e in enc]
+    val = [e for enc in encoded[n_train_sources:] for e in enc]
     pad = tok.pad_token_id
 
     def batch_fn(chunk: list[dict[str, Any]]) -> dict[str, Any]:
@@ -155,19 +233,29 @@ def main(argv: list[str] | None = None) -> int:
     if frozen is not None:
         for prm in frozen.parameters():
             prm.requires_grad_(False)
-    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=args.lr,
-                            weight_decay=0.0)
+    head = _CellItemHead(model) if args.cell_item_weight else None
+    params = [q for q in model.parameters() if q.requires_grad]
+    if head is not None:
+        params += list(head.linear.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
     rng = random.Random(0)
     log: list[dict[str, Any]] = [{"step": 0, "val_acc": _accuracy(
-        model.eval(), batch_fn, val, veto, allow)}]
+        model.eval(), batch_fn, val, veto, allow, head)}]
     print(json.dumps(log[-1]), flush=True)
     model.train()
     losses: list[float] = []
     t1 = time.time()
     for step in range(1, args.steps + 1):
-        b = batch_fn(rng.sample(train, args.batch))
-        loss = model(**b).loss
+        chunk = rng.sample(train, args.batch)
+        loss = model(**batch_fn(chunk)).loss
+        if head is not None:
+            cells = torch.stack([e["cells"] for e in chunk])
+            cell_logits = head.logits(len(chunk))
+            # one merged token per grid cell, raster order (checked by composition_perception)
+            assert cell_logits.shape[1] == cells.shape[1], (cell_logits.shape, cells.shape)
+            aux = torch.nn.functional.cross_entropy(cell_logits.flatten(0, 1), cells.flatten())
+            loss = loss + args.cell_item_weight * aux
         loss.backward()
         if args.clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
@@ -177,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         losses.append(float(loss.detach()))
         if step % args.eval_every == 0 or step == args.steps:
             entry = {"step": step, "train_loss": round(sum(losses) / len(losses), 4),
-                     "val_acc": _accuracy(model.eval(), batch_fn, val, veto, allow),
+                     "val_acc": _accuracy(model.eval(), batch_fn, val, veto, allow, head),
                      "s": round(time.time() - t1, 1)}
             model.train()
             losses = []
@@ -186,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {"init": args.init, "world": args.world, "val_world": args.val_world or args.world,
            "freeze": args.freeze, "lr": args.lr, "max_length": args.max_length,
            "clip": args.clip, "extra_knife": args.extra_knife,
+           "cell_item_weight": args.cell_item_weight, "ood_seed": args.ood_seed,
            "batch": args.batch, "n_train": args.n_train, "encode_s": round(t1 - t0, 1),
            "log": log}
     if args.out:

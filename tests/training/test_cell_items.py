@@ -1,0 +1,44 @@
+"""The per-cell item targets of the composition probe (`knife_child_fastloop
+--cell-item-weight`): one class per grid cell in the merged tokens' raster order, and the
+key cell of a held-out composition is the cell of the held-out pair."""
+
+from __future__ import annotations
+
+from guard.world import WorldConfig, iter_items
+from training.probes.composition_perception import KEY_ANCHOR
+from training.probes.knife_child_fastloop import ITEM_CLASSES, _cell_items
+
+
+def test_every_cell_names_its_item_in_raster_order() -> None:
+    cfg = WorldConfig()
+    targets = _cell_items("train", 24, seed=77, start=5, config=cfg)
+    scenes = [w.scene for w in iter_items("train", 24, seed=77, config=cfg, start=5)]
+    assert len(targets) == len(scenes)
+    named = 0
+    for t, scene in zip(targets, scenes, strict=True):
+        cells = t["cells"].tolist()
+        assert len(cells) == scene.rows * scene.cols
+        for r, c in scene.cells():
+            it = scene.item((r, c))
+            assert ITEM_CLASSES[cells[r * scene.cols + c]] == (it.kind if it else "")
+            named += it is not None
+        assert t["key_cell"] is None  # train holds no held-out composition
+    assert named > 24  # scenes hold items: the check above compared something
+
+
+def test_the_key_cell_of_a_composition_holds_the_held_out_pair() -> None:
+    cfg = WorldConfig()
+    held = set(cfg.held_out_pairs)
+    items = list(iter_items("test_ood", 64, seed=2000, config=cfg))
+    targets = _cell_items("test_ood", 64, seed=2000, start=0, config=cfg)
+    keyed = 0
+    for w, t in zip(items, targets, strict=True):
+        if t["key_cell"] is None:
+            assert w.ood != "composition" or w.rule not in KEY_ANCHOR
+            continue
+        keyed += 1
+        r, c = divmod(t["key_cell"], w.scene.cols)
+        (anchor,) = [a.kind for a in w.scene.find(KEY_ANCHOR[w.rule]) if a.cell == (r, c)]
+        item = ITEM_CLASSES[t["cells"][t["key_cell"]]]
+        assert (anchor, item) in held
+    assert keyed > 0
