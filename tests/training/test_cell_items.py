@@ -22,7 +22,7 @@ def test_every_cell_names_its_item_in_raster_order() -> None:
             it = scene.item((r, c))
             assert ITEM_CLASSES[cells[r * scene.cols + c]] == (it.kind if it else "")
             named += it is not None
-        assert t["key_cell"] is None  # train holds no held-out composition
+        assert t["key_cell"] is None and t["new_here"] is None  # no held-out pair in train
     assert named > 24  # scenes hold items: the check above compared something
 
 
@@ -41,4 +41,5 @@ def test_the_key_cell_of_a_composition_holds_the_held_out_pair() -> None:
         (anchor,) = [a.kind for a in w.scene.find(KEY_ANCHOR[w.rule]) if a.cell == (r, c)]
         item = ITEM_CLASSES[t["cells"][t["key_cell"]]]
         assert (anchor, item) in held
+        assert {ITEM_CLASSES[k] for k in t["new_here"]} == {i for a, i in held if a == anchor}
     assert keyed > 0

@@ -21,8 +21,9 @@ minutes, and every variant sees the same examples in the same order.
   against the verdict loss. It asks the tower to keep an item's identity whatever it lies on:
   the composition probe found the trained tower's token encodes (anchor, item) pairs instead,
   so a held-out pairing reads as its anchor. Reported as ``cell_item`` (every cell of the
-  validation scenes) and ``cell_item:composition`` (the key cell of held-out compositions:
-  is a box on the stove named a box?).
+  validation scenes), ``cell_item:composition`` (the key cell of held-out compositions: is
+  a box on the stove named a box?) and ``cell_item_forced:composition`` (the same, choosing
+  only among the items held out on that anchor, box or pot on the stove: chance 0.5).
 
 Validation: 512 held-out knife items (world seed 77, `train` split, never a test seed),
 accuracy of argmax(VETO, ALLOW) at the verdict position, every ``--eval-every`` steps.
@@ -88,13 +89,17 @@ def _cell_items(split: str, n: int, seed: int, start: int, config: Any) -> list[
         for cell in w.scene.cells():
             it = w.scene.item(cell)
             cls.append(ITEM_CLASSES.index(it.kind) if it is not None else 0)
-        key = None
+        key, new_here = None, None
         if w.ood == "composition":
             anchor = KEY_ANCHOR.get(w.rule)
             if anchor is not None:
                 r, c = w.scene.find(anchor)[0].cell
                 key = r * w.scene.cols + c
-        out.append({"cells": torch.tensor(cls), "key_cell": key})
+                # the items held out on this anchor (box or pot on the stove): a forced
+                # choice among them cannot lean on the anchor
+                new_here = [ITEM_CLASSES.index(i) for a, i in config.held_out_pairs
+                            if a == anchor]
+        out.append({"cells": torch.tensor(cls), "key_cell": key, "new_here": new_here})
     return out
 
 
@@ -130,13 +135,18 @@ def _accuracy(model: Any, batch_fn: Any, data: list[dict[str, Any]], veto: int,
             labels = b.pop("labels")
             logits = model(**b).logits
             if head is not None:
-                got_cells = head.logits(len(chunk)).argmax(-1)
+                cell_logits = head.logits(len(chunk))
+                got_cells = cell_logits.argmax(-1)
                 for i, e in enumerate(chunk):
                     ok = (got_cells[i] == e["cells"]).tolist()
                     right.setdefault("cell_item", []).extend(int(x) for x in ok)
                     if e["key_cell"] is not None:
-                        right.setdefault("cell_item:composition", []).append(
-                            int(ok[e["key_cell"]]))
+                        k, want = e["key_cell"], int(e["cells"][e["key_cell"]])
+                        right.setdefault("cell_item:composition", []).append(int(ok[k]))
+                        among = e["new_here"]
+                        pick = among[int(cell_logits[i, k, among].argmax())]
+                        right.setdefault("cell_item_forced:composition", []).append(
+                            int(pick == want))
             for i, e in enumerate(chunk):
                 pos = int(e["verdict_at"]) - 1  # the position that predicts the verdict
                 want = int(labels[i, pos + 1])
