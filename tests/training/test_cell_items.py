@@ -43,3 +43,29 @@ def test_the_key_cell_of_a_composition_holds_the_held_out_pair() -> None:
         assert (anchor, item) in held
         assert {ITEM_CLASSES[k] for k in t["new_here"]} == {i for a, i in held if a == anchor}
     assert keyed > 0
+
+
+def test_projection_rows_keep_the_answer_through_the_verdict() -> None:
+    """A projection-first row's verdict comes after its scene and effect lines: the probe
+    trains on those lines and reads the verdict where it stands, not at the first token."""
+    from guard.backends.qwen_inputs import IGNORE_INDEX
+    from guard.types import Verdict
+    from training.data import world_items
+    from training.evaluate import load_for_eval
+    from training.probes.knife_child_fastloop import _encode
+
+    model, processor = load_for_eval("guard/models/hazardworld-small")
+    items = world_items("train", 6, seed=77, config=WorldConfig())
+    verdicts = {processor.tokenizer.encode(v.word, add_special_tokens=False)[0]
+                for v in (Verdict.VETO, Verdict.ALLOW)}
+    plain = _encode(model, processor, items)
+    projected = _encode(model, processor, items, projection_rate=1.0)
+    for p, q in zip(plain, projected, strict=True):
+        for e in (p, q):
+            at = e["verdict_at"]
+            assert e["input_ids"].shape[1] == at + 1  # cut right after the verdict
+            assert int(e["labels"][0, at]) in verdicts
+        answer = (q["labels"][0] != IGNORE_INDEX).nonzero()[:, 0]
+        assert len(answer) > 10 and int(answer[-1]) == q["verdict_at"]  # scene, effect, verdict
+        assert (p["labels"][0] != IGNORE_INDEX).sum() == 1
+        assert int(p["labels"][0, p["verdict_at"]]) == int(q["labels"][0, q["verdict_at"]])

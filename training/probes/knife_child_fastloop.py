@@ -48,18 +48,25 @@ WORLDS: dict[str, dict[str, Any]] = {
 }
 
 
-def _encode(model: Any, processor: Any, items: list[Any],
-            max_length: int | None = None) -> list[dict[str, Any]]:
+def _encode(model: Any, processor: Any, items: list[Any], max_length: int | None = None,
+            projection_rate: float = 0.0) -> list[dict[str, Any]]:
     from guard.backends.qwen_inputs import IGNORE_INDEX
     from training.collators import GuardSFTCollator
     from training.data import sft_rows
     from training.processor import input_builder
 
     col = GuardSFTCollator(input_builder(processor, model.config))
+    tok = processor.tokenizer
+    verdict_ids = {tok.encode(v.word, add_special_tokens=False)[0]
+                   for v in (Verdict.VETO, Verdict.ALLOW)}
     out = []
-    for row in sft_rows(items, action_format="tool_call_v1"):
+    for row in sft_rows(items, action_format="tool_call_v1", projection_rate=projection_rate):
         enc = col.encode(row, row["completion"])
-        first = int((enc["labels"][0] != IGNORE_INDEX).nonzero()[0])
+        answer = (enc["labels"][0] != IGNORE_INDEX).nonzero()[:, 0]
+        first = int(answer[0])
+        if row["answer_mode"] == "projection_first":
+            # the projection's scene and effect lines, then the verdict: kept through it
+            first = next(int(i) for i in answer if int(enc["labels"][0, i]) in verdict_ids)
         end = first + 1 if max_length is None else max(max_length, first + 1)
         for key in ("input_ids", "attention_mask", "mm_token_type_ids", "labels"):
             enc[key] = enc[key][:, :end]
@@ -190,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cell-item-weight", type=float, default=0.0,
                    help="weight of the auxiliary loss naming the item in every cell from its"
                         " merged image token (0: off)")
+    p.add_argument("--projection-rate", type=float, default=0.0,
+                   help="share of training rows in the projection-first answer mode (the"
+                        " world's scene and effect lines, then the verdict: kept through the"
+                        " verdict); validation stays verdict first. Score the saved model's"
+                        " own projections with `training.evaluate --answer-mode"
+                        " projection_first --projection-effect`")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--ood-seed", type=int,
                    help="also score `test_ood` items of this world seed (512; per held-out kind"
@@ -226,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     for k, (split, n, seed, start, wcfg, kw) in enumerate(sources):
         enc = _encode(model, processor, world_items(split, n, seed=seed, start=start,
                                                     config=wcfg, **kw),
-                      args.max_length if k < n_train_sources else None)
+                      args.max_length if k < n_train_sources else None,
+                      args.projection_rate if k < n_train_sources else 0.0)
         if args.cell_item_weight:
             for e, c in zip(enc, _cell_items(split, n, seed, start, wcfg), strict=True):
                 e.update(c)
@@ -285,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
            "freeze": args.freeze, "lr": args.lr, "max_length": args.max_length,
            "clip": args.clip, "extra_knife": args.extra_knife,
            "cell_item_weight": args.cell_item_weight, "ood_seed": args.ood_seed,
+           "projection_rate": args.projection_rate,
            "batch": args.batch, "n_train": args.n_train, "encode_s": round(t1 - t0, 1),
            "log": log}
     if args.out:
