@@ -71,6 +71,12 @@ class Appearance(_Strict):
     camera_zoom: float = Field(default=0.03, ge=0.0, le=0.5)
     camera_perspective: float = Field(default=0.0, ge=0.0, le=0.2, description="corner jitter")
     floor_styles: int = Field(default=4, ge=1, le=4, description="how many floor looks to use")
+    item_on_anchor: Literal["centre", "tray"] = Field(
+        default="centre",
+        description="how an item lying on an anchor is drawn: centred over it, or small in the"
+                    " cell's top-left quarter on a plain tray that hides the anchor there (that"
+                    " quarter is one image patch at 28 px cells, and looks the same whatever"
+                    " the item lies on)")
 
 
 class WorldConfig(_Strict):

@@ -132,6 +132,33 @@ def test_rendering_shows_state_and_contact() -> None:
         assert ys.min() >= 28 and ys.max() < 56 and xs.min() >= 28 and xs.max() < 56
 
 
+def test_a_tray_shows_an_item_alike_on_every_anchor() -> None:
+    """`item_on_anchor: tray`: the cell's top-left quarter (one image patch at 28 px cells)
+    shows the item the same on a stove, a hot plate or a table; the rest shows the anchor.
+    Centred, the item's pixels mix with each anchor's."""
+    from guard.world.drawing import render
+    from guard.world.scene import Scene
+
+    def cell(anchor: str, item: str | None, mode: str) -> np.ndarray:
+        cfg = WorldConfig.preset("easy").model_copy(update={"appearance": (
+            WorldConfig.preset("easy").appearance.model_copy(update={"item_on_anchor": mode}))})
+        objs: list[tuple[str, int, int]] = [(anchor, 1, 1)] + ([(item, 1, 1)] if item else [])
+        return render(Scene.of(*objs), cfg, np.random.default_rng(0))[28:56, 28:56].astype(int)
+
+    for mode, alike in (("tray", True), ("centre", False)):
+        stove, plate, table = (cell(a, "box", mode) for a in ("stove", "hot_plate", "table"))
+        quarter = slice(2, 12)  # inside the 14 px quarter, clear of its edges
+        for other in (plate, table):
+            same = bool(np.abs(stove[quarter, quarter] - other[quarter, quarter]).max() <= 3)
+            assert same == alike, mode
+        if mode == "tray":
+            # the item is there (the tray's quarter differs from an empty stove's) and the
+            # anchor still shows in the rest of the cell
+            empty = cell("stove", None, mode)
+            assert np.abs(stove[quarter, quarter] - empty[quarter, quarter]).max() > 30
+            assert np.abs(stove[16:26, 16:26] - plate[16:26, 16:26]).max() > 30
+
+
 def test_render_is_deterministic_and_varied() -> None:
     it = sample_item(0, "train", seed=0)
     assert np.array_equal(render_item(it), render_item(it))

@@ -45,6 +45,8 @@ WORLDS: dict[str, dict[str, Any]] = {
     "easy": {"rules": ("knife_child",), "presence_decoy_rate": 0.0, "extra_hazard_rate": 0.0},
     "default": {"rules": ("knife_child",)},
     "all": {},  # every default rule, knife scenes a quarter of them
+    # the same, an item on an anchor drawn in its own patch (`appearance.item_on_anchor`)
+    "all_tray": {"appearance": {"item_on_anchor": "tray"}},
 }
 
 
