@@ -400,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=None,
                    help="render the world's frames at this side in pixels (default: the "
                    "preset's)")
+    p.add_argument("--item-on-anchor", choices=["centre", "tray"], default=None,
+                   help="draw an item lying on an anchor this way (the world's"
+                   " appearance.item_on_anchor; default: the preset's)")
     p.add_argument("--template", default="consequence_compact")
     p.add_argument("--answer-mode", default="verdict_first",
                    choices=["verdict_first", "projection_first"],
@@ -442,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         config = WorldConfig.preset(args.preset, **world)
     except ValidationError as exc:
         p.error(f"--image-size {args.image_size}: {exc.errors()[0]['msg']}")
+    if args.item_on_anchor is not None:
+        config = config.model_copy(update={"appearance": config.appearance.model_copy(
+            update={"item_on_anchor": args.item_on_anchor})})
     items = world_items(args.split, args.n, seed=args.seed, config=config)
     model, processor = load_for_eval(args.model)
     rep, results = evaluate(model, processor, items, template=template,
@@ -466,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         command = (f"python -m training.evaluate --model {args.model} --split {args.split} "
                    f"--seed {args.seed} --n {args.n} --preset {args.preset}"
                    + (f" --image-size {args.image_size}" if args.image_size else "")
+                   + (f" --item-on-anchor {args.item_on_anchor}" if args.item_on_anchor
+                      else "")
                    + (" --verdict-only" if args.verdict_only else "")
                    + (f" --answer-mode {args.answer_mode}"
                       if args.answer_mode != "verdict_first" else "")

@@ -4,6 +4,7 @@ SFT rows in either mode from one item set, and the evaluation parsing each mode 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,3 +160,27 @@ def test_evaluate_cli_refuses_bad_usage_in_one_line(argv: list[str], message: st
         main(["--model", "unused", *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "drawn"), [([], "centre"),
+                                             (["--item-on-anchor", "tray"], "tray")])
+def test_evaluate_draws_items_on_anchors_as_asked(argv: list[str], drawn: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model trained on `appearance.item_on_anchor: tray` is scored on the same pictures."""
+    import training.data
+    from training.evaluate import main
+
+    seen: list[Any] = []
+
+    class Stop(Exception):
+        pass
+
+    def world_items(split: str, n: int, **kw: Any) -> Any:
+        seen.append(kw["config"])
+        raise Stop
+
+    monkeypatch.setattr(training.data, "world_items", world_items)
+    with pytest.raises(Stop):
+        main(["--model", "unused", "--split", "test_ood", "--n", "2", *argv])
+    assert seen[0].appearance.item_on_anchor == drawn
+    assert seen[0].appearance.noise == 2.0  # the rest of the preset's appearance is kept
