@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                         " verdict); validation stays verdict first. Score the saved model's"
                         " own projections with `training.evaluate --answer-mode"
                         " projection_first --projection-effect`")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the batch order and any new weights (the items stay the same)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--ood-seed", type=int,
                    help="also score `test_ood` items of this world seed (512; per held-out kind"
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                    " (a later run continues it with --model)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
 
     model, processor = load_for_eval(args.model)
     if args.init == "random":
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         params += list(head.linear.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
-    rng = random.Random(0)
+    rng = random.Random(args.seed)
     log: list[dict[str, Any]] = [{"step": 0, "val_acc": _accuracy(
         model.eval(), batch_fn, val, veto, allow, head)}]
     print(json.dumps(log[-1]), flush=True)
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
            "freeze": args.freeze, "lr": args.lr, "max_length": args.max_length,
            "clip": args.clip, "extra_knife": args.extra_knife,
            "cell_item_weight": args.cell_item_weight, "ood_seed": args.ood_seed,
-           "projection_rate": args.projection_rate,
+           "projection_rate": args.projection_rate, "seed": args.seed,
            "batch": args.batch, "n_train": args.n_train, "encode_s": round(t1 - t0, 1),
            "log": log}
     if args.out:
