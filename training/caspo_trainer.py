@@ -24,6 +24,16 @@ Teacher weights (``teacher``):
   never, i.e. the starting weights). With LoRA the copy is a second adapter on the same base
   model (cheap); with full fine-tuning, a copy of the model (not under DeepSpeed ZeRO-3).
 
+Teacher context (``teacher_context``):
+
+- ``"constitution"``: the student's prompt with the safety constitution added.
+- ``"projection"``: the model's own reasoning. The teacher reads the prompt in the
+  projection-first answer mode (``projection_template``), writes its consequence projection
+  greedily (the ``scene:`` and ``effect:`` lines), and then scores the student's verdict-first
+  completion as the answer that follows its projection. No privileged text: what the teacher
+  knows beyond the student is the reasoning step itself. A prompt whose greedy answer does not
+  open with a projection has no teacher (token reward 0, no dense verdict term on it).
+
 Unknown in the paper and decided here (see `training/README.md`): λ mixes as
 ``(1 - λ) A_outcome + λ A_token``; the teacher is the current weights by default; the token
 reward is clipped to [-3, 5] as in COPSD.
@@ -44,17 +54,21 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 from trl.models import prepare_deepspeed, prepare_fsdp
-from trl.models.utils import disable_gradient_checkpointing
+from trl.models.utils import disable_gradient_checkpointing, unwrap_model_for_generation
 from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model, use_adapter
 
 from guard.backends.engine import verdict_first_tokens
+from guard.errors import ConfigError
+from guard.prompting import load_template
 from guard.types import VERDICT_WORDS
 from training import losses
 from training.constitution import Constitution, load_constitution
+from training.evaluate import PROJECTION_TOKENS, verdict_position
 
 TEACHER_ADAPTER = "caspo_teacher"
 TEACHERS = ("current", "snapshot")
+TEACHER_CONTEXTS = ("constitution", "projection")
 # trl loss types whose aggregation CASPO reproduces: per sequence, or per token of the batch
 _AGGREGATION = {"grpo": "sequence", "bnpo": "token", "dapo": "token"}
 _PIXEL_KEYS: tuple[str, ...] = ("pixel_values", "image_grid_thw")
@@ -99,7 +113,13 @@ class CASPOConfig(GRPOConfig):  # type: ignore[misc]  # trl is untyped
         teacher: "current" (the policy's current weights) or "snapshot" (a frozen copy).
         teacher_refresh_steps: For "snapshot": copy the policy into the teacher every this
             many optimizer steps; 0 never (the teacher stays at the starting weights).
+        teacher_context: "constitution" (the prompt plus the constitution) or "projection"
+            (the model's own consequence projection, written first; see the module doc).
         constitution: Built-in constitution name (``training/constitutions``) or a YAML path.
+        projection_template: For ``teacher_context: projection``: the projection-first
+            template whose system turn the teacher is prompted with.
+        projection_tokens: For ``teacher_context: projection``: the most tokens the teacher
+            may write before its verdict; a longer projection counts as none.
     """
 
     caspo_lambda: float = field(
@@ -123,8 +143,19 @@ class CASPOConfig(GRPOConfig):  # type: ignore[misc]  # trl is untyped
     teacher_refresh_steps: int = field(
         default=0, metadata={"help": "Snapshot refresh period in steps (0: never)."}
     )
+    teacher_context: str = field(
+        default="constitution", metadata={"help": "constitution | projection"}
+    )
     constitution: str = field(
         default="hazardworld", metadata={"help": "Constitution name or YAML path."}
+    )
+    projection_template: str = field(
+        default="consequence_compact_projection",
+        metadata={"help": "Projection-first template of teacher_context: projection."},
+    )
+    projection_tokens: int = field(
+        default=PROJECTION_TOKENS,
+        metadata={"help": "Most tokens of the teacher's projection."},
     )
 
     def __post_init__(self) -> None:
@@ -141,6 +172,20 @@ class CASPOConfig(GRPOConfig):  # type: ignore[misc]  # trl is untyped
             problems.append(f"token_reward_clip = {clip} is not [lo, hi] with lo <= hi")
         if self.teacher not in TEACHERS:
             problems.append(f"teacher = {self.teacher!r} is not one of {TEACHERS}")
+        if self.teacher_context not in TEACHER_CONTEXTS:
+            problems.append(
+                f"teacher_context = {self.teacher_context!r} is not one of {TEACHER_CONTEXTS}")
+        elif self.teacher_context == "projection":
+            try:
+                mode = load_template(self.projection_template).answer_mode
+            except ConfigError as exc:
+                problems.append(f"projection_template: {exc}")
+            else:
+                if mode != "projection_first":
+                    problems.append(f"projection_template = {self.projection_template!r} "
+                                    f"asks for {mode}, not projection_first")
+        if self.projection_tokens < 1:
+            problems.append(f"projection_tokens = {self.projection_tokens} is < 1")
         if self.teacher_refresh_steps < 0:
             problems.append(f"teacher_refresh_steps = {self.teacher_refresh_steps} is < 0")
         if self.teacher_refresh_steps and self.teacher != "snapshot":
@@ -193,6 +238,37 @@ class _AnswerStartHidden:
         return torch.cat(self.rows, 0)
 
 
+def _projection_prompt(template: str) -> Constitution:
+    """The rewrite of a verdict-first prompt into the projection-first one: the template's
+    system turn in place of the student's (the templates differ in what they ask the answer
+    to start with, which is said in the system turn); the user turn as it is."""
+    tmpl = load_template(template)
+    return Constitution(name=tmpl.name, system=tmpl.system, user="{user}", path=template)
+
+
+def _same_input(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two rows are the same prompt on the same image(s): trl repeats each prompt
+    ``num_generations`` times in a row, and the teacher's projection is greedy, so one
+    projection serves the whole run of repeats."""
+    if a.get("prompt") != b.get("prompt"):
+        return False
+    for key in ("image", "images"):
+        x, y = a.get(key), b.get(key)
+        if x is y:
+            continue
+        xs, ys = (x, y) if key == "images" else ([x], [y])
+        if xs is None or ys is None or len(xs) != len(ys):
+            return False
+        for u, v in zip(xs, ys, strict=True):
+            if u is v or (isinstance(u, str) and u == v):
+                continue
+            if not (hasattr(u, "tobytes") and hasattr(v, "tobytes")
+                    and getattr(u, "size", None) == getattr(v, "size", None)
+                    and u.tobytes() == v.tobytes()):
+                return False
+    return True
+
+
 def _left_pad(x: torch.Tensor, length: int, value: int | float) -> torch.Tensor:
     if x.size(1) >= length:
         return x
@@ -207,7 +283,8 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
         model: As for ``GRPOTrainer`` (a model, or a hub id / folder).
         reward_funcs: Outcome reward functions (e.g. `training.rewards.outcome_reward_funcs`).
         args: A `CASPOConfig`.
-        constitution: Overrides ``args.constitution`` with an already-loaded one.
+        constitution: Overrides ``args.constitution`` with an already-loaded one (with
+            ``teacher_context: constitution``).
         **kwargs: Everything else ``GRPOTrainer`` takes (datasets, processing_class,
             peft_config, callbacks, ...).
     """
@@ -220,11 +297,19 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
         if not isinstance(args, CASPOConfig):
             raise TypeError(f"CASPOTrainer needs a CASPOConfig, got {type(args).__name__}")
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
-        self.constitution = constitution or load_constitution(args.constitution)
+        #: How the teacher's prompt is made from the student's: the constitution added, or
+        #: the projection-first template's system turn in place of the student's.
+        self.constitution = (constitution or load_constitution(args.constitution)
+                             if args.teacher_context == "constitution"
+                             else _projection_prompt(args.projection_template))
         self.teacher_model: Any = None
-        #: The ids of the teacher's last forward (prompt with constitution + completions),
-        #: kept for diagnostics and tests.
+        #: The ids of the teacher's last forward (its prompt, its projection with
+        #: ``teacher_context: projection``, then the completions), kept for diagnostics and
+        #: tests.
         self.last_teacher_input_ids: torch.Tensor | None = None
+        #: With ``teacher_context: projection``: per row, whether the teacher wrote a
+        #: projection (rows without one get no teacher signal).
+        self.last_teacher_projected: torch.Tensor | None = None
         #: With ``verdict_kl_coef``: the teacher's verdict-word log-probabilities, ``(B, 3)``.
         self.last_teacher_verdict_logps: torch.Tensor | None = None
         self._verdict_ids: torch.Tensor | None = None
@@ -307,7 +392,8 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
     # -- scoring ---------------------------------------------------------------------------
 
     def _teacher_prompt_inputs(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """The teacher's prompts (constitution added), tokenized and processed like trl's."""
+        """The teacher's prompts (constitution added, or in projection-first mode followed
+        by the teacher's own projection), tokenized and processed like trl's."""
         prompts = [self.constitution.apply(x["prompt"]) for x in inputs]
         if "images" in inputs[0]:
             images = [x.get("images") for x in inputs]
@@ -322,6 +408,12 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
                        for p, im in zip(prompts, images, strict=True)]
         texts = [apply_chat_template({"prompt": p}, self.processing_class,
                                      **self.chat_template_kwargs)["prompt"] for p in prompts]
+        self.last_teacher_projected = None
+        if self.args.teacher_context == "projection":
+            texts = self._with_projections(inputs, texts, images)
+        return self._encode(texts, images)
+
+    def _encode(self, texts: list[str], images: list[Any] | None) -> dict[str, torch.Tensor]:
         kwargs: dict[str, Any] = {"text": texts, "padding": True, "padding_side": "left",
                                   "return_tensors": "pt"}
         if images is not None:
@@ -329,6 +421,38 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
         enc = self.processing_class(**kwargs)
         device = self.accelerator.device
         return {k: v.to(device) for k, v in enc.items() if isinstance(v, torch.Tensor)}
+
+    def _with_projections(self, inputs: list[dict[str, Any]], texts: list[str],
+                          images: list[Any] | None) -> list[str]:
+        """`texts` (projection-first prompts) each followed by the teacher's greedy
+        ``scene:`` and ``effect:`` lines; sets `last_teacher_projected`. One generation per
+        run of repeated prompts."""
+        firsts = [i for i in range(len(inputs))
+                  if i == 0 or not _same_input(inputs[i], inputs[i - 1])]
+        enc = self._encode([texts[i] for i in firsts],
+                           None if images is None else [images[i] for i in firsts])
+        tok = self._tokenizer
+        teacher = self.teacher_model if self.teacher_model is not None else self.model
+        with torch.no_grad(), self._teacher_context(), unwrap_model_for_generation(
+            teacher, self.accelerator,
+            gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+        ) as model:
+            out = model.generate(**enc, max_new_tokens=self.args.projection_tokens + 1,
+                                 do_sample=False, pad_token_id=tok.pad_token_id)
+        new = out[:, enc["input_ids"].size(1):].tolist()
+        projections: list[str | None] = []
+        for ids in new:
+            pieces = [tok.decode([t]) for t in ids]
+            pos = verdict_position(pieces)
+            projections.append(None if pos is None else "".join(pieces[:pos]))
+        owner = [0] * len(inputs)
+        for k, i in enumerate(firsts):
+            end = firsts[k + 1] if k + 1 < len(firsts) else len(inputs)
+            owner[i:end] = [k] * (end - i)
+        rows = [projections[owner[i]] for i in range(len(inputs))]
+        self.last_teacher_projected = torch.tensor([p is not None for p in rows],
+                                                   device=self.accelerator.device)
+        return [t + (p or "") for t, p in zip(texts, rows, strict=True)]
 
     def _rows(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
               type_ids: dict[str, torch.Tensor], completion_ids: torch.Tensor,
@@ -470,6 +594,10 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
         if "tool_mask" in output:
             mask = mask * output["tool_mask"]
         teacher_logps, student_logps = self._score_with_teacher(inputs, output)
+        projected = self.last_teacher_projected
+        if projected is not None:
+            # no projection, no teacher: the student's own log-probs give a zero token reward
+            teacher_logps = torch.where(projected[:, None], teacher_logps, student_logps)
         lo, hi = self.args.token_reward_clip
         rewards = losses.token_rewards(teacher_logps, student_logps, mask, clip=(lo, hi),
                                        bonus=self.args.token_reward_bonus)
@@ -484,8 +612,11 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
         if self.last_teacher_verdict_logps is not None:
             output["teacher_verdict_logps"] = self.last_teacher_verdict_logps
             # λ says how much the teacher speaks on a row: the dense term follows it
-            output["teacher_weight"] = torch.as_tensor(
+            weight = torch.as_tensor(
                 lam, dtype=outcome_adv.dtype, device=outcome_adv.device).expand(len(inputs))
+            if projected is not None:
+                weight = weight * projected.to(weight.dtype)
+            output["teacher_weight"] = weight
 
         gap = teacher_logps - student_logps
         stats = torch.stack([
@@ -498,6 +629,9 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
         m["caspo/logp_gap"].append((total[0] / n).item())
         m["caspo/token_reward"].append((total[1] / n).item())
         m["caspo/token_reward_clipped"].append((total[2] / n).item())
+        if projected is not None:
+            m["caspo/teacher_projected"].append(
+                self.accelerator.gather(projected.float()).mean().item())
         return output
 
     # -- loss ------------------------------------------------------------------------------

@@ -157,7 +157,9 @@ class DataSpec(_Strict):
         projection_rate: SFT only: share of examples in projection-first mode (prompted with
             `projection_template`; the answer writes the consequence projection, then the
             verdict), so that one model answers in both modes.
-        projection_template: The projection-first template.
+        projection_template: The projection-first template (of `projection_rate`, and,
+            unless the trainer section sets its own, of CASPO's ``teacher_context:
+            projection``).
         answer_label_tokens: SFT only: supervise only the first N tokens of each answer (1:
             the verdict of a verdict-first answer) and cut the sequence there; None (the
             default) supervises the whole answer. For a rule whose picture reaches the answer
@@ -268,6 +270,7 @@ class RunConfig(_Strict):
                   "output_dir": str(output_dir)}
         if self.method == "caspo":
             kwargs.setdefault("constitution", self.data.constitution)
+            kwargs.setdefault("projection_template", self.data.projection_template)
         unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ConfigError(

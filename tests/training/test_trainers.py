@@ -327,3 +327,92 @@ def test_caspo_verdict_kl_reads_the_teachers_answer_start(
     kl = [row["caspo/verdict_kl"] for row in trainer.state.log_history
           if "caspo/verdict_kl" in row]
     assert kl and all(k > 0 for k in kl)
+
+
+PROJECTION = "scene: a towel on the stove\neffect: the towel would catch fire\n"
+
+
+@pytest.mark.parametrize("tiny", ["tiny_qwen2_5_vl", "tiny_qwen3_vl"])
+def test_caspo_projection_teacher_scores_after_its_own_projection(
+    tiny: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """With ``teacher_context: projection`` the teacher is prompted projection first, writes
+    its projection once per run of repeated prompts, and scores the student's completion as
+    the answer after it; the student never sees either. A random model writes no projection,
+    so its greedy answer is replaced here by one that opens with a projection (the real
+    generate still runs, so the call and its inputs are the trainer's own)."""
+    run = build(_config("caspo", request.getfixturevalue(tiny), caspo_lambda=0.5,
+                        verdict_kl_coef=1.0, teacher_context="projection"), tmp_path)
+    trainer = run.trainer
+    tok = run.processor.tokenizer
+    proj_ids = torch.tensor(tok.encode(PROJECTION + "VETO", add_special_tokens=False))
+    real_generate = trainer.model.generate
+    generated: list[int] = []
+
+    def generate(**kwargs: Any) -> torch.Tensor:
+        out = real_generate(**kwargs)
+        if "Project first" not in tok.decode(kwargs["input_ids"][0]):
+            return out  # trl sampling the student's completions
+        generated.append(out.size(0))
+        return torch.cat([kwargs["input_ids"], proj_ids.expand(out.size(0), -1)], 1)
+
+    trainer.model.generate = generate
+    log = _ForwardLog()
+    hook = trainer.model.register_forward_pre_hook(log, with_kwargs=True)
+    try:
+        trainer.train()
+    finally:
+        hook.remove()
+    # per_device_train_batch_size 4 = one prompt's group of 4: one projection per step
+    assert generated == [1, 1]
+    rows = [(tok.decode(r, skip_special_tokens=False), grad)
+            for ids, grad in log.calls for r in ids]
+    teacher_rows = [text for text, _ in rows if PROJECTION in text]
+    assert teacher_rows and all(not grad for text, grad in rows if PROJECTION in text)
+    assert all("Project first" in text for text in teacher_rows)
+    trained = [text for text, grad in rows if grad]
+    assert trained and all("Project first" not in t and PROJECTION not in t for t in trained)
+    last = tok.decode(trainer.last_teacher_input_ids[0], skip_special_tokens=False)
+    assert PROJECTION in last and not last.endswith(PROJECTION)  # the completion follows it
+    projected = trainer.last_teacher_projected
+    assert projected is not None and bool(projected.all())
+    history = trainer.state.log_history
+    assert [r["caspo/teacher_projected"] for r in history if "caspo/teacher_projected" in r] \
+        == [1.0, 1.0]
+    assert all(abs(r["caspo/logp_gap"]) > 0 for r in history if "caspo/logp_gap" in r)
+    assert all(r["caspo/verdict_kl"] > 0 for r in history if "caspo/verdict_kl" in r)
+
+
+def test_caspo_projection_teacher_without_a_projection_teaches_nothing(
+    tiny_qwen2_5_vl: Path, tmp_path: Path
+) -> None:
+    """A random model's greedy answer opens with no projection: no row has a teacher, so the
+    token reward and the dense term are 0 everywhere; with the outcome reward 0 on babble as
+    well, nothing moves the weights (no teacher is never read as a teacher that agrees)."""
+    run = build(_config("caspo", tiny_qwen2_5_vl, caspo_lambda=0.5, verdict_kl_coef=1.0,
+                        teacher_context="projection"), tmp_path)
+    trainer = run.trainer
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    history = trainer.state.log_history
+    assert [r["caspo/teacher_projected"] for r in history if "caspo/teacher_projected" in r] \
+        == [0.0, 0.0]
+    assert all(r["caspo/logp_gap"] == 0 for r in history if "caspo/logp_gap" in r)
+    assert all(r["caspo/verdict_kl"] == 0 for r in history if "caspo/verdict_kl" in r)
+    assert all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+
+
+@pytest.mark.parametrize(("knobs", "problem"), [
+    ({"teacher_context": "oracle"}, "teacher_context"),
+    ({"teacher_context": "projection", "projection_template": "consequence_compact"},
+     "not projection_first"),
+    ({"teacher_context": "projection", "projection_template": "no_such_template"},
+     "projection_template"),
+    ({"projection_tokens": 0}, "projection_tokens"),
+])
+def test_caspo_projection_knobs_are_checked(knobs: dict[str, Any], problem: str,
+                                            tiny_qwen2_5_vl: Path) -> None:
+    from guard.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=problem):
+        _config("caspo", tiny_qwen2_5_vl, **knobs).trainer_args("unused")

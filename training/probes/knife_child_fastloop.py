@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--freeze", choices=("vision", "lm"))
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-decay", action="store_true",
+                   help="decay the lr linearly to 0 at --steps (default: constant after the"
+                        " warm-up), so the last evaluation does not catch the rules on a dip")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--n-train", type=int, default=1536)
     p.add_argument("--max-length", type=int,
@@ -266,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     if head is not None:
         params += list(head.linear.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20))
+    def lr_factor(s: int) -> float:
+        warm = min(1.0, (s + 1) / 20)
+        return warm * (max(0.0, 1.0 - s / args.steps) if args.lr_decay else 1.0)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     rng = random.Random(args.seed)
     log: list[dict[str, Any]] = [{"step": 0, "val_acc": _accuracy(
         model.eval(), batch_fn, val, veto, allow, head)}]
@@ -300,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             log.append(entry)
             print(json.dumps(entry), flush=True)
     res = {"init": args.init, "world": args.world, "val_world": args.val_world or args.world,
-           "freeze": args.freeze, "lr": args.lr, "max_length": args.max_length,
+           "freeze": args.freeze, "lr": args.lr, "lr_decay": args.lr_decay,
+           "max_length": args.max_length,
            "clip": args.clip, "extra_knife": args.extra_knife,
            "cell_item_weight": args.cell_item_weight, "ood_seed": args.ood_seed,
            "projection_rate": args.projection_rate, "seed": args.seed,
