@@ -416,3 +416,20 @@ def test_caspo_projection_knobs_are_checked(knobs: dict[str, Any], problem: str,
 
     with pytest.raises(ConfigError, match=problem):
         _config("caspo", tiny_qwen2_5_vl, **knobs).trainer_args("unused")
+
+
+def test_the_unlabeled_prompts_warning_is_dropped_as_trl_formats_it() -> None:
+    """trl logs the warning with a "[RANK n] " prefix: the filter must still find it, and
+    only for rows without a label."""
+    import logging
+
+    from training.caspo_trainer import _UnlabeledOnPurpose
+
+    def record(label: str) -> logging.LogRecord:
+        msg = ("[RANK 0] All reward functions returned None for the following kwargs:\n"
+               f"{{'id': 'x', 'label': {label}}}\nPlease ensure ...")
+        return logging.LogRecord("trl.trainer.grpo_trainer", logging.WARNING, "", 0, msg,
+                                 None, None)
+
+    assert not _UnlabeledOnPurpose().filter(record("None"))
+    assert _UnlabeledOnPurpose().filter(record("'unsafe'"))
