@@ -26,6 +26,7 @@ bad value fails before any model loads, with the key named. The resolved file is
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -338,6 +339,25 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         node[last] = value
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where a float needs a dot: ``3e-5`` is the string "3e-5", which
+    the trainer handed on to torch (a learning rate written the usual way ended in a
+    TypeError inside the optimizer). This loader also reads exponent floats without a dot,
+    as YAML 1.2 and JSON do."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse a config's YAML text (safe; ``3e-5`` is a float, see `_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["trainer.max_steps=5", "model.id=/x"]`` to a dict; values are parsed as YAML."""
     out: dict[str, Any] = {}
@@ -345,7 +365,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        out[key.strip()] = load_yaml(raw) if raw.strip() else None
     return out
 
 
@@ -396,7 +416,7 @@ def load_run_config(
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = load_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
         where = str(path)

@@ -155,10 +155,10 @@ def report(results: Sequence[ItemResult]) -> dict[str, Any]:
 def load_for_eval(model_dir: str | Path, dtype: str = "float32") -> tuple[Any, Any]:
     """A trained model folder (full weights, or a LoRA adapter merged into its base) and its
     processor, in eval mode."""
-    from guard.backends.hf_loading import load_adapter, load_model, resolve_dtype
+    from guard.backends.hf_loading import load_adapter, load_model, resolve_dtype, resolve_local
     from training.processor import load_processor
 
-    model_dir = Path(model_dir)
+    model_dir = Path(resolve_local(str(model_dir), "model"))
     adapter = model_dir / "adapter_config.json"
     base = json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() \
         else str(model_dir)
@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from pydantic import ValidationError
 
-    from guard.errors import ConfigError
+    from guard.errors import ConfigError, GuardError
     from guard.prompting.action import resolve_action_format
     from guard.world import WorldConfig
     from training.data import world_items
@@ -449,7 +449,10 @@ def main(argv: list[str] | None = None) -> int:
         config = config.model_copy(update={"appearance": config.appearance.model_copy(
             update={"item_on_anchor": args.item_on_anchor})})
     items = world_items(args.split, args.n, seed=args.seed, config=config)
-    model, processor = load_for_eval(args.model)
+    try:
+        model, processor = load_for_eval(args.model)
+    except GuardError as exc:  # a wrong --model: one line, as for the other arguments
+        p.error(f"--model {args.model}: {exc}")
     rep, results = evaluate(model, processor, items, template=template,
                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                             verdict_only=args.verdict_only, action_format=action_format)

@@ -32,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from guard.errors import ConfigError, GuardError
-from training.config import load_run_config, parse_overrides, set_dotted
+from training.config import load_run_config, load_yaml, parse_overrides, set_dotted
 
 SPLITS = ("test_iid", "test_ood")
 METRICS = ("accuracy", "r0", "false_veto_rate", "parse_fail_rate")
@@ -144,7 +144,12 @@ def load_experiment(path: str | Path, *, smoke: bool = False,
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    try:
+        data = load_yaml(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
     if smoke:
         for key, value in (data.get("smoke") or {}).items():
             set_dotted(data, key, value)

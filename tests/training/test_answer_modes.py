@@ -151,6 +151,8 @@ def test_the_teachers_verdict_position_is_right_after_a_well_formed_projection()
     (["--image-size", "10"], "--image-size 10: Value error, image sides must be in 32..4096"),
     (["--answer-mode", "projection_first", "--projection-template", "consequence_compact"],
      "template 'consequence_compact' asks for verdict_first answers"),
+    (["--model", "runs/no-such-run/model", "--n", "2"],
+     "--model runs/no-such-run/model: model folder not found: runs/no-such-run/model"),
 ])
 def test_evaluate_cli_refuses_bad_usage_in_one_line(argv: list[str], message: str,
                                                     capsys: pytest.CaptureFixture[str]) -> None:

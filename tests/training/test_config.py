@@ -135,3 +135,35 @@ def test_a_bad_source_is_named_by_its_path_alone(train: object, path: str) -> No
         load_run_config({**_minimal(), "data": {"train": train}})
     bad = train[-1] if isinstance(train, list) else train
     assert str(err.value) == f"config: {path}: Field required (got {bad!r})"
+
+
+def test_an_exponent_float_without_a_dot_is_a_float(tmp_path: Path) -> None:
+    """YAML 1.1 (PyYAML) reads ``3e-5`` as a string; a learning rate written so reached torch
+    as one and failed inside the optimizer. Files and --set values read it as a float."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text((ROOT / "configs/train/tiny/sft.yaml").read_text()
+                      + "\n# the usual spelling\n", encoding="utf-8")
+    cfg = load_run_config(recipe, overrides=parse_overrides(
+        ["trainer.learning_rate=3e-5", "trainer.weight_decay=1E-2"]),
+        validate_trainer=False)
+    assert cfg.trainer["learning_rate"] == 3e-5
+    assert cfg.trainer["weight_decay"] == 0.01
+    assert parse_overrides(["a=2e-6", "b=-1.5e+3", "c=1_000", "d=0x10", "e=v1e5"]) == {
+        "a": 2e-6, "b": -1500.0, "c": 1000, "d": 16, "e": "v1e5"}
+    recipe.write_text("method: sft\nmodel: {id: m}\ndata: {train: {source: world, n: 4}}\n"
+                      "trainer: {learning_rate: 2e-4, use_cpu: true, bf16: false}\n",
+                      encoding="utf-8")
+    args = load_run_config(recipe).trainer_args(tmp_path)
+    assert args.learning_rate == 2e-4
+
+
+def test_an_experiment_file_reads_exponent_floats_and_refuses_bad_yaml(tmp_path: Path) -> None:
+    from training.experiment import load_experiment
+
+    text = (ROOT / "configs/train/hazardworld_experiment.yaml").read_text(encoding="utf-8")
+    p = tmp_path / "e.yaml"
+    p.write_text(text.replace("learning_rate: 3.0e-4", "learning_rate: 3e-4"), encoding="utf-8")
+    assert load_experiment(p).warm_start[0].trainer["learning_rate"] == 3e-4
+    p.write_text("seeds: [0\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_experiment(p)
