@@ -56,6 +56,10 @@ class PhaseSpec(_Strict):
     n: int = Field(default=2048, ge=1)
     start: int = Field(default=0, ge=0)
     constitution_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    projection_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    """SFT only: share of rows in the projection-first answer mode (`training.config.DataSpec`),
+    so that the model answers in both modes and CASPO's ``teacher_context: projection`` has a
+    teacher."""
     house_rules: float = Field(default=0.0, ge=0.0, le=1.0)
     """Share of heating items with a house rule in their action text (`training.house_rules`:
     a warm-start stage that teaches the model to apply rules stated in its context)."""
@@ -87,6 +91,10 @@ class EvalSpec(_Strict):
     constitution_effect: bool = True
     """Also measure how much the constitution moves each model's verdict (the teacher signal
     CASPO depends on; `training.evaluate.constitution_effect`)."""
+    projection_effect: bool = False
+    """Also measure each model's verdict after its own consequence projection against its
+    verdict first (the signal of CASPO's projection teacher;
+    `training.evaluate.projection_effect`)."""
 
 
 class ExperimentConfig(_Strict):
@@ -119,6 +127,9 @@ class ExperimentConfig(_Strict):
             (f"warm_start.{i}", p) for i, p in enumerate(self.warm_start)]
         for name, phase in [*phases, *self.methods.items()]:
             u = phase.unlabeled or {}
+            if phase.projection_rate and phase.method != "sft":
+                raise ValueError(f"{name}.projection_rate is for sft (it writes the projection "
+                                 f"lines the answers are trained on); not {phase.method}")
             if u and phase.method != "caspo":
                 raise ValueError(f"{name}.unlabeled is for caspo (its teacher scores them); "
                                  f"{phase.method} has nothing to learn from them")
@@ -193,7 +204,8 @@ def _run_config(cfg: ExperimentConfig, phase: PhaseSpec, seed: int, model_id: Pa
              "house_rules": phase.house_rules, "house_rule_seed": seed}
     data: dict[str, Any] = {"train": world, "template": cfg.template,
                             "constitution": cfg.constitution,
-                            "constitution_rate": phase.constitution_rate}
+                            "constitution_rate": phase.constitution_rate,
+                            "projection_rate": phase.projection_rate}
     if phase.unlabeled:
         data["unlabeled"] = {"source": "world", "seed": seed,
                              **({"overrides": overrides} if overrides else {}),
@@ -209,7 +221,7 @@ def _run_config(cfg: ExperimentConfig, phase: PhaseSpec, seed: int, model_id: Pa
 def _evaluate(cfg: ExperimentConfig, model_dir: Path, items: dict[str, list[Any]],
               out: Path, *, record: bool = True) -> dict[str, Any]:
     from training.constitution import load_constitution
-    from training.evaluate import constitution_effect, evaluate, load_for_eval
+    from training.evaluate import constitution_effect, evaluate, load_for_eval, projection_effect
 
     model, processor = load_for_eval(model_dir)
     reports = {}
@@ -222,6 +234,9 @@ def _evaluate(cfg: ExperimentConfig, model_dir: Path, items: dict[str, list[Any]
             rep["constitution_effect"] = constitution_effect(
                 model, processor, its, load_constitution(cfg.constitution),
                 template=cfg.template, batch_size=cfg.eval.batch_size)
+        if cfg.eval.projection_effect:
+            rep["projection_effect"] = projection_effect(
+                model, processor, its, template=cfg.template, batch_size=cfg.eval.batch_size)
         reports[split] = rep
         with (out / f"eval_{split}.jsonl").open("w", encoding="utf-8") as fh:
             for r in results:
@@ -268,6 +283,15 @@ def _aggregate(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
             shifts = [r["constitution_effect"]["mean_abs_shift"] for r in reps
                       if "constitution_effect" in r]
             row["constitution_shift"] = _mean_std(shifts)
+            effects = [r["projection_effect"] for r in reps if "projection_effect" in r]
+            if effects:
+                # per held-out kind: the verdict first (student) and after the projection
+                kinds = sorted({k for e in effects for k in e["groups"] if "/" not in k})
+                row["projection_accuracy"] = {
+                    k: {side: _mean_std([e["groups"][k][f"{side}_accuracy"] for e in effects
+                                         if e["groups"].get(k, {}).get(f"{side}_accuracy")
+                                         is not None])
+                        for side in ("student", "teacher")} for k in kinds}
             agg[method][split] = row
         agg[method]["train_s"] = round(statistics.fmean(
             [per_seed[s][method].get("train_s", 0.0) for s in per_seed]), 1)
@@ -304,6 +328,19 @@ def markdown(agg: dict[str, Any], seeds: list[int]) -> str:
                      + " | "
                      + " | ".join(cell(ood.get("per_ood_accuracy", {}).get(k)) for k in kinds)
                      + f" | {cell(ood.get('constitution_shift'))} |")
+    kinds = sorted({k for row in agg.values() for k in row["test_ood"].get(
+        "projection_accuracy", {})})
+    if kinds:
+        lines += ["", "Verdict accuracy on test_ood per held-out kind, verdict first (the "
+                  "student) and after the model's own projection (CASPO's projection "
+                  "teacher):", "",
+                  "| method | " + " | ".join(f"{k} first | {k} projected" for k in kinds) + " |",
+                  "|---|" + "---|" * (2 * len(kinds))]
+        for method, row in agg.items():
+            acc = row["test_ood"].get("projection_accuracy", {})
+            lines.append(f"| {method} | " + " | ".join(
+                f"{cell(acc.get(k, {}).get('student'))} | {cell(acc.get(k, {}).get('teacher'))}"
+                for k in kinds) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -215,3 +215,38 @@ def test_experiment_unlabeled_prompts_never_the_evaluation_items() -> None:
     assert (run.data.unlabeled.split, run.data.unlabeled.n, run.data.unlabeled.seed) == (
         "test_ood", 8, 3000)
     assert run.data.train.split == "train"
+
+
+def test_experiment_projection_knobs_reach_the_runs_and_the_tables(tmp_path: Path) -> None:
+    """A warm-start phase's ``projection_rate`` reaches its SFT data; on another method it is
+    refused; ``eval.projection_effect`` is aggregated per held-out kind into the results and
+    the markdown table (student = verdict first, teacher = after the model's projection)."""
+    pytest.importorskip("trl")
+    import training.experiment as exp
+    from guard.errors import ConfigError
+
+    config = ROOT / "configs/train/hazardworld_experiment.yaml"
+    cfg = exp.load_experiment(config, overrides={"warm_start.0.projection_rate": 0.5,
+                                                 "eval.projection_effect": True})
+    run = exp._run_config(cfg, cfg.warm_start[0], 0, tmp_path)
+    assert run.data.projection_rate == 0.5
+    assert exp._run_config(cfg, cfg.methods["caspo"], 0, tmp_path).data.projection_rate == 0.0
+    with pytest.raises(ConfigError, match=r"grpo\.projection_rate is for sft"):
+        exp.load_experiment(config, overrides={"methods.grpo.projection_rate": 0.5})
+
+    def report(student: float, teacher: float) -> dict[str, object]:
+        group = {"student_accuracy": student, "teacher_accuracy": teacher}
+        return {"accuracy": 0.5, "r0": 0.5, "false_veto_rate": 0.5, "parse_fail_rate": 0.0,
+                "per_rule": {}, "per_ood": {},
+                "projection_effect": {"groups": {"composition": group,
+                                                 "composition/safe": group}}}
+
+    per_seed = {str(s): {"caspo": {"train_s": 1.0, "eval": {
+        split: report(0.5 + s / 10, 0.6 + s / 10) for split in exp.SPLITS}}}
+        for s in (0, 1)}
+    agg = exp._aggregate(per_seed)
+    acc = agg["caspo"]["test_ood"]["projection_accuracy"]
+    assert acc.keys() == {"composition"}
+    assert acc["composition"]["student"]["mean"] == 0.55
+    assert acc["composition"]["teacher"]["mean"] == 0.65
+    assert "| caspo | 0.550 ± 0.050 | 0.650 ± 0.050 |" in exp.markdown(agg, [0, 1])
