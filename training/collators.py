@@ -83,8 +83,10 @@ class GuardSFTCollator:
         builder: The guard's input builder for the model.
         max_length: Drop tokens beyond this many (None keeps all). Truncation never cuts
             image tokens in practice: they come first and the answers are short.
-        label_tokens: Keep only the first this many answer tokens (labels and inputs), so
-            the loss is on them alone (1: the verdict); None keeps the whole answer.
+        label_tokens: Keep the answer only through this many tokens from its verdict
+            (labels and inputs), so the loss is on them alone (1: the verdict); a
+            projection-first answer keeps its projection lines before the verdict whole.
+            None keeps the whole answer.
         verdict_weight: The verdict token's weight in the answer's loss (the others weigh
             1); other than 1, the batch carries ``label_weights`` (0 off the answer) for
             `training.losses.VerdictWeightedSFTTrainer`. A knife answer has one picture-
@@ -117,9 +119,9 @@ class GuardSFTCollator:
         end = self.max_length
         answer = (enc["labels"][0] != IGNORE_INDEX).nonzero()
         if self.label_tokens is not None and len(answer):
-            first = int(answer[0])
-            end = first + self.label_tokens if end is None else min(
-                end, first + self.label_tokens)
+            verdict = self._verdict_index(completion, enc["labels"][0], int(answer[0]))
+            end = verdict + self.label_tokens if end is None else min(
+                end, verdict + self.label_tokens)
         if self.verdict_weight != 1.0:
             weights = (enc["labels"] != IGNORE_INDEX).float()
             if len(answer):

@@ -161,8 +161,9 @@ class DataSpec(_Strict):
         projection_template: The projection-first template (of `projection_rate`, and,
             unless the trainer section sets its own, of CASPO's ``teacher_context:
             projection``).
-        answer_label_tokens: SFT only: supervise only the first N tokens of each answer (1:
-            the verdict of a verdict-first answer) and cut the sequence there; None (the
+        answer_label_tokens: SFT only: supervise each answer only through N tokens from its
+            verdict (1: the verdict; a projection-first answer keeps its projection lines
+            before it) and cut the sequence there; None (the
             default) supervises the whole answer. For a rule whose picture reaches the answer
             through the verdict alone (the knife rule: 1 token of 49-106), the whole answer's
             loss is too weak to leave the constant-answer plateau (docs/experiment, "Why the

@@ -52,6 +52,29 @@ def test_one_label_token_keeps_the_verdict_alone(tiny_qwen2_5_vl: Path,
     assert torch.equal(cut["pixel_values"], full["pixel_values"])
 
 
+def test_a_projection_first_answer_keeps_its_projection_through_the_verdict(
+        tiny_qwen2_5_vl: Path, items: list[GuardItem]) -> None:
+    """In projection-first mode the verdict comes after the scene and effect lines: N tokens
+    count from it, so the projection the teacher of CASPO reasons with is trained too."""
+    from transformers import AutoConfig
+
+    from guard.backends.qwen_inputs import IGNORE_INDEX
+    from training.collators import GuardSFTCollator
+    from training.processor import input_builder, load_processor
+
+    processor = load_processor(tiny_qwen2_5_vl)
+    builder = input_builder(processor, AutoConfig.from_pretrained(tiny_qwen2_5_vl))
+    rows = sft_rows(items, projection_rate=1.0)
+    assert {r["answer_mode"] for r in rows} == {"projection_first"}
+    cut = GuardSFTCollator(builder, label_tokens=1)(rows)
+    for i, row in enumerate(rows):
+        labelled = (cut["labels"][i] != IGNORE_INDEX).nonzero().flatten().tolist()
+        text = processor.tokenizer.decode(cut["labels"][i, labelled])
+        scene, effect, verdict = row["completion"].split("\n")[:3]
+        assert text == f"{scene}\n{effect}\n{verdict}"  # through the verdict, no further
+        assert int(cut["attention_mask"][i].sum()) == labelled[-1] + 1
+
+
 @pytest.mark.slow
 def test_the_option_reaches_the_sft_collator_and_is_sft_only(tiny_qwen2_5_vl: Path,
                                                              tmp_path: Path) -> None:
