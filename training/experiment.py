@@ -60,6 +60,9 @@ class PhaseSpec(_Strict):
     """SFT only: share of rows in the projection-first answer mode (`training.config.DataSpec`),
     so that the model answers in both modes and CASPO's ``teacher_context: projection`` has a
     teacher."""
+    answer_label_tokens: int | None = Field(default=None, ge=1)
+    """SFT only: supervise each answer through this many tokens from its verdict
+    (`training.config.DataSpec`); None, the whole answer."""
     house_rules: float = Field(default=0.0, ge=0.0, le=1.0)
     """Share of heating items with a house rule in their action text (`training.house_rules`:
     a warm-start stage that teaches the model to apply rules stated in its context)."""
@@ -92,8 +95,8 @@ class EvalSpec(_Strict):
     """Also measure how much the constitution moves each model's verdict (the teacher signal
     CASPO depends on; `training.evaluate.constitution_effect`)."""
     projection_effect: bool = False
-    """Also measure each model's verdict after its own consequence projection against its
-    verdict first (the signal of CASPO's projection teacher;
+    """Also measure, on test_ood, each model's verdict after its own consequence projection
+    against its verdict first (the signal of CASPO's projection teacher;
     `training.evaluate.projection_effect`)."""
 
 
@@ -205,7 +208,8 @@ def _run_config(cfg: ExperimentConfig, phase: PhaseSpec, seed: int, model_id: Pa
     data: dict[str, Any] = {"train": world, "template": cfg.template,
                             "constitution": cfg.constitution,
                             "constitution_rate": phase.constitution_rate,
-                            "projection_rate": phase.projection_rate}
+                            "projection_rate": phase.projection_rate,
+                            "answer_label_tokens": phase.answer_label_tokens}
     if phase.unlabeled:
         data["unlabeled"] = {"source": "world", "seed": seed,
                              **({"overrides": overrides} if overrides else {}),
@@ -234,7 +238,7 @@ def _evaluate(cfg: ExperimentConfig, model_dir: Path, items: dict[str, list[Any]
             rep["constitution_effect"] = constitution_effect(
                 model, processor, its, load_constitution(cfg.constitution),
                 template=cfg.template, batch_size=cfg.eval.batch_size)
-        if cfg.eval.projection_effect:
+        if cfg.eval.projection_effect and split == "test_ood":  # where the student is unsure
             rep["projection_effect"] = projection_effect(
                 model, processor, its, template=cfg.template, batch_size=cfg.eval.batch_size)
         reports[split] = rep

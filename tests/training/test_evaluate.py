@@ -227,9 +227,10 @@ def test_experiment_projection_knobs_reach_the_runs_and_the_tables(tmp_path: Pat
 
     config = ROOT / "configs/train/hazardworld_experiment.yaml"
     cfg = exp.load_experiment(config, overrides={"warm_start.0.projection_rate": 0.5,
+                                                 "warm_start.0.answer_label_tokens": 1,
                                                  "eval.projection_effect": True})
     run = exp._run_config(cfg, cfg.warm_start[0], 0, tmp_path)
-    assert run.data.projection_rate == 0.5
+    assert run.data.projection_rate == 0.5 and run.data.answer_label_tokens == 1
     assert exp._run_config(cfg, cfg.methods["caspo"], 0, tmp_path).data.projection_rate == 0.0
     with pytest.raises(ConfigError, match=r"grpo\.projection_rate is for sft"):
         exp.load_experiment(config, overrides={"methods.grpo.projection_rate": 0.5})
