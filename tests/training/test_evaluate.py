@@ -68,12 +68,13 @@ def test_experiment_smoke_writes_results_table_and_curves(tmp_path: Path) -> Non
         assert {"test_iid", "test_ood", "train_s"} <= row.keys()
         assert row["test_ood"]["r0"]["mean"] is not None
     assert results["seeds"]["0"]["caspo"]["global_step"] == 2
-    # the teacher-signal probe ran with and without the constitution: a random model's verdict
-    # moves when the prompt grows by a constitution, so an exact 0 would mean it was not applied
-    effect = results["seeds"]["0"]["warm_start"]["eval"]["test_ood"]["constitution_effect"]
-    assert effect["n"] == cfg.eval.test_ood and 0.0 < effect["mean_abs_shift"] <= 1.0
-    assert sum(g["n"] for g in effect["groups"].values()) == effect["n"]
-    assert "constitution shift" in (tmp_path / "results.md").read_text()
+    # the teacher-signal probe ran on test_ood: the verdict first and after the model's own
+    # projection (a random model writes none: every item counts as having no projection)
+    evals = results["seeds"]["0"]["warm_start"]["eval"]
+    effect = evals["test_ood"]["projection_effect"]
+    assert effect["n"] == cfg.eval.test_ood == effect["no_projection"]
+    assert "projection_effect" not in evals["test_iid"]
+    assert "constitution_effect" not in evals["test_ood"]
     assert "| caspo | test_ood |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "curves.png").stat().st_size > 0
     # each model folder's card carries what the experiment measured on it
@@ -251,3 +252,20 @@ def test_experiment_projection_knobs_reach_the_runs_and_the_tables(tmp_path: Pat
     assert acc["composition"]["student"]["mean"] == 0.55
     assert acc["composition"]["teacher"]["mean"] == 0.65
     assert "| caspo | 0.550 ± 0.050 | 0.650 ± 0.050 |" in exp.markdown(agg, [0, 1])
+
+
+def test_the_constitution_probe_moves_a_random_models_verdict(tiny_qwen2_5_vl: Path) -> None:
+    """`constitution_effect` (the experiment's ``eval.constitution_effect``): a random model's
+    verdict moves when the prompt grows by a constitution, so an exact 0 would mean it was
+    not applied."""
+    pytest.importorskip("trl")
+    from training.constitution import load_constitution
+    from training.data import world_items
+    from training.evaluate import constitution_effect, load_for_eval
+
+    model, processor = load_for_eval(tiny_qwen2_5_vl)
+    items = world_items("test_ood", 8, seed=5)
+    effect = constitution_effect(model, processor, items, load_constitution("hazardworld"),
+                                 batch_size=8)
+    assert effect["n"] == 8 and 0.0 < effect["mean_abs_shift"] <= 1.0
+    assert sum(g["n"] for g in effect["groups"].values()) == effect["n"]
