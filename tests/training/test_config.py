@@ -162,8 +162,9 @@ def test_an_experiment_file_reads_exponent_floats_and_refuses_bad_yaml(tmp_path:
 
     text = (ROOT / "configs/train/hazardworld_experiment.yaml").read_text(encoding="utf-8")
     p = tmp_path / "e.yaml"
-    p.write_text(text.replace("learning_rate: 3.0e-4", "learning_rate: 3e-4"), encoding="utf-8")
-    assert load_experiment(p).warm_start[0].trainer["learning_rate"] == 3e-4
+    assert "learning_rate: 1.0e-3" in text
+    p.write_text(text.replace("learning_rate: 1.0e-3", "learning_rate: 1e-3"), encoding="utf-8")
+    assert load_experiment(p).warm_start[0].trainer["learning_rate"] == 1e-3
     p.write_text("seeds: [0\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_experiment(p)
