@@ -38,7 +38,7 @@ def test_tiny_rl_recipes_match_except_for_caspo_knobs() -> None:
     grpo = load_run_config(ROOT / "configs/train/tiny/grpo.yaml", method="grpo")
     caspo = load_run_config(ROOT / "configs/train/tiny/caspo.yaml", method="caspo")
     own = {"caspo_lambda", "token_reward_clip", "token_reward_bonus", "teacher",
-           "teacher_refresh_steps"}
+           "teacher_refresh_steps", "teacher_context"}
     assert {k: v for k, v in caspo.trainer.items() if k not in own} == grpo.trainer
     assert caspo.model == grpo.model and caspo.data.train == grpo.data.train
 
