@@ -26,6 +26,7 @@ bad value fails before any model loads, with the key named. The resolved file is
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -268,6 +269,9 @@ class RunConfig(_Strict):
             raise ConfigError(f"trainer ({cls.__name__}): {exc}") from None
 
     def _trainer_kwargs(self, cls: Any, output_dir: str | Path) -> dict[str, Any]:
+        for key, value in self.trainer.items():
+            if _has_nan(value):  # never a setting: trl would train on it, every loss NaN
+                raise ConfigError(f"trainer.{key} = {value!r}: not a number (NaN)")
         kwargs = {"report_to": "none", "seed": self.seed, **self.trainer,
                   "output_dir": str(output_dir)}
         if self.method == "caspo":
@@ -338,6 +342,16 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         node[int(last)] = value
     else:
         node[last] = value
+
+
+def _has_nan(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, (list, tuple)):
+        return any(_has_nan(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nan(v) for v in value.values())
+    return False
 
 
 class _Loader(yaml.SafeLoader):

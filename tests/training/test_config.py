@@ -168,3 +168,12 @@ def test_an_experiment_file_reads_exponent_floats_and_refuses_bad_yaml(tmp_path:
     p.write_text("seeds: [0\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_experiment(p)
+
+
+@pytest.mark.parametrize("value", [".nan", "[-3.0, .NaN]"])
+def test_a_nan_trainer_value_is_refused_in_one_line(value: str) -> None:
+    key = "learning_rate" if value == ".nan" else "token_reward_clip"
+    with pytest.raises(ConfigError, match=rf"trainer\.{key} = .*: not a number \(NaN\)"):
+        load_run_config(ROOT / "configs/train/tiny/caspo.yaml",
+                        overrides=parse_overrides([f"trainer.{key}={value}"]),
+                        validate_trainer=False)
