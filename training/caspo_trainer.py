@@ -440,10 +440,15 @@ class CASPOTrainer(GRPOTrainer):  # type: ignore[misc]
             out = model.generate(**enc, max_new_tokens=self.args.projection_tokens + 1,
                                  do_sample=False, pad_token_id=tok.pad_token_id)
         new = out[:, enc["input_ids"].size(1):].tolist()
+        special = set(tok.all_special_ids)
         projections: list[str | None] = []
         for ids in new:
             pieces = [tok.decode([t]) for t in ids]
             pos = verdict_position(pieces)
+            # a special token inside the projection would be one again in the teacher's
+            # prompt (an end of turn, an image pad): no projection rather than a torn prompt
+            if pos is not None and special.intersection(ids[:pos]):
+                pos = None
             projections.append(None if pos is None else "".join(pieces[:pos]))
         owner = [0] * len(inputs)
         for k, i in enumerate(firsts):

@@ -383,6 +383,33 @@ def test_caspo_projection_teacher_scores_after_its_own_projection(
     assert all(r["caspo/verdict_kl"] > 0 for r in history if "caspo/verdict_kl" in r)
 
 
+def test_caspo_projection_with_a_control_token_counts_as_none(
+    tiny_qwen2_5_vl: Path, tmp_path: Path
+) -> None:
+    """A projection that holds a special token (here the end of turn inside its scene line)
+    would become that token again in the teacher's prompt: it counts as no projection."""
+    run = build(_config("caspo", tiny_qwen2_5_vl, max_steps=1, caspo_lambda=0.5,
+                        teacher_context="projection"), tmp_path)
+    trainer = run.trainer
+    tok = run.processor.tokenizer
+    torn = "scene: a towel" + tok.eos_token + " on the stove\neffect: it would burn\nVETO"
+    proj_ids = torch.tensor(tok.encode(torn, add_special_tokens=False))
+    assert tok.eos_token_id in proj_ids.tolist()
+    real_generate = trainer.model.generate
+
+    def generate(**kwargs: Any) -> torch.Tensor:
+        out = real_generate(**kwargs)
+        if "Project first" not in tok.decode(kwargs["input_ids"][0]):
+            return out
+        return torch.cat([kwargs["input_ids"], proj_ids.expand(out.size(0), -1)], 1)
+
+    trainer.model.generate = generate
+    trainer.train()
+    projected = trainer.last_teacher_projected
+    assert projected is not None and not bool(projected.any())
+    assert "a towel" not in tok.decode(trainer.last_teacher_input_ids[0])
+
+
 def test_caspo_projection_teacher_without_a_projection_teaches_nothing(
     tiny_qwen2_5_vl: Path, tmp_path: Path
 ) -> None:
