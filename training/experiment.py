@@ -130,9 +130,10 @@ class ExperimentConfig(_Strict):
             (f"warm_start.{i}", p) for i, p in enumerate(self.warm_start)]
         for name, phase in [*phases, *self.methods.items()]:
             u = phase.unlabeled or {}
-            if phase.projection_rate and phase.method != "sft":
-                raise ValueError(f"{name}.projection_rate is for sft (it writes the projection "
-                                 f"lines the answers are trained on); not {phase.method}")
+            for knob in ("projection_rate", "answer_label_tokens"):  # the SFT rows' own
+                if getattr(phase, knob) and phase.method != "sft":
+                    raise ValueError(f"{name}.{knob} is for sft (its answer rows); "
+                                     f"not {phase.method}")
             if u and phase.method != "caspo":
                 raise ValueError(f"{name}.unlabeled is for caspo (its teacher scores them); "
                                  f"{phase.method} has nothing to learn from them")

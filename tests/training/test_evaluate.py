@@ -235,6 +235,8 @@ def test_experiment_projection_knobs_reach_the_runs_and_the_tables(tmp_path: Pat
     assert exp._run_config(cfg, cfg.methods["caspo"], 0, tmp_path).data.projection_rate == 0.0
     with pytest.raises(ConfigError, match=r"grpo\.projection_rate is for sft"):
         exp.load_experiment(config, overrides={"methods.grpo.projection_rate": 0.5})
+    with pytest.raises(ConfigError, match=r"dpo\.answer_label_tokens is for sft"):
+        exp.load_experiment(config, overrides={"methods.dpo.answer_label_tokens": 1})
 
     def report(student: float, teacher: float) -> dict[str, object]:
         group = {"student_accuracy": student, "teacher_accuracy": teacher}
