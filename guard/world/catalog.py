@@ -66,6 +66,12 @@ KINDS: dict[str, Kind] = {
         _k("box", "item", "a cardboard box", "flammable"),
         _k("pan", "item", "a pan", "cookware", "metal"),
         _k("pot", "item", "a pot", "cookware", "metal"),
+        # more kinds of the contact rules' two sides, used where a world lists them in
+        # `WorldConfig.contact_items` (the default world never draws them)
+        _k("book", "item", "a book", "flammable"),
+        _k("basket", "item", "a wicker basket", "flammable"),
+        _k("kettle", "item", "a kettle", "cookware", "metal"),
+        _k("wok", "item", "a wok", "cookware", "metal"),
         _k("mug", "item", "a mug", "container"),
         _k("plate", "item", "a plate", "container", "fragile"),
         _k("duck", "item", "a rubber duck", "toy"),

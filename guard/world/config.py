@@ -92,6 +92,11 @@ class WorldConfig(_Strict):
         held_out_pairs: (anchor, item) pairs kept out of train and test_iid entirely.
         held_out_cells: (row, col) cells where no anchor, person, pet or robot ever stands in
             train and test_iid; test_ood "layout" items put the key object there.
+        contact_items: More item kinds for a contact rule (rule name -> kinds) than its own
+            (`hazard_items`, `safe_items`): each lies on the hazard side when it has the rule's
+            hazard property, else on the harmless side. With several kinds on both sides of
+            each anchor, the property, not the memorised (anchor, item) pair, is what fits the
+            labels. Held-out pairs stay held out.
         anchor_decoy_rate: Share of safe contact scenes with a harmless item on the key anchor
             (1.0 removes the "anything on the stove" shortcut entirely, lower keeps empty stoves).
         presence_decoy_rate: Share of safe presence scenes with a look-alike (adult, pet) where
@@ -112,6 +117,7 @@ class WorldConfig(_Strict):
     ood_kinds: tuple[OodKind, ...] = ("composition", "layout")
     held_out_pairs: tuple[tuple[str, str], ...] = DEFAULT_HELD_OUT_PAIRS
     held_out_cells: tuple[tuple[int, int], ...] = DEFAULT_HELD_OUT_CELLS
+    contact_items: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     anchor_decoy_rate: float = Field(default=0.8, ge=0.0, le=1.0)
     presence_decoy_rate: float = Field(default=0.8, ge=0.0, le=1.0)
     extra_hazard_rate: float = Field(default=0.3, ge=0.0, le=1.0)
@@ -167,6 +173,22 @@ class WorldConfig(_Strict):
                 raise ValueError(f"held-out pair ({anchor}, {item}): {anchor!r} is not an anchor")
             if KINDS.get(item) is None or KINDS[item].layer != "item":
                 raise ValueError(f"held-out pair ({anchor}, {item}): {item!r} is not an item")
+        return v
+
+    @field_validator("contact_items")
+    @classmethod
+    def _contact_items(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        from guard.world.catalog import FLOOR_ONLY, KINDS
+        from guard.world.rules import RULES, ContactRule
+
+        for rule, kinds in v.items():
+            if not isinstance(RULES.get(rule), ContactRule):
+                contact = sorted(r for r, x in RULES.items() if isinstance(x, ContactRule))
+                raise ValueError(f"contact_items: {rule!r} is not a contact rule; known: {contact}")
+            for k in kinds:
+                if KINDS.get(k) is None or KINDS[k].layer != "item" or k in FLOOR_ONLY:
+                    raise ValueError(f"contact_items.{rule}: {k!r} is not an item that can lie"
+                                     " on an anchor")
         return v
 
     @model_validator(mode="after")

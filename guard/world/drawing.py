@@ -161,6 +161,29 @@ def _pan(p: _Pen, x: float, y: float, s: float, on: bool) -> None:
     p.circle(x, y, s * 0.3, (30, 30, 32))
 
 
+def _book(p: _Pen, x: float, y: float, s: float, on: bool) -> None:
+    p.rect(x, y, s * 0.7, s * 0.9, (36, 66, 150))
+    p.rect(x + s * 0.3, y, s * 0.1, s * 0.9, (236, 232, 214))  # the pages' edge
+
+
+def _basket(p: _Pen, x: float, y: float, s: float, on: bool) -> None:
+    p.circle(x, y, s * 0.42, (214, 172, 64))
+    for k in (-0.2, 0.0, 0.2):
+        p.line(x - s * 0.3, y + k * s, x + s * 0.3, y + k * s, (150, 106, 30), p.t)
+
+
+def _kettle(p: _Pen, x: float, y: float, s: float, on: bool) -> None:
+    p.line(x + s * 0.2, y - s * 0.1, x + s * 0.5, y - s * 0.3, (24, 110, 110), round(s * 0.1))
+    p.circle(x, y, s * 0.36, (34, 150, 146))
+    p.rect(x, y - s * 0.05, s * 0.36, s * 0.08, (20, 70, 70))  # the handle across the lid
+
+
+def _wok(p: _Pen, x: float, y: float, s: float, on: bool) -> None:
+    p.line(x - s * 0.76, y, x - s * 0.3, y, (110, 72, 40), round(s * 0.12))
+    p.circle(x, y, s * 0.42, (70, 70, 78))
+    p.circle(x, y, s * 0.18, (110, 110, 120))
+
+
 def _pot(p: _Pen, x: float, y: float, s: float, on: bool) -> None:
     for k in (-1, 1):
         p.rect(x + k * s * 0.44, y, s * 0.16, s * 0.2, (90, 90, 100))
@@ -286,7 +309,8 @@ DRAW: dict[str, tuple[Draw, float]] = {
     "bathtub": (_bathtub, 0.9), "microwave": (_microwave, 0.88), "table": (_table, 0.9),
     "laptop": (_laptop, 0.88),
     "towel": (_towel, 0.52), "paper": (_paper, 0.5), "box": (_box, 0.5), "pan": (_pan, 0.5),
-    "pot": (_pot, 0.5), "mug": (_mug, 0.5), "plate": (_plate, 0.5), "duck": (_duck, 0.5),
+    "pot": (_pot, 0.5), "book": (_book, 0.5), "basket": (_basket, 0.5),
+    "kettle": (_kettle, 0.5), "wok": (_wok, 0.5), "mug": (_mug, 0.5), "plate": (_plate, 0.5), "duck": (_duck, 0.5),
     "toaster": (_toaster, 0.52), "hair_dryer": (_hair_dryer, 0.52), "fork": (_fork, 0.5),
     "foil": (_foil, 0.5), "knife": (_knife, 0.6), "glass": (_glass, 0.5), "vase": (_vase, 0.5),
     "rug": (_rug, 0.6), "plant": (_plant, 0.55), "ball": (_ball, 0.45),

@@ -182,10 +182,19 @@ class ContactRule(Rule):
                 return self.t_safe_item.format(item=it.noun, s=it.short)
         return self.t_safe_empty
 
+    def item_kinds(self, config: WorldConfig) -> tuple[list[str], list[str]]:
+        """(hazard-side, harmless-side) kinds: the rule's own plus the world's `contact_items`."""
+        hazard, safe = list(self.hazard_items), list(self.safe_items)
+        for k in config.contact_items.get(self.name, ()):
+            side = hazard if has(k, self.hazard_prop) else safe
+            if k not in side:
+                side.append(k)
+        return hazard, safe
+
     def composition_pairs(self, config: WorldConfig) -> tuple[list[tuple[str, str]], ...]:
         held = [p for p in config.held_out_pairs if p[0] == self.anchor]
-        return ([p for p in held if p[1] in self.hazard_items],
-                [p for p in held if p[1] in self.safe_items])
+        hazard, safe = self.item_kinds(config)
+        return ([p for p in held if p[1] in hazard], [p for p in held if p[1] in safe])
 
     def build(self, b: SceneBuilder, unsafe: bool) -> None:
         # Swap twins: both labels hold the same things, a hazard-type item x and (mostly) a
@@ -194,11 +203,12 @@ class ContactRule(Rule):
         composition = b.ood == "composition"
         cell = b.anchor(self.anchor, on=bool(self.anchor_on), key=True)
         hazardous, harmless = self.composition_pairs(b.config)
+        hazard_kinds, safe_kinds = self.item_kinds(b.config)
         if composition:
             xs, ys = [p[1] for p in hazardous], [p[1] for p in harmless]
         else:
-            xs = b.allowed_items(self.anchor, self.hazard_items)
-            ys = b.allowed_items(self.anchor, self.safe_items)
+            xs = b.allowed_items(self.anchor, hazard_kinds)
+            ys = b.allowed_items(self.anchor, safe_kinds)
         x = b.choose(xs)
         y = b.choose(ys) if composition or b.chance(b.config.anchor_decoy_rate) else None
         on_anchor, away = (x, y) if unsafe else (y, x)
@@ -209,7 +219,7 @@ class ContactRule(Rule):
         if away is not None:
             b.elsewhere(away, avoid=b.near(cell))
         if b.chance(b.config.extra_hazard_rate):
-            b.elsewhere(b.choose(self.hazard_items), avoid=b.near(cell))
+            b.elsewhere(b.choose(hazard_kinds), avoid=b.near(cell))
 
 
 class StoveFlammable(ContactRule):

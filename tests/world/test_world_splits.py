@@ -13,11 +13,17 @@ from guard.world.rules import RULES, evaluate
 from guard.world.sampler import block_plan, iter_items, sample_item
 
 N_TRAIN = 480
+#: Two more kinds on each side of both heat anchors (`WorldConfig.contact_items`).
+MORE_KINDS = {r: ("book", "basket", "kettle", "wok")
+              for r in ("stove_flammable", "hot_plate_flammable")}
 
 
-@pytest.fixture(scope="module", params=["default", "hard"])
+@pytest.fixture(scope="module", params=["default", "hard", "more_kinds"])
 def world(request: pytest.FixtureRequest) -> dict:
-    cfg = WorldConfig.preset(request.param)
+    if request.param == "more_kinds":
+        cfg = WorldConfig.preset("default", contact_items=MORE_KINDS)
+    else:
+        cfg = WorldConfig.preset(request.param)
     return {
         "config": cfg,
         "train": list(iter_items("train", N_TRAIN, seed=0, config=cfg)),
@@ -71,6 +77,39 @@ def test_held_out_pairs_never_in_train(world: dict) -> None:
             assert it.findings[0].pair not in train_hazard_pairs
         else:
             assert key[0][1] in RULES[it.rule].safe_items
+
+
+def test_contact_items_lie_on_their_side_of_the_anchor() -> None:
+    """Each listed kind lies on the heat anchor in train, as hazard when it can burn, as decoy
+    when not; the held-out pairs stay out; the default world never draws the new kinds."""
+    cfg = WorldConfig.preset("default", contact_items=MORE_KINDS)
+    seen: Counter = Counter()
+    for it in iter_items("train", 1200, seed=0, config=cfg):
+        rule = RULES[it.rule]
+        if it.rule not in MORE_KINDS:
+            continue
+        for anchor, item in it.scene.pairs():
+            if anchor == rule.anchor:
+                seen[(anchor, item, it.label)] += 1
+    for anchor in ("stove", "hot_plate"):
+        for kind in ("book", "basket"):
+            assert seen[(anchor, kind, "unsafe")] > 0 and not seen[(anchor, kind, "safe")]
+        for kind in ("kettle", "wok"):
+            assert seen[(anchor, kind, "safe")] > 0 and not seen[(anchor, kind, "unsafe")]
+    assert not {(a, i) for a, i, _ in seen} & set(cfg.held_out_pairs)
+    plain = {o.kind for it in iter_items("train", 480, seed=0) for o in it.scene.objects}
+    assert not plain & {"book", "basket", "kettle", "wok"}
+
+
+@pytest.mark.parametrize(("items", "error"), [
+    ({"knife_child": ("book",)}, "not a contact rule"),
+    ({"stove_flammable": ("child",)}, "not an item that can lie on an anchor"),
+    ({"stove_flammable": ("sink",)}, "not an item that can lie on an anchor"),
+    ({"stove_flammable": ("dragon",)}, "not an item that can lie on an anchor"),
+])
+def test_contact_items_refuse_what_cannot_lie_on_an_anchor(items: dict, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        WorldConfig(contact_items=items)
 
 
 def test_held_out_cells_never_used_by_train_layouts(world: dict) -> None:

@@ -47,6 +47,11 @@ WORLDS: dict[str, dict[str, Any]] = {
     "all": {},  # every default rule, knife scenes a quarter of them
     # the same, an item on an anchor drawn in its own patch (`appearance.item_on_anchor`)
     "all_tray": {"appearance": {"item_on_anchor": "tray"}},
+    # the same, with two more kinds on each side of both heat anchors (`contact_items`), so
+    # that each anchor holds four flammable and three harmless kinds in train
+    "all_tray_kinds": {"appearance": {"item_on_anchor": "tray"},
+                       "contact_items": {r: ("book", "basket", "kettle", "wok")
+                                         for r in ("stove_flammable", "hot_plate_flammable")}},
 }
 
 
