@@ -40,6 +40,7 @@ from guard.errors import BackendError, BackendTimeout, ConfigError, GuardError, 
 from guard.freshness import frame_freshness
 from guard.imaging import check_array, resize_for_judge
 from guard.policy import (
+    CompiledRule,
     RuleOutcome,
     RulesProgress,
     RulesUnfinished,
@@ -81,6 +82,21 @@ RationaleCallback = Callable[[Decision], None]
 _MAX_AUDIT_ANSWER_CHARS = 4096
 
 
+@dataclass(frozen=True)
+class _Policy:
+    """The policy one check applies: its settings, compiled rules and fingerprint, taken
+    together when the check starts. `set_policy` swaps the whole of it in one assignment, so
+    a check in flight never mixes two policies, and its audit record names the one applied."""
+
+    config: PolicyConfig
+    rules: list[CompiledRule]
+    id: str
+
+    @classmethod
+    def of(cls, config: PolicyConfig) -> _Policy:
+        return cls(config, compile_rules(config.rules), config.fingerprint())
+
+
 @dataclass
 class _PendingRationale:
     """An answer still being generated after its decision was made (rationale: async)."""
@@ -88,6 +104,7 @@ class _PendingRationale:
     future: cf.Future[str]
     verdict_probs: dict[str, float] | None
     rules: RuleOutcome
+    policy: _Policy
     done: cf.Future[RationaleDone] = field(default_factory=cf.Future)
 
 
@@ -110,7 +127,7 @@ class Guard:
         clock: Any = time.time,
     ) -> None:
         self.config = config or GuardConfig()
-        self._rules = compile_rules(self.config.policy.rules)
+        self._policy = _Policy.of(self.config.policy)
         #: The prompt template in use (configured, else the model's trained one).
         self.template_name = resolve_template(self.config.prompt.template, self.config.model.id)
         #: How a proposal becomes the judge's words (configured, else the model's trained one).
@@ -118,7 +135,6 @@ class Guard:
             self.config.prompt.action_format, self.config.model.id
         )
         self._template = load_template(self.template_name)
-        self._policy_id = self.config.policy.fingerprint()
         # Longer answers are refused before parsing: parsing stays inside the deadline.
         self._max_answer_chars = max(16_384, 32 * self.config.model.max_new_tokens)
         self._clock = clock
@@ -149,11 +165,11 @@ class Guard:
 
     @property
     def policy_id(self) -> str:
-        return self._policy_id
+        return self._policy.id
 
     @property
     def mode(self) -> str:
-        return self.config.policy.mode
+        return self._policy.config.mode
 
     def warmup(self) -> float | None:
         """Run one throwaway judgement (a grey 640x480 frame, the configured template) through
@@ -187,7 +203,8 @@ class Guard:
     def set_policy(self, **fields: Any) -> None:
         """Change policy fields at runtime (``deadline_ms``, ``max_frame_age_ms``, ``mode``,
         thresholds, ``rules``): checks that start afterwards use them, and the policy
-        fingerprint in the audit records follows.
+        fingerprint in the audit records follows. A check already in flight keeps the
+        policy it started with, whole, and its record names that one.
 
         Raises:
             ConfigError: An unknown field, a bad value or rule pattern, or a new
@@ -207,11 +224,11 @@ class Guard:
                 f"policy.max_inflight = {policy.max_inflight}: read when the guard starts "
                 f"(its worker pools hold {self.config.policy.max_inflight}); start a new Guard"
             )
-        # Compiled before anything changes: the fingerprint must never name rules not applied.
-        rules = compile_rules(policy.rules)
-        self._rules = rules
+        # Compiled before anything changes (a bad pattern leaves the policy as it was), then
+        # swapped in one assignment: a check reads `_policy` once, when it starts.
+        applied = _Policy.of(policy)
         self.config = self.config.model_copy(update={"policy": policy})
-        self._policy_id = policy.fingerprint()
+        self._policy = applied
 
     def check(
         self,
@@ -262,19 +279,20 @@ class Guard:
             The decision with how it was reached (`Judgement`).
         """
         t0 = time.monotonic()
-        deadline, limit_ms = math.inf, self.config.policy.deadline_ms
-        trace = _Trace()
+        trace = _Trace(policy=self._policy)
+        deadline, limit_ms = math.inf, trace.policy.config.deadline_ms
         try:
             t0 = _entered(entered, t0)
-            limit_ms = self._deadline_ms(deadline_ms)
+            limit_ms = self._deadline_ms(deadline_ms, trace.policy)
             deadline = t0 + limit_ms / 1000.0
             decision = self._check(frames, proposal, now, deadline, limit_ms, trace)
             decision = self._late(decision, deadline, limit_ms, trace)
         except InvalidInputError as exc:
-            decision = self._failed(Status.INVALID_INPUT, str(exc), trace.rules)
+            decision = self._failed(Status.INVALID_INPUT, str(exc), trace.rules, trace.policy)
         except Exception as exc:  # the last line of fail-closed: a bug is still a veto
             log.exception("guard check failed unexpectedly")
-            decision = self._failed(Status.ERROR, f"internal error: {exc!r}", trace.rules)
+            decision = self._failed(Status.ERROR, f"internal error: {exc!r}", trace.rules,
+                                    trace.policy)
         except BaseException as exc:  # Ctrl-C or exit in the caller: audit, then let it go
             self._interrupted(exc, proposal, trace, t0)
             raise
@@ -310,12 +328,13 @@ class Guard:
             `BatchItem`) or cannot be read to its end.
         """
         t0 = time.monotonic()
+        policy = self._policy  # one policy for the whole batch
         try:
-            rows = [_BatchRow(item) for item in _batch_items(items)]
+            rows = [_BatchRow(item, policy) for item in _batch_items(items)]
         except InvalidInputError as exc:
-            decision = self._failed(Status.INVALID_INPUT, str(exc), RuleOutcome())
+            decision = self._failed(Status.INVALID_INPUT, str(exc), RuleOutcome(), policy)
             decision.latency_ms = (time.monotonic() - t0) * 1000.0
-            return [self._finish(decision, {"batch": items}, _Trace())]
+            return [self._finish(decision, {"batch": items}, _Trace(policy=policy))]
         if (getattr(self.backend, "judge_batch", None) is None
                 or self.config.model.rationale == "async" or len(rows) < 2):
             return self._judge_each(rows, now)
@@ -324,7 +343,7 @@ class Guard:
             try:
                 if row.refusal is not None:
                     raise InvalidInputError(row.refusal)
-                row.limit_ms = self._deadline_ms(row.item.deadline_ms)
+                row.limit_ms = self._deadline_ms(row.item.deadline_ms, policy)
                 row.deadline = row.t0 + row.limit_ms / 1000.0
                 try:
                     action, rules = self._head(row.item.proposal, row.trace, row.deadline)
@@ -332,19 +351,21 @@ class Guard:
                     row.decision = self._rules_unfinished(row.limit_ms, row.trace)
                     continue
                 if rules.skips_model:
-                    row.decision = self._by_rules(rules)
+                    row.decision = self._by_rules(rules, policy)
                     continue
                 frames = row.item.frames
                 if not callable(frames):
                     row.trace.frames = _as_frames(frames, self.config.image.max_frames)
-                row.job = _Job(self, frames, action, now, row.deadline, rules, row.limit_ms)
+                row.job = _Job(self, frames, action, now, row.deadline, rules, row.limit_ms,
+                               policy)
                 jobs.append(row.job)
             except InvalidInputError as exc:
-                row.decision = self._failed(Status.INVALID_INPUT, str(exc), row.trace.rules)
+                row.decision = self._failed(Status.INVALID_INPUT, str(exc), row.trace.rules,
+                                            policy)
             except Exception as exc:
                 log.exception("guard check failed unexpectedly")
                 row.decision = self._failed(
-                    Status.ERROR, f"internal error: {exc!r}", row.trace.rules
+                    Status.ERROR, f"internal error: {exc!r}", row.trace.rules, policy
                 )
         try:
             if jobs:
@@ -365,7 +386,8 @@ class Guard:
         """`judge` for each row, concurrently (the guard's own pool bounds the judging)."""
         def one(row: _BatchRow) -> Judgement:
             if row.refusal is not None:
-                decision = self._failed(Status.INVALID_INPUT, row.refusal, RuleOutcome())
+                decision = self._failed(Status.INVALID_INPUT, row.refusal, RuleOutcome(),
+                                        row.trace.policy)
                 return self._finish(decision, row.item.proposal, row.trace)
             return self.judge(row.item.frames, row.item.proposal, now=now, entered=row.t0,
                               deadline_ms=row.item.deadline_ms)
@@ -392,7 +414,7 @@ class Guard:
                         Status.TIMEOUT,
                         f"no answer within deadline_ms ({row.limit_ms:g}; still "
                         f"{row.job.stage})",
-                        row.job.rules,
+                        row.job.rules, row.job.policy,
                     )
                     continue
                 except Exception as exc:  # a bug in the batch job: every row is a veto
@@ -401,7 +423,8 @@ class Guard:
             res = results.get(id(row.job))
             if res is None:
                 row.decision = self._failed(
-                    Status.ERROR, "internal error: the batch gave no result", row.job.rules
+                    Status.ERROR, "internal error: the batch gave no result", row.job.rules,
+                    row.job.policy,
                 )
                 continue
             row.decision, done_trace = res
@@ -410,9 +433,9 @@ class Guard:
             with self._lock:
                 self.stats["abandoned"] += 1
 
-    def _deadline_ms(self, requested: float | None) -> float:
+    def _deadline_ms(self, requested: float | None, policy: _Policy) -> float:
         """The deadline of one check: the policy's, or a shorter one the caller asked for."""
-        limit = self.config.policy.deadline_ms
+        limit = policy.config.deadline_ms
         if requested is None:
             return limit
         value = _real(requested)
@@ -435,7 +458,7 @@ class Guard:
                 Status.TIMEOUT,
                 f"answer arrived {(time.monotonic() - deadline) * 1000:.0f} ms after "
                 f"deadline_ms ({limit_ms:g})",
-                trace.rules,
+                trace.rules, trace.policy,
             )
         return decision
 
@@ -443,7 +466,8 @@ class Guard:
                      t0: float) -> None:
         """Audit the veto of a check interrupted in the caller's thread (Ctrl-C, exit)."""
         trace.pending = None
-        decision = self._failed(Status.ERROR, f"interrupted: {exc!r}", trace.rules)
+        decision = self._failed(Status.ERROR, f"interrupted: {exc!r}", trace.rules,
+                                trace.policy)
         decision.latency_ms = (time.monotonic() - t0) * 1000.0
         self._finish(decision, proposal, trace)
 
@@ -466,10 +490,10 @@ class Guard:
         # stamp that is no finite number is none (it once raised out of the audit step).
         reason = safe_text(reason) if isinstance(reason, str) else short_repr(reason)
         status, reason = _failure_status(status, reason, "reject()")
-        decision = self._failed(status, reason, RuleOutcome())
+        trace = _Trace(policy=self._policy)
+        decision = self._failed(status, reason, RuleOutcome(), trace.policy)
         stamp = _real(frame_stamp)
         decision.frame_stamp = stamp if stamp is not None and math.isfinite(stamp) else None
-        trace = _Trace()
         try:
             trace.proposal = _as_proposal(proposal)
         except InvalidInputError:
@@ -534,7 +558,7 @@ class Guard:
             RulesUnfinished: the rules did not all answer by `deadline` (`trace.rules` then
                 holds the worst they could have decided).
         """
-        policy = self.config.policy
+        policy = trace.policy.config
         trace.proposal = _as_proposal(proposal)
         _judgeable(trace.proposal)
         action = trace.proposal.as_text(self.action_format)
@@ -553,21 +577,23 @@ class Guard:
                 f"model reads it (policy.refuse_answer_format)"
             )
         try:
-            trace.rules = rules = self._evaluate_rules(trace.proposal, action, deadline)
+            trace.rules = rules = self._evaluate_rules(
+                trace.policy.rules, trace.proposal, action, deadline
+            )
         except RulesUnfinished as exc:
             trace.rules = exc.outcome
             raise
         return action, rules
 
-    def _evaluate_rules(self, proposal: ActionProposal, action: str, deadline: float
-                        ) -> RuleOutcome:
-        if not self._rules:  # nothing that could take long: no thread hop
-            return evaluate_rules(self._rules, proposal, action)
-        progress = RulesProgress(self._rules)
+    def _evaluate_rules(self, compiled: list[CompiledRule], proposal: ActionProposal,
+                        action: str, deadline: float) -> RuleOutcome:
+        if not compiled:  # nothing that could take long: no thread hop
+            return evaluate_rules(compiled, proposal, action)
+        progress = RulesProgress(compiled)
         # The patterns stop themselves at the deadline too, but in CPU time (`regex`): the
         # caller waits on the wall clock.
         future = self._rules_executor.submit(
-            evaluate_rules, self._rules, proposal, action, deadline=deadline, progress=progress
+            evaluate_rules, compiled, proposal, action, deadline=deadline, progress=progress
         )
         try:
             return future.result(timeout=max(0.0, deadline - time.monotonic()))
@@ -581,7 +607,7 @@ class Guard:
         return self._failed(
             Status.TIMEOUT,
             f"no answer within deadline_ms ({limit_ms:g}; still evaluating policy rules)",
-            trace.rules,
+            trace.rules, trace.policy,
         )
 
     def _check(
@@ -597,12 +623,13 @@ class Guard:
             action, rules = self._head(proposal, trace, deadline)
         except RulesUnfinished:
             return self._rules_unfinished(limit_ms, trace)
+        policy = trace.policy
         if rules.skips_model:
-            return self._by_rules(rules)
+            return self._by_rules(rules, policy)
         if not callable(frames):
             # known even if the judge then times out
             trace.frames = _as_frames(frames, self.config.image.max_frames)
-        job = _Job(self, frames, action, now, deadline, rules, limit_ms)
+        job = _Job(self, frames, action, now, deadline, rules, limit_ms, policy)
         future = self._executor.submit(job.run)
         try:
             decision, done = future.result(timeout=max(0.0, deadline - time.monotonic()))
@@ -615,7 +642,7 @@ class Guard:
             return self._failed(
                 Status.TIMEOUT,
                 f"no answer within deadline_ms ({limit_ms:g}; still {stage})",
-                rules,
+                rules, policy,
             )
         except BaseException as exc:
             if future.done() and not future.cancelled() and future.exception() is exc:
@@ -623,39 +650,41 @@ class Guard:
                 # found while preparing, a bug of ours, or a backend's SystemExit or
                 # KeyboardInterrupt (the job turns its ordinary exceptions into decisions).
                 if isinstance(exc, InvalidInputError):
-                    return self._failed(Status.INVALID_INPUT, str(exc), rules)
+                    return self._failed(Status.INVALID_INPUT, str(exc), rules, policy)
                 if isinstance(exc, Exception):
                     log.error("guard check failed unexpectedly: %r", exc)
-                    return self._failed(Status.ERROR, f"internal error: {exc!r}", rules)
-                return self._failed(Status.ERROR, f"backend failed: {exc!r}", rules)
+                    return self._failed(Status.ERROR, f"internal error: {exc!r}", rules, policy)
+                return self._failed(Status.ERROR, f"backend failed: {exc!r}", rules, policy)
             raise
         return decision
 
     def _judged(
         self, request: JudgeRequest, output: JudgeOutput, rules: RuleOutcome,
-        record: dict[str, Any],
+        record: dict[str, Any], applied: _Policy,
     ) -> tuple[Decision, _PendingRationale | None]:
         """The decision from a backend's answer (on the worker, inside the deadline)."""
-        policy = self.config.policy
+        policy = applied.config
         problem = _output_problem(output, self._max_answer_chars)
         if problem is not None:
             if isinstance(output, JudgeOutput) and output.rationale is not None:
                 output.rationale.cancel()
-            return self._failed(Status.ERROR, f"backend answer rejected: {problem}", rules), None
+            return self._failed(Status.ERROR, f"backend answer rejected: {problem}", rules,
+                                applied), None
         record["answer"] = output.text[:_MAX_AUDIT_ANSWER_CHARS]
         record["timings_ms"] = output.timings_ms
         mode = self._template.answer_mode
         try:
             answer = parse_answer(output.text, mode)
         except ParseError as exc:
-            return self._failed(Status.ERROR, f"unparseable answer: {exc}", rules), None
+            return self._failed(Status.ERROR, f"unparseable answer: {exc}", rules,
+                                applied), None
         # A projection-first answer's first token is no verdict: its probabilities say nothing.
         probs = output.verdict_probs if mode == DEFAULT_ANSWER_MODE else None
         verdict, risk = decide(answer, probs, rules, policy)
         rationale = " ".join(s for s in (answer.consequence, answer.rationale) if s)
         pending = None
         if output.rationale is not None:
-            pending = _PendingRationale(output.rationale, output.verdict_probs, rules)
+            pending = _PendingRationale(output.rationale, output.verdict_probs, rules, applied)
         decision = Decision(
             verdict=verdict,
             status=Status.OK,
@@ -663,7 +692,7 @@ class Guard:
             hazards=answer.hazards,
             rationale=rationale,
             model=self.backend.model_id,
-            policy=self._policy_id,
+            policy=applied.id,
             rules=[r.name for r in rules.matched],
             mode=policy.mode,
         )
@@ -671,7 +700,7 @@ class Guard:
 
     # -- decisions that did not come from the model ---------------------------------------
 
-    def _by_rules(self, rules: RuleOutcome) -> Decision:
+    def _by_rules(self, rules: RuleOutcome, policy: _Policy) -> Decision:
         assert rules.verdict is not None
         reasons = "; ".join(f"{r.name}: {r.reason}" if r.reason else r.name for r in rules.matched)
         risk = {Verdict.ALLOW: 0.0, Verdict.ANNOTATE: 0.5, Verdict.VETO: 1.0}[rules.verdict]
@@ -681,13 +710,14 @@ class Guard:
             risk=risk,
             rationale=f"decided by rule ({reasons})",
             model="rules",
-            policy=self._policy_id,
+            policy=policy.id,
             rules=[r.name for r in rules.matched],
-            mode=self.config.policy.mode,
+            mode=policy.config.mode,
         )
 
-    def _failed(self, status: Status, error: str, rules: RuleOutcome) -> Decision:
-        verdict = failure_verdict(status, self.config.policy)
+    def _failed(self, status: Status, error: str, rules: RuleOutcome, policy: _Policy
+                ) -> Decision:
+        verdict = failure_verdict(status, policy.config)
         if rules.verdict is not None:
             verdict = Verdict.most_restrictive(verdict, rules.verdict)
         return Decision(
@@ -696,9 +726,9 @@ class Guard:
             risk=1.0 if verdict is Verdict.VETO else 0.0,
             rationale=f"check did not run ({status.value}): {error}",
             model=self.backend.model_id if hasattr(self, "backend") else "none",
-            policy=self._policy_id,
+            policy=policy.id,
             rules=[r.name for r in rules.matched],
-            mode=self.config.policy.mode,
+            mode=policy.config.mode,
             error=error,
         )
 
@@ -725,7 +755,7 @@ class Guard:
         except Exception as exc:  # an unlogged decision must not be an allow
             log.error("audit write failed: %s", exc)
             pending = None
-            if self.config.policy.on_failure != "allow":
+            if trace.policy.config.on_failure != "allow":
                 decision.verdict, decision.status = Verdict.VETO, Status.ERROR
                 decision.risk = 1.0
                 decision.error = f"audit write failed: {exc}"
@@ -803,7 +833,7 @@ class Guard:
                 # What deciding on the whole answer would have given: an audit can find the
                 # checks where the verdict alone decided differently.
                 full_verdict, full_risk = decide(
-                    answer, pending.verdict_probs, pending.rules, self.config.policy
+                    answer, pending.verdict_probs, pending.rules, pending.policy.config
                 )
             except (ParseError, ValueError) as exc:
                 payload["error"] = f"unparseable answer: {exc}"
@@ -835,6 +865,7 @@ class Guard:
 class _Trace:
     """What one check learned on its way, for its audit record and its `Judgement`."""
 
+    policy: _Policy  # the policy the check applies, read once when it starts
     proposal: ActionProposal | None = None
     rules: RuleOutcome = field(default_factory=RuleOutcome)
     frames: list[Frame] = field(default_factory=list)
@@ -902,7 +933,7 @@ class BatchItem:
 class _BatchRow:
     """One item of a batch on its way through `Guard.judge_batch`."""
 
-    def __init__(self, item: BatchItem) -> None:
+    def __init__(self, item: BatchItem, policy: _Policy) -> None:
         self.t0 = time.monotonic()
         #: Why the item cannot be judged as given (not a BatchItem, an unusable `entered`):
         #: the row's invalid_input veto.
@@ -917,7 +948,7 @@ class _BatchRow:
             self.refusal = str(exc)
         self.limit_ms = math.inf
         self.deadline = math.inf
-        self.trace = _Trace()
+        self.trace = _Trace(policy=policy)
         self.job: _Job | None = None
         self.decision: Decision | None = None
 
@@ -931,13 +962,14 @@ class _Job:
     def __init__(
         self, guard: Guard, frames: FramesArg | FrameSource, action: str,
         now: float | None, deadline: float, rules: RuleOutcome, limit_ms: float,
+        policy: _Policy,
     ) -> None:
         self.guard, self.frames, self.action = guard, frames, action
         self.now, self.deadline, self.rules = now, deadline, rules
-        self.limit_ms = limit_ms
+        self.limit_ms, self.policy = limit_ms, policy
         self.stage = "queued"
         # The job's own trace: the caller takes it only from a job that finished in time.
-        self.trace = _Trace()
+        self.trace = _Trace(policy=policy)
         self._frames: list[Frame] = []
 
     def run(self) -> JobResult:
@@ -953,7 +985,7 @@ class _Job:
 
     def failed(self, status: Status, error: str) -> JobResult:
         self.trace.frames = self._frames
-        return self.guard._failed(status, error, self.rules), self.trace
+        return self.guard._failed(status, error, self.rules, self.policy), self.trace
 
     def judge_failed(self, exc: BaseException) -> JobResult:
         """The decision of a backend call that raised."""
@@ -969,7 +1001,7 @@ class _Job:
     def prepare(self) -> JobResult | JudgeRequest:
         """The request to judge, or the decision of a check that ends before the model."""
         guard, trace = self.guard, self.trace
-        policy, image_cfg = guard.config.policy, guard.config.image
+        policy, image_cfg = self.policy.config, guard.config.image
         record = trace.record
 
         self.stage = "acquiring frames"
@@ -1025,7 +1057,7 @@ class _Job:
         """The decision from the backend's answer to `request`."""
         self.stage = "parsing the answer"
         decision, self.trace.pending = self.guard._judged(
-            request, output, self.rules, self.trace.record
+            request, output, self.rules, self.trace.record, self.policy
         )
         self.trace.frames = self._frames
         return decision, self.trace

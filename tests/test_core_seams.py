@@ -8,8 +8,10 @@ check that did not genuinely run is an audited veto.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import math
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +102,41 @@ def test_rules_set_at_runtime_are_the_rules_applied(
     assert (vetoed.verdict, vetoed.rules) == (Verdict.VETO, ["no-stove"])
     assert (allowed.verdict, allowed.rules) == (Verdict.ALLOW, [])
     assert vetoed.policy != allowed.policy
+
+
+def test_a_policy_swapped_mid_check_is_not_mixed_into_it(
+    config: GuardConfig, frame: Frame, audit_path: Path
+) -> None:
+    """set_policy while a check waited on the model: the check had applied the old rules but
+    took the new thresholds, mode and fingerprint, so its audit record named a policy without
+    the rule it applied, and a verdict neither policy gives alone."""
+    backend = ScriptedBackend.answering("ALLOW\nrisk: 0.4")
+    in_model, go_on = threading.Event(), threading.Event()
+    answer = backend.judge
+
+    def held(request: Any) -> Any:
+        in_model.set()
+        go_on.wait(10)
+        return answer(request)
+
+    backend.judge = held  # type: ignore[method-assign]
+    note = {"name": "note-stove", "match": {"tool": "^stove_on$"}, "verdict": "annotate"}
+    cfg = config.with_overrides(**{"policy.rules": [note], "policy.deadline_ms": 20_000})
+    with Guard(cfg, backend=backend) as g, cf.ThreadPoolExecutor(1) as pool:
+        started = g.policy_id
+        in_flight = pool.submit(g.check, frame, STOVE)
+        assert in_model.wait(10)
+        g.set_policy(rules=[], mode="shadow", veto_threshold=0.35, annotate_threshold=0.2)
+        go_on.set()
+        d = in_flight.result(10)
+        after = g.check(frame, STOVE)
+    # risk 0.4: an annotation under the policy it started with, a veto under the new one
+    assert (d.policy, d.mode, d.rules, d.verdict) == (
+        started, "enforce", ["note-stove"], Verdict.ANNOTATE)
+    assert _audited(audit_path, d)["decision"]["policy"] == started
+    assert (after.policy, after.mode, after.rules, after.verdict) == (
+        g.policy_id, "shadow", [], Verdict.VETO)
+    assert after.policy != started
 
 
 def test_a_bad_rule_set_at_runtime_changes_nothing(config: GuardConfig, frame: Frame) -> None:
