@@ -197,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-decay", action="store_true",
                    help="decay the lr linearly to 0 at --steps (default: constant after the"
                         " warm-up), so the last evaluation does not catch the rules on a dip")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="AdamW's decoupled weight decay (a pull toward the simpler rule that"
+                        " fits, against memorised pairs)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--n-train", type=int, default=1536)
     p.add_argument("--max-length", type=int,
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     params = [q for q in model.parameters() if q.requires_grad]
     if head is not None:
         params += list(head.linear.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     def lr_factor(s: int) -> float:
         warm = min(1.0, (s + 1) / 20)
         return warm * (max(0.0, 1.0 - s / args.steps) if args.lr_decay else 1.0)
@@ -313,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(entry), flush=True)
     res = {"init": args.init, "world": args.world, "val_world": args.val_world or args.world,
            "freeze": args.freeze, "lr": args.lr, "lr_decay": args.lr_decay,
+           "weight_decay": args.weight_decay,
            "max_length": args.max_length,
            "clip": args.clip, "extra_knife": args.extra_knife,
            "cell_item_weight": args.cell_item_weight, "ood_seed": args.ood_seed,
