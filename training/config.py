@@ -115,6 +115,19 @@ class WorldSource(_Strict):
     unnamed_tool_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     """Share of items whose tool is unnamed, ``action`` (`training.data.world_items`)."""
 
+    @model_validator(mode="after")
+    def _world_valid(self) -> WorldSource:
+        """A bad world override is refused with the recipe, not once the model is loaded."""
+        from guard.world import WorldConfig
+
+        try:
+            WorldConfig.preset(self.preset, **self.overrides)
+        except ValidationError as exc:
+            raise ValueError("; ".join(
+                f"overrides.{'.'.join(map(str, e['loc']))}: "
+                f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())) from None
+        return self
+
 
 class FolderSource(_Strict):
     """An OOD-MMSafe-format folder (`training.data.folder_items`)."""
@@ -400,7 +413,13 @@ def _error_lines(exc: ValidationError) -> list[str]:
     inner = [path(e) for e in errors if e["type"] not in _SHAPE_ERRORS]
     kept = [e for e in errors if e["type"] not in _SHAPE_ERRORS
             or not any(p == path(e) or p.startswith(path(e) + ".") for p in inner)]
-    return [f"{path(e)}: {e['msg']} (got {e.get('input')!r})" for e in kept]
+    def line(e: Any) -> str:
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "value_error" and isinstance(e.get("input"), dict):
+            return f"{path(e)}: {msg}"  # a check over the whole section: its message names it
+        return f"{path(e)}: {msg} (got {e.get('input')!r})"
+
+    return [line(e) for e in kept]
 
 
 def load_run_config(

@@ -137,6 +137,22 @@ def test_a_bad_source_is_named_by_its_path_alone(train: object, path: str) -> No
     assert str(err.value) == f"config: {path}: Field required (got {bad!r})"
 
 
+@pytest.mark.parametrize(("overrides", "line"), [
+    ({"contact_items": {"knife_child": ["book"]}},
+     "overrides.contact_items: contact_items: 'knife_child' is not a contact rule"),
+    ({"clutter": [3, 1]}, "overrides.clutter: expected (min, max) with 0 <= min <= max"),
+    ({"colour": "red"}, "overrides.colour: Extra inputs are not permitted"),
+])
+def test_a_bad_world_override_is_refused_with_the_recipe(overrides: dict, line: str) -> None:
+    """It was accepted here and raised a pydantic traceback once the model had loaded."""
+    train = {"source": "world", "n": 4, "overrides": overrides}
+    with pytest.raises(ConfigError) as err:
+        load_run_config({**_minimal(), "data": {"train": train}})
+    message = str(err.value)
+    assert message.startswith(f"config: data.train.world: {line}")
+    assert "\n" not in message and "Value error" not in message
+
+
 def test_an_exponent_float_without_a_dot_is_a_float(tmp_path: Path) -> None:
     """YAML 1.1 (PyYAML) reads ``3e-5`` as a string; a learning rate written so reached torch
     as one and failed inside the optimizer. Files and --set values read it as a float."""
