@@ -118,15 +118,24 @@ class WorldSource(_Strict):
     @model_validator(mode="after")
     def _world_valid(self) -> WorldSource:
         """A bad world override is refused with the recipe, not once the model is loaded."""
-        from guard.world import WorldConfig
-
-        try:
-            WorldConfig.preset(self.preset, **self.overrides)
-        except ValidationError as exc:
-            raise ValueError("; ".join(
-                f"overrides.{'.'.join(map(str, e['loc']))}: "
-                f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())) from None
+        check_world(self.overrides, self.preset, where="overrides")
         return self
+
+
+def check_world(overrides: dict[str, Any], preset: str = "default", *, where: str) -> None:
+    """Refuse world `overrides` that `WorldConfig` would, in one line naming each field.
+
+    Raises:
+        ValueError: ``"{where}.{field}: {what is wrong}"``, one per mistake, joined by "; ".
+    """
+    from guard.world import WorldConfig
+
+    try:
+        WorldConfig.preset(preset, **overrides)
+    except ValidationError as exc:
+        raise ValueError("; ".join(
+            f"{where}.{'.'.join(map(str, e['loc']))}: "
+            f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())) from None
 
 
 class FolderSource(_Strict):

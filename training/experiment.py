@@ -32,7 +32,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from guard.errors import ConfigError, GuardError
-from training.config import load_run_config, load_yaml, parse_overrides, set_dotted
+from training.config import (
+    check_world,
+    load_run_config,
+    load_yaml,
+    parse_overrides,
+    set_dotted,
+)
 
 SPLITS = ("test_iid", "test_ood")
 METRICS = ("accuracy", "r0", "false_veto_rate", "parse_fail_rate")
@@ -142,6 +148,16 @@ class ExperimentConfig(_Strict):
                 raise ValueError(
                     f"{name}.unlabeled draws {u.get('split')} items: give it a seed other than "
                     f"eval.seed ({self.eval.seed}), or they would be the evaluation's own")
+        return self
+
+    @model_validator(mode="after")
+    def _worlds_valid(self) -> ExperimentConfig:
+        """Each phase's world and the evaluation's, refused at load, not hours into a run."""
+        check_world(self.world, where="world")
+        phases = [(f"warm_start.{i}", p) for i, p in enumerate(self.warm_start)]
+        for name, phase in [*phases, *((f"methods.{k}", p) for k, p in self.methods.items())]:
+            if phase.world:
+                check_world({**self.world, **phase.world}, where=f"{name}.world")
         return self
 
     @model_validator(mode="after")

@@ -186,6 +186,23 @@ def test_an_experiment_file_reads_exponent_floats_and_refuses_bad_yaml(tmp_path:
         load_experiment(p)
 
 
+@pytest.mark.parametrize(("override", "line"), [
+    ("world.clutter=[3, 1]", "world.clutter: expected (min, max)"),
+    ("methods.caspo.world={contact_items: {knife_child: [book]}}",
+     "methods.caspo.world.contact_items: contact_items: 'knife_child' is not a contact rule"),
+])
+def test_an_experiment_s_bad_world_is_refused_at_load(override: str, line: str) -> None:
+    """It raised a pydantic traceback when the phase started: for a method, after the
+    warm start had trained for half an hour."""
+    from training.config import parse_overrides
+    from training.experiment import load_experiment
+
+    with pytest.raises(ConfigError) as err:
+        load_experiment(ROOT / "configs/train/hazardworld_experiment.yaml",
+                        overrides=parse_overrides([override]))
+    assert line in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("value", [".nan", "[-3.0, .NaN]"])
 def test_a_nan_trainer_value_is_refused_in_one_line(value: str) -> None:
     key = "learning_rate" if value == ".nan" else "token_reward_clip"
