@@ -52,6 +52,11 @@ WORLDS: dict[str, dict[str, Any]] = {
     "all_tray_kinds": {"appearance": {"item_on_anchor": "tray"},
                        "contact_items": {r: ("book", "basket", "kettle", "wok")
                                          for r in ("stove_flammable", "hot_plate_flammable")}},
+    # the same at 224 px: a cell is 2x2 merged image tokens, so the tray (the cell's top-left
+    # quarter) is a merged token of its own, not mixed with the anchor's patches by the merger
+    "all_tray_kinds_224": {"image_size": 224, "appearance": {"item_on_anchor": "tray"},
+                           "contact_items": {r: ("book", "basket", "kettle", "wok")
+                                             for r in ("stove_flammable", "hot_plate_flammable")}},
 }
 
 
