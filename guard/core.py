@@ -328,7 +328,9 @@ class Guard:
             `BatchItem`) or cannot be read to its end.
         """
         t0 = time.monotonic()
-        policy = self._policy  # one policy for the whole batch
+        # One policy for the batch path; rows judged one by one (`_judge_each`) read theirs
+        # when each starts, as `judge` does.
+        policy = self._policy
         try:
             rows = [_BatchRow(item, policy) for item in _batch_items(items)]
         except InvalidInputError as exc:
