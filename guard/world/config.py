@@ -184,7 +184,8 @@ class WorldConfig(_Strict):
         for rule, kinds in v.items():
             if not isinstance(RULES.get(rule), ContactRule):
                 contact = sorted(r for r, x in RULES.items() if isinstance(x, ContactRule))
-                raise ValueError(f"contact_items: {rule!r} is not a contact rule; known: {contact}")
+                raise ValueError(
+                    f"contact_items: {rule!r} is not a contact rule; known: {contact}")
             for k in kinds:
                 if KINDS.get(k) is None or KINDS[k].layer != "item" or k in FLOOR_ONLY:
                     raise ValueError(f"contact_items.{rule}: {k!r} is not an item that can lie"

@@ -41,6 +41,10 @@ from typing import Any
 from guard.types import Verdict
 from guard.world.catalog import KINDS
 
+#: Two more kinds on each side of both heat anchors (`WorldConfig.contact_items`).
+_MORE_KINDS = {r: ("book", "basket", "kettle", "wok")
+               for r in ("stove_flammable", "hot_plate_flammable")}
+
 WORLDS: dict[str, dict[str, Any]] = {
     "easy": {"rules": ("knife_child",), "presence_decoy_rate": 0.0, "extra_hazard_rate": 0.0},
     "default": {"rules": ("knife_child",)},
@@ -49,14 +53,11 @@ WORLDS: dict[str, dict[str, Any]] = {
     "all_tray": {"appearance": {"item_on_anchor": "tray"}},
     # the same, with two more kinds on each side of both heat anchors (`contact_items`), so
     # that each anchor holds four flammable and three harmless kinds in train
-    "all_tray_kinds": {"appearance": {"item_on_anchor": "tray"},
-                       "contact_items": {r: ("book", "basket", "kettle", "wok")
-                                         for r in ("stove_flammable", "hot_plate_flammable")}},
+    "all_tray_kinds": {"appearance": {"item_on_anchor": "tray"}, "contact_items": _MORE_KINDS},
     # the same at 224 px: a cell is 2x2 merged image tokens, so the tray (the cell's top-left
     # quarter) is a merged token of its own, not mixed with the anchor's patches by the merger
     "all_tray_kinds_224": {"image_size": 224, "appearance": {"item_on_anchor": "tray"},
-                           "contact_items": {r: ("book", "basket", "kettle", "wok")
-                                             for r in ("stove_flammable", "hot_plate_flammable")}},
+                           "contact_items": _MORE_KINDS},
 }
 
 
