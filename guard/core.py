@@ -83,17 +83,22 @@ _MAX_AUDIT_ANSWER_CHARS = 4096
 
 
 @dataclass(frozen=True)
-class _Policy:
+class PolicySnapshot:
     """The policy one check applies: its settings, compiled rules and fingerprint, taken
     together when the check starts. `set_policy` swaps the whole of it in one assignment, so
-    a check in flight never mixes two policies, and its audit record names the one applied."""
+    a check in flight never mixes two policies, and its audit record names the one applied.
+
+    A front end whose check starts before it calls the guard (a ROS node that first waits
+    for the proposal's frame under `max_clock_skew_ms`) takes `Guard.policy` when it starts
+    and hands it to `judge`/`check`/`reject` as ``policy=``: one policy for the whole check.
+    """
 
     config: PolicyConfig
     rules: list[CompiledRule]
     id: str
 
     @classmethod
-    def of(cls, config: PolicyConfig) -> _Policy:
+    def of(cls, config: PolicyConfig) -> PolicySnapshot:
         return cls(config, compile_rules(config.rules), config.fingerprint())
 
 
@@ -104,7 +109,7 @@ class _PendingRationale:
     future: cf.Future[str]
     verdict_probs: dict[str, float] | None
     rules: RuleOutcome
-    policy: _Policy
+    policy: PolicySnapshot
     done: cf.Future[RationaleDone] = field(default_factory=cf.Future)
 
 
@@ -127,7 +132,7 @@ class Guard:
         clock: Any = time.time,
     ) -> None:
         self.config = config or GuardConfig()
-        self._policy = _Policy.of(self.config.policy)
+        self._policy = PolicySnapshot.of(self.config.policy)
         #: The prompt template in use (configured, else the model's trained one).
         self.template_name = resolve_template(self.config.prompt.template, self.config.model.id)
         #: How a proposal becomes the judge's words (configured, else the model's trained one).
@@ -170,6 +175,11 @@ class Guard:
     @property
     def mode(self) -> str:
         return self._policy.config.mode
+
+    @property
+    def policy(self) -> PolicySnapshot:
+        """The policy a check starting now applies (immutable; see `PolicySnapshot`)."""
+        return self._policy
 
     def warmup(self) -> float | None:
         """Run one throwaway judgement (a grey 640x480 frame, the configured template) through
@@ -226,7 +236,7 @@ class Guard:
             )
         # Compiled before anything changes (a bad pattern leaves the policy as it was), then
         # swapped in one assignment: a check reads `_policy` once, when it starts.
-        applied = _Policy.of(policy)
+        applied = PolicySnapshot.of(policy)
         self.config = self.config.model_copy(update={"policy": policy})
         self._policy = applied
 
@@ -238,10 +248,11 @@ class Guard:
         now: float | None = None,
         entered: float | None = None,
         deadline_ms: float | None = None,
+        policy: PolicySnapshot | None = None,
     ) -> Decision:
         """`judge`'s decision alone: what a front end on the actuation path needs."""
         return self.judge(
-            frames, proposal, now=now, entered=entered, deadline_ms=deadline_ms
+            frames, proposal, now=now, entered=entered, deadline_ms=deadline_ms, policy=policy
         ).decision
 
     def judge(
@@ -252,6 +263,7 @@ class Guard:
         now: float | None = None,
         entered: float | None = None,
         deadline_ms: float | None = None,
+        policy: PolicySnapshot | None = None,
     ) -> Judgement:
         """Judge one proposal against the latest frame(s). Never raises for what it is given:
         a check that could not run is a fail-closed decision, and every decision is audited
@@ -270,6 +282,9 @@ class Guard:
             deadline_ms: A shorter deadline for this check alone (a client in a hurry); the
                 policy's `deadline_ms` when None or longer. Not a positive number: an
                 `invalid_input` veto.
+            policy: The policy to apply, taken from `Guard.policy` when the front end's check
+                began (default: the guard's policy now). Anything else: an `invalid_input`
+                veto under the policy now.
 
         The deadline (`policy.deadline_ms`) is a wall-clock promise from the moment `check` is
         entered: frame acquisition, resizing, judging and parsing all sit inside it, and an
@@ -279,9 +294,10 @@ class Guard:
             The decision with how it was reached (`Judgement`).
         """
         t0 = time.monotonic()
-        trace = _Trace(policy=self._policy)
+        trace = _Trace(policy=_snapshot(policy, self._policy))
         deadline, limit_ms = math.inf, trace.policy.config.deadline_ms
         try:
+            _given_snapshot(policy)
             t0 = _entered(entered, t0)
             limit_ms = self._deadline_ms(deadline_ms, trace.policy)
             deadline = t0 + limit_ms / 1000.0
@@ -435,7 +451,7 @@ class Guard:
             with self._lock:
                 self.stats["abandoned"] += 1
 
-    def _deadline_ms(self, requested: float | None, policy: _Policy) -> float:
+    def _deadline_ms(self, requested: float | None, policy: PolicySnapshot) -> float:
         """The deadline of one check: the policy's, or a shorter one the caller asked for."""
         limit = policy.config.deadline_ms
         if requested is None:
@@ -480,10 +496,12 @@ class Guard:
         reason: str,
         *,
         frame_stamp: float | None = None,
+        policy: PolicySnapshot | None = None,
     ) -> Decision:
         """A fail-closed decision for a check a front end could not even start (e.g. an image
         that did not decode), audited like any other. A status given as its text is read as
-        that status; one that is no status at all is an error veto that names it.
+        that status; one that is no status at all is an error veto that names it. `policy`:
+        as `judge`'s (the record names the policy the front end's check began under).
 
         Raises:
             ValueError: `status` is ok (a refusal that is no failure is a front end's bug).
@@ -492,7 +510,7 @@ class Guard:
         # stamp that is no finite number is none (it once raised out of the audit step).
         reason = safe_text(reason) if isinstance(reason, str) else short_repr(reason)
         status, reason = _failure_status(status, reason, "reject()")
-        trace = _Trace(policy=self._policy)
+        trace = _Trace(policy=_snapshot(policy, self._policy))
         decision = self._failed(status, reason, RuleOutcome(), trace.policy)
         stamp = _real(frame_stamp)
         decision.frame_stamp = stamp if stamp is not None and math.isfinite(stamp) else None
@@ -662,7 +680,7 @@ class Guard:
 
     def _judged(
         self, request: JudgeRequest, output: JudgeOutput, rules: RuleOutcome,
-        record: dict[str, Any], applied: _Policy,
+        record: dict[str, Any], applied: PolicySnapshot,
     ) -> tuple[Decision, _PendingRationale | None]:
         """The decision from a backend's answer (on the worker, inside the deadline)."""
         policy = applied.config
@@ -702,7 +720,7 @@ class Guard:
 
     # -- decisions that did not come from the model ---------------------------------------
 
-    def _by_rules(self, rules: RuleOutcome, policy: _Policy) -> Decision:
+    def _by_rules(self, rules: RuleOutcome, policy: PolicySnapshot) -> Decision:
         assert rules.verdict is not None
         reasons = "; ".join(f"{r.name}: {r.reason}" if r.reason else r.name for r in rules.matched)
         risk = {Verdict.ALLOW: 0.0, Verdict.ANNOTATE: 0.5, Verdict.VETO: 1.0}[rules.verdict]
@@ -717,7 +735,7 @@ class Guard:
             mode=policy.config.mode,
         )
 
-    def _failed(self, status: Status, error: str, rules: RuleOutcome, policy: _Policy
+    def _failed(self, status: Status, error: str, rules: RuleOutcome, policy: PolicySnapshot
                 ) -> Decision:
         verdict = failure_verdict(status, policy.config)
         if rules.verdict is not None:
@@ -867,7 +885,7 @@ class Guard:
 class _Trace:
     """What one check learned on its way, for its audit record and its `Judgement`."""
 
-    policy: _Policy  # the policy the check applies, read once when it starts
+    policy: PolicySnapshot  # the policy the check applies, read once when it starts
     proposal: ActionProposal | None = None
     rules: RuleOutcome = field(default_factory=RuleOutcome)
     frames: list[Frame] = field(default_factory=list)
@@ -935,7 +953,7 @@ class BatchItem:
 class _BatchRow:
     """One item of a batch on its way through `Guard.judge_batch`."""
 
-    def __init__(self, item: BatchItem, policy: _Policy) -> None:
+    def __init__(self, item: BatchItem, policy: PolicySnapshot) -> None:
         self.t0 = time.monotonic()
         #: Why the item cannot be judged as given (not a BatchItem, an unusable `entered`):
         #: the row's invalid_input veto.
@@ -964,7 +982,7 @@ class _Job:
     def __init__(
         self, guard: Guard, frames: FramesArg | FrameSource, action: str,
         now: float | None, deadline: float, rules: RuleOutcome, limit_ms: float,
-        policy: _Policy,
+        policy: PolicySnapshot,
     ) -> None:
         self.guard, self.frames, self.action = guard, frames, action
         self.now, self.deadline, self.rules = now, deadline, rules
@@ -1320,6 +1338,19 @@ def _reading(now: Any) -> Any:
     return now if value is None else value
 
 
+def _snapshot(given: Any, current: PolicySnapshot) -> PolicySnapshot:
+    """The policy a check applies: the front end's snapshot, else the guard's now."""
+    return given if isinstance(given, PolicySnapshot) else current
+
+
+def _given_snapshot(given: Any) -> None:
+    """Raises InvalidInputError: `given` is neither None nor a `Guard.policy` snapshot (a
+    `PolicyConfig` would carry no compiled rules, and no promise it was ever applied)."""
+    if given is not None and not isinstance(given, PolicySnapshot):
+        raise InvalidInputError(
+            f"policy = {_short(given)}: must be a snapshot from Guard.policy, or None")
+
+
 def _entered(entered: Any, now: float) -> float:
     """The instant a check began: `now` (a `time.monotonic()` reading) when not given.
 
@@ -1372,4 +1403,5 @@ def _raw_id(proposal: Any) -> str:
     return safe_text(str.__str__(raw))[:200] if isinstance(raw, str) else _short(raw)
 
 
-__all__ = ["BackendError", "BatchItem", "Guard", "Judgement", "RationaleDone", "unjudged"]
+__all__ = ["BackendError", "BatchItem", "Guard", "Judgement", "PolicySnapshot", "RationaleDone",
+           "unjudged"]

@@ -139,6 +139,27 @@ def test_a_policy_swapped_mid_check_is_not_mixed_into_it(
     assert after.policy != started
 
 
+def test_a_front_end_applies_the_policy_its_check_began_under(
+    config: GuardConfig, frame: Frame, audit_path: Path
+) -> None:
+    """A front end that starts its check before calling the guard (the ROS node waits for the
+    proposal's frame) hands over `Guard.policy` as it was then; anything else is refused."""
+    with _guard(config, **{"policy.rules": [NO_STOVE]}) as g:
+        began = g.policy
+        g.set_policy(rules=[], mode="shadow")
+        d = g.check(frame, STOVE, policy=began)
+        refused = g.reject(STOVE, Status.STALE_FRAME, "its frame did not come", policy=began)
+        now = g.check(frame, STOVE)
+        wrong = g.check(frame, STOVE, policy=g.config.policy)  # settings, not a snapshot
+    assert (d.policy, d.mode, d.rules, d.verdict) == (began.id, "enforce", ["no-stove"],
+                                                       Verdict.VETO)
+    assert _audited(audit_path, d)["decision"]["policy"] == began.id
+    assert (refused.policy, refused.mode) == (began.id, "enforce")
+    assert (now.policy, now.mode, now.rules) == (g.policy_id, "shadow", [])
+    assert (wrong.verdict, wrong.status) == (Verdict.VETO, Status.INVALID_INPUT)
+    assert "Guard.policy" in wrong.rationale
+
+
 def test_a_bad_rule_set_at_runtime_changes_nothing(config: GuardConfig, frame: Frame) -> None:
     bad = {"name": "broken", "match": {"tool": "("}, "verdict": "veto"}
     with _guard(config, **{"policy.rules": [NO_STOVE]}) as g:

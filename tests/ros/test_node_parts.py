@@ -326,6 +326,43 @@ def test_judge_pairs_a_stamped_proposal_with_its_frame_not_the_one_before(
     assert all(d.id in audit for d in (decision, stale, ahead, between, unstamped))
 
 
+def test_a_policy_changed_while_a_proposal_waits_for_its_frame_is_not_mixed_into_it(
+        judge: Any, tmp_path: Path) -> None:
+    """The node's check starts when the proposal arrives: it tests the stamp against
+    `max_clock_skew_ms`, then may wait for the proposal's frame. A parameter change in that
+    wait once reached the guard's judgement: the skew was tested under one policy, the
+    verdict made and audited under another. Now the whole check applies the policy it began
+    with, and the next check the new one."""
+    t = 1_700_000_000 * 10**9
+    clock = [t]
+    judge._clock = lambda: clock[0]
+    guard = judge.configure(judge.params)
+    old = guard.policy_id
+
+    def parameters_then_frame() -> None:
+        time.sleep(0.05)
+        guard.set_policy(mode="shadow", max_clock_skew_ms=1.0)
+        clock[0] = t + 20 * 10**6
+        judge.frames.add(CameraFrame(_Msg(2), t))
+
+    changer = threading.Thread(target=parameters_then_frame)
+    changer.start()
+    decision, _ = judge.judge(_stamped(t), None, t)
+    changer.join()
+    assert guard.policy_id != old
+    assert (decision.status, decision.frame_stamp_ns) == (Status.OK, t)
+    assert (decision.policy, decision.mode, decision.blocks) == (old, "enforce", True)
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    (record,) = [r for r in records if r.get("decision", {}).get("id") == decision.id]
+    assert record["decision"]["policy"] == old
+
+    # The next check starts under the new policy: shadow, and its 1 ms skew bound.
+    ahead, _ = judge.judge(_stamped(t + 30 * 10**6), None, t + 20 * 10**6)
+    assert (ahead.status, ahead.policy, ahead.mode) == (Status.STALE_FRAME, guard.policy_id,
+                                                        "shadow")
+    assert "clocks disagree" in ahead.rationale
+
+
 def test_relay_orders_zeros_commands_and_state() -> None:
     pytest.importorskip("geometry_msgs.msg")
     pytest.importorskip("guard_interfaces.msg")

@@ -32,12 +32,13 @@ towards its age and the deadline rather than be hidden before the check.
 from __future__ import annotations
 
 from collections.abc import Callable
+import functools
 import logging
 import time
 from typing import Any
 
 from guard.config import AuditConfig, load_config, PolicyConfig
-from guard.core import Guard, unjudged
+from guard.core import Guard, PolicySnapshot, unjudged
 from guard.freshness import Freshness
 from guard.types import Decision, Frame, Status
 from guard.wire import ns_to_seconds, proposal_fields_from_msg, ProposalError
@@ -125,14 +126,14 @@ class Judge:
                 reason = f'{reason}; not audited: {exc!r}'
         return unjudged(status, reason, audit=self.audit_config, proposal=proposal)
 
-    def _camera_frames(self, guard: Guard, stamp_ns: int | None,
+    def _camera_frames(self, policy: PolicySnapshot, stamp_ns: int | None,
                        now_ns: int) -> tuple[list[CameraFrame], int, Freshness]:
         """The camera frames for a proposal stamped `stamp_ns` (None: unstamped, the newest at
         once), the node's clock after any wait for them, and whether they may judge it: the
         rule of `guard_ros.frames` (replay's: the newest frame at or before the proposal)."""
         if stamp_ns is None:
             return self.frames.newest(self.max_frames), now_ns, Freshness(None)
-        trusted = proposal_time(stamp_ns, now_ns, guard.config.policy.max_clock_skew_ms)
+        trusted = proposal_time(stamp_ns, now_ns, policy.config.max_clock_skew_ms)
         if not trusted.fresh:
             return self.frames.newest(self.max_frames), now_ns, trusted
         self.frames.wait_newest(stamp_ns, self.frame_wait_ms / 1000.0)
@@ -162,11 +163,16 @@ class Judge:
             return unjudged(Status.ERROR, 'the guard is not configured',
                             audit=self.audit_config,
                             proposal={'id': msg.id, 'name': msg.name}), None
+        # One policy for the whole check, read as it starts: the clock-skew test below and
+        # the guard's judgement (its thresholds, rules and audited fingerprint) both apply it,
+        # even if a parameter changes while the proposal waits for its frame.
+        policy = guard.policy
+        reject = functools.partial(guard.reject, policy=policy)
         try:
             try:
                 stamp_ns = header_stamp(msg.header)
             except InvalidStamp as exc:
-                return guard.reject({'id': msg.id, 'name': msg.name,
+                return reject({'id': msg.id, 'name': msg.name,
                                      'description': msg.description},
                                     Status.INVALID_INPUT, f'proposal {exc}'), None
             stamp = ns_to_seconds(stamp_ns)
@@ -178,26 +184,26 @@ class Judge:
             except ProposalError as exc:
                 base = {'id': msg.id, 'name': msg.name, 'description': msg.description,
                         'stamp': stamp}
-                return guard.reject(base, Status.INVALID_INPUT, str(exc)), None
+                return reject(base, Status.INVALID_INPUT, str(exc)), None
             clock = clock_problem(ns_to_seconds(now_ns))
             if clock is not None:
-                return guard.reject(proposal, Status.ERROR, clock), None
+                return reject(proposal, Status.ERROR, clock), None
             if image is not None:
                 entries = [received(image, now_ns, self.age_unstamped_from_arrival)]
                 source = SERVICE_SOURCE
             else:
-                entries, now_ns, pairing = self._camera_frames(guard, stamp_ns, now_ns)
+                entries, now_ns, pairing = self._camera_frames(policy, stamp_ns, now_ns)
                 source = CAMERA_SOURCE
                 if pairing.status is not None:  # the proposal's frame did not come
                     newest = entries[-1] if entries else None
-                    decision = guard.reject(
+                    decision = reject(
                         proposal, pairing.status, pairing.reason,
                         frame_stamp=newest.stamp if newest else None)
                     decision.frame_stamp_ns = newest.stamp_ns if newest else None
                     return decision, None
             untrusted = next((e for e in entries if e.untrusted is not None), None)
             if untrusted is not None:  # its age cannot be known: never fresh
-                return guard.reject(proposal, Status.STALE_FRAME,
+                return reject(proposal, Status.STALE_FRAME,
                                     f'the camera frame {untrusted.untrusted}'), None
             entered = time.monotonic()  # the deadline counts converting the frames
             frames = []
@@ -205,7 +211,7 @@ class Judge:
                 try:
                     frames.append(entry.frame(self.max_input_pixels, source))
                 except ValueError as exc:
-                    decision = guard.reject(
+                    decision = reject(
                         proposal, Status.INVALID_INPUT, str(exc), frame_stamp=entry.stamp)
                     decision.frame_stamp_ns = entry.stamp_ns
                     return decision, None
@@ -213,8 +219,9 @@ class Judge:
                 now_ns = self._clock()
                 clock = clock_problem(ns_to_seconds(now_ns))
                 if clock is not None:
-                    return guard.reject(proposal, Status.ERROR, clock), None
-            decision = guard.check(frames, proposal, now=ns_to_seconds(now_ns), entered=entered)
+                    return reject(proposal, Status.ERROR, clock), None
+            decision = guard.check(frames, proposal, now=ns_to_seconds(now_ns), entered=entered,
+                                   policy=policy)
             decision.frame_stamp_ns = frame_time_ns(decision, entries)
             judged = [f for f in frames if f.stamp_ns == decision.frame_stamp_ns]
             return decision, (judged[-1] if judged else None)
