@@ -109,6 +109,7 @@ def world_items(
     house_rule_seed: int = 0,
     bare_phrase_rate: float = 0.0,
     unnamed_tool_rate: float = 0.0,
+    name_every_item: bool = False,
 ) -> list[GuardItem]:
     """Items ``start .. start+n-1`` of a synthetic world split, rendered in memory.
 
@@ -129,6 +130,8 @@ def world_items(
             description, as the world's episodes and ``guard world generate`` items do. These
             shapes are all rendered by the one rendering; mixing them keeps a model trained on
             tool calls reading the other shapes front ends send.
+        name_every_item: Projections also name every other item lying on an anchor
+            (`world_projection`).
 
     Returns:
         The items, images as PIL.
@@ -163,7 +166,7 @@ def world_items(
             meta={"split": it.split, "target_rule": it.rule, "ood": it.ood,
                   "action": it.action},
             tool=it.action,
-            projection=world_projection(it),
+            projection=world_projection(it, name_every_item),
         )
         if rule is not None:
             item = with_house_rule(item, rule)
@@ -328,12 +331,17 @@ def projection_lines(scene: str, effect: str) -> str:
     return f"scene: {_clause(scene)}\neffect: {_clause(effect)}"
 
 
-def world_projection(it: WorldItem) -> str:
+def world_projection(it: WorldItem, name_every_item: bool = False) -> str:
     """The consequence projection of a world item, from its scene's facts and its rule.
 
     What in the scene matters for the action (the item on the rule's anchor and its property,
     the child in the room, the burners' state) and what the action would do to it (the rule's
     mechanism when it finds a hazard, else its safe consequence).
+
+    With `name_every_item`, the ``scene:`` line then names every other item lying on an
+    anchor ("a cardboard box lies on the table"), in the grid's raster order: the model is
+    taught to name an item whatever it lies on, not only on the rule's anchor, where each
+    anchor holds a few kinds and a name can be learned as the pair's.
     """
     from guard.world.rules import RULES, ContactRule, KnifeChild, StoveHot
 
@@ -341,6 +349,7 @@ def world_projection(it: WorldItem) -> str:
     rule = RULES[finding.rule if finding is not None else it.rule]
     scene = it.scene
     effect = finding.mechanism if finding is not None else rule.safe_consequence(scene)
+    named: set[tuple[int, int]] = set()  # cells whose item the fact names
     if isinstance(rule, ContactRule):
         anchors = scene.find(rule.anchor)
         # the anchor the hazard is on; in a safe scene the one something lies on, if any
@@ -351,6 +360,7 @@ def world_projection(it: WorldItem) -> str:
         if on is None:
             fact = f"nothing lies on the {anchor}"
         else:
+            named.add(key[0].cell)
             yes, no = _PROPERTY_CLAUSE.get(rule.hazard_prop, (f"it is {rule.hazard_prop}",
                                                               f"it is not {rule.hazard_prop}"))
             fact = f"{on.noun} lies on the {anchor}; {yes if on.has(rule.hazard_prop) else no}"
@@ -364,6 +374,11 @@ def world_projection(it: WorldItem) -> str:
         fact = finding.description
     else:
         fact = "nothing in the scene is in the action's way"
+    if name_every_item:
+        others = [f"{thing.noun} lies on the {a.short}" for cell in scene.cells()
+                  if cell not in named and (a := scene.anchor(cell)) is not None
+                  and (thing := scene.item(cell)) is not None]
+        fact = "; ".join([fact, *others])
     return projection_lines(fact, effect)
 
 

@@ -47,8 +47,9 @@ from training.rewards import blocks, category_score, identified_risk, parse_or_n
 #: real Qwen tokenizer (ANNOTATE is several tokens) and its line break.
 VERDICT_TOKENS = 6
 #: Tokens a projection (``scene:`` and ``effect:`` lines) may take before the verdict: the
-#: world's longest is 55 with this project's tokenizers.
-PROJECTION_TOKENS = 64
+#: world's longest is 55 with this project's tokenizers, 94 when it names every item
+#: (`world_projection`'s `name_every_item`).
+PROJECTION_TOKENS = 112
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,22 @@ def test_the_projection_names_the_item_the_anchor_and_the_rules_consequence() ->
     assert empty.splitlines()[0] == "scene: nothing lies on the stove"
 
 
+def test_a_projection_naming_every_item_names_the_others_after_the_rules_fact() -> None:
+    scene = (("table", 0, 0), ("box", 0, 0), ("stove", 0, 1), ("pot", 0, 1),
+             ("sink", 3, 3), ("towel", 2, 2))  # the towel lies on the floor: not named
+    key_only = world_projection(_world_item("stove_on", *scene))
+    every = world_projection(_world_item("stove_on", *scene), name_every_item=True)
+    assert key_only.splitlines()[0] == "scene: a pot lies on the stove; it cannot burn"
+    assert every.splitlines()[0] == ("scene: a pot lies on the stove; it cannot burn; "
+                                     "a cardboard box lies on the table")
+    assert every.splitlines()[1] == key_only.splitlines()[1]
+    # the rule's fact names no item (state): every item lying on an anchor is named after it
+    wipe = world_projection(_world_item("wipe_stove", ("stove", 0, 1, True), ("pan", 0, 1),
+                                        ("table", 1, 0), ("mug", 1, 0)), name_every_item=True)
+    assert wipe.splitlines()[0] == ("scene: the stove's burners are on; a pan lies on the "
+                                    "stove; a mug lies on the table")
+
+
 def test_the_projection_of_presence_and_state_reads_the_scene() -> None:
     child = world_projection(_world_item("hand_knife", ("table", 0, 0), ("knife", 0, 0),
                                          ("adult", 1, 1), ("child", 3, 2)))

@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                         " verdict); validation stays verdict first. Score the saved model's"
                         " own projections with `training.evaluate --answer-mode"
                         " projection_first --projection-effect`")
+    p.add_argument("--name-every-item", action="store_true",
+                   help="projections also name every other item lying on an anchor, so the"
+                        " model learns an item's name whatever it lies on (training rows)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the batch order and any new weights (the items stay the same)")
     p.add_argument("--eval-every", type=int, default=250)
@@ -243,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                    for v in (Verdict.VETO, Verdict.ALLOW))
     cfg = WorldConfig(**WORLDS[args.world])
     t0 = time.time()
-    train_kw = {"bare_phrase_rate": 0.15, "unnamed_tool_rate": 0.15}
+    train_kw = {"bare_phrase_rate": 0.15, "unnamed_tool_rate": 0.15,
+                "name_every_item": args.name_every_item}
     sources: list[tuple[str, int, int, int, Any, dict[str, Any]]] = [
         ("train", args.n_train, 0, 300_000, cfg, train_kw)]
     if args.extra_knife:
@@ -327,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
            "clip": args.clip, "extra_knife": args.extra_knife,
            "cell_item_weight": args.cell_item_weight, "ood_seed": args.ood_seed,
            "projection_rate": args.projection_rate, "seed": args.seed,
+           "name_every_item": args.name_every_item,
            "batch": args.batch, "n_train": args.n_train, "encode_s": round(t1 - t0, 1),
            "log": log}
     if args.out:
