@@ -77,6 +77,10 @@ class Appearance(_Strict):
                     " cell's top-left quarter on a plain tray that hides the anchor there (that"
                     " quarter is one image patch at 28 px cells, and looks the same whatever"
                     " the item lies on)")
+    tray_item_scale: float = Field(
+        default=0.5, gt=0.0, le=1.0,
+        description="`item_on_anchor: tray`: an item's size on its tray, as a share of its"
+                    " size elsewhere (0.5: about half the tray; 1.0: the tray's width)")
 
 
 class WorldConfig(_Strict):

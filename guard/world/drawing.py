@@ -364,7 +364,8 @@ def render(scene: Scene, config: WorldConfig, rng: np.random.Generator) -> np.nd
     robot_cell = scene.robot_cell
     for obj in sorted(scene.objects, key=lambda o: _LAYER_ORDER[o.layer]):
         _draw_obj(pen, obj, scene, robot_cell, cw, ch, unit, rng, ap.scale_jitter,
-                  ap.offset_jitter, tray=ap.item_on_anchor == "tray")
+                  ap.offset_jitter,
+                  tray=ap.tray_item_scale if ap.item_on_anchor == "tray" else None)
 
     if ss > 1:
         img = cv2.resize(img, (config.width, config.height), interpolation=cv2.INTER_AREA)
@@ -376,7 +377,7 @@ def render(scene: Scene, config: WorldConfig, rng: np.random.Generator) -> np.nd
 
 def _draw_obj(pen: _Pen, obj: Obj, scene: Scene, robot_cell: tuple[int, int] | None,
               cw: float, ch: float, unit: float, rng: np.random.Generator,
-              scale_jitter: float, offset_jitter: float, tray: bool = False) -> None:
+              scale_jitter: float, offset_jitter: float, tray: float | None = None) -> None:
     draw, share = DRAW[obj.kind]
     # draw every random number whether or not it is used: the stream stays aligned
     jit = rng.uniform(-1.0, 1.0, 3)
@@ -393,11 +394,12 @@ def _draw_obj(pen: _Pen, obj: Obj, scene: Scene, robot_cell: tuple[int, int] | N
         size *= 0.8
         y = (r + 0.5) * ch + (0.22 if obj.layer == "robot" else -0.2) * unit
         x = (c + 0.5) * cw
-    if tray and obj.layer == "item" and scene.anchor(obj.cell) is not None:
-        # the cell's top-left quarter, hidden under a plain tray, holds the item at half size
+    if tray is not None and obj.layer == "item" and scene.anchor(obj.cell) is not None:
+        # the cell's top-left quarter, hidden under a plain tray, holds the item at `tray`
+        # times its size
         x, y = (c + 0.25) * cw, (r + 0.25) * ch
         pen.rect(x, y, cw / 2, ch / 2, _TRAY)
-        size /= 2
+        size *= tray
     draw(pen, x, y, size, obj.on)
 
 

@@ -159,6 +159,36 @@ def test_a_tray_shows_an_item_alike_on_every_anchor() -> None:
             assert np.abs(stove[16:26, 16:26] - plate[16:26, 16:26]).max() > 30
 
 
+def test_a_larger_item_on_its_tray_stays_inside_the_tray() -> None:
+    """`tray_item_scale`: the item's share of its tray. A larger item covers more of the
+    quarter, and still only the quarter: the picture stays alike on every anchor."""
+    from guard.world.drawing import render
+    from guard.world.scene import Scene
+
+    def cell(anchor: str, item: str | None, scale: float) -> np.ndarray:
+        easy = WorldConfig.preset("easy")
+        cfg = easy.model_copy(update={"appearance": easy.appearance.model_copy(
+            update={"item_on_anchor": "tray", "tray_item_scale": scale})})
+        objs: list[tuple[str, int, int]] = [(anchor, 1, 1)] + ([(item, 1, 1)] if item else [])
+        return render(Scene.of(*objs), cfg, np.random.default_rng(0))[28:56, 28:56].astype(int)
+
+    from guard.world.drawing import _TRAY
+
+    covered = {}
+    for scale in (0.5, 0.9):
+        stove, plate = cell("stove", "box", scale), cell("hot_plate", "box", scale)
+        towel = cell("stove", "towel", scale)
+        # the item's pixels: those of the quarter that are not the tray's plain colour
+        covered[scale] = int((np.abs(stove[1:13, 1:13] - _TRAY).max(axis=2) > 30).sum())
+        assert np.abs(stove[:14, :14] - plate[:14, :14]).max() <= 3
+        # outside the quarter nothing tells a box from a towel: the item stays on its tray
+        assert np.abs(stove[15:, :] - towel[15:, :]).max() <= 3
+        assert np.abs(stove[:, 15:] - towel[:, 15:]).max() <= 3
+    assert covered[0.9] > 2 * covered[0.5]
+    with pytest.raises(ValueError, match="tray_item_scale"):
+        WorldConfig(appearance={"item_on_anchor": "tray", "tray_item_scale": 1.5})
+
+
 def test_render_is_deterministic_and_varied() -> None:
     it = sample_item(0, "train", seed=0)
     assert np.array_equal(render_item(it), render_item(it))

@@ -54,6 +54,10 @@ WORLDS: dict[str, dict[str, Any]] = {
     # the same, with two more kinds on each side of both heat anchors (`contact_items`), so
     # that each anchor holds four flammable and three harmless kinds in train
     "all_tray_kinds": {"appearance": {"item_on_anchor": "tray"}, "contact_items": _MORE_KINDS},
+    # the same with the item drawn almost as wide as its tray (about 13 px of the 14 px patch
+    # at 112 px, against 7 px): more of the patch is the item's own pixels
+    "all_tray_kinds_big": {"appearance": {"item_on_anchor": "tray", "tray_item_scale": 0.9},
+                           "contact_items": _MORE_KINDS},
     # the same at 224 px: a cell is 2x2 merged image tokens, so the tray (the cell's top-left
     # quarter) is a merged token of its own, not mixed with the anchor's patches by the merger
     "all_tray_kinds_224": {"image_size": 224, "appearance": {"item_on_anchor": "tray"},
