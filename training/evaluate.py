@@ -404,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--item-on-anchor", choices=["centre", "tray"], default=None,
                    help="draw an item lying on an anchor this way (the world's"
                    " appearance.item_on_anchor; default: the preset's)")
+    p.add_argument("--tray-item-scale", type=float, default=None,
+                   help="with --item-on-anchor tray: an item's size on its tray (the world's"
+                   " appearance.tray_item_scale; default: the preset's)")
     p.add_argument("--template", default="consequence_compact")
     p.add_argument("--answer-mode", default="verdict_first",
                    choices=["verdict_first", "projection_first"],
@@ -446,9 +449,14 @@ def main(argv: list[str] | None = None) -> int:
         config = WorldConfig.preset(args.preset, **world)
     except ValidationError as exc:
         p.error(f"--image-size {args.image_size}: {exc.errors()[0]['msg']}")
-    if args.item_on_anchor is not None:
-        config = config.model_copy(update={"appearance": config.appearance.model_copy(
-            update={"item_on_anchor": args.item_on_anchor})})
+    drawing = {k: v for k, v in (("item_on_anchor", args.item_on_anchor),
+                                 ("tray_item_scale", args.tray_item_scale)) if v is not None}
+    if drawing:
+        try:
+            config = config.model_copy(update={"appearance": type(config.appearance)(
+                **{**config.appearance.model_dump(), **drawing})})
+        except ValidationError as exc:
+            p.error(f"--tray-item-scale {args.tray_item_scale}: {exc.errors()[0]['msg']}")
     items = world_items(args.split, args.n, seed=args.seed, config=config)
     try:
         model, processor = load_for_eval(args.model)
@@ -478,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
                    + (f" --image-size {args.image_size}" if args.image_size else "")
                    + (f" --item-on-anchor {args.item_on_anchor}" if args.item_on_anchor
                       else "")
+                   + (f" --tray-item-scale {args.tray_item_scale}"
+                      if args.tray_item_scale is not None else "")
                    + (" --verdict-only" if args.verdict_only else "")
                    + (f" --answer-mode {args.answer_mode}"
                       if args.answer_mode != "verdict_first" else "")

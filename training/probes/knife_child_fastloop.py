@@ -62,6 +62,10 @@ WORLDS: dict[str, dict[str, Any]] = {
     # quarter) is a merged token of its own, not mixed with the anchor's patches by the merger
     "all_tray_kinds_224": {"image_size": 224, "appearance": {"item_on_anchor": "tray"},
                            "contact_items": _MORE_KINDS},
+    # both: at 224 px the tray is a merged token of its own, the item nearly fills it
+    "all_tray_kinds_big_224": {"image_size": 224,
+                               "appearance": {"item_on_anchor": "tray", "tray_item_scale": 0.9},
+                               "contact_items": _MORE_KINDS},
 }
 
 
