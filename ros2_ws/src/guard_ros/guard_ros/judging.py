@@ -173,8 +173,8 @@ class Judge:
                 stamp_ns = header_stamp(msg.header)
             except InvalidStamp as exc:
                 return reject({'id': msg.id, 'name': msg.name,
-                                     'description': msg.description},
-                                    Status.INVALID_INPUT, f'proposal {exc}'), None
+                               'description': msg.description},
+                              Status.INVALID_INPUT, f'proposal {exc}'), None
             stamp = ns_to_seconds(stamp_ns)
             try:
                 # The adapter replay reads proposals with; the guard then validates the
@@ -204,7 +204,7 @@ class Judge:
             untrusted = next((e for e in entries if e.untrusted is not None), None)
             if untrusted is not None:  # its age cannot be known: never fresh
                 return reject(proposal, Status.STALE_FRAME,
-                                    f'the camera frame {untrusted.untrusted}'), None
+                              f'the camera frame {untrusted.untrusted}'), None
             entered = time.monotonic()  # the deadline counts converting the frames
             frames = []
             for entry in entries:
