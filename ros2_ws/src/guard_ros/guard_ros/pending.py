@@ -96,4 +96,3 @@ class Pending(Generic[T]):
         with self._cond:
             limit = per_check_s * max(1, self._inflight)
             return self._cond.wait_for(lambda: self._inflight == 0, timeout=limit)
-
