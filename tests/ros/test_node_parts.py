@@ -339,16 +339,19 @@ def test_a_policy_changed_while_a_proposal_waits_for_its_frame_is_not_mixed_into
     guard = judge.configure(judge.params)
     old = guard.policy_id
 
-    def parameters_then_frame() -> None:
-        time.sleep(0.05)
+    waits = judge.frames.wait_newest
+
+    def parameters_change_then_frame_comes(stamp_ns: int, timeout_s: float) -> bool:
+        # inside the node's wait for the proposal's frame: the operator switches the mode,
+        # then the frame arrives
         guard.set_policy(mode="shadow", max_clock_skew_ms=1.0)
         clock[0] = t + 20 * 10**6
         judge.frames.add(CameraFrame(_Msg(2), t))
+        return waits(stamp_ns, timeout_s)
 
-    changer = threading.Thread(target=parameters_then_frame)
-    changer.start()
+    judge.frames.wait_newest = parameters_change_then_frame_comes
     decision, _ = judge.judge(_stamped(t), None, t)
-    changer.join()
+    judge.frames.wait_newest = waits
     assert guard.policy_id != old
     assert (decision.status, decision.frame_stamp_ns) == (Status.OK, t)
     assert (decision.policy, decision.mode, decision.blocks) == (old, "enforce", True)
