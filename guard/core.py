@@ -545,11 +545,12 @@ class Guard:
         now: float | None = None,
         entered: float | None = None,
         deadline_ms: float | None = None,
+        policy: PolicySnapshot | None = None,
     ) -> Decision:
         """`check` for asyncio code: the event loop is never blocked by the model."""
         entered = time.monotonic() if entered is None else entered
         return await asyncio.to_thread(self.check, frames, proposal, now=now, entered=entered,
-                                       deadline_ms=deadline_ms)
+                                       deadline_ms=deadline_ms, policy=policy)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

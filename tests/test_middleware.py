@@ -300,6 +300,31 @@ def test_async_tools_stay_coroutines_and_follow_the_same_rules(guard, camera):
     assert ran == ["sink"] and warnings == ["handle"]
 
 
+def test_a_policy_changed_while_an_async_frame_source_is_awaited_is_not_mixed_in(guard,
+                                                                                 camera):
+    # The switch to shadow (and to a 1 ms deadline) lands while the tool's frame source is
+    # awaited: the check that was already waiting keeps the policy it started with, whole
+    # (enforce, and the frame wait's deadline too), and so does its audit record.
+    before = guard.policy
+
+    async def switching_camera() -> Frame:
+        guard.set_policy(mode="shadow", deadline_ms=1.0)
+        await asyncio.sleep(0.01)  # past the new deadline, well inside the old one
+        return camera()
+
+    @guarded(guard, frames=switching_camera)
+    async def light_stove() -> str:
+        raise AssertionError("vetoed under the policy the check began with: must not run")
+
+    with pytest.raises(ActionVetoed) as info:
+        asyncio.run(light_stove())
+    decision = info.value.decision
+    assert decision.status is Status.OK and decision.verdict is Verdict.VETO
+    assert decision.policy == before.id != guard.policy.id
+    assert "shadow" not in decision.policy and decision.blocks
+    assert audit_records(guard)[-1]["decision"]["policy"] == before.id
+
+
 def test_sync_tool_with_an_async_frame_source_fails_closed(guard):
     async def cam() -> Frame:
         raise AssertionError("never awaited")

@@ -43,7 +43,7 @@ from guard.errors import ActionVetoed, InvalidInputError, shown_name
 from guard.types import ActionProposal, Decision, Status, Verdict, jsonable, validation_line
 
 if TYPE_CHECKING:
-    from guard.core import Guard
+    from guard.core import Guard, PolicySnapshot
 
 log = logging.getLogger("guard.middleware")
 
@@ -184,12 +184,13 @@ class Judge:
                 placeholder, Status.INVALID_INPUT, f"the call cannot be judged: {reason}"
             )
 
-    def _source_failed(self, proposal: ActionProposal, exc: BaseException) -> Decision:
+    def _source_failed(self, proposal: ActionProposal, exc: BaseException,
+                       policy: PolicySnapshot | None = None) -> Decision:
         status = Status.INVALID_INPUT if isinstance(exc, InvalidInputError) else Status.ERROR
         reason = str(exc) if isinstance(exc, InvalidInputError) else (
             f"frame source failed: {type(exc).__name__}: {exc}"
         )
-        return self.guard.reject(proposal, status, reason)
+        return self.guard.reject(proposal, status, reason, policy=policy)
 
     def check(self, proposal: ActionProposal) -> Decision:
         source = self.options.frames
@@ -212,20 +213,22 @@ class Judge:
     async def acheck(self, proposal: ActionProposal) -> Decision:
         source = self.options.frames
         entered = time.monotonic()
-        deadline_s = self.guard.config.policy.deadline_ms / 1000.0
+        # One policy for the whole check: the frame wait, the judgement and the audit record
+        # (a `set_policy` while the frame source is awaited applies to the next check).
+        policy = self.guard.policy
+        deadline_ms = policy.config.deadline_ms
         try:
             frames = source() if source is not None else None
             if inspect.isawaitable(frames):
-                frames = await asyncio.wait_for(frames, timeout=deadline_s)
+                frames = await asyncio.wait_for(frames, timeout=deadline_ms / 1000.0)
         except (asyncio.TimeoutError, TimeoutError):
             return self.guard.reject(
                 proposal, Status.TIMEOUT,
-                f"frame source gave no frame within deadline_ms "
-                f"({self.guard.config.policy.deadline_ms:g})",
-            )
+                f"frame source gave no frame within deadline_ms ({deadline_ms:g})",
+                policy=policy)
         except Exception as exc:
-            return self._source_failed(proposal, exc)
-        return await self.guard.acheck(frames, proposal, entered=entered)
+            return self._source_failed(proposal, exc, policy)
+        return await self.guard.acheck(frames, proposal, entered=entered, policy=policy)
 
     def outcome(self, decision: Decision, proposal: ActionProposal) -> tuple[bool, Any]:
         """(run the tool?, value or awaitable to return instead). Calls `on_warning`."""
