@@ -396,9 +396,26 @@ def plot_curves(out: Path, seeds: list[int], names: list[str]) -> Path | None:
     return png
 
 
+def _finished_stage(run_cfg: Any, run_dir: Path) -> dict[str, Any] | None:
+    """The summary of a warm-start stage already trained in `run_dir` under exactly
+    `run_cfg` (its recorded run config is the same text), else None."""
+    from training.run import RUN_CONFIG_FILE
+
+    summary, recorded = run_dir / "train_summary.json", run_dir / RUN_CONFIG_FILE
+    if not (summary.is_file() and recorded.is_file()
+            and (run_dir / "model" / "config.json").is_file()):
+        return None
+    if recorded.read_text(encoding="utf-8") != run_cfg.to_yaml():
+        raise ConfigError(f"--resume: {run_dir} was trained under another run config than "
+                          "this experiment's stage; give a new --out, or remove that folder")
+    done: dict[str, Any] = json.loads(summary.read_text(encoding="utf-8"))
+    return {**done, "model_dir": str(run_dir / "model"), "resumed": True}
+
+
 def _warm_start(cfg: ExperimentConfig, seed: int, sd: Path, build_tiny_model: Any,
-                train: Any) -> tuple[Path, dict[str, Any]]:
-    """Build the seed's random model (or take ``warm_start_from``) and run the stages in order."""
+                train: Any, resume: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Build the seed's random model (or take ``warm_start_from``) and run the stages in order;
+    with `resume`, a stage already trained under --out under the same run config is kept."""
     if cfg.warm_start_from is not None:
         model = Path(cfg.warm_start_from)
         if not (model / "config.json").is_file():
@@ -411,7 +428,9 @@ def _warm_start(cfg: ExperimentConfig, seed: int, sd: Path, build_tiny_model: An
     stages: list[dict[str, Any]] = []
     for i, stage in enumerate(cfg.warm_start):
         run_dir = sd / "warm_start" if i == len(cfg.warm_start) - 1 else sd / f"warm_stage{i + 1}"
-        stages.append(train(_run_config(cfg, stage, seed, Path(model)), run_dir))
+        run_cfg = _run_config(cfg, stage, seed, Path(model))
+        done = _finished_stage(run_cfg, run_dir) if resume else None
+        stages.append(done if done is not None else train(run_cfg, run_dir))
         model = run_dir / "model"
     summary = {**stages[-1], "seed": seed,
                "train_s": round(sum(s.get("train_s", 0.0) for s in stages), 1)}
@@ -420,8 +439,11 @@ def _warm_start(cfg: ExperimentConfig, seed: int, sd: Path, build_tiny_model: An
     return Path(model), summary
 
 
-def run_experiment(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]:
-    """Run every seed and method; write results.json, results.md and curves.png."""
+def run_experiment(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False
+                   ) -> dict[str, Any]:
+    """Run every seed and method; write results.json, results.md and curves.png. With
+    `resume`, warm-start stages a stopped run already finished under `out` are reused (the
+    methods and evaluations always run again: their budgets are wall time)."""
     from guard.tiny import build_tiny_model
     from guard.world import WorldConfig
     from training.data import world_items
@@ -440,7 +462,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path) -> dict[str, Any]:
         sd.mkdir(parents=True, exist_ok=True)
         runs: dict[str, Any] = {}
         if shared is None:
-            warm_dir, warm = _warm_start(cfg, seed, sd, build_tiny_model, train)
+            warm_dir, warm = _warm_start(cfg, seed, sd, build_tiny_model, train, resume)
             (sd / "warm_start").mkdir(parents=True, exist_ok=True)
             warm["eval"] = _evaluate(cfg, warm_dir, eval_items, sd / "warm_start",
                                      record=cfg.warm_start_from is None or bool(cfg.warm_start))
@@ -477,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a config field, e.g. budget.max_seconds=60 or, to rerun the "
                    "methods on a saved warm start, warm_start=[] and warm_start_from=DIR "
                    "(repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the warm-start stages a stopped run of this config already "
+                   "finished under --out (each only if trained under the same run config)")
     args = p.parse_args(argv)
     from training.run import quiet_known_noise
 
@@ -484,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_experiment(args.config, smoke=args.smoke,
                               overrides=parse_overrides(args.set))
-        results = run_experiment(cfg, args.out)
+        results = run_experiment(cfg, args.out, resume=args.resume)
     except GuardError as exc:
         print(f"error: {exc}")
         return 2

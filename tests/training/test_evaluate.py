@@ -147,8 +147,49 @@ def test_experiment_warm_start_from_a_model_folder(tmp_path: Path,
     model, summary = exp._warm_start(
         good, 0, tmp_path / "seed0", None,
         lambda run, out: ids.append(run.model.id) or {"train_s": 3.0})
-    assert ids == [str(ROOT / cfg.warm_start_from)]
-    assert model == tmp_path / "seed0" / "warm_start" / "model" and summary["train_s"] == 3.0
+    assert ids[0] == str(ROOT / cfg.warm_start_from) and len(ids) == len(cfg.warm_start)
+    assert model == tmp_path / "seed0" / "warm_start" / "model"
+    assert summary["train_s"] == 3.0 * len(cfg.warm_start)
+
+
+def test_experiment_resume_keeps_only_a_stage_finished_under_the_same_run_config(
+        tmp_path: Path) -> None:
+    """A run stopped after its long first warm-start stage picks up there with --resume; a
+    stage folder trained under other settings is refused, never silently reused."""
+    import training.experiment as exp
+    from guard.errors import ConfigError
+
+    trained: list[str] = []
+
+    def train(run: object, out: Path) -> dict[str, object]:
+        # what `training.run.train` leaves in its folder
+        (out / "model").mkdir(parents=True, exist_ok=True)
+        (out / "model" / "config.json").write_text("{}")
+        (out / "run_config.yaml").write_text(run.to_yaml())  # type: ignore[attr-defined]
+        summary = {"train_s": 5.0, "global_step": 7}
+        (out / "train_summary.json").write_text(json.dumps(summary))
+        trained.append(out.name)
+        return summary
+
+    cfg = exp.load_experiment(ROOT / "configs/train/hazardworld_experiment.yaml",
+                              overrides={"warm_start_from": str(ROOT / "guard/models/"
+                                                                "hazardworld-small")})
+    assert len(cfg.warm_start) == 2
+    sd = tmp_path / "seed0"
+    exp._warm_start(cfg, 0, sd, None, train)          # the first run: both stages
+    (sd / "warm_start" / "train_summary.json").unlink()  # as if stopped in the last stage
+    trained.clear()
+    model, summary = exp._warm_start(cfg, 0, sd, None, train, resume=True)
+    assert trained == ["warm_start"]                  # stage 1 kept, the unfinished one rerun
+    assert summary["stages"][0]["resumed"] is True and summary["train_s"] == 10.0
+    assert model == sd / "warm_start" / "model"
+    trained.clear()
+    exp._warm_start(cfg, 0, sd, None, train)          # without --resume: everything again
+    assert trained == ["warm_stage1", "warm_start"]
+    other = cfg.model_copy(update={"warm_start": [
+        cfg.warm_start[0].model_copy(update={"n": 8}), cfg.warm_start[1]]})
+    with pytest.raises(ConfigError, match="warm_stage1 was trained under another run config"):
+        exp._warm_start(other, 0, sd, None, train, resume=True)
 
 
 def test_experiment_reruns_methods_on_a_saved_warm_start(tmp_path: Path) -> None:
