@@ -430,7 +430,12 @@ def _warm_start(cfg: ExperimentConfig, seed: int, sd: Path, build_tiny_model: An
         run_dir = sd / "warm_start" if i == len(cfg.warm_start) - 1 else sd / f"warm_stage{i + 1}"
         run_cfg = _run_config(cfg, stage, seed, Path(model))
         done = _finished_stage(run_cfg, run_dir) if resume else None
-        stages.append(done if done is not None else train(run_cfg, run_dir))
+        if done is None:
+            done = train(run_cfg, run_dir)
+            # the stages after a retrained one start from a new model, whatever their
+            # folders hold (their recorded run config names the same folder)
+            resume = False
+        stages.append(done)
         model = run_dir / "model"
     summary = {**stages[-1], "seed": seed,
                "train_s": round(sum(s.get("train_s", 0.0) for s in stages), 1)}

@@ -186,6 +186,10 @@ def test_experiment_resume_keeps_only_a_stage_finished_under_the_same_run_config
     trained.clear()
     exp._warm_start(cfg, 0, sd, None, train)          # without --resume: everything again
     assert trained == ["warm_stage1", "warm_start"]
+    trained.clear()
+    (sd / "warm_stage1" / "train_summary.json").unlink()  # stopped in the first stage:
+    exp._warm_start(cfg, 0, sd, None, train, resume=True)  # the second starts from a new model
+    assert trained == ["warm_stage1", "warm_start"]
     other = cfg.model_copy(update={"warm_start": [
         cfg.warm_start[0].model_copy(update={"n": 8}), cfg.warm_start[1]]})
     with pytest.raises(ConfigError, match="warm_stage1 was trained under another run config"):
