@@ -3,6 +3,8 @@
     python -m training.experiment --config configs/train/hazardworld_experiment.yaml --out DIR
     python -m training.experiment --config configs/train/hazardworld_experiment.yaml \\
         --out DIR --smoke          # minutes: tiny sizes, one seed, a few steps (a wiring check)
+    python -m training.experiment --config configs/train/hazardworld_experiment.yaml \\
+        --out DIR --resume         # a stopped run: keep the warm-start stages it finished
 
 Per seed: build a tiny random Qwen-VL (`guard.tiny`), SFT it into the warm start (a share of
 its prompts states the world's constitution, so the model learns to read rules given in its
