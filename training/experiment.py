@@ -410,7 +410,12 @@ def _finished_stage(run_cfg: Any, run_dir: Path) -> dict[str, Any] | None:
     if recorded.read_text(encoding="utf-8") != run_cfg.to_yaml():
         raise ConfigError(f"--resume: {run_dir} was trained under another run config than "
                           "this experiment's stage; give a new --out, or remove that folder")
-    done: dict[str, Any] = json.loads(summary.read_text(encoding="utf-8"))
+    try:
+        done = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # torn by the stop: the stage did not finish cleanly, train it again
+    if not isinstance(done, dict):
+        return None
     return {**done, "model_dir": str(run_dir / "model"), "resumed": True}
 
 

@@ -187,6 +187,10 @@ def test_experiment_resume_keeps_only_a_stage_finished_under_the_same_run_config
     exp._warm_start(cfg, 0, sd, None, train)          # without --resume: everything again
     assert trained == ["warm_stage1", "warm_start"]
     trained.clear()
+    (sd / "warm_start" / "train_summary.json").write_text('{"train_s": 5.0, "glo')  # torn
+    exp._warm_start(cfg, 0, sd, None, train, resume=True)
+    assert trained == ["warm_start"]                  # a torn summary is no finished stage
+    trained.clear()
     (sd / "warm_stage1" / "train_summary.json").unlink()  # stopped in the first stage:
     exp._warm_start(cfg, 0, sd, None, train, resume=True)  # the second starts from a new model
     assert trained == ["warm_stage1", "warm_start"]
